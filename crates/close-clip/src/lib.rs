@@ -1,0 +1,1 @@
+//! CLIP on candle: HF checkpoints, exact preprocessing, training from scratch, embedding cache.

@@ -1,0 +1,15 @@
+//! Shared foundation of close-rs.
+//!
+//! Every library crate of the workspace (`close-data`, `close-metrics`, `close-clip`,
+//! `close-t5`, `close-model`) uses the one [`Error`] type defined here, the differentiable
+//! ops in [`ops`] (candle's fused softmax / layer-norm / rms-norm kernels have no backward
+//! pass), the [`optim::AdamW`] optimizer, atomic file writes in [`io`], and the
+//! [`progress::Progress`] callback through which long jobs report progress without printing.
+
+pub mod error;
+pub mod io;
+pub mod ops;
+pub mod optim;
+pub mod progress;
+
+pub use error::{Error, Result};

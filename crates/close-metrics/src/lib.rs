@@ -1,0 +1,1 @@
+//! Metrics identical to the official scorers (pycocoevalcap, the VQA evaluator), in Rust.
