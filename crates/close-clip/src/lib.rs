@@ -1,1 +1,31 @@
 //! CLIP on candle: HF checkpoints, exact preprocessing, training from scratch, embedding cache.
+//!
+//! A tour:
+//! - [`config::ClipConfig`]: HF `config.json` (`text_config`, `vision_config`, ...), presets
+//!   [`ClipConfig::vit_b32`], [`ClipConfig::shapes`], [`ClipConfig::tiny`].
+//! - [`model::ClipModel`]: vision ViT + causal text transformer + projections +
+//!   `logit_scale`, HF key names; [`ClipModel::image_features`] / [`ClipModel::text_features`]
+//!   give unit embeddings. Trainable (differentiable ops when tensors are tracked).
+//! - [`preprocess::ImageProcessor`]: HF `CLIPImageProcessor`, Pillow-exact bicubic.
+//! - [`tokenizer::ClipTokenizer`]: HF `tokenizer.json`, truncation, EOS pooling inputs.
+//! - [`bundle::Clip`]: model + processor + tokenizer of one model dir.
+//! - [`train`]: contrastive training from scratch on a Karpathy json, retrieval metrics.
+//! - [`cache`]: the on-disk embedding cache of images / captions.
+
+pub mod bundle;
+pub mod cache;
+pub mod config;
+pub mod model;
+pub mod preprocess;
+pub mod retrieval;
+pub mod tokenizer;
+pub mod train;
+
+pub use bundle::{load_model, Clip};
+pub use cache::{embed_images, embed_texts, EmbedReport, EmbeddingCache};
+pub use config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
+pub use model::ClipModel;
+pub use preprocess::{load_image, ImageProcessor, ImageProcessorConfig};
+pub use retrieval::{retrieval_metrics, Retrieval};
+pub use tokenizer::ClipTokenizer;
+pub use train::{train_clip, TrainConfig, TrainReport};

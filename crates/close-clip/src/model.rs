@@ -481,6 +481,6 @@ mod tests {
         assert_eq!(t.pool_positions(&rows), vec![3, 1, 0]);
         cfg.eos_token_id = 2;
         let t = ClipTextTransformer::new(vb, &cfg).unwrap();
-        assert_eq!(t.pool_positions(&rows), vec![2, 0, 1]);
+        assert_eq!(t.pool_positions(&rows), vec![2, 1, 1]);
     }
 }

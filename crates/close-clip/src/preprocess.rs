@@ -484,7 +484,41 @@ pub fn decode_image(bytes: &[u8]) -> std::result::Result<image::RgbImage, String
     if img.width() == 0 || img.height() == 0 {
         return Err("empty image (0 pixels)".into());
     }
-    Ok(img.to_rgb8())
+    Ok(to_rgb_like_hf(&img))
+}
+
+/// HF `convert_to_rgb`: images with an alpha channel are composited onto opaque white
+/// (Pillow's integer `alpha_composite`), others converted directly.
+pub fn to_rgb_like_hf(img: &image::DynamicImage) -> image::RgbImage {
+    if !img.color().has_alpha() {
+        return img.to_rgb8();
+    }
+    let rgba = img.to_rgba8();
+    let (w, h) = rgba.dimensions();
+    let mut out = image::RgbImage::new(w, h);
+    for (o, p) in out.pixels_mut().zip(rgba.pixels()) {
+        o.0 = composite_on_white(p.0);
+    }
+    out
+}
+
+/// Pillow's `ImagingAlphaComposite` of `src` over an opaque white pixel.
+fn composite_on_white([r, g, b, a]: [u8; 4]) -> [u8; 3] {
+    if a == 0 {
+        return [255, 255, 255];
+    }
+    const PB: u32 = 7;
+    let sa = a as u32;
+    let blend = 255 * (255 - sa);
+    let outa255 = sa * 255 + blend;
+    let coef1 = sa * 255 * 255 * (1 << PB) / outa255;
+    let coef2 = 255 * (1 << PB) - coef1;
+    let div255 = |v: u32| ((v >> 8) + v) >> 8;
+    let ch = |s: u8| -> u8 {
+        let t = s as u32 * coef1 + 255 * coef2;
+        (div255(t + (0x80 << PB)) >> PB) as u8
+    };
+    [ch(r), ch(g), ch(b)]
 }
 
 #[cfg(test)]

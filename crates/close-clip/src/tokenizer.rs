@@ -14,7 +14,8 @@ use tokenizers::models::wordlevel::{WordLevel, WordLevelTrainer};
 use tokenizers::normalizers::utils::Lowercase;
 use tokenizers::pre_tokenizers::whitespace::Whitespace;
 use tokenizers::processors::template::TemplateProcessing;
-use tokenizers::{AddedToken, ModelWrapper, Tokenizer, TrainerWrapper, TruncationParams};
+use tokenizers::models::TrainerWrapper;
+use tokenizers::{AddedToken, ModelWrapper, Tokenizer, TruncationParams};
 
 use close_core::{Error, Result};
 
@@ -128,7 +129,7 @@ pub fn train_word_level<S: AsRef<str> + Send>(texts: impl Iterator<Item = S> + S
         .map_err(|e| Error::Tokenizer(e.to_string()))?;
     let model = WordLevel::builder().unk_token(UNK.into()).build().map_err(|e| Error::Tokenizer(e.to_string()))?;
     let mut tok = Tokenizer::new(ModelWrapper::WordLevel(model));
-    tok.with_normalizer(Some(Lowercase));
+    tok.with_normalizer(Some(Lowercase)).map_err(|e| Error::Tokenizer(e.to_string()))?;
     tok.with_pre_tokenizer(Some(Whitespace {}));
     let mut trainer = TrainerWrapper::WordLevelTrainer(trainer);
     tok.train(&mut trainer, texts)?;
@@ -145,6 +146,13 @@ pub fn train_word_level<S: AsRef<str> + Send>(texts: impl Iterator<Item = S> + S
         .map_err(|e| Error::Tokenizer(e.to_string()))?;
     tok.with_post_processor(Some(post));
     Ok(tok)
+}
+
+/// Read an HF `tokenizer.json` (errors name the file).
+pub fn load_hf_tokenizer(path: impl AsRef<Path>) -> Result<Tokenizer> {
+    let path = path.as_ref();
+    std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    Tokenizer::from_file(path).map_err(|e| Error::format(path, None, e.to_string()))
 }
 
 /// The `tokenizer_config.json` that lets HF transformers load a trained `tokenizer.json`.

@@ -10,6 +10,7 @@ pub mod error;
 pub mod io;
 pub mod ops;
 pub mod optim;
+pub mod plot;
 pub mod progress;
 
 pub use error::{Error, Result};

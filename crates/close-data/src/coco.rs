@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use close_core::{io::write_json_atomic, Error, Result};
+use close_core::{Error, Result};
+use crate::load::write_json_compact as write_json_atomic;
 
 use crate::load::{parse_doc, parse_records, raw_line, read_text, LoadOptions, LoadReport};
 

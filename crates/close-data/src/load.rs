@@ -239,3 +239,8 @@ mod tests {
         assert_eq!(rep.skipped[0].line, Some(3));
     }
 }
+
+/// Atomically write `value` as compact JSON (the official dataset files are compact).
+pub fn write_json_compact<T: Serialize>(path: impl AsRef<Path>, value: &T) -> Result<()> {
+    close_core::io::write_atomic_with(path, |w| serde_json::to_writer(w, value).map_err(std::io::Error::other))
+}

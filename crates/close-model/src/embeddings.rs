@@ -64,6 +64,18 @@ impl Embeddings for MemEmbeddings {
     }
 }
 
+impl Embeddings for close_clip::cache::EmbeddingCache {
+    fn dim(&self) -> usize {
+        close_clip::cache::EmbeddingCache::dim(self)
+    }
+    fn vector(&self, key: &str) -> Option<&[f32]> {
+        self.get(key)
+    }
+    fn len(&self) -> usize {
+        close_clip::cache::EmbeddingCache::len(self)
+    }
+}
+
 /// `v / |v|`; an error for a zero or non-finite vector.
 pub fn normalized(v: &[f32]) -> Result<Vec<f32>> {
     let n = v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt();

@@ -1,13 +1,149 @@
-//! `close clip` (not implemented yet).
+//! `close clip`: train a CLIP from scratch on a Karpathy json + image folder, and score
+//! image–text pairs with any HF-layout CLIP.
 
-use crate::common::Ctx;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use close_clip::train::{train_clip, TrainConfig};
+use close_clip::{Clip, ClipConfig};
+use close_data::coco::Karpathy;
+
+use crate::common::{device, Ctx};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ClipCommand {
-    /// Not implemented yet.
-    Train,
+    /// Train a CLIP from scratch (contrastive, AdamW, cosine schedule); writes an HF-layout
+    /// model dir and prints held-out retrieval R@1/R@5 as JSON.
+    Train(TrainArgs),
+    /// Cosine similarity of an image with each text (and softmax probabilities), as JSON.
+    Score(ScoreArgs),
 }
 
-pub fn run(_cmd: ClipCommand, _ctx: &Ctx) -> anyhow::Result<()> {
-    anyhow::bail!("`close clip` is not implemented yet")
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Karpathy-format json (`dataset_coco.json`).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Image root (`filepath/filename` of each image is relative to it).
+    #[arg(long)]
+    pub images: PathBuf,
+    /// Output model dir (HF layout).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Model preset: shapes (64 px, small ViT), tiny, vit-b32.
+    #[arg(long, default_value = "shapes")]
+    pub preset: String,
+    /// A full training config json (overrides --preset and the flags below).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// An existing tokenizer.json (default: train a word-level one on the captions).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Image side (overrides the preset; must be a multiple of the patch size).
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    #[arg(long, default_value_t = 30)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.05)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 0.05)]
+    pub warmup_frac: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = "train")]
+    pub train_split: String,
+    /// Held-out split for retrieval.
+    #[arg(long, default_value = "test")]
+    pub eval_split: String,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ScoreArgs {
+    /// HF-layout CLIP model dir.
+    #[arg(long)]
+    pub clip: PathBuf,
+    /// Image file.
+    pub image: PathBuf,
+    /// Texts to score against the image.
+    #[arg(required = true)]
+    pub texts: Vec<String>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl TrainArgs {
+    fn config(&self) -> anyhow::Result<TrainConfig> {
+        if let Some(p) = &self.config {
+            let c: TrainConfig = close_core::io::read_json(p)?;
+            return Ok(c);
+        }
+        let mut model = match self.preset.as_str() {
+            "shapes" => ClipConfig::shapes(),
+            "tiny" => ClipConfig::tiny(),
+            "vit-b32" => ClipConfig::vit_b32(),
+            p => anyhow::bail!("--preset {p}: expected shapes, tiny or vit-b32"),
+        };
+        if let Some(s) = self.image_size {
+            model.vision_config.image_size = s;
+        }
+        if model.vision_config.image_size % model.vision_config.patch_size != 0 {
+            anyhow::bail!("--image-size {}: must be a multiple of the patch size {}", model.vision_config.image_size, model.vision_config.patch_size);
+        }
+        Ok(TrainConfig {
+            model,
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            weight_decay: self.weight_decay,
+            warmup_frac: self.warmup_frac,
+            seed: self.seed,
+            train_split: self.train_split.clone(),
+            eval_split: self.eval_split.clone(),
+            ..TrainConfig::default()
+        })
+    }
+}
+
+pub fn run(cmd: ClipCommand, ctx: &Ctx) -> anyhow::Result<()> {
+    match cmd {
+        ClipCommand::Train(a) => {
+            let cfg = a.config()?;
+            let dev = device(&a.device)?;
+            let data = Karpathy::load(&a.data)?;
+            let tok = match &a.tokenizer {
+                Some(p) => Some(close_clip::tokenizer::load_hf_tokenizer(p)?),
+                None => None,
+            };
+            let progress = ctx.progress();
+            let report = train_clip(&data, &a.images, &a.out, &cfg, tok, &dev, progress.as_ref())
+                .with_context(|| format!("training CLIP into {}", a.out.display()))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        ClipCommand::Score(a) => {
+            let dev = device(&a.device)?;
+            let clip = Clip::load(&a.clip, &dev)?;
+            let cos = clip.score(&a.image, &a.texts)?;
+            let scale = clip.model.logit_scale()?;
+            let m = cos.iter().map(|c| c * scale).fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f32> = cos.iter().map(|c| (c * scale - m).exp()).collect();
+            let z: f32 = e.iter().sum();
+            let rows: Vec<_> = a
+                .texts
+                .iter()
+                .zip(&cos)
+                .zip(&e)
+                .map(|((t, c), p)| serde_json::json!({"text": t, "cosine": c, "prob": p / z}))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({"image": a.image, "scores": rows}))?);
+            Ok(())
+        }
+    }
 }

@@ -1,0 +1,342 @@
+//! The embedding cache: unit-normalised CLIP embeddings of images (keyed by image id as a
+//! decimal string) or texts (keyed by the exact text), stored as safetensors shards
+//! (`shard-NNNNN.safetensors`, one `[rows, dim]` f32 tensor `embeddings`) plus `index.json`
+//! (model hash, dim, and per shard its keys and input fingerprints).
+//!
+//! Building is incremental: with the same model hash, entries whose input fingerprint is
+//! unchanged (image: file size and modification time; text: SHA-256 of the text) are reused,
+//! only missing or changed keys are computed and appended as a new shard (later shards win).
+//! A different model hash starts the cache afresh. Unreadable images / empty texts are
+//! skipped and listed in the [`EmbedReport`].
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use close_core::progress::Progress;
+use close_core::{Error, Result};
+
+use crate::bundle::Clip;
+use crate::preprocess::load_image;
+
+pub const INDEX_FILE: &str = "index.json";
+const TENSOR_NAME: &str = "embeddings";
+const SHARD_ROWS: usize = 65536;
+
+/// What a cache holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheKind {
+    Image,
+    Text,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ShardEntry {
+    file: String,
+    keys: Vec<String>,
+    fingerprints: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Index {
+    version: u32,
+    kind: CacheKind,
+    model_hash: String,
+    dim: usize,
+    shards: Vec<ShardEntry>,
+}
+
+/// A loaded embedding cache (all rows in memory).
+#[derive(Debug, Clone)]
+pub struct EmbeddingCache {
+    dir: PathBuf,
+    kind: CacheKind,
+    model_hash: String,
+    dim: usize,
+    data: Vec<f32>,
+    keys: Vec<String>,
+    fingerprints: Vec<String>,
+    pos: HashMap<String, usize>,
+}
+
+impl EmbeddingCache {
+    /// Open the cache in `dir` (reads `index.json` and every shard; errors name the file).
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let index_path = dir.join(INDEX_FILE);
+        let index: Index = close_core::io::read_json(&index_path)?;
+        let mut c = Self {
+            dir: dir.to_path_buf(),
+            kind: index.kind,
+            model_hash: index.model_hash.clone(),
+            dim: index.dim,
+            data: Vec::new(),
+            keys: Vec::new(),
+            fingerprints: Vec::new(),
+            pos: HashMap::new(),
+        };
+        for sh in &index.shards {
+            let p = dir.join(&sh.file);
+            if sh.keys.len() != sh.fingerprints.len() {
+                return Err(Error::format(&index_path, None, format!("shard {}: {} keys but {} fingerprints", sh.file, sh.keys.len(), sh.fingerprints.len())));
+            }
+            let ts = candle_core::safetensors::load(&p, &candle_core::Device::Cpu).map_err(|e| Error::format(&p, None, e.to_string()))?;
+            let t = ts.get(TENSOR_NAME).ok_or_else(|| Error::MissingKey { file: p.display().to_string(), key: TENSOR_NAME.into() })?;
+            if t.dims() != [sh.keys.len(), index.dim] {
+                return Err(Error::Shape { what: format!("{}: `{TENSOR_NAME}`", p.display()), expected: vec![sh.keys.len(), index.dim], got: t.dims().to_vec() });
+            }
+            let rows = t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            for (i, (k, fp)) in sh.keys.iter().zip(&sh.fingerprints).enumerate() {
+                let row = &rows[i * index.dim..(i + 1) * index.dim];
+                c.insert(k.clone(), fp.clone(), row);
+            }
+        }
+        Ok(c)
+    }
+
+    fn empty(dir: &Path, kind: CacheKind, model_hash: &str, dim: usize) -> Self {
+        Self { dir: dir.to_path_buf(), kind, model_hash: model_hash.into(), dim, data: Vec::new(), keys: Vec::new(), fingerprints: Vec::new(), pos: HashMap::new() }
+    }
+
+    fn insert(&mut self, key: String, fp: String, row: &[f32]) {
+        match self.pos.get(&key) {
+            Some(&i) => {
+                self.data[i * self.dim..(i + 1) * self.dim].copy_from_slice(row);
+                self.fingerprints[i] = fp;
+            }
+            None => {
+                self.pos.insert(key.clone(), self.keys.len());
+                self.keys.push(key);
+                self.fingerprints.push(fp);
+                self.data.extend_from_slice(row);
+            }
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn kind(&self) -> CacheKind {
+        self.kind
+    }
+    /// Embedding dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+    /// Hash of the model that produced the embeddings.
+    pub fn model_hash(&self) -> &str {
+        &self.model_hash
+    }
+    /// The unit-normalised embedding of `key`.
+    pub fn get(&self, key: &str) -> Option<&[f32]> {
+        self.pos.get(key).map(|&i| &self.data[i * self.dim..(i + 1) * self.dim])
+    }
+    /// Keys in storage order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(String::as_str)
+    }
+    /// Embeddings of `keys` as a `[n, dim]` tensor; the error names the first missing key.
+    pub fn tensor(&self, keys: &[&str], device: &candle_core::Device) -> Result<Tensor> {
+        let mut v = Vec::with_capacity(keys.len() * self.dim);
+        for k in keys {
+            v.extend_from_slice(self.get(k).ok_or_else(|| Error::MissingKey { file: self.dir.join(INDEX_FILE).display().to_string(), key: k.to_string() })?);
+        }
+        Ok(Tensor::from_vec(v, (keys.len(), self.dim), device)?)
+    }
+}
+
+/// An input that could not be embedded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BadItem {
+    pub key: String,
+    /// The image path, or the text.
+    pub input: String,
+    pub reason: String,
+}
+
+/// Outcome of [`embed_images`] / [`embed_texts`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmbedReport {
+    pub dir: PathBuf,
+    pub kind: CacheKind,
+    pub model_hash: String,
+    pub dim: usize,
+    /// Keys requested (after removing duplicates).
+    pub requested: usize,
+    /// Keys taken from the existing cache.
+    pub reused: usize,
+    /// Keys computed in this run.
+    pub computed: usize,
+    pub bad: Vec<BadItem>,
+    /// Keys in the cache after this run.
+    pub total: usize,
+}
+
+fn image_fingerprint(p: &Path) -> String {
+    match std::fs::metadata(p) {
+        Ok(m) => {
+            let mtime = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+            format!("{}:{}", m.len(), mtime)
+        }
+        Err(_) => "missing".into(),
+    }
+}
+
+fn text_fingerprint(t: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(t.as_bytes())[..16])
+}
+
+/// Open `dir` for an incremental build: the existing cache when kind and model match, else
+/// a fresh one (old shards are then dropped when the new index is written).
+fn open_for_build(dir: &Path, kind: CacheKind, hash: &str, dim: usize) -> Result<(EmbeddingCache, Vec<ShardEntry>)> {
+    if dir.join(INDEX_FILE).exists() {
+        match EmbeddingCache::open(dir) {
+            Ok(c) if c.kind == kind && c.model_hash == hash && c.dim == dim => {
+                let index: Index = close_core::io::read_json(dir.join(INDEX_FILE))?;
+                return Ok((c, index.shards));
+            }
+            Ok(c) => tracing::info!("{}: cache of another model or kind ({:?}, {}), rebuilding", dir.display(), c.kind, &c.model_hash[..c.model_hash.len().min(12)]),
+            Err(e) => tracing::warn!("{}: unreadable cache ({e}), rebuilding", dir.display()),
+        }
+    }
+    Ok((EmbeddingCache::empty(dir, kind, hash, dim), Vec::new()))
+}
+
+/// Append `rows` as new shard(s) and rewrite the index atomically.
+fn commit(dir: &Path, kind: CacheKind, hash: &str, dim: usize, mut shards: Vec<ShardEntry>, new: Vec<(String, String, Vec<f32>)>) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut next = shards.len();
+    let used: HashSet<String> = shards.iter().map(|s| s.file.clone()).collect();
+    for chunk in new.chunks(SHARD_ROWS) {
+        let mut file = format!("shard-{next:05}.safetensors");
+        while used.contains(&file) {
+            next += 1;
+            file = format!("shard-{next:05}.safetensors");
+        }
+        next += 1;
+        let data: Vec<f32> = chunk.iter().flat_map(|(_, _, r)| r.iter().copied()).collect();
+        let t = Tensor::from_vec(data, (chunk.len(), dim), &candle_core::Device::Cpu)?;
+        close_core::io::save_safetensors_atomic(dir.join(&file), &HashMap::from([(TENSOR_NAME.to_string(), t)]))?;
+        shards.push(ShardEntry { file, keys: chunk.iter().map(|(k, _, _)| k.clone()).collect(), fingerprints: chunk.iter().map(|(_, f, _)| f.clone()).collect() });
+    }
+    let index = Index { version: 1, kind, model_hash: hash.into(), dim, shards };
+    close_core::io::write_json_atomic(dir.join(INDEX_FILE), &index)?;
+    // Remove shard files no longer referenced (e.g. of a previous model).
+    let keep: HashSet<&str> = index.shards.iter().map(|s| s.file.as_str()).collect();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("shard-") && name.ends_with(".safetensors") && !keep.contains(name.as_str()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn dedup<T: Clone>(items: &[(String, T)]) -> Vec<(String, T)> {
+    let mut seen = HashSet::new();
+    items.iter().filter(|(k, _)| seen.insert(k.clone())).cloned().collect()
+}
+
+/// Embed images `(key, path)` into the cache at `dir` with `clip`, `batch` images at a time.
+pub fn embed_images(clip: &Clip, items: &[(String, PathBuf)], dir: &Path, batch: usize, progress: &dyn Progress) -> Result<EmbedReport> {
+    let hash = clip.model_hash()?;
+    let dim = clip.model.config().projection_dim;
+    let items = dedup(items);
+    let (cache, shards) = open_for_build(dir, CacheKind::Image, &hash, dim)?;
+    let reused_ok = !shards.is_empty();
+    let mut todo = Vec::new();
+    let mut reused = 0;
+    for (k, p) in &items {
+        let fp = image_fingerprint(p);
+        match cache.pos.get(k) {
+            Some(&i) if cache.fingerprints[i] == fp => reused += 1,
+            _ => todo.push((k.clone(), p.clone(), fp)),
+        }
+    }
+    let mut bad = Vec::new();
+    let mut new = Vec::new();
+    progress.start("embed images", todo.len() as u64);
+    for chunk in todo.chunks(batch.max(1)) {
+        let decoded: Vec<_> = chunk.par_iter().map(|(_, p, _)| load_image(p)).collect();
+        let mut imgs = Vec::new();
+        let mut ok = Vec::new();
+        for ((k, p, fp), r) in chunk.iter().zip(decoded) {
+            match r {
+                Ok(img) => {
+                    imgs.push(img);
+                    ok.push((k, fp));
+                }
+                Err(e) => bad.push(BadItem { key: k.clone(), input: p.display().to_string(), reason: e.to_string() }),
+            }
+        }
+        if !imgs.is_empty() {
+            let emb = clip.embed_images(&imgs)?.to_vec2::<f32>()?;
+            for ((k, fp), row) in ok.into_iter().zip(emb) {
+                new.push((k.clone(), fp.clone(), row));
+            }
+        }
+        progress.inc(chunk.len() as u64);
+    }
+    progress.finish();
+    let computed = new.len();
+    if computed > 0 || !reused_ok {
+        commit(dir, CacheKind::Image, &hash, dim, shards, new)?;
+    }
+    let total = EmbeddingCache::open(dir)?.len();
+    Ok(EmbedReport { dir: dir.to_path_buf(), kind: CacheKind::Image, model_hash: hash, dim, requested: items.len(), reused, computed, bad, total })
+}
+
+/// Embed texts `(key, text)` into the cache at `dir` with `clip`, `batch` texts at a time.
+/// Empty texts are skipped and reported.
+pub fn embed_texts(clip: &Clip, items: &[(String, String)], dir: &Path, batch: usize, progress: &dyn Progress) -> Result<EmbedReport> {
+    let hash = clip.model_hash()?;
+    let dim = clip.model.config().projection_dim;
+    let items = dedup(items);
+    let (cache, shards) = open_for_build(dir, CacheKind::Text, &hash, dim)?;
+    let reused_ok = !shards.is_empty();
+    let mut todo = Vec::new();
+    let mut reused = 0;
+    let mut bad = Vec::new();
+    for (k, t) in &items {
+        if t.trim().is_empty() {
+            bad.push(BadItem { key: k.clone(), input: t.clone(), reason: "empty text".into() });
+            continue;
+        }
+        let fp = text_fingerprint(t);
+        match cache.pos.get(k) {
+            Some(&i) if cache.fingerprints[i] == fp => reused += 1,
+            _ => todo.push((k.clone(), t.clone(), fp)),
+        }
+    }
+    let mut new = Vec::new();
+    progress.start("embed texts", todo.len() as u64);
+    for chunk in todo.chunks(batch.max(1)) {
+        let texts: Vec<&str> = chunk.iter().map(|(_, t, _)| t.as_str()).collect();
+        let emb = clip.embed_texts(&texts)?.to_vec2::<f32>()?;
+        for ((k, _, fp), row) in chunk.iter().zip(emb) {
+            new.push((k.clone(), fp.clone(), row));
+        }
+        progress.inc(chunk.len() as u64);
+    }
+    progress.finish();
+    let computed = new.len();
+    if computed > 0 || !reused_ok {
+        commit(dir, CacheKind::Text, &hash, dim, shards, new)?;
+    }
+    let total = EmbeddingCache::open(dir)?.len();
+    Ok(EmbedReport { dir: dir.to_path_buf(), kind: CacheKind::Text, model_hash: hash, dim, requested: items.len(), reused, computed, bad, total })
+}

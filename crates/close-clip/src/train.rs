@@ -1,0 +1,386 @@
+//! Training a CLIP from scratch (Radford et al. 2021, §2.5) on image–caption pairs in a COCO
+//! Karpathy json: symmetric InfoNCE over a batch of distinct images (one random caption per
+//! image per epoch), learnable temperature clamped to `[0, ln 100]`, AdamW (weight decay on
+//! matrices only), linear warmup then cosine decay. A word-level tokenizer is trained on the
+//! training captions when none is given. The output dir is an HF-layout CLIP
+//! (`config.json`, `model.safetensors`, `tokenizer.json`, `tokenizer_config.json`,
+//! `preprocessor_config.json`) plus `clip_train.json` (this config) and
+//! `clip_train_report.json`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use close_core::optim::{AdamW, AdamWConfig};
+use close_core::progress::Progress;
+use close_core::{Error, Result};
+use close_data::coco::Karpathy;
+
+use crate::bundle::{save_model, PREPROCESSOR_FILE, TOKENIZER_FILE};
+use crate::config::ClipConfig;
+use crate::model::ClipModel;
+use crate::preprocess::{load_image, ImageProcessor, ImageProcessorConfig};
+use crate::retrieval::{retrieval_metrics, Retrieval};
+use crate::tokenizer::{hf_tokenizer_config, train_word_level, ClipTokenizer};
+
+/// Training hyper-parameters (saved as `clip_train.json` beside the model).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    /// Model shape; `text_config.vocab_size` is set from the tokenizer.
+    pub model: ClipConfig,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// Fraction of all steps used for linear warmup.
+    pub warmup_frac: f64,
+    pub seed: u64,
+    /// Split(s) trained on (`train` includes `restval`).
+    pub train_split: String,
+    /// Held-out split for retrieval (`test`, or `val`).
+    pub eval_split: String,
+    /// Tokenizer training: max vocabulary and minimum word count.
+    pub max_vocab: usize,
+    pub min_word_freq: u64,
+    /// Random horizontal flips are off by default (captions may say left/right).
+    pub max_eval_images: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            model: ClipConfig::shapes(),
+            epochs: 30,
+            batch_size: 64,
+            lr: 1e-3,
+            weight_decay: 0.05,
+            warmup_frac: 0.05,
+            seed: 0,
+            train_split: "train".into(),
+            eval_split: "test".into(),
+            max_vocab: 4096,
+            min_word_freq: 1,
+            max_eval_images: 1000,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size < 2 {
+            return Err(Error::config("batch_size", "must be ≥ 2 (contrastive loss needs negatives)"));
+        }
+        if self.epochs == 0 {
+            return Err(Error::config("epochs", "must be ≥ 1"));
+        }
+        if !(self.lr > 0.0) {
+            return Err(Error::config("lr", "must be > 0"));
+        }
+        if !(0.0..1.0).contains(&self.warmup_frac) {
+            return Err(Error::config("warmup_frac", "must be in [0, 1)"));
+        }
+        self.model.validate()
+    }
+}
+
+/// What a training run did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainReport {
+    pub steps: usize,
+    pub epochs: usize,
+    pub train_images: usize,
+    pub train_captions: usize,
+    pub final_loss: f64,
+    pub logit_scale: f64,
+    pub train_seconds: f64,
+    /// Retrieval on the held-out split (`eval_split`).
+    pub eval_split: String,
+    pub retrieval: Option<Retrieval>,
+    /// Images that could not be used: (path, reason).
+    pub skipped: Vec<(String, String)>,
+    pub out_dir: PathBuf,
+}
+
+/// Learning rate at `step` (0-based): linear warmup to `lr`, then cosine decay to 0.
+pub fn lr_at(step: usize, total: usize, warmup: usize, lr: f64) -> f64 {
+    if step < warmup {
+        return lr * (step + 1) as f64 / warmup as f64;
+    }
+    let span = (total - warmup).max(1) as f64;
+    let t = ((step - warmup) as f64 / span).min(1.0);
+    0.5 * lr * (1.0 + (std::f64::consts::PI * t).cos())
+}
+
+/// Symmetric InfoNCE over a square logit matrix whose diagonal holds the positives:
+/// `(CE(logits, diag) + CE(logitsᵀ, diag)) / 2`.
+pub fn clip_loss(logits: &Tensor) -> Result<Tensor> {
+    let (n, m) = logits.dims2()?;
+    if n != m {
+        return Err(Error::Shape { what: "logits".into(), expected: vec![n, n], got: vec![n, m] });
+    }
+    let eye = Tensor::eye(n, logits.dtype(), logits.device())?;
+    let a = (close_core::ops::log_softmax_last_dim(logits)? * &eye)?.sum_all()?;
+    let b = (close_core::ops::log_softmax_last_dim(&logits.t()?)? * &eye)?.sum_all()?;
+    Ok(((a + b)? / (-2.0 * n as f64))?)
+}
+
+/// Decoded, preprocessed images of a split with their captions.
+struct Split {
+    pixels: Vec<Vec<f32>>,
+    captions: Vec<Vec<String>>,
+}
+
+fn load_split(data: &Karpathy, root: &Path, split: &str, proc: &ImageProcessor, limit: usize, progress: &dyn Progress, skipped: &mut Vec<(String, String)>) -> Result<Split> {
+    let items: Vec<_> = data.split(split).take(limit).collect();
+    progress.start(&format!("load {split}"), items.len() as u64);
+    let loaded: Vec<_> = items
+        .par_iter()
+        .map(|im| {
+            let p = root.join(im.rel_path());
+            let r = load_image(&p).map(|img| proc.preprocess(&img));
+            progress.inc(1);
+            (p, r, im.captions().map(str::to_string).collect::<Vec<_>>())
+        })
+        .collect();
+    progress.finish();
+    let mut out = Split { pixels: Vec::new(), captions: Vec::new() };
+    for (p, r, caps) in loaded {
+        match r {
+            Ok(px) => {
+                out.pixels.push(px);
+                out.captions.push(caps);
+            }
+            Err(e) => {
+                tracing::warn!("skipping {}: {e}", p.display());
+                skipped.push((p.display().to_string(), e.to_string()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Train a CLIP from scratch on `data` (images under `image_root`) and write it to
+/// `out_dir`. `tokenizer`: an existing tokenizer (else one is trained on the captions).
+pub fn train_clip(
+    data: &Karpathy,
+    image_root: &Path,
+    out_dir: &Path,
+    cfg: &TrainConfig,
+    tokenizer: Option<tokenizers::Tokenizer>,
+    device: &Device,
+    progress: &dyn Progress,
+) -> Result<TrainReport> {
+    cfg.validate()?;
+    let mut mcfg = cfg.model.clone();
+    let pcfg = ImageProcessorConfig::for_size(mcfg.vision_config.image_size);
+    let proc = ImageProcessor::new(pcfg.clone())?;
+    let mut skipped = Vec::new();
+    let train = load_split(data, image_root, &cfg.train_split, &proc, usize::MAX, progress, &mut skipped)?;
+    if train.pixels.len() < cfg.batch_size.min(2).max(2) {
+        return Err(Error::invalid(format!("split `{}` has {} usable images; need at least 2", cfg.train_split, train.pixels.len())));
+    }
+    let tok = match tokenizer {
+        Some(t) => t,
+        None => train_word_level(train.captions.iter().flatten(), cfg.max_vocab, cfg.min_word_freq)?,
+    };
+    mcfg.text_config.vocab_size = tok.get_vocab_size(true);
+    mcfg.text_config.pad_token_id = tok.token_to_id(crate::tokenizer::PAD).or(mcfg.text_config.pad_token_id);
+    mcfg.text_config.bos_token_id = tok.token_to_id(crate::tokenizer::BOS).or(mcfg.text_config.bos_token_id);
+    if let Some(eos) = tok.token_to_id(crate::tokenizer::EOS) {
+        mcfg.text_config.eos_token_id = eos;
+    }
+    let ctok = ClipTokenizer::new(tok.clone(), mcfg.text_config.max_position_embeddings, mcfg.text_config.eos_token_id)?;
+    // Tokenize every caption once; drop empty ones.
+    let ids: Vec<Vec<Vec<u32>>> = train.captions.iter().map(|caps| caps.iter().filter_map(|c| ctok.encode(c).ok()).collect()).collect();
+
+    let varmap = VarMap::new();
+    let model = ClipModel::new(VarBuilder::from_varmap(&varmap, DType::F32, device), &mcfg)?;
+    let (decay, no_decay): (Vec<(String, Var)>, Vec<(String, Var)>) = {
+        let data = varmap.data().lock().map_err(|_| Error::invalid("varmap lock poisoned"))?;
+        let mut all: Vec<_> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all.into_iter().partition(|(k, v)| v.rank() >= 2 && !k.contains("embedding"))
+    };
+    let logit_scale_var = no_decay.iter().find(|(k, _)| k == "logit_scale").map(|(_, v)| v.clone());
+    let adam = AdamWConfig { lr: cfg.lr, beta1: 0.9, beta2: 0.98, eps: 1e-6, weight_decay: cfg.weight_decay, max_grad_norm: Some(1.0) };
+    let mut opt_decay = AdamW::new(decay, adam)?;
+    let mut opt_plain = AdamW::new(no_decay, AdamWConfig { weight_decay: 0.0, ..adam })?;
+
+    let n = train.pixels.len();
+    let bs = cfg.batch_size.min(n);
+    let steps_per_epoch = n / bs;
+    let total = steps_per_epoch * cfg.epochs;
+    let warmup = ((total as f64) * cfg.warmup_frac).ceil() as usize;
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let (c, s) = (mcfg.vision_config.num_channels, mcfg.vision_config.image_size);
+    let start = Instant::now();
+    let mut last_loss = f64::NAN;
+    let mut ema: Option<f64> = None;
+    progress.start("train clip", total as u64);
+    let mut step = 0;
+    for _epoch in 0..cfg.epochs {
+        let mut order: Vec<usize> = (0..n).filter(|&i| !ids[i].is_empty()).collect();
+        order.shuffle(&mut rng);
+        for chunk in order.chunks(bs) {
+            if chunk.len() < bs {
+                continue;
+            }
+            let mut px = Vec::with_capacity(bs * c * s * s);
+            let mut rows = Vec::with_capacity(bs);
+            for &i in chunk {
+                px.extend_from_slice(&train.pixels[i]);
+                rows.push(ids[i][rng.random_range(0..ids[i].len())].clone());
+            }
+            let px = Tensor::from_vec(px, (bs, c, s, s), device)?;
+            let tid = ctok.pad(&rows, device)?;
+            let (logits, _, _) = model.forward(&px, &tid)?;
+            let loss = clip_loss(&logits)?;
+            let lr = lr_at(step, total, warmup, cfg.lr);
+            opt_decay.set_lr(lr);
+            opt_plain.set_lr(lr);
+            let grads = loss.backward()?;
+            opt_decay.step(&grads)?;
+            opt_plain.step(&grads)?;
+            if let Some(v) = &logit_scale_var {
+                let val = v.as_tensor().to_scalar::<f32>()?;
+                let clamped = val.clamp(0.0, 100f32.ln());
+                if clamped != val {
+                    v.set(&Tensor::new(clamped, device)?)?;
+                }
+            }
+            last_loss = loss.to_scalar::<f32>()? as f64;
+            if !last_loss.is_finite() {
+                return Err(Error::invalid(format!("loss became {last_loss} at step {step}; lower --lr")));
+            }
+            let e = ema.map_or(last_loss, |e| 0.95 * e + 0.05 * last_loss);
+            ema = Some(e);
+            step += 1;
+            progress.inc(1);
+            progress.message(&format!("loss {e:.3} lr {lr:.1e}"));
+        }
+    }
+    progress.finish();
+    let train_seconds = start.elapsed().as_secs_f64();
+
+    // Save in HF layout.
+    let tensors: HashMap<String, Tensor> = {
+        let data = varmap.data().lock().map_err(|_| Error::invalid("varmap lock poisoned"))?;
+        data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
+    };
+    save_model(out_dir, &mcfg, &tensors)?;
+    let tok_path = out_dir.join(TOKENIZER_FILE);
+    let json = tok.to_string(true).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    close_core::io::write_atomic(&tok_path, json.as_bytes())?;
+    close_core::io::write_json_atomic(out_dir.join("tokenizer_config.json"), &hf_tokenizer_config(mcfg.text_config.max_position_embeddings))?;
+    close_core::io::write_json_atomic(out_dir.join(PREPROCESSOR_FILE), &pcfg.to_hf_json())?;
+    let mut saved_cfg = cfg.clone();
+    saved_cfg.model = mcfg.clone();
+    close_core::io::write_json_atomic(out_dir.join("clip_train.json"), &saved_cfg)?;
+
+    // Held-out retrieval with the trained (now frozen) weights.
+    let retrieval = if data.split(&cfg.eval_split).next().is_some() {
+        let frozen = crate::bundle::load_model(out_dir, device)?;
+        let ev = load_split(data, image_root, &cfg.eval_split, &proc, cfg.max_eval_images, progress, &mut skipped)?;
+        Some(evaluate_retrieval(&frozen, &ctok, &ev.pixels, &ev.captions, (c, s), device, progress)?)
+    } else {
+        tracing::warn!("no images in split `{}`: retrieval not measured", cfg.eval_split);
+        None
+    };
+    let report = TrainReport {
+        steps: step,
+        epochs: cfg.epochs,
+        train_images: n,
+        train_captions: ids.iter().map(|v| v.len()).sum(),
+        final_loss: ema.unwrap_or(last_loss),
+        logit_scale: model.logit_scale()? as f64,
+        train_seconds,
+        eval_split: cfg.eval_split.clone(),
+        retrieval,
+        skipped,
+        out_dir: out_dir.to_path_buf(),
+    };
+    close_core::io::write_json_atomic(out_dir.join("clip_train_report.json"), &report)?;
+    Ok(report)
+}
+
+/// Retrieval recall of `model` on preprocessed images (CHW f32 each) and their captions.
+pub fn evaluate_retrieval(
+    model: &ClipModel,
+    tok: &ClipTokenizer,
+    pixels: &[Vec<f32>],
+    captions: &[Vec<String>],
+    (c, s): (usize, usize),
+    device: &Device,
+    progress: &dyn Progress,
+) -> Result<Retrieval> {
+    let mut img = Vec::new();
+    progress.start("eval", pixels.len() as u64);
+    for chunk in pixels.chunks(64) {
+        let px: Vec<f32> = chunk.iter().flatten().copied().collect();
+        let px = Tensor::from_vec(px, (chunk.len(), c, s, s), device)?;
+        img.push(model.image_features(&px)?);
+        progress.inc(chunk.len() as u64);
+    }
+    progress.finish();
+    let mut texts = Vec::new();
+    let mut owner = Vec::new();
+    for (i, caps) in captions.iter().enumerate() {
+        for cap in caps {
+            if !cap.trim().is_empty() {
+                texts.push(cap.as_str());
+                owner.push(i);
+            }
+        }
+    }
+    let mut txt = Vec::new();
+    for chunk in texts.chunks(256) {
+        txt.push(model.text_features(&tok.encode_batch(chunk, device)?)?);
+    }
+    if img.is_empty() || txt.is_empty() {
+        return Err(Error::invalid("no images or captions to evaluate retrieval on"));
+    }
+    retrieval_metrics(&Tensor::cat(&img, 0)?, &Tensor::cat(&txt, 0)?, &owner)
+}
+
+/// Load a trained model dir plus a dataset split and measure retrieval (for `close clip eval`
+/// style use and tests).
+pub fn evaluate_dir(model_dir: &Path, data: &Karpathy, image_root: &Path, split: &str, limit: usize, device: &Device, progress: &dyn Progress) -> Result<Retrieval> {
+    let clip = crate::bundle::Clip::load(model_dir, device)?;
+    let mut skipped = Vec::new();
+    let ev = load_split(data, image_root, split, &clip.processor, limit, progress, &mut skipped)?;
+    let vc = &clip.model.config().vision_config;
+    evaluate_retrieval(&clip.model, &clip.tokenizer, &ev.pixels, &ev.captions, (vc.num_channels, vc.image_size), device, progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_zero() {
+        assert!((lr_at(0, 100, 10, 1.0) - 0.1).abs() < 1e-12);
+        assert!((lr_at(9, 100, 10, 1.0) - 1.0).abs() < 1e-12);
+        assert!((lr_at(10, 100, 10, 1.0) - 1.0).abs() < 1e-12);
+        assert!(lr_at(99, 100, 10, 1.0) < 0.001);
+        assert!(lr_at(55, 100, 10, 1.0) < lr_at(30, 100, 10, 1.0));
+    }
+
+    #[test]
+    fn clip_loss_matches_cross_entropy_by_hand() -> Result<()> {
+        let l = Tensor::new(&[[2f32, 0.0], [1.0, 3.0]], &Device::Cpu)?;
+        let got = clip_loss(&l)?.to_scalar::<f32>()? as f64;
+        let ce = |row: [f64; 2], k: usize| -> f64 { -(row[k] - (row[0].exp() + row[1].exp()).ln()) };
+        let want = (ce([2., 0.], 0) + ce([1., 3.], 1) + ce([2., 1.], 0) + ce([0., 3.], 1)) / 4.0;
+        assert!((got - want).abs() < 1e-5, "{got} {want}");
+        Ok(())
+    }
+}

@@ -1,0 +1,281 @@
+//! SNLI-VE-style hypotheses about a scene. A hypothesis is one clause or two joined by
+//! `and`; each clause is true, false, or undecidable from the picture (material, weight,
+//! drawing order, depth between non-overlapping flat shapes). Labels follow logic:
+//! any false clause → contradiction; else any undecidable clause → neutral; else
+//! entailment. Undecidable clauses also occur in contradictions, and decidable clauses that
+//! share their words (`was drawn above`, `made of red paint`, `in front of the background`)
+//! occur in every
+//! class, which limits what a hypothesis-only model can learn (measured in [`super::bias`]).
+
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::Rng;
+
+use super::language::{count_matching, indefinite, unique_ref, Ref, NUMBER_WORDS};
+use super::scene::{Color, Relation, Scene, Shape, Size};
+use crate::snli::Label;
+
+/// Truth of a clause in the picture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Truth {
+    True,
+    False,
+    Unknown,
+}
+
+const MATERIALS: [&str; 5] = ["wood", "metal", "paper", "plastic", "glass"];
+
+struct Namer<'a> {
+    scene: &'a Scene,
+    names: Vec<Option<Ref>>,
+}
+
+impl<'a> Namer<'a> {
+    fn new(scene: &'a Scene) -> Self {
+        let names = (0..scene.objects.len())
+            .map(|i| unique_ref(scene, i, &[Ref::SHAPE, Ref::COLOR_SHAPE, Ref::SIZE_SHAPE, Ref::FULL]))
+            .collect();
+        Namer { scene, names }
+    }
+    fn named(&self) -> Vec<usize> {
+        (0..self.names.len()).filter(|&i| self.names[i].is_some()).collect()
+    }
+    /// `the red circle` (a description that picks the object out; sometimes more detailed
+    /// than needed).
+    fn the(&self, i: usize, rng: &mut impl Rng) -> String {
+        let base = self.names[i].unwrap_or(Ref::FULL);
+        let r = if rng.random_bool(0.3) && count_matching(self.scene, &self.scene.objects[i], Ref::FULL) == 1 { Ref::FULL } else { base };
+        format!("the {}", r.words(&self.scene.objects[i], false, false, rng))
+    }
+    /// `the red circle` avoiding the attribute that a predicate will state.
+    fn the_without(&self, i: usize, color: bool, size: bool, rng: &mut impl Rng) -> Option<String> {
+        let cands: Vec<Ref> = [Ref::SHAPE, Ref::COLOR_SHAPE, Ref::SIZE_SHAPE, Ref::FULL]
+            .into_iter()
+            .filter(|r| !(color && r.color) && !(size && r.size))
+            .collect();
+        let r = unique_ref(self.scene, i, &cands)?;
+        Some(format!("the {}", r.words(&self.scene.objects[i], false, false, rng)))
+    }
+}
+
+fn other<T: Copy + PartialEq>(all: &[T], not: T, rng: &mut impl Rng) -> T {
+    loop {
+        let x = all[rng.random_range(0..all.len())];
+        if x != not {
+            return x;
+        }
+    }
+}
+
+/// A decidable clause with the wanted truth value, if the scene allows one of the chosen kind.
+fn decidable_clause(nm: &Namer, want: bool, rng: &mut impl Rng) -> Option<String> {
+    let scene = nm.scene;
+    let objs = &scene.objects;
+    let n = objs.len();
+    let named = nm.named();
+    match rng.random_range(0..9) {
+        // existence / absence of a kind
+        0 | 1 => {
+            let gran = [Ref::SHAPE, Ref::COLOR_SHAPE, Ref::COLOR_SHAPE, Ref::FULL][rng.random_range(0..4)];
+            let negated = rng.random_bool(0.35);
+            let exists_wanted = want != negated;
+            let x = if exists_wanted {
+                objs[rng.random_range(0..n)].clone()
+            } else {
+                let mut found = None;
+                for _ in 0..30 {
+                    let mut x = objs[rng.random_range(0..n)].clone();
+                    match rng.random_range(0..3) {
+                        0 if gran.color => x.color = other(&Color::ALL, x.color, rng),
+                        1 if gran.size => x.size = other(&Size::ALL, x.size, rng),
+                        _ => x.shape = other(&Shape::ALL, x.shape, rng),
+                    }
+                    if count_matching(scene, &x, gran) == 0 {
+                        found = Some(x);
+                        break;
+                    }
+                }
+                found?
+            };
+            let w = gran.words(&x, false, false, rng);
+            Some(if negated { format!("there is no {w}") } else { format!("there is {}", indefinite(&w)) })
+        }
+        // exact count
+        2 => {
+            let o = objs[rng.random_range(0..n)].clone();
+            let r = [Ref { size: false, color: false, shape: false }, Ref::SHAPE, Ref::COLOR][rng.random_range(0..3)];
+            let c = count_matching(scene, &o, r);
+            let k = if want {
+                c
+            } else if c == 1 || (c > 1 && rng.random_bool(0.5)) {
+                c + 1
+            } else {
+                c - 1
+            };
+            if k == 0 || k > 9 {
+                return None;
+            }
+            let w = r.words(&o, k != 1, false, rng);
+            Some(if k == 1 { format!("there is exactly one {w}") } else { format!("there are {} {w}", NUMBER_WORDS[k]) })
+        }
+        // relation between two named objects
+        3 | 4 => {
+            if named.len() < 2 {
+                return None;
+            }
+            let a = *named.choose(rng)?;
+            let b = *named.iter().filter(|&&b| b != a).collect::<Vec<_>>().choose(rng)?.to_owned();
+            let rels: Vec<Relation> = Relation::ALL.iter().copied().filter(|r| r.holds(&objs[a], &objs[b]) == want).collect();
+            let r = *rels.choose(rng)?;
+            let verb = ["is", "is", "is drawn", "was drawn"][rng.random_range(0..4)];
+            Some(format!("{} {verb} {} {}", nm.the(a, rng), r.phrase(), nm.the(b, rng)))
+        }
+        // position of a named object
+        5 => {
+            let i = *named.choose(rng)?;
+            let (row, col) = if want {
+                (objs[i].row, objs[i].col)
+            } else {
+                loop {
+                    let (r, c) = (rng.random_range(0..3u8), rng.random_range(0..3u8));
+                    if (r, c) != (objs[i].row, objs[i].col) {
+                        break (r, c);
+                    }
+                }
+            };
+            Some(format!("{} is in the {}", nm.the(i, rng), super::scene::CELL_NAMES[row as usize][col as usize]))
+        }
+        // colour of a named object
+        6 => {
+            let i = *named.choose(rng)?;
+            let the = nm.the_without(i, true, false, rng)?;
+            let c = if want { objs[i].color } else { other(&Color::ALL, objs[i].color, rng) };
+            Some(match rng.random_range(0..5) {
+                0 => format!("{the} is drawn in {}", c.word()),
+                1 => format!("{the} is made of {} paint", c.word()),
+                _ => format!("{the} is {}", c.word()),
+            })
+        }
+        // size of a named object, or a size comparison
+        7 => {
+            if named.len() >= 2 && rng.random_bool(0.5) {
+                let a = *named.choose(rng)?;
+                let b = *named.iter().filter(|&&b| b != a).collect::<Vec<_>>().choose(rng)?.to_owned();
+                let (sa, sb) = (objs[a].size, objs[b].size);
+                let options: [(&str, bool); 3] = [("bigger than", sa > sb), ("smaller than", sa < sb), ("the same size as", sa == sb)];
+                let fits: Vec<&str> = options.iter().filter(|(_, t)| *t == want).map(|(p, _)| *p).collect();
+                let p = *fits.choose(rng)?;
+                Some(format!("{} is {p} {}", nm.the(a, rng), nm.the(b, rng)))
+            } else {
+                let i = *named.choose(rng)?;
+                let the = nm.the_without(i, false, true, rng)?;
+                let s = if want { objs[i].size } else { other(&Size::ALL, objs[i].size, rng) };
+                Some(format!("{the} is {}", s.word()))
+            }
+        }
+        // figure / ground (true: every shape lies on the background; no false form, which
+        // would only ever occur in contradictions)
+        _ => {
+            if !want {
+                return None;
+            }
+            let i = *named.choose(rng)?;
+            Some(format!("{} is in front of the background", nm.the(i, rng)))
+        }
+    }
+}
+
+/// An undecidable clause about named objects.
+fn unknown_clause(nm: &Namer, rng: &mut impl Rng) -> Option<String> {
+    let named = nm.named();
+    let a = *named.choose(rng)?;
+    let two = named.len() >= 2;
+    let b = if two { *named.iter().filter(|&&b| b != a).collect::<Vec<_>>().choose(rng)?.to_owned() } else { a };
+    Some(match rng.random_range(0..4) {
+        0 => format!("{} is made of {}", nm.the(a, rng), MATERIALS[rng.random_range(0..MATERIALS.len())]),
+        1 if two => format!("{} is {} than {}", nm.the(a, rng), ["heavier", "lighter"][rng.random_range(0..2)], nm.the(b, rng)),
+        2 if two => format!("{} was drawn {} {}", nm.the(a, rng), ["before", "after"][rng.random_range(0..2)], nm.the(b, rng)),
+        3 if two => format!("{} is {} {}", nm.the(a, rng), ["in front of", "behind"][rng.random_range(0..2)], nm.the(b, rng)),
+        _ => format!("{} is made of {}", nm.the(a, rng), MATERIALS[rng.random_range(0..MATERIALS.len())]),
+    })
+}
+
+fn clause(nm: &Namer, t: Truth, rng: &mut impl Rng) -> Option<String> {
+    for _ in 0..20 {
+        let c = match t {
+            Truth::True => decidable_clause(nm, true, rng),
+            Truth::False => decidable_clause(nm, false, rng),
+            Truth::Unknown => unknown_clause(nm, rng),
+        };
+        if c.is_some() {
+            return c;
+        }
+    }
+    None
+}
+
+/// A hypothesis with the given label, or `None` if the scene cannot support one.
+pub fn hypothesis(scene: &Scene, label: Label, rng: &mut impl Rng) -> Option<String> {
+    use Truth::*;
+    let nm = Namer::new(scene);
+    let parts: Vec<Truth> = match label {
+        Label::Entailment => {
+            if rng.random_bool(0.55) {
+                vec![True]
+            } else {
+                vec![True, True]
+            }
+        }
+        Label::Contradiction => match rng.random_range(0..10) {
+            0..=3 => vec![False],
+            4..=6 => vec![False, True],
+            _ => vec![False, Unknown],
+        },
+        Label::Neutral => {
+            if rng.random_bool(0.4) {
+                vec![Unknown]
+            } else {
+                vec![True, Unknown]
+            }
+        }
+    };
+    let mut clauses: Vec<String> = Vec::with_capacity(parts.len());
+    for t in parts {
+        let c = clause(&nm, t, rng)?;
+        if clauses.contains(&c) {
+            return None;
+        }
+        clauses.push(c);
+    }
+    clauses.shuffle(rng);
+    Some(format!("{}.", clauses.join(" and ")))
+}
+
+/// `per_label` hypotheses of each label for a scene, distinct, shuffled. When the scene
+/// cannot support that many of some label (e.g. an undecidable clause needs an object that
+/// can be named), every label gets the same smaller number, so classes stay balanced.
+pub fn hypotheses(scene: &Scene, per_label: usize, rng: &mut impl Rng) -> Vec<(String, Label)> {
+    let mut by_label: Vec<Vec<String>> = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
+    for label in Label::ALL {
+        let mut got = Vec::new();
+        for _ in 0..per_label * 10 {
+            if got.len() == per_label {
+                break;
+            }
+            if let Some(h) = hypothesis(scene, label, rng) {
+                if !seen.contains(&h) {
+                    seen.push(h.clone());
+                    got.push(h);
+                }
+            }
+        }
+        by_label.push(got);
+    }
+    let m = by_label.iter().map(Vec::len).min().unwrap_or(0);
+    let mut out: Vec<(String, Label)> = Vec::new();
+    for (label, hs) in Label::ALL.into_iter().zip(by_label) {
+        out.extend(hs.into_iter().take(m).map(|h| (h, label)));
+    }
+    out.shuffle(rng);
+    out
+}

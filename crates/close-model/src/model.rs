@@ -1,0 +1,355 @@
+//! The CLOSE model (reference `close/model/clip_t5_model.py`, `ClipT5Model`):
+//!
+//! ```text
+//! clip vector [B, C] ──(adapter: training on text only)──► prefix.lin: Linear(C, n·D)
+//!        ──► [B, n, D] ++ T5 embeddings of the extra text [B, L, D]  (mask [B, n + L])
+//!        ──► T5 encoder ──► T5 decoder ──► target tokens
+//! ```
+//!
+//! The prefix mapping is the reference's `EmbeddingTokenizer` (one linear layer with bias,
+//! no norm, no activation); its weights are stored as `prefix.lin.weight` / `prefix.lin.bias`
+//! next to T5's own HF names (`shared.weight`, `encoder.block.0...`) in `model.safetensors`.
+//! The encoder gets a real attention mask (the reference passes none to the encoder; set
+//! [`ModelConfig::reference_encoder_mask_quirk`] to reproduce that). Several targets per input
+//! are handled by running the encoder once and repeating its rows (`target_mapping`).
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+
+use candle_core::{DType, Device, Shape, Tensor, Var};
+use candle_nn::{Init, VarBuilder, VarMap};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use close_core::{Error, Result};
+use close_t5::{GenerateConfig, Hypothesis, T5Config, T5};
+
+/// Architecture of a CLOSE model (saved in the run's `config.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub t5: T5Config,
+    /// CLIP embedding dimension.
+    pub clip_dim: usize,
+    /// Number of prefix vectors the CLIP vector is mapped to (reference: 4).
+    #[serde(default = "default_prefix")]
+    pub n_prefix: usize,
+    /// Reproduce the reference's missing encoder attention mask (padded question tokens are
+    /// attended by the encoder; the decoder's cross-attention still masks them).
+    #[serde(default)]
+    pub reference_encoder_mask_quirk: bool,
+}
+
+fn default_prefix() -> usize {
+    4
+}
+
+impl ModelConfig {
+    pub fn validate(&self) -> Result<()> {
+        self.t5.validate()?;
+        if self.clip_dim == 0 {
+            return Err(Error::config("model.clip_dim", "must be positive"));
+        }
+        if self.n_prefix == 0 {
+            return Err(Error::config("model.n_prefix", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Extra text fed to the T5 encoder after the prefix: token ids `[B, L]` (u32) and mask
+/// `[B, L]` (f32, 1 = token).
+#[derive(Debug, Clone)]
+pub struct TextInput {
+    pub ids: Tensor,
+    pub mask: Tensor,
+}
+
+/// A deterministic parameter initialiser: every variable is drawn from a ChaCha stream
+/// seeded by (seed, name), so the same seed gives the same initial model whatever the
+/// construction order (candle's CPU RNG cannot be seeded).
+struct SeededInit {
+    varmap: VarMap,
+    seed: u64,
+}
+
+fn name_seed(seed: u64, name: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ h.finish()
+}
+
+fn init_tensor(init: Init, shape: &Shape, seed: u64, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    let n = shape.elem_count();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let data: Vec<f32> = match init {
+        Init::Const(c) => vec![c as f32; n],
+        Init::Randn { mean, stdev } => (0..n).map(|_| (mean + stdev * rng.sample::<f64, _>(rand_distr::StandardNormal)) as f32).collect(),
+        Init::Uniform { lo, up } => (0..n).map(|_| rng.random_range(lo..up) as f32).collect(),
+        Init::Kaiming { dist, fan, non_linearity } => {
+            let std = non_linearity.gain() / (fan.for_shape(shape) as f64).sqrt();
+            match dist {
+                candle_nn::init::NormalOrUniform::Uniform => {
+                    let b = 3f64.sqrt() * std;
+                    (0..n).map(|_| rng.random_range(-b..b) as f32).collect()
+                }
+                candle_nn::init::NormalOrUniform::Normal => {
+                    (0..n).map(|_| (std * rng.sample::<f64, _>(rand_distr::StandardNormal)) as f32).collect()
+                }
+            }
+        }
+    };
+    Tensor::from_vec(data, shape.clone(), dev)?.to_dtype(dtype)
+}
+
+impl candle_nn::var_builder::SimpleBackend for SeededInit {
+    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let mut data = self.varmap.data().lock().map_err(|_| candle_core::Error::Msg("varmap lock poisoned".into()))?;
+        if let Some(v) = data.get(name) {
+            if v.shape() != &s {
+                candle_core::bail!("shape mismatch for {name}: {:?} vs {:?}", v.shape(), s);
+            }
+            return Ok(v.as_tensor().clone());
+        }
+        let t = init_tensor(h, &s, name_seed(self.seed, name), dtype, dev)?;
+        let var = Var::from_tensor(&t)?;
+        let out = var.as_tensor().clone();
+        data.insert(name.to_string(), var);
+        Ok(out)
+    }
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("no tensor `{name}` before initialisation")
+    }
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.varmap.data().lock().map(|d| d.contains_key(name)).unwrap_or(false)
+    }
+}
+
+/// The CLOSE model: prefix mapping + T5 (CLIP is not part of it).
+pub struct CloseModel {
+    cfg: ModelConfig,
+    t5: T5,
+    prefix_w: Tensor, // [n·D, C]
+    prefix_b: Tensor, // [n·D]
+    varmap: VarMap,
+}
+
+/// Checkpoint key of the prefix weight.
+pub const PREFIX_WEIGHT: &str = "prefix.lin.weight";
+/// Checkpoint key of the prefix bias.
+pub const PREFIX_BIAS: &str = "prefix.lin.bias";
+
+impl CloseModel {
+    /// A freshly initialised model (deterministic for `seed`). Every parameter is a
+    /// trainable variable in [`CloseModel::varmap`].
+    pub fn new(cfg: ModelConfig, seed: u64, device: &Device) -> Result<Self> {
+        cfg.validate()?;
+        let varmap = VarMap::new();
+        let backend = SeededInit { varmap: varmap.clone(), seed };
+        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
+        Self::build(cfg, vb, varmap)
+    }
+
+    fn build(cfg: ModelConfig, vb: VarBuilder, varmap: VarMap) -> Result<Self> {
+        let t5 = T5::new(&cfg.t5, vb.clone())?;
+        // torch.nn.Linear's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+        let bound = 1.0 / (cfg.clip_dim as f64).sqrt();
+        let init = Init::Uniform { lo: -bound, up: bound };
+        let out = cfg.n_prefix * cfg.t5.d_model;
+        let lin = vb.pp("prefix").pp("lin");
+        let prefix_w = lin.get_with_hints((out, cfg.clip_dim), "weight", init)?;
+        let prefix_b = lin.get_with_hints(out, "bias", init)?;
+        Ok(Self { cfg, t5, prefix_w, prefix_b, varmap })
+    }
+
+    /// A model whose parameters are variables initialised from the safetensors file `path`
+    /// (every tensor must be present with the right shape; extra tensors are ignored).
+    pub fn load(cfg: ModelConfig, path: &Path, device: &Device) -> Result<Self> {
+        let m = Self::new(cfg, 0, device)?;
+        m.load_weights(path)?;
+        Ok(m)
+    }
+
+    /// Overwrite all parameters from a safetensors file, naming missing / mis-shaped keys.
+    pub fn load_weights(&self, path: &Path) -> Result<()> {
+        let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+            .map_err(|e| Error::format(path, None, format!("cannot read safetensors: {e}")))?;
+        self.set_weights(&tensors, &path.display().to_string())
+    }
+
+    /// Overwrite all parameters from named tensors (`file` names the source in errors).
+    pub fn set_weights(&self, tensors: &HashMap<String, Tensor>, file: &str) -> Result<()> {
+        let data = self.varmap.data().lock().map_err(|_| Error::invalid("varmap lock poisoned"))?;
+        for (name, var) in data.iter() {
+            let t = tensors.get(name).or_else(|| {
+                (name == "shared.weight").then(|| tensors.get("encoder.embed_tokens.weight")).flatten()
+            });
+            let t = t.ok_or_else(|| Error::MissingKey { file: file.into(), key: name.clone() })?;
+            if t.dims() != var.dims() {
+                return Err(Error::Shape { what: format!("{file}: `{name}`"), expected: var.dims().to_vec(), got: t.dims().to_vec() });
+            }
+            var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+        }
+        Ok(())
+    }
+
+    /// All parameters by name (T5's HF names + `prefix.lin.*`).
+    pub fn tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let data = self.varmap.data().lock().map_err(|_| Error::invalid("varmap lock poisoned"))?;
+        Ok(data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect())
+    }
+
+    /// Save all parameters as safetensors (atomically).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        close_core::io::save_safetensors_atomic(path, &self.tensors()?)
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    pub fn t5(&self) -> &T5 {
+        &self.t5
+    }
+    pub fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+    pub fn device(&self) -> &Device {
+        self.t5.device()
+    }
+
+    /// Dropout on (training) or off.
+    pub fn set_training(&mut self, training: bool) {
+        self.t5.set_training(training);
+    }
+
+    /// Prefix vectors: `clip [B, C]` → `[B, n_prefix, D]`.
+    pub fn prefix(&self, clip: &Tensor) -> Result<Tensor> {
+        let (b, c) = clip.dims2()?;
+        if c != self.cfg.clip_dim {
+            return Err(Error::Shape { what: "CLIP vectors".into(), expected: vec![b, self.cfg.clip_dim], got: vec![b, c] });
+        }
+        let y = clip.matmul(&self.prefix_w.t()?)?.broadcast_add(&self.prefix_b)?;
+        Ok(y.reshape((b, self.cfg.n_prefix, self.cfg.t5.d_model))?)
+    }
+
+    /// Encoder input embeddings and mask: prefix (always attended) followed by the extra
+    /// text's token embeddings. Returns `([B, n + L, D], [B, n + L])`.
+    pub fn encoder_inputs(&self, clip: &Tensor, text: Option<&TextInput>) -> Result<(Tensor, Tensor)> {
+        let prefix = self.prefix(clip)?;
+        let (b, n, _) = prefix.dims3()?;
+        let ones = Tensor::ones((b, n), DType::F32, clip.device())?;
+        match text {
+            None => Ok((prefix, ones)),
+            Some(t) => {
+                let (tb, l) = t.ids.dims2()?;
+                if tb != b || t.mask.dims() != [b, l] {
+                    return Err(Error::Shape { what: "extra text ids / mask".into(), expected: vec![b, l], got: t.mask.dims().to_vec() });
+                }
+                let emb = self.t5.embed_tokens(&t.ids)?;
+                let x = Tensor::cat(&[&prefix, &emb], 1)?;
+                let m = Tensor::cat(&[&ones, &t.mask.to_dtype(DType::F32)?], 1)?;
+                Ok((x, m))
+            }
+        }
+    }
+
+    /// Encoder output `[B, n + L, D]` and the mask the decoder must use `[B, n + L]`.
+    pub fn encode(&self, clip: &Tensor, text: Option<&TextInput>) -> Result<(Tensor, Tensor)> {
+        let (x, mask) = self.encoder_inputs(clip, text)?;
+        let enc_mask = if self.cfg.reference_encoder_mask_quirk { mask.ones_like()? } else { mask.clone() };
+        let enc = self.t5.encode(&x, &enc_mask)?;
+        Ok((enc, mask))
+    }
+
+    /// Training loss: mean cross-entropy over all target tokens. `targets[i]` are token ids
+    /// (with EOS) of a target of input row `mapping[i]`.
+    pub fn loss(&self, clip: &Tensor, text: Option<&TextInput>, targets: &[Vec<u32>], mapping: &[usize]) -> Result<Tensor> {
+        if targets.len() != mapping.len() || targets.is_empty() {
+            return Err(Error::invalid(format!("loss: {} targets for {} mapping entries", targets.len(), mapping.len())));
+        }
+        let (enc, mask) = self.encode(clip, text)?;
+        let (enc, mask) = self.t5.repeat_for_targets(&enc, &mask, mapping)?;
+        let (labels, label_mask) = close_t5::pad_targets(targets, self.cfg.t5.pad_token_id, clip.device())?;
+        self.t5.loss(&enc, &mask, &labels, &label_mask)
+    }
+
+    /// Beam search / greedy decoding; per input row, the hypotheses best first.
+    pub fn generate(&self, clip: &Tensor, text: Option<&TextInput>, gen: &GenerateConfig) -> Result<Vec<Vec<Hypothesis>>> {
+        let (enc, mask) = self.encode(clip, text)?;
+        self.t5.generate(&enc, &mask, gen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny(clip_dim: usize) -> ModelConfig {
+        ModelConfig { t5: T5Config::tiny(), clip_dim, n_prefix: 4, reference_encoder_mask_quirk: false }
+    }
+
+    fn text(dev: &Device) -> TextInput {
+        TextInput {
+            ids: Tensor::new(&[[5u32, 6, 1, 0], [7, 8, 9, 1]], dev).unwrap(),
+            mask: Tensor::new(&[[1f32, 1., 1., 0.], [1., 1., 1., 1.]], dev).unwrap(),
+        }
+    }
+
+    #[test]
+    fn every_parameter_gets_a_gradient() -> Result<()> {
+        let dev = Device::Cpu;
+        let m = CloseModel::new(tiny(16), 1, &dev)?;
+        let clip = Tensor::randn(0f32, 1., (2, 16), &dev)?;
+        let loss = m.loss(&clip, Some(&text(&dev)), &[vec![3, 4, 1], vec![5, 1], vec![6, 7, 8, 1]], &[0, 0, 1])?;
+        let grads = loss.backward()?;
+        let missing = close_core::ops::vars_without_gradient(m.varmap(), &grads)?;
+        assert!(missing.is_empty(), "no gradient: {missing:?}");
+        assert!(m.tensors()?.contains_key(PREFIX_WEIGHT));
+        Ok(())
+    }
+
+    #[test]
+    fn seeded_init_is_reproducible_and_save_load_round_trips() -> Result<()> {
+        let dev = Device::Cpu;
+        let a = CloseModel::new(tiny(8), 7, &dev)?;
+        let b = CloseModel::new(tiny(8), 7, &dev)?;
+        let c = CloseModel::new(tiny(8), 8, &dev)?;
+        let ta = a.tensors()?;
+        let w = |m: &HashMap<String, Tensor>| m[PREFIX_WEIGHT].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(w(&ta), w(&b.tensors()?));
+        assert_ne!(w(&ta), w(&c.tensors()?));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("model.safetensors");
+        a.save(&p)?;
+        let back = CloseModel::load(tiny(8), &p, &dev)?;
+        let clip = Tensor::randn(0f32, 1., (2, 8), &dev)?;
+        let x = a.encode(&clip, None)?.0.flatten_all()?.to_vec1::<f32>()?;
+        let y = back.encode(&clip, None)?.0.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(x, y);
+        // A missing key is named.
+        let mut t = a.tensors()?;
+        t.remove(PREFIX_BIAS);
+        let e = back.set_weights(&t, "x.safetensors").unwrap_err().to_string();
+        assert!(e.contains(PREFIX_BIAS), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn padded_text_does_not_change_the_encoding_of_real_tokens() -> Result<()> {
+        // With the mask, extra padding after the question leaves every real position's
+        // encoder output unchanged.
+        let dev = Device::Cpu;
+        let m = CloseModel::new(tiny(8), 3, &dev)?;
+        let clip = Tensor::randn(0f32, 1., (1, 8), &dev)?;
+        let short = TextInput { ids: Tensor::new(&[[5u32, 6, 1]], &dev)?, mask: Tensor::new(&[[1f32, 1., 1.]], &dev)? };
+        let long = TextInput { ids: Tensor::new(&[[5u32, 6, 1, 0, 0]], &dev)?, mask: Tensor::new(&[[1f32, 1., 1., 0., 0.]], &dev)? };
+        let (a, ma) = m.encode(&clip, Some(&short))?;
+        let (b, mb) = m.encode(&clip, Some(&long))?;
+        assert_eq!(ma.dims(), &[1, 7]);
+        assert_eq!(mb.to_vec2::<f32>()?, vec![vec![1., 1., 1., 1., 1., 1., 1., 0., 0.]]);
+        let diff = (a - b.narrow(1, 0, 7)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "{diff}");
+        Ok(())
+    }
+}

@@ -1,0 +1,26 @@
+//! Serve CLOSE models to people and programs: an HTTP service (axum) with a small web page.
+//!
+//! A tour:
+//! - [`predictor::Predictor`]: what a served model must do (batched prediction returning
+//!   beams with log-probs and the nearest training captions); [`run::RunPredictor`]
+//!   implements it for trained runs, [`mock::ColorPredictor`] is a model-free stand-in for
+//!   server tests and the load test.
+//! - [`worker`]: one inference thread per model with dynamic batching of queued requests.
+//! - [`request`]: multipart / JSON(base64) request parsing with 4xx JSON errors
+//!   ([`api_error::ApiError`]).
+//! - [`server`]: routes, upload limit, timeouts, bounded concurrency (503 + `Retry-After`),
+//!   graceful shutdown; [`server::RunningServer`] runs one in the background.
+//! - The page (`GET /`, `src/page.html`): upload or drop an image, pick task and model, see
+//!   the answer, the beams and the nearest training captions.
+
+pub mod api_error;
+pub mod mock;
+pub mod predictor;
+pub mod request;
+pub mod run;
+pub mod server;
+pub mod worker;
+
+pub use api_error::ApiError;
+pub use predictor::{Beam, DecodeOptions, ModelInfo, Neighbor, Prediction, Predictor, Query, Task};
+pub use server::{router, serve, AppState, PredictResponse, RunningServer, ServeConfig};
