@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use close_core::{Error, Result};
 use crate::load::write_json_compact as write_json_atomic;
+use close_core::{Error, Result};
 
-use crate::load::{parse_doc, parse_records, raw_line, read_text, LoadOptions, LoadReport};
+use crate::load::{
+    parse_doc, parse_records, parse_records_with, read_text, LoadOptions, LoadReport,
+};
 
 /// One caption of a Karpathy image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,31 +97,32 @@ impl Karpathy {
         let text = read_text(path)?;
         let doc: Doc = parse_doc(path, &text)?;
         let mut report = LoadReport::new(path);
-        let parsed: Vec<KarpathyImage> =
-            parse_records_keep_index(&text, &doc.images, "images", opts, &mut report)?
-                .into_iter()
-                .filter_map(|(i, im): (usize, KarpathyImage)| {
-                    let line = Some(raw_line(&text, doc.images[i]));
-                    let problem = if im.sentences.is_empty() {
-                        Some(format!("images[{i}] ({}) has no sentences", im.filename))
-                    } else if !KARPATHY_SPLITS.contains(&im.split.as_str()) {
-                        Some(format!("images[{i}] ({}): unknown split `{}`", im.filename, im.split))
-                    } else if im.sentences.iter().any(|s| s.raw.trim().is_empty()) {
-                        Some(format!("images[{i}] ({}) has an empty sentence", im.filename))
-                    } else {
-                        None
-                    };
-                    match problem {
-                        None => Some(Ok(im)),
-                        Some(msg) => match report.bad(opts, line, msg) {
-                            Ok(()) => None,
-                            Err(e) => Some(Err(e)),
-                        },
-                    }
-                })
-                .collect::<Result<_>>()?;
+        let parsed: Vec<KarpathyImage> = parse_records_with(
+            &text,
+            &doc.images,
+            "images",
+            opts,
+            &mut report,
+            |_, im: &KarpathyImage| {
+                if im.sentences.is_empty() {
+                    Err(format!("{} has no sentences", im.filename))
+                } else if !KARPATHY_SPLITS.contains(&im.split.as_str()) {
+                    Err(format!("{}: unknown split `{}`", im.filename, im.split))
+                } else if im.sentences.iter().any(|s| s.raw.trim().is_empty()) {
+                    Err(format!("{} has an empty sentence", im.filename))
+                } else {
+                    Ok(())
+                }
+            },
+        )?;
         report.loaded = parsed.len();
-        Ok((Karpathy { dataset: doc.dataset, images: parsed }, report))
+        Ok((
+            Karpathy {
+                dataset: doc.dataset,
+                images: parsed,
+            },
+            report,
+        ))
     }
 
     /// Images of one split (see [`KarpathyImage::in_split`]).
@@ -135,33 +138,6 @@ impl Karpathy {
             .map(|im| (im.image_id(), im.captions().map(str::to_string).collect()))
             .collect()
     }
-}
-
-/// Like `parse_records` but keeps each record's array index.
-fn parse_records_keep_index<T: serde::de::DeserializeOwned>(
-    text: &str,
-    raws: &[&RawValue],
-    key: &str,
-    opts: &LoadOptions,
-    report: &mut LoadReport,
-) -> Result<Vec<(usize, T)>> {
-    let mut out = Vec::with_capacity(raws.len());
-    for (i, raw) in raws.iter().enumerate() {
-        let one = std::slice::from_ref(raw);
-        let before = report.skipped.len();
-        let mut v = parse_records::<T>(text, one, key, opts, report)?;
-        // parse_records numbers the element 0; fix the index in a skip message.
-        if report.skipped.len() > before {
-            if let Some(s) = report.skipped.last_mut() {
-                s.reason = s.reason.replacen(&format!("{key}[0]"), &format!("{key}[{i}]"), 1);
-            }
-        }
-        if let Some(x) = v.pop() {
-            out.push((i, x));
-        }
-    }
-    report.loaded = 0;
-    Ok(out)
 }
 
 /// An image entry of a COCO annotations file.
@@ -224,23 +200,37 @@ impl CocoCaptions {
         let text = read_text(path)?;
         let doc: Doc = parse_doc(path, &text)?;
         let mut report = LoadReport::new(path);
-        let images: Vec<CocoImage> = parse_records(&text, &doc.images, "images", opts, &mut report)?;
+        let images: Vec<CocoImage> =
+            parse_records(&text, &doc.images, "images", opts, &mut report)?;
         let ids: std::collections::HashSet<u64> = images.iter().map(|i| i.id).collect();
-        let anns = parse_records_keep_index::<CocoCaption>(&text, &doc.annotations, "annotations", opts, &mut report)?;
-        let mut annotations = Vec::with_capacity(anns.len());
-        for (i, a) in anns {
-            let line = Some(raw_line(&text, doc.annotations[i]));
-            if a.caption.trim().is_empty() {
-                report.bad(opts, line, format!("annotations[{i}] (id {}): empty caption", a.id))?;
-            } else if !ids.is_empty() && !ids.contains(&a.image_id) {
-                report.bad(opts, line, format!("annotations[{i}] (id {}): image_id {} is not in `images`", a.id, a.image_id))?;
-            } else {
-                annotations.push(a);
-            }
-        }
+        let annotations: Vec<CocoCaption> = parse_records_with(
+            &text,
+            &doc.annotations,
+            "annotations",
+            opts,
+            &mut report,
+            |_, a: &CocoCaption| {
+                if a.caption.trim().is_empty() {
+                    Err(format!("(id {}) empty caption", a.id))
+                } else if !ids.is_empty() && !ids.contains(&a.image_id) {
+                    Err(format!(
+                        "(id {}) image_id {} is not in `images`",
+                        a.id, a.image_id
+                    ))
+                } else {
+                    Ok(())
+                }
+            },
+        )?;
         report.loaded = annotations.len();
         Ok((
-            CocoCaptions { info: doc.info, images, annotations, licenses: doc.licenses, kind: doc.kind },
+            CocoCaptions {
+                info: doc.info,
+                images,
+                annotations,
+                licenses: doc.licenses,
+                kind: doc.kind,
+            },
             report,
         ))
     }
@@ -271,21 +261,29 @@ pub struct CocoResult {
 }
 
 /// Load a COCO results file (`[{image_id, caption}]`). Duplicate image ids are malformed.
-pub fn load_coco_results(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<(Vec<CocoResult>, LoadReport)> {
+pub fn load_coco_results(
+    path: impl AsRef<Path>,
+    opts: &LoadOptions,
+) -> Result<(Vec<CocoResult>, LoadReport)> {
     let path = path.as_ref();
     let text = read_text(path)?;
     let raws: Vec<&RawValue> = parse_doc(path, &text)?;
     let mut report = LoadReport::new(path);
-    let recs = parse_records_keep_index::<CocoResult>(&text, &raws, "results", opts, &mut report)?;
     let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::with_capacity(recs.len());
-    for (i, r) in recs {
-        if !seen.insert(r.image_id) {
-            report.bad(opts, Some(raw_line(&text, raws[i])), format!("results[{i}]: duplicate image_id {}", r.image_id))?;
-        } else {
-            out.push(r);
-        }
-    }
+    let out: Vec<CocoResult> = parse_records_with(
+        &text,
+        &raws,
+        "results",
+        opts,
+        &mut report,
+        |_, r: &CocoResult| {
+            if seen.insert(r.image_id) {
+                Ok(())
+            } else {
+                Err(format!("duplicate image_id {}", r.image_id))
+            }
+        },
+    )?;
     report.loaded = out.len();
     Ok((out, report))
 }
@@ -297,16 +295,32 @@ pub fn save_coco_results(path: impl AsRef<Path>, results: &[CocoResult]) -> Resu
 
 /// Check that every result's image id has references; returns the ids that do not.
 pub fn unknown_result_ids(results: &[CocoResult], refs: &BTreeMap<u64, Vec<String>>) -> Vec<u64> {
-    results.iter().filter(|r| !refs.contains_key(&r.image_id)).map(|r| r.image_id).collect()
+    results
+        .iter()
+        .filter(|r| !refs.contains_key(&r.image_id))
+        .map(|r| r.image_id)
+        .collect()
 }
 
 /// Error for a results file whose ids are not in the references.
-pub fn check_result_ids(path: &Path, results: &[CocoResult], refs: &BTreeMap<u64, Vec<String>>) -> Result<()> {
+pub fn check_result_ids(
+    path: &Path,
+    results: &[CocoResult],
+    refs: &BTreeMap<u64, Vec<String>>,
+) -> Result<()> {
     let bad = unknown_result_ids(results, refs);
     if bad.is_empty() {
         Ok(())
     } else {
-        Err(Error::format(path, None, format!("{} image ids not in the references, e.g. {}", bad.len(), bad[0])))
+        Err(Error::format(
+            path,
+            None,
+            format!(
+                "{} image ids not in the references, e.g. {}",
+                bad.len(),
+                bad[0]
+            ),
+        ))
     }
 }
 

@@ -53,7 +53,10 @@ pub struct LoadReport {
 
 impl LoadReport {
     pub(crate) fn new(path: &Path) -> Self {
-        Self { path: path.to_path_buf(), ..Default::default() }
+        Self {
+            path: path.to_path_buf(),
+            ..Default::default()
+        }
     }
 
     /// Merge another file's report into this one (counts only make sense per file, so the
@@ -76,7 +79,12 @@ impl LoadReport {
     }
 
     /// Record a bad item: an error (strict) or a skip.
-    pub(crate) fn bad(&mut self, opts: &LoadOptions, line: Option<usize>, reason: String) -> Result<()> {
+    pub(crate) fn bad(
+        &mut self,
+        opts: &LoadOptions,
+        line: Option<usize>,
+        reason: String,
+    ) -> Result<()> {
         if opts.skip_bad {
             tracing::warn!(
                 "{}{}: skipped: {reason}",
@@ -112,7 +120,10 @@ pub(crate) fn parse_doc<'a, T: Deserialize<'a>>(path: &Path, text: &'a str) -> R
 
 /// 1-based line of byte `offset` in `text`.
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {
-    1 + text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count()
+    1 + text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
 }
 
 /// Byte offset of a borrowed raw value inside the document it was parsed from.
@@ -122,8 +133,36 @@ fn offset_in(text: &str, raw: &RawValue) -> usize {
     p.saturating_sub(start).min(text.len())
 }
 
-/// Deserialize each element of a JSON array individually; a bad element is an error naming
-/// `path:line` and `key[index]`, or is skipped and reported.
+/// Deserialize each element of a JSON array individually and run `check` on it; a bad
+/// element is an error naming `path:line` and `key[index]`, or is skipped and reported.
+/// Records are processed in file order, so the first error is the first bad record.
+pub(crate) fn parse_records_with<T: DeserializeOwned>(
+    text: &str,
+    raws: &[&RawValue],
+    key: &str,
+    opts: &LoadOptions,
+    report: &mut LoadReport,
+    mut check: impl FnMut(usize, &T) -> std::result::Result<(), String>,
+) -> Result<Vec<T>> {
+    let mut out = Vec::with_capacity(raws.len());
+    for (i, raw) in raws.iter().enumerate() {
+        let line = line_of(text, offset_in(text, raw));
+        match serde_json::from_str::<T>(raw.get()) {
+            Ok(v) => match check(i, &v) {
+                Ok(()) => out.push(v),
+                Err(msg) => report.bad(opts, Some(line), format!("{key}[{i}]: {msg}"))?,
+            },
+            Err(e) => {
+                let line = line + e.line().saturating_sub(1);
+                report.bad(opts, Some(line), format!("{key}[{i}]: {e}"))?;
+            }
+        }
+    }
+    report.loaded = out.len();
+    Ok(out)
+}
+
+/// [`parse_records_with`] without extra checks.
 pub(crate) fn parse_records<T: DeserializeOwned>(
     text: &str,
     raws: &[&RawValue],
@@ -131,19 +170,7 @@ pub(crate) fn parse_records<T: DeserializeOwned>(
     opts: &LoadOptions,
     report: &mut LoadReport,
 ) -> Result<Vec<T>> {
-    let mut out = Vec::with_capacity(raws.len());
-    for (i, raw) in raws.iter().enumerate() {
-        let off = offset_in(text, raw);
-        match serde_json::from_str::<T>(raw.get()) {
-            Ok(v) => out.push(v),
-            Err(e) => {
-                let line = line_of(text, off) + e.line().saturating_sub(1);
-                report.bad(opts, Some(line), format!("{key}[{i}]: {e}"))?;
-            }
-        }
-    }
-    report.loaded += out.len();
-    Ok(out)
+    parse_records_with(text, raws, key, opts, report, |_, _| Ok(()))
 }
 
 /// Line of a borrowed raw value (for checks done after deserialization).
@@ -233,7 +260,8 @@ mod tests {
             .to_string();
         assert!(e.starts_with("f.json:3: xs[1]"), "{e}");
         let mut rep = LoadReport::new(Path::new("f.json"));
-        let v = parse_records::<A>(text, &doc.xs, "xs", &LoadOptions::skip_bad(), &mut rep).unwrap();
+        let v =
+            parse_records::<A>(text, &doc.xs, "xs", &LoadOptions::skip_bad(), &mut rep).unwrap();
         assert_eq!(v.len(), 2);
         assert_eq!(rep.skipped.len(), 1);
         assert_eq!(rep.skipped[0].line, Some(3));
@@ -242,5 +270,7 @@ mod tests {
 
 /// Atomically write `value` as compact JSON (the official dataset files are compact).
 pub fn write_json_compact<T: Serialize>(path: impl AsRef<Path>, value: &T) -> Result<()> {
-    close_core::io::write_atomic_with(path, |w| serde_json::to_writer(w, value).map_err(std::io::Error::other))
+    close_core::io::write_atomic_with(path, |w| {
+        serde_json::to_writer(w, value).map_err(std::io::Error::other)
+    })
 }

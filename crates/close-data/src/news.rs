@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 
 use close_core::{Error, Result};
 
-use crate::load::{parse_doc, parse_records, raw_line, read_text, FlexId, LoadOptions, LoadReport};
+use crate::load::{parse_doc, parse_records_with, read_text, FlexId, LoadOptions, LoadReport};
 
 /// One Visual News item as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,28 +48,28 @@ pub struct NewsExample {
 
 /// Load a Visual News data file; items with missing keys or an empty caption are errors or
 /// skipped.
-pub fn load_visual_news(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<(Vec<NewsItem>, LoadReport)> {
+pub fn load_visual_news(
+    path: impl AsRef<Path>,
+    opts: &LoadOptions,
+) -> Result<(Vec<NewsItem>, LoadReport)> {
     let path = path.as_ref();
     let text = read_text(path)?;
     let raws: Vec<&RawValue> = parse_doc(path, &text)?;
     let mut report = LoadReport::new(path);
-    let mut out = Vec::new();
-    for (i, raw) in raws.iter().enumerate() {
-        let before = report.skipped.len();
-        let v = parse_records::<NewsItem>(&text, std::slice::from_ref(raw), "items", opts, &mut report)?;
-        if report.skipped.len() > before {
-            if let Some(s) = report.skipped.last_mut() {
-                s.reason = s.reason.replacen("items[0]", &format!("items[{i}]"), 1);
-            }
-        }
-        for it in v {
+    let out: Vec<NewsItem> = parse_records_with(
+        &text,
+        &raws,
+        "items",
+        opts,
+        &mut report,
+        |_, it: &NewsItem| {
             if it.caption.trim().is_empty() {
-                report.bad(opts, Some(raw_line(&text, raw)), format!("items[{i}] (id {}): empty caption", it.id))?;
+                Err(format!("(id {}) empty caption", it.id))
             } else {
-                out.push(it);
+                Ok(())
             }
-        }
-    }
+        },
+    )?;
     report.loaded = out.len();
     Ok((out, report))
 }
@@ -97,7 +97,10 @@ pub fn load_visual_news_with_articles(
     let mut out = Vec::with_capacity(items.len());
     for item in items {
         match article_first_line(&item.article_file(root)) {
-            Ok(first) => out.push(NewsExample { item, article_first_line: first }),
+            Ok(first) => out.push(NewsExample {
+                item,
+                article_first_line: first,
+            }),
             Err(e) => report.filter(None, format!("id {}: {e}", item.id)),
         }
     }

@@ -62,7 +62,11 @@ pub struct SnliRecord {
     pub sentence2: String,
     /// SNLI-VE only: the Flickr30k image id (the premise image). A string in the official
     /// files; numbers are accepted.
-    #[serde(rename = "Flickr30K_ID", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "Flickr30K_ID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub flickr30k_id: Option<FlexId>,
 }
 
@@ -87,21 +91,38 @@ pub struct SnliVePair {
     pub label: Label,
 }
 
-fn check(r: &SnliRecord, n: usize, report: &mut LoadReport) -> std::result::Result<Option<Label>, String> {
+fn check(
+    r: &SnliRecord,
+    n: usize,
+    report: &mut LoadReport,
+) -> std::result::Result<Option<Label>, String> {
     if r.gold_label.trim() == "-" {
-        report.filter(Some(n), format!("pairID {}: no gold label (`-`)", r.pair_id));
+        report.filter(
+            Some(n),
+            format!("pairID {}: no gold label (`-`)", r.pair_id),
+        );
         return Ok(None);
     }
-    let label = Label::parse(&r.gold_label)
-        .ok_or_else(|| format!("pairID {}: unknown gold_label `{}`", r.pair_id, r.gold_label))?;
+    let label = Label::parse(&r.gold_label).ok_or_else(|| {
+        format!(
+            "pairID {}: unknown gold_label `{}`",
+            r.pair_id, r.gold_label
+        )
+    })?;
     if r.sentence1.trim().is_empty() || r.sentence2.trim().is_empty() {
-        return Err(format!("pairID {}: empty sentence1 or sentence2", r.pair_id));
+        return Err(format!(
+            "pairID {}: empty sentence1 or sentence2",
+            r.pair_id
+        ));
     }
     Ok(Some(label))
 }
 
 /// Load an SNLI jsonl file.
-pub fn load_snli(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<(Vec<SnliPair>, LoadReport)> {
+pub fn load_snli(
+    path: impl AsRef<Path>,
+    opts: &LoadOptions,
+) -> Result<(Vec<SnliPair>, LoadReport)> {
     parse_jsonl::<SnliRecord, _>(path.as_ref(), opts, |r, n, rep| {
         Ok(check(&r, n, rep)?.map(|label| SnliPair {
             pair_id: r.pair_id,
@@ -113,9 +134,14 @@ pub fn load_snli(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<(Vec<Snli
 }
 
 /// Load an SNLI-VE jsonl file (`Flickr30K_ID` is required).
-pub fn load_snli_ve(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<(Vec<SnliVePair>, LoadReport)> {
+pub fn load_snli_ve(
+    path: impl AsRef<Path>,
+    opts: &LoadOptions,
+) -> Result<(Vec<SnliVePair>, LoadReport)> {
     parse_jsonl::<SnliRecord, _>(path.as_ref(), opts, |r, n, rep| {
-        let Some(label) = check(&r, n, rep)? else { return Ok(None) };
+        let Some(label) = check(&r, n, rep)? else {
+            return Ok(None);
+        };
         let image_id = r
             .flickr30k_id
             .ok_or_else(|| format!("pairID {}: missing `Flickr30K_ID`", r.pair_id))?;

@@ -10,7 +10,10 @@ use crate::load::{LoadOptions, LoadReport};
 /// Load a one-caption-per-line corpus (lines trimmed, blank lines ignored). A line with
 /// invalid UTF-8 or control characters is an error naming file and line, or skipped per
 /// `opts`.
-pub fn load_text_corpus(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<(Vec<String>, LoadReport)> {
+pub fn load_text_corpus(
+    path: impl AsRef<Path>,
+    opts: &LoadOptions,
+) -> Result<(Vec<String>, LoadReport)> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let mut report = LoadReport::new(path);
@@ -29,7 +32,11 @@ pub fn load_text_corpus(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<(V
             continue;
         }
         if let Some(c) = line.chars().find(|c| c.is_control() && *c != '\t') {
-            report.bad(opts, Some(n), format!("control character U+{:04X}", c as u32))?;
+            report.bad(
+                opts,
+                Some(n),
+                format!("control character U+{:04X}", c as u32),
+            )?;
             continue;
         }
         out.push(line.to_string());
@@ -41,8 +48,14 @@ pub fn load_text_corpus(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<(V
 /// Write a corpus atomically, one line per caption. Newlines inside a caption are an error.
 pub fn save_text_corpus(path: impl AsRef<Path>, lines: &[String]) -> Result<()> {
     let path = path.as_ref();
-    if let Some(i) = lines.iter().position(|l| l.contains('\n') || l.contains('\r')) {
-        return Err(Error::invalid(format!("{}: caption {i} contains a newline", path.display())));
+    if let Some(i) = lines
+        .iter()
+        .position(|l| l.contains('\n') || l.contains('\r'))
+    {
+        return Err(Error::invalid(format!(
+            "{}: caption {i} contains a newline",
+            path.display()
+        )));
     }
     let mut s = lines.join("\n");
     s.push('\n');

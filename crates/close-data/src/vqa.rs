@@ -8,11 +8,11 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use close_core::{Error, Result};
 use crate::load::write_json_compact as write_json_atomic;
+use close_core::{Error, Result};
 
 use crate::coco::Karpathy;
-use crate::load::{parse_doc, parse_records, raw_line, read_text, LoadOptions, LoadReport};
+use crate::load::{parse_doc, parse_records_with, raw_line, read_text, LoadOptions, LoadReport};
 
 /// One question of `v2_OpenEnded_mscoco_*_questions.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,55 +80,61 @@ pub struct VqaAnnotations {
     pub annotations: Vec<VqaAnnotation>,
 }
 
-/// Split a VQA-style document into its header and its record array under `key`.
+/// Load a VQA-style document: its header fields and its record array under `key`, each
+/// record parsed and checked in file order.
 fn load_doc_records<T: serde::de::DeserializeOwned>(
     path: &Path,
     key: &str,
     opts: &LoadOptions,
-) -> Result<(serde_json::Map<String, serde_json::Value>, Vec<(usize, T)>, Vec<usize>, LoadReport)> {
+    check: impl FnMut(usize, &T) -> std::result::Result<(), String>,
+) -> Result<(
+    serde_json::Map<String, serde_json::Value>,
+    Vec<T>,
+    LoadReport,
+)> {
     let text = read_text(path)?;
     let mut report = LoadReport::new(path);
-    let (header, recs, lines) = {
-        let doc: HashMap<String, &RawValue> = parse_doc(path, &text)?;
-        let arr = doc
-            .get(key)
-            .ok_or_else(|| Error::format(path, None, format!("missing key `{key}`")))?;
-        let raws: Vec<&RawValue> = serde_json::from_str(arr.get())
-            .map_err(|e| Error::format(path, Some(raw_line(&text, arr)), format!("`{key}` is not an array: {e}")))?;
-        let mut header = serde_json::Map::new();
-        for (k, v) in &doc {
-            if k != key {
-                let v: serde_json::Value = serde_json::from_str(v.get())?;
-                header.insert(k.clone(), v);
-            }
+    let doc: HashMap<String, &RawValue> = parse_doc(path, &text)?;
+    let arr = doc
+        .get(key)
+        .ok_or_else(|| Error::format(path, None, format!("missing key `{key}`")))?;
+    let raws: Vec<&RawValue> = serde_json::from_str(arr.get()).map_err(|e| {
+        Error::format(
+            path,
+            Some(raw_line(&text, arr)),
+            format!("`{key}` is not an array: {e}"),
+        )
+    })?;
+    let mut header = serde_json::Map::new();
+    for (k, v) in &doc {
+        if k != key {
+            let v: serde_json::Value = serde_json::from_str(v.get())?;
+            header.insert(k.clone(), v);
         }
-        let mut recs = Vec::with_capacity(raws.len());
-        let mut lines = Vec::with_capacity(raws.len());
-        for (i, raw) in raws.iter().enumerate() {
-            let before = report.skipped.len();
-            let mut v = parse_records::<T>(&text, std::slice::from_ref(raw), key, opts, &mut report)?;
-            if report.skipped.len() > before {
-                if let Some(s) = report.skipped.last_mut() {
-                    s.reason = s.reason.replacen(&format!("{key}[0]"), &format!("{key}[{i}]"), 1);
-                }
-            }
-            lines.push(raw_line(&text, raw));
-            if let Some(x) = v.pop() {
-                recs.push((i, x));
-            }
-        }
-        (header, recs, lines)
-    };
-    report.loaded = 0;
-    Ok((header, recs, lines, report))
+    }
+    let recs = parse_records_with(&text, &raws, key, opts, &mut report, check)?;
+    Ok((header, recs, report))
 }
 
-fn line_at(lines: &[usize], i: usize) -> Option<usize> {
-    lines.get(i).copied()
+/// Load a top-level JSON array file, each record parsed and checked in file order.
+fn load_array<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    key: &str,
+    opts: &LoadOptions,
+    check: impl FnMut(usize, &T) -> std::result::Result<(), String>,
+) -> Result<(Vec<T>, LoadReport)> {
+    let text = read_text(path)?;
+    let raws: Vec<&RawValue> = parse_doc(path, &text)?;
+    let mut report = LoadReport::new(path);
+    let out = parse_records_with(&text, &raws, key, opts, &mut report, check)?;
+    Ok((out, report))
 }
 
 fn header_str(h: &serde_json::Map<String, serde_json::Value>, k: &str) -> String {
-    h.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string()
+    h.get(k)
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string()
 }
 
 impl VqaQuestions {
@@ -140,16 +146,14 @@ impl VqaQuestions {
     /// skipped, per `opts`.
     pub fn load_with(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<(Self, LoadReport)> {
         let path = path.as_ref();
-        let (h, recs, lines, mut report) = load_doc_records::<VqaQuestion>(path, "questions", opts)?;
-        let mut questions = Vec::with_capacity(recs.len());
-        for (i, q) in recs {
-            if q.question.trim().is_empty() {
-                report.bad(opts, line_at(&lines, i), format!("questions[{i}] (question_id {}): empty question", q.question_id))?;
-            } else {
-                questions.push(q);
-            }
-        }
-        report.loaded = questions.len();
+        let (h, questions, report) =
+            load_doc_records(path, "questions", opts, |_, q: &VqaQuestion| {
+                if q.question.trim().is_empty() {
+                    Err(format!("(question_id {}) empty question", q.question_id))
+                } else {
+                    Ok(())
+                }
+            })?;
         Ok((
             VqaQuestions {
                 info: h.get("info").cloned(),
@@ -177,16 +181,14 @@ impl VqaAnnotations {
     /// skipped, per `opts`.
     pub fn load_with(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<(Self, LoadReport)> {
         let path = path.as_ref();
-        let (h, recs, lines, mut report) = load_doc_records::<VqaAnnotation>(path, "annotations", opts)?;
-        let mut annotations = Vec::with_capacity(recs.len());
-        for (i, a) in recs {
-            if a.answers.is_empty() {
-                report.bad(opts, line_at(&lines, i), format!("annotations[{i}] (question_id {}): no answers", a.question_id))?;
-            } else {
-                annotations.push(a);
-            }
-        }
-        report.loaded = annotations.len();
+        let (h, annotations, report) =
+            load_doc_records(path, "annotations", opts, |_, a: &VqaAnnotation| {
+                if a.answers.is_empty() {
+                    Err(format!("(question_id {}) no answers", a.question_id))
+                } else {
+                    Ok(())
+                }
+            })?;
         Ok((
             VqaAnnotations {
                 info: h.get("info").cloned(),
@@ -258,21 +260,51 @@ pub fn load_vqa(
     let Some(apath) = annotations else {
         let n = qs.questions.len();
         report.loaded = n;
-        return Ok((qs.questions.into_iter().map(|q| VqaExample { question: q, annotation: None }).collect(), report));
+        return Ok((
+            qs.questions
+                .into_iter()
+                .map(|q| VqaExample {
+                    question: q,
+                    annotation: None,
+                })
+                .collect(),
+            report,
+        ));
     };
     let (anns, arep) = VqaAnnotations::load_with(apath, opts)?;
     report.skipped.extend(arep.skipped);
-    let mut by_q: HashMap<u64, VqaAnnotation> = anns.annotations.into_iter().map(|a| (a.question_id, a)).collect();
+    let mut by_q: HashMap<u64, VqaAnnotation> = anns
+        .annotations
+        .into_iter()
+        .map(|a| (a.question_id, a))
+        .collect();
     let mut out = Vec::with_capacity(qs.questions.len());
     for q in qs.questions {
         match by_q.remove(&q.question_id) {
-            Some(a) if a.image_id == q.image_id => out.push(VqaExample { question: q, annotation: Some(a) }),
+            Some(a) if a.image_id == q.image_id => out.push(VqaExample {
+                question: q,
+                annotation: Some(a),
+            }),
             Some(a) => report.bad(
                 opts,
                 None,
-                format!("question_id {}: image_id {} in the questions but {} in {}", q.question_id, q.image_id, a.image_id, apath.display()),
+                format!(
+                    "question_id {}: image_id {} in the questions but {} in {}",
+                    q.question_id,
+                    q.image_id,
+                    a.image_id,
+                    apath.display()
+                ),
             )?,
-            None => report.bad(opts, None, format!("question_id {} has no annotation in {}", q.question_id, apath.display()))?,
+            None => report.bad(
+                opts,
+                None,
+                format!(
+                    "question_id {} has no annotation in {}",
+                    q.question_id,
+                    apath.display()
+                ),
+            )?,
         }
     }
     report.loaded = out.len();
@@ -282,7 +314,10 @@ pub fn load_vqa(
 /// The captions of every image a set of VQA questions asks about, from a Karpathy file (the
 /// text stand-in of CLOSE's VQA training: all captions of the image, later averaged in CLIP
 /// space). Images without captions are an error naming the first missing id.
-pub fn captions_for_questions(examples: &[VqaExample], karpathy: &Karpathy) -> Result<BTreeMap<u64, Vec<String>>> {
+pub fn captions_for_questions(
+    examples: &[VqaExample],
+    karpathy: &Karpathy,
+) -> Result<BTreeMap<u64, Vec<String>>> {
     let all = karpathy.captions_by_image();
     let mut out = BTreeMap::new();
     for ex in examples {
@@ -313,31 +348,18 @@ pub struct VqaResult {
 }
 
 /// Load a VQA results file (`[{question_id, answer}]`); duplicate ids are malformed.
-pub fn load_vqa_results(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<(Vec<VqaResult>, LoadReport)> {
-    let path = path.as_ref();
-    let text = read_text(path)?;
-    let raws: Vec<&RawValue> = parse_doc(path, &text)?;
-    let mut report = LoadReport::new(path);
+pub fn load_vqa_results(
+    path: impl AsRef<Path>,
+    opts: &LoadOptions,
+) -> Result<(Vec<VqaResult>, LoadReport)> {
     let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    for (i, raw) in raws.iter().enumerate() {
-        let before = report.skipped.len();
-        let v = parse_records::<VqaResult>(&text, std::slice::from_ref(raw), "results", opts, &mut report)?;
-        if report.skipped.len() > before {
-            if let Some(s) = report.skipped.last_mut() {
-                s.reason = s.reason.replacen("results[0]", &format!("results[{i}]"), 1);
-            }
+    load_array(path.as_ref(), "results", opts, |_, r: &VqaResult| {
+        if seen.insert(r.question_id) {
+            Ok(())
+        } else {
+            Err(format!("duplicate question_id {}", r.question_id))
         }
-        for r in v {
-            if !seen.insert(r.question_id) {
-                report.bad(opts, Some(raw_line(&text, raw)), format!("results[{i}]: duplicate question_id {}", r.question_id))?;
-            } else {
-                out.push(r);
-            }
-        }
-    }
-    report.loaded = out.len();
-    Ok((out, report))
+    })
 }
 
 /// Write a VQA results file atomically.
@@ -369,30 +391,17 @@ pub struct VqaeEntry {
 
 /// Load a VQA-E file; entries with missing keys, no answers or an empty explanation are
 /// errors or skipped.
-pub fn load_vqae(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<(Vec<VqaeEntry>, LoadReport)> {
-    let path = path.as_ref();
-    let text = read_text(path)?;
-    let raws: Vec<&RawValue> = parse_doc(path, &text)?;
-    let mut report = LoadReport::new(path);
-    let mut out = Vec::new();
-    for (i, raw) in raws.iter().enumerate() {
-        let before = report.skipped.len();
-        let v = parse_records::<VqaeEntry>(&text, std::slice::from_ref(raw), "entries", opts, &mut report)?;
-        if report.skipped.len() > before {
-            if let Some(s) = report.skipped.last_mut() {
-                s.reason = s.reason.replacen("entries[0]", &format!("entries[{i}]"), 1);
-            }
+pub fn load_vqae(
+    path: impl AsRef<Path>,
+    opts: &LoadOptions,
+) -> Result<(Vec<VqaeEntry>, LoadReport)> {
+    load_array(path.as_ref(), "entries", opts, |_, e: &VqaeEntry| {
+        if e.answers.is_empty() {
+            Err("no answers".into())
+        } else if e.explanation.0.trim().is_empty() {
+            Err("empty explanation".into())
+        } else {
+            Ok(())
         }
-        for e in v {
-            if e.answers.is_empty() {
-                report.bad(opts, Some(raw_line(&text, raw)), format!("entries[{i}]: no answers"))?;
-            } else if e.explanation.0.trim().is_empty() {
-                report.bad(opts, Some(raw_line(&text, raw)), format!("entries[{i}]: empty explanation"))?;
-            } else {
-                out.push(e);
-            }
-        }
-    }
-    report.loaded = out.len();
-    Ok((out, report))
+    })
 }

@@ -21,8 +21,12 @@ const SHAPES: [(&str, &str, &str); 6] = [
     ("star", "stars", "star"),
     ("cross", "crosses", "cross"),
 ];
-const COLORS: [&str; 8] = ["red", "orange", "yellow", "green", "blue", "purple", "brown", "gray"];
-const NUMS: [&str; 10] = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"];
+const COLORS: [&str; 8] = [
+    "red", "orange", "yellow", "green", "blue", "purple", "brown", "gray",
+];
+const NUMS: [&str; 10] = [
+    "no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+];
 const CELLS: [[&str; 3]; 3] = [
     ["top left", "top middle", "top right"],
     ["middle left", "center", "middle right"],
@@ -50,13 +54,21 @@ impl Np {
     }
     fn the<'a>(&self, sc: &'a Scene, ctx: &str) -> &'a Object {
         let m: Vec<&Object> = sc.objects.iter().filter(|o| self.matches(o)).collect();
-        assert_eq!(m.len(), 1, "`the` phrase {self:?} does not pick one object in `{ctx}` of image {}", sc.image_id);
+        assert_eq!(
+            m.len(),
+            1,
+            "`the` phrase {self:?} does not pick one object in `{ctx}` of image {}",
+            sc.image_id
+        );
         m[0]
     }
 }
 
 fn words(s: &str) -> Vec<String> {
-    s.split(|c: char| c.is_whitespace() || ",.:?".contains(c)).filter(|w| !w.is_empty()).map(str::to_string).collect()
+    s.split(|c: char| c.is_whitespace() || ",.:?".contains(c))
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// Read a noun phrase (without determiner) starting at `w[i]`; returns it and the next index.
@@ -78,20 +90,40 @@ fn np_at(w: &[String], i: usize, qty: &str) -> Option<(Np, usize)> {
     let shape = if noun == "shape" || noun == "shapes" {
         None
     } else {
-        Some(SHAPES.iter().find(|(s, p, _)| s == noun || p == noun)?.2.to_string())
+        Some(
+            SHAPES
+                .iter()
+                .find(|(s, p, _)| s == noun || p == noun)?
+                .2
+                .to_string(),
+        )
     };
-    Some((Np { qty: qty.to_string(), size, color, shape }, j + 1))
+    Some((
+        Np {
+            qty: qty.to_string(),
+            size,
+            color,
+            shape,
+        },
+        j + 1,
+    ))
 }
 
 fn cell_at(w: &[String], i: usize) -> Option<((u8, u8), usize)> {
     // "in the <cell words> [corner]"
-    if w.get(i).map(String::as_str) != Some("in") || w.get(i + 1).map(String::as_str) != Some("the") {
+    if w.get(i).map(String::as_str) != Some("in") || w.get(i + 1).map(String::as_str) != Some("the")
+    {
         return None;
     }
     for (r, row) in CELLS.iter().enumerate() {
         for (c, name) in row.iter().enumerate() {
             let n: Vec<&str> = name.split(' ').collect();
-            if w.len() >= i + 2 + n.len() && w[i + 2..i + 2 + n.len()].iter().zip(&n).all(|(a, b)| a == b) {
+            if w.len() >= i + 2 + n.len()
+                && w[i + 2..i + 2 + n.len()]
+                    .iter()
+                    .zip(&n)
+                    .all(|(a, b)| a == b)
+            {
                 let mut end = i + 2 + n.len();
                 if w.get(end).map(String::as_str) == Some("corner") {
                     end += 1;
@@ -148,23 +180,49 @@ fn check_caption(text: &str, sc: &Scene) -> Vec<(Np, Option<(u8, u8)>)> {
                 cell = lead_cell;
             }
             // quantity
-            let n = if np.qty == "a" || np.qty == "an" { None } else { NUMS.iter().position(|x| *x == np.qty) };
+            let n = if np.qty == "a" || np.qty == "an" {
+                None
+            } else {
+                NUMS.iter().position(|x| *x == np.qty)
+            };
             let matching: Vec<&Object> = sc
                 .objects
                 .iter()
                 .filter(|o| np.matches(o) && cell.is_none_or(|(r, c)| o.row == r && o.col == c))
                 .collect();
             match n {
-                None => assert!(!matching.is_empty(), "`{text}`: {np:?} at {cell:?} not in image {}", sc.image_id),
-                Some(n) => assert_eq!(matching.len(), n, "`{text}`: count of {np:?} in image {}", sc.image_id),
+                None => assert!(
+                    !matching.is_empty(),
+                    "`{text}`: {np:?} at {cell:?} not in image {}",
+                    sc.image_id
+                ),
+                Some(n) => assert_eq!(
+                    matching.len(),
+                    n,
+                    "`{text}`: count of {np:?} in image {}",
+                    sc.image_id
+                ),
             }
             // relation to the next phrase
-            let k = if w.get(j).map(String::as_str) == Some("is") { j + 1 } else { j };
+            let k = if w.get(j).map(String::as_str) == Some("is") {
+                j + 1
+            } else {
+                j
+            };
             if let Some((rel, after)) = rel_at(&w, k) {
                 let d2 = w.get(after).map(String::as_str).unwrap_or("");
-                let (np2, _) = np_at(&w, after + 1, d2).unwrap_or_else(|| panic!("`{text}`: no phrase after relation"));
-                let ok = matching.iter().any(|a| sc.objects.iter().any(|b| np2.matches(b) && !std::ptr::eq(*a, b) && holds(rel, a, b)));
-                assert!(ok, "`{text}`: relation {rel} false in image {}", sc.image_id);
+                let (np2, _) = np_at(&w, after + 1, d2)
+                    .unwrap_or_else(|| panic!("`{text}`: no phrase after relation"));
+                let ok = matching.iter().any(|a| {
+                    sc.objects
+                        .iter()
+                        .any(|b| np2.matches(b) && !std::ptr::eq(*a, b) && holds(rel, a, b))
+                });
+                assert!(
+                    ok,
+                    "`{text}`: relation {rel} false in image {}",
+                    sc.image_id
+                );
                 nps.push((np, cell));
                 i = after; // the second phrase is read (and checked) by the loop
                 continue;
@@ -182,19 +240,44 @@ fn check_caption(text: &str, sc: &Scene) -> Vec<(Np, Option<(u8, u8)>)> {
 /// A complete caption lists exactly the scene's objects.
 fn check_complete(text: &str, sc: &Scene, positional: bool) {
     let nps = check_caption(text, sc);
-    let listed: Vec<&(Np, Option<(u8, u8)>)> = nps.iter().filter(|(np, _)| np.shape.is_some() && np.color.is_some() && np.size.is_some()).collect();
+    let listed: Vec<&(Np, Option<(u8, u8)>)> = nps
+        .iter()
+        .filter(|(np, _)| np.shape.is_some() && np.color.is_some() && np.size.is_some())
+        .collect();
     let total: usize = listed
         .iter()
-        .map(|(np, _)| if np.qty == "a" || np.qty == "an" { 1 } else { NUMS.iter().position(|x| *x == np.qty).unwrap() })
+        .map(|(np, _)| {
+            if np.qty == "a" || np.qty == "an" {
+                1
+            } else {
+                NUMS.iter().position(|x| *x == np.qty).unwrap()
+            }
+        })
         .sum();
-    assert_eq!(total, sc.objects.len(), "`{text}` does not list all objects of image {}", sc.image_id);
+    assert_eq!(
+        total,
+        sc.objects.len(),
+        "`{text}` does not list all objects of image {}",
+        sc.image_id
+    );
     for (np, cell) in listed {
         if positional {
             assert!(cell.is_some(), "`{text}`: {np:?} without a cell");
         }
-        let c = sc.objects.iter().filter(|o| np.matches(o) && cell.is_none_or(|(r, c)| o.row == r && o.col == c)).count();
-        let want = if np.qty == "a" || np.qty == "an" { 1 } else { NUMS.iter().position(|x| *x == np.qty).unwrap() };
-        assert_eq!(c, want, "`{text}`: {np:?} listed {want} times, scene has {c}");
+        let c = sc
+            .objects
+            .iter()
+            .filter(|o| np.matches(o) && cell.is_none_or(|(r, c)| o.row == r && o.col == c))
+            .count();
+        let want = if np.qty == "a" || np.qty == "an" {
+            1
+        } else {
+            NUMS.iter().position(|x| *x == np.qty).unwrap()
+        };
+        assert_eq!(
+            c, want,
+            "`{text}`: {np:?} listed {want} times, scene has {c}"
+        );
     }
 }
 
@@ -211,17 +294,32 @@ fn answer_question(q: &str, sc: &Scene) -> String {
     let yn = |b: bool| if b { "yes" } else { "no" }.to_string();
     if let Some(r) = q.strip_prefix("what color is ") {
         let o = the_np(r).the(sc, q);
-        return serde_json::to_value(o).unwrap()["color"].as_str().unwrap().into();
+        return serde_json::to_value(o).unwrap()["color"]
+            .as_str()
+            .unwrap()
+            .into();
     }
     if let Some(r) = q.strip_prefix("what shape is ") {
         let o = the_np(r).the(sc, q);
-        return serde_json::to_value(o).unwrap()["shape"].as_str().unwrap().into();
+        return serde_json::to_value(o).unwrap()["shape"]
+            .as_str()
+            .unwrap()
+            .into();
     }
-    if let Some(r) = q.strip_prefix("what size is ").or_else(|| q.strip_prefix("is ").and_then(|r| r.strip_suffix(" small or large"))) {
+    if let Some(r) = q.strip_prefix("what size is ").or_else(|| {
+        q.strip_prefix("is ")
+            .and_then(|r| r.strip_suffix(" small or large"))
+    }) {
         let o = the_np(r).the(sc, q);
-        return serde_json::to_value(o).unwrap()["size"].as_str().unwrap().into();
+        return serde_json::to_value(o).unwrap()["size"]
+            .as_str()
+            .unwrap()
+            .into();
     }
-    if let Some(r) = q.strip_prefix("how many ").and_then(|r| r.strip_suffix(" are there")) {
+    if let Some(r) = q
+        .strip_prefix("how many ")
+        .and_then(|r| r.strip_suffix(" are there"))
+    {
         let w = words(r);
         let (np, next) = np_at(&w, 0, "").unwrap();
         assert_eq!(next, w.len());
@@ -283,7 +381,10 @@ fn clause_truth(c: &str, sc: &Scene) -> T {
     let a = a.the(sc, c);
     let rest = w[next..].join(" ");
     let ja = serde_json::to_value(a).unwrap();
-    if let Some(col) = rest.strip_prefix("is made of ").and_then(|r| r.strip_suffix(" paint")) {
+    if let Some(col) = rest
+        .strip_prefix("is made of ")
+        .and_then(|r| r.strip_suffix(" paint"))
+    {
         return tb(ja["color"] == col);
     }
     if rest.starts_with("is made of ")
@@ -291,16 +392,26 @@ fn clause_truth(c: &str, sc: &Scene) -> T {
         || rest.starts_with("is lighter than ")
         || rest.starts_with("was drawn before ")
         || rest.starts_with("was drawn after ")
-        || ((rest.starts_with("is in front of ") || rest.starts_with("is behind ")) && !rest.ends_with("the background"))
+        || ((rest.starts_with("is in front of ") || rest.starts_with("is behind "))
+            && !rest.ends_with("the background"))
     {
         return T::Unknown;
     }
     if rest == "is in front of the background" {
         return T::True;
     }
-    let rest = rest.strip_prefix("is drawn in ").map(|c| format!("is {c}")).unwrap_or(rest);
-    let rest = rest.strip_prefix("is drawn ").map(|c| format!("is {c}")).unwrap_or(rest);
-    let rest = rest.strip_prefix("was drawn ").map(|c| format!("is {c}")).unwrap_or(rest);
+    let rest = rest
+        .strip_prefix("is drawn in ")
+        .map(|c| format!("is {c}"))
+        .unwrap_or(rest);
+    let rest = rest
+        .strip_prefix("is drawn ")
+        .map(|c| format!("is {c}"))
+        .unwrap_or(rest);
+    let rest = rest
+        .strip_prefix("was drawn ")
+        .map(|c| format!("is {c}"))
+        .unwrap_or(rest);
     let rw = words(&rest);
     if rw.len() == 2 && COLORS.contains(&rw[1].as_str()) {
         return tb(ja["color"] == rw[1].as_str());
@@ -311,10 +422,20 @@ fn clause_truth(c: &str, sc: &Scene) -> T {
     if let Some(cellname) = rest.strip_prefix("is in the ") {
         return tb(CELLS[a.row as usize][a.col as usize] == cellname);
     }
-    for (p, f) in [("is bigger than ", 1i32), ("is smaller than ", -1), ("is the same size as ", 0)] {
+    for (p, f) in [
+        ("is bigger than ", 1i32),
+        ("is smaller than ", -1),
+        ("is the same size as ", 0),
+    ] {
         if let Some(r) = rest.strip_prefix(p) {
             let b = serde_json::to_value(the_np(r).the(sc, c)).unwrap();
-            let s = |v: &serde_json::Value| -> i32 { if v["size"] == "large" { 1 } else { 0 } };
+            let s = |v: &serde_json::Value| -> i32 {
+                if v["size"] == "large" {
+                    1
+                } else {
+                    0
+                }
+            };
             return tb((s(&ja) - s(&b)).signum() == f);
         }
     }
@@ -327,7 +448,12 @@ fn clause_truth(c: &str, sc: &Scene) -> T {
 }
 
 fn label_of(h: &str, sc: &Scene) -> Label {
-    let ts: Vec<T> = h.strip_suffix('.').unwrap().split(" and ").map(|c| clause_truth(c, sc)).collect();
+    let ts: Vec<T> = h
+        .strip_suffix('.')
+        .unwrap()
+        .split(" and ")
+        .map(|c| clause_truth(c, sc))
+        .collect();
     if ts.contains(&T::False) {
         Label::Contradiction
     } else if ts.contains(&T::Unknown) {
@@ -344,12 +470,20 @@ fn gen(dir: &Path, cfg: &WorldConfig) -> close_data::world::WorldSummary {
 #[test]
 fn world_validates_against_loaders_and_scenes() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = WorldConfig { images: 60, seed: 7, ..WorldConfig::tiny() };
+    let cfg = WorldConfig {
+        images: 60,
+        seed: 7,
+        ..WorldConfig::tiny()
+    };
     let summary = gen(dir.path(), &cfg);
     let p = WorldPaths::new(dir.path());
     let strict = LoadOptions::strict();
     let scenes = ScenesFile::load(p.scenes()).unwrap();
-    let by_id: BTreeMap<u64, &Scene> = scenes.images.iter().map(|r| (r.scene.image_id, &r.scene)).collect();
+    let by_id: BTreeMap<u64, &Scene> = scenes
+        .images
+        .iter()
+        .map(|r| (r.scene.image_id, &r.scene))
+        .collect();
     assert_eq!(scenes.images.len(), 60);
 
     // Karpathy: captions true; one complete positional caption per image; listings complete
@@ -359,7 +493,11 @@ fn world_validates_against_loaders_and_scenes() {
     for (im, rec) in k.images.iter().zip(&scenes.images) {
         let sc = &rec.scene;
         assert_eq!(im.image_id(), sc.image_id);
-        assert!(dir.path().join(im.rel_path()).is_file(), "{:?}", im.rel_path());
+        assert!(
+            dir.path().join(im.rel_path()).is_file(),
+            "{:?}",
+            im.rel_path()
+        );
         assert_eq!(im.sentences.len(), 5);
         let mut positional = 0;
         for (s, t) in im.sentences.iter().zip(&rec.caption_templates) {
@@ -367,11 +505,22 @@ fn world_validates_against_loaders_and_scenes() {
             if t.starts_with("positional") {
                 positional += 1;
                 check_complete(&s.raw, sc, true);
-            } else if ["count_listing", "picture_of", "on_background", "there_is_listing"].contains(&t.as_str()) {
+            } else if [
+                "count_listing",
+                "picture_of",
+                "on_background",
+                "there_is_listing",
+            ]
+            .contains(&t.as_str())
+            {
                 check_complete(&s.raw, sc, false);
             }
         }
-        assert!(positional >= 1, "image {} has no complete positional caption", sc.image_id);
+        assert!(
+            positional >= 1,
+            "image {} has no complete positional caption",
+            sc.image_id
+        );
         let img = image::open(dir.path().join(im.rel_path())).unwrap();
         assert_eq!((img.width(), img.height()), (sc.width, sc.height));
     }
@@ -384,14 +533,24 @@ fn world_validates_against_loaders_and_scenes() {
         let caps = CocoCaptions::load(p.captions(split)).unwrap();
         assert_eq!(caps.images.len(), summary.splits[split].images);
         // VQA: every answer re-derived from the scene
-        let (ex, rep) = load_vqa(p.vqa_questions(split), Some(&p.vqa_annotations(split)), &strict).unwrap();
+        let (ex, rep) = load_vqa(
+            p.vqa_questions(split),
+            Some(&p.vqa_annotations(split)),
+            &strict,
+        )
+        .unwrap();
         assert!(rep.skipped.is_empty());
         let stand_in = captions_for_questions(&ex, &k).unwrap();
         for e in &ex {
             let a = e.annotation.as_ref().unwrap();
             assert_eq!(a.answers.len(), 10);
             let sc = by_id[&e.question.image_id];
-            assert_eq!(answer_question(&e.question.question, sc), a.multiple_choice_answer, "{}", e.question.question);
+            assert_eq!(
+                answer_question(&e.question.question, sc),
+                a.multiple_choice_answer,
+                "{}",
+                e.question.question
+            );
             assert_eq!(stand_in[&e.question.image_id].len(), 5);
             *types.entry(a.question_type.clone()).or_default() += 1;
             match a.multiple_choice_answer.as_str() {
@@ -405,7 +564,10 @@ fn world_validates_against_loaders_and_scenes() {
         for e in &ve_e {
             let caps_of = &stand_in[&e.img_id];
             assert!(caps_of.contains(&e.explanation.0), "{e:?}");
-            assert_eq!(answer_question(&e.question, by_id[&e.img_id]), e.multiple_choice_answer);
+            assert_eq!(
+                answer_question(&e.question, by_id[&e.img_id]),
+                e.multiple_choice_answer
+            );
         }
         // SNLI-VE: every label re-derived
         let (pairs, rep) = load_snli_ve(p.snli_ve(split), &strict).unwrap();
@@ -413,25 +575,43 @@ fn world_validates_against_loaders_and_scenes() {
         for pr in &pairs {
             let sc = by_id[&pr.image_id.parse::<u64>().unwrap()];
             check_complete(&pr.premise, sc, true);
-            assert_eq!(label_of(&pr.hypothesis, sc), pr.label, "`{}` in image {}", pr.hypothesis, sc.image_id);
+            assert_eq!(
+                label_of(&pr.hypothesis, sc),
+                pr.label,
+                "`{}` in image {}",
+                pr.hypothesis,
+                sc.image_id
+            );
             *labels.entry(pr.label).or_default() += 1;
         }
         if split != "train" {
             let refs = CocoCaptions::load(p.style_refs(split)).unwrap();
             for a in &refs.annotations {
-                assert!(a.caption.starts_with("i ") || a.caption.starts_with("in my picture"), "{}", a.caption);
+                assert!(
+                    a.caption.starts_with("i ") || a.caption.starts_with("in my picture"),
+                    "{}",
+                    a.caption
+                );
                 check_caption(&a.caption, by_id[&a.image_id]);
             }
         }
     }
     assert_eq!(yes, no, "yes/no not balanced");
     assert!(yes > 0);
-    for t in ["color", "shape", "size", "count", "exists", "relation", "position"] {
-        assert!(types.get(t).copied().unwrap_or(0) > 0, "no {t} questions: {types:?}");
+    for t in [
+        "color", "shape", "size", "count", "exists", "relation", "position",
+    ] {
+        assert!(
+            types.get(t).copied().unwrap_or(0) > 0,
+            "no {t} questions: {types:?}"
+        );
     }
     let l: Vec<usize> = labels.values().copied().collect();
     assert_eq!(l.len(), 3);
-    assert!(l.iter().all(|&x| x == l[0]), "VE labels not balanced: {labels:?}");
+    assert!(
+        l.iter().all(|&x| x == l[0]),
+        "VE labels not balanced: {labels:?}"
+    );
     let (style, _) = load_text_corpus(p.style_train(), &strict).unwrap();
     assert_eq!(style.len(), summary.splits["train"].images * 5);
     assert!(summary.ve_hypothesis_only_accuracy.is_some());
@@ -439,11 +619,24 @@ fn world_validates_against_loaders_and_scenes() {
 
 #[test]
 fn same_seed_same_bytes_other_seed_other_bytes() {
-    let cfg = WorldConfig { images: 12, ..WorldConfig::tiny() };
-    let (a, b, c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cfg = WorldConfig {
+        images: 12,
+        ..WorldConfig::tiny()
+    };
+    let (a, b, c) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
     gen(a.path(), &cfg);
     gen(b.path(), &cfg);
-    gen(c.path(), &WorldConfig { seed: 1, ..cfg.clone() });
+    gen(
+        c.path(),
+        &WorldConfig {
+            seed: 1,
+            ..cfg.clone()
+        },
+    );
     let files = |d: &Path| {
         let mut v = Vec::new();
         let mut stack = vec![d.to_path_buf()];
@@ -453,7 +646,10 @@ fn same_seed_same_bytes_other_seed_other_bytes() {
                 if e.is_dir() {
                     stack.push(e);
                 } else {
-                    v.push((e.strip_prefix(d).unwrap().to_path_buf(), std::fs::read(&e).unwrap()));
+                    v.push((
+                        e.strip_prefix(d).unwrap().to_path_buf(),
+                        std::fs::read(&e).unwrap(),
+                    ));
                 }
             }
         }
@@ -463,14 +659,33 @@ fn same_seed_same_bytes_other_seed_other_bytes() {
     let (fa, fb, fc) = (files(a.path()), files(b.path()), files(c.path()));
     assert!(fa.len() > 12);
     assert_eq!(fa, fb);
-    let img = |f: &Vec<(std::path::PathBuf, Vec<u8>)>| f.iter().find(|(p, _)| p.ends_with("shapes_0000001.png")).unwrap().1.clone();
+    let img = |f: &Vec<(std::path::PathBuf, Vec<u8>)>| {
+        f.iter()
+            .find(|(p, _)| p.ends_with("shapes_0000001.png"))
+            .unwrap()
+            .1
+            .clone()
+    };
     assert_ne!(img(&fa), img(&fc));
 }
 
 #[test]
 fn bad_config_names_the_key() {
-    let e = world::generate(&WorldConfig { max_objects: 10, ..WorldConfig::tiny() }, "/nonexistent", &NoProgress).unwrap_err();
+    let e = world::generate(
+        &WorldConfig {
+            max_objects: 10,
+            ..WorldConfig::tiny()
+        },
+        "/nonexistent",
+        &NoProgress,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("max_objects"), "{e}");
-    let e = WorldConfig { size: 4, ..WorldConfig::tiny() }.validate().unwrap_err();
+    let e = WorldConfig {
+        size: 4,
+        ..WorldConfig::tiny()
+    }
+    .validate()
+    .unwrap_err();
     assert!(e.to_string().contains("size"), "{e}");
 }

@@ -7,4 +7,5 @@
 //! `REPORT.md` and PNG figures ([`plot`]).
 
 pub mod gap;
+pub mod results;
 

@@ -53,7 +53,12 @@ fn cook(interner: &mut Interner, hyp: &str, refs: &[String]) -> Cooked {
     for (g, c) in count_ngrams(&hw) {
         correct[order(&g) - 1] += c.min(maxcounts.get(&g).copied().unwrap_or(0)) as usize;
     }
-    Cooked { testlen, reflen, guess, correct }
+    Cooked {
+        testlen,
+        reflen,
+        guess,
+        correct,
+    }
 }
 
 fn bleu_from(correct: &[usize; 4], guess: &[usize; 4], testlen: usize, reflen: usize) -> [f64; 4] {
@@ -97,7 +102,10 @@ pub fn bleu(refs: &[Vec<String>], hyps: &[String]) -> Bleu {
             bleu_from(&c.correct, &c.guess, c.testlen, c.reflen)
         })
         .collect();
-    Bleu { corpus: bleu_from(&correct, &guess, tl, rl), per_image }
+    Bleu {
+        corpus: bleu_from(&correct, &guess, tl, rl),
+        per_image,
+    }
 }
 
 #[cfg(test)]

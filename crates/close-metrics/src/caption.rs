@@ -89,7 +89,10 @@ pub struct ScoreOptions {
 
 /// BLEU/ROUGE-L/CIDEr-D of raw hypotheses against raw references (PTB tokenization inside).
 /// Scores the images of `hyps`; each must have at least one reference.
-pub fn score(refs: &BTreeMap<u64, Vec<String>>, hyps: &BTreeMap<u64, String>) -> Result<CaptionScores> {
+pub fn score(
+    refs: &BTreeMap<u64, Vec<String>>,
+    hyps: &BTreeMap<u64, String>,
+) -> Result<CaptionScores> {
     score_with(refs, hyps, &ScoreOptions::default())
 }
 
@@ -107,7 +110,9 @@ pub fn score_with(
         match refs.get(id) {
             None => missing.push(*id),
             Some(r) if r.is_empty() => {
-                return Err(Error::invalid(format!("captioning: image {id} has no reference captions")))
+                return Err(Error::invalid(format!(
+                    "captioning: image {id} has no reference captions"
+                )))
             }
             Some(_) => {}
         }
@@ -120,7 +125,11 @@ pub fn score_with(
         )));
     }
     if opts.require_all {
-        let unscored: Vec<u64> = refs.keys().filter(|id| !hyps.contains_key(id)).copied().collect();
+        let unscored: Vec<u64> = refs
+            .keys()
+            .filter(|id| !hyps.contains_key(id))
+            .copied()
+            .collect();
         if !unscored.is_empty() {
             return Err(Error::invalid(format!(
                 "captioning: {} image(s) with references have no hypothesis, e.g. {:?}",
@@ -131,18 +140,27 @@ pub fn score_with(
     }
     let ids: Vec<u64> = hyps.keys().copied().collect();
     // Two tokenizer runs, references then hypotheses, in image order (as pycocoevalcap).
-    let flat_refs: Vec<&str> = ids.iter().flat_map(|id| refs[id].iter().map(|s| s.as_str())).collect();
+    let flat_refs: Vec<&str> = ids
+        .iter()
+        .flat_map(|id| refs[id].iter().map(|s| s.as_str()))
+        .collect();
     let tok_flat = ptb::tokenize(&flat_refs);
     let mut it = tok_flat.into_iter();
-    let tok_refs: Vec<Vec<String>> =
-        ids.iter().map(|id| it.by_ref().take(refs[id].len()).collect()).collect();
+    let tok_refs: Vec<Vec<String>> = ids
+        .iter()
+        .map(|id| it.by_ref().take(refs[id].len()).collect())
+        .collect();
     let raw_hyps: Vec<&str> = ids.iter().map(|id| hyps[id].as_str()).collect();
     let tok_hyps = ptb::tokenize(&raw_hyps);
     score_tokenized_with(&ids, &tok_refs, &tok_hyps, opts.meteor_jar.as_deref())
 }
 
 /// Scores of already tokenized captions (`refs[i]` belong to `hyps[i]`, image id `ids[i]`).
-pub fn score_tokenized(ids: &[u64], refs: &[Vec<String>], hyps: &[String]) -> Result<CaptionScores> {
+pub fn score_tokenized(
+    ids: &[u64],
+    refs: &[Vec<String>],
+    hyps: &[String],
+) -> Result<CaptionScores> {
     score_tokenized_with(ids, refs, hyps, None)
 }
 
@@ -161,7 +179,10 @@ fn score_tokenized_with(
         )));
     }
     if let Some(i) = refs.iter().position(|r| r.is_empty()) {
-        return Err(Error::invalid(format!("captioning: image {} has no reference captions", ids[i])));
+        return Err(Error::invalid(format!(
+            "captioning: image {} has no reference captions",
+            ids[i]
+        )));
     }
     let ((b, r), c) = rayon::join(
         || rayon::join(|| bleu::bleu(refs, hyps), || rouge::rouge_l(refs, hyps)),
@@ -263,10 +284,18 @@ pub fn load_coco_results(path: impl AsRef<Path>) -> Result<BTreeMap<u64, String>
 
 /// Score a COCO results file against a COCO annotation file (see the module docs for the
 /// handling of missing / extra / duplicate ids).
-pub fn evaluate_files(annotations: &Path, results: &Path, opts: &ScoreOptions) -> Result<CaptionScores> {
+pub fn evaluate_files(
+    annotations: &Path,
+    results: &Path,
+    opts: &ScoreOptions,
+) -> Result<CaptionScores> {
     let refs = load_coco_annotations(annotations)?;
     let hyps = load_coco_results(results)?;
-    let extra: Vec<u64> = hyps.keys().filter(|id| !refs.contains_key(id)).copied().collect();
+    let extra: Vec<u64> = hyps
+        .keys()
+        .filter(|id| !refs.contains_key(id))
+        .copied()
+        .collect();
     if !extra.is_empty() {
         return Err(Error::format(
             results,
@@ -279,7 +308,11 @@ pub fn evaluate_files(annotations: &Path, results: &Path, opts: &ScoreOptions) -
             ),
         ));
     }
-    let with_refs: HashSet<u64> = refs.iter().filter(|(_, r)| !r.is_empty()).map(|(k, _)| *k).collect();
+    let with_refs: HashSet<u64> = refs
+        .iter()
+        .filter(|(_, r)| !r.is_empty())
+        .map(|(k, _)| *k)
+        .collect();
     let unscored = with_refs.iter().filter(|id| !hyps.contains_key(id)).count();
     if unscored > 0 && !opts.require_all {
         tracing::warn!(
@@ -287,6 +320,9 @@ pub fn evaluate_files(annotations: &Path, results: &Path, opts: &ScoreOptions) -
             with_refs.len()
         );
     }
-    let refs: BTreeMap<u64, Vec<String>> = refs.into_iter().filter(|(_, r)| !r.is_empty() || opts.require_all).collect();
+    let refs: BTreeMap<u64, Vec<String>> = refs
+        .into_iter()
+        .filter(|(_, r)| !r.is_empty() || opts.require_all)
+        .collect();
     score_with(&refs, &hyps, opts)
 }

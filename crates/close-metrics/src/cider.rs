@@ -44,7 +44,11 @@ fn to_vec(counts: &FxMap<Ngram, u32>, df: &FxMap<Ngram, f64>, ref_len: f64) -> V
     for v in norm.iter_mut() {
         *v = v.sqrt();
     }
-    Vec4 { weights, norm, length }
+    Vec4 {
+        weights,
+        norm,
+        length,
+    }
 }
 
 fn sim(h: &Vec4, r: &Vec4) -> [f64; 4] {
@@ -69,10 +73,16 @@ pub fn cider_d(refs: &[Vec<String>], hyps: &[String]) -> Cider {
     let mut interner = Interner::default();
     let ref_counts: Vec<Vec<FxMap<Ngram, u32>>> = refs
         .iter()
-        .map(|rs| rs.iter().map(|r| count_ngrams(&interner.words(r))).collect())
+        .map(|rs| {
+            rs.iter()
+                .map(|r| count_ngrams(&interner.words(r)))
+                .collect()
+        })
         .collect();
-    let hyp_counts: Vec<FxMap<Ngram, u32>> =
-        hyps.iter().map(|h| count_ngrams(&interner.words(h))).collect();
+    let hyp_counts: Vec<FxMap<Ngram, u32>> = hyps
+        .iter()
+        .map(|h| count_ngrams(&interner.words(h)))
+        .collect();
     // Document frequency: once per image whose references contain the n-gram.
     let mut df: FxMap<Ngram, f64> = FxMap::default();
     let mut seen: FxMap<Ngram, usize> = FxMap::default();
@@ -121,9 +131,18 @@ mod tests {
     #[test]
     fn identical_captions_score_high_and_unrelated_zero() {
         let refs = vec![
-            vec!["a dog runs on the grass".to_string(), "a dog is running".to_string()],
-            vec!["a red car on the street".to_string(), "a parked car".to_string()],
-            vec!["two cats sleep".to_string(), "cats sleeping on a bed".to_string()],
+            vec![
+                "a dog runs on the grass".to_string(),
+                "a dog is running".to_string(),
+            ],
+            vec![
+                "a red car on the street".to_string(),
+                "a parked car".to_string(),
+            ],
+            vec![
+                "two cats sleep".to_string(),
+                "cats sleeping on a bed".to_string(),
+            ],
         ];
         let hyps = vec![
             "a dog runs on the grass".to_string(),

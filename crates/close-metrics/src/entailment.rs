@@ -49,7 +49,10 @@ impl EntailmentScores {
         let mut m = serde_json::to_value(self).unwrap_or(Value::Null);
         if let Value::Object(o) = &mut m {
             o.insert("labels".into(), serde_json::json!(LABELS));
-            o.insert("confusion_columns".into(), serde_json::json!(["entailment", "neutral", "contradiction", "other"]));
+            o.insert(
+                "confusion_columns".into(),
+                serde_json::json!(["entailment", "neutral", "contradiction", "other"]),
+            );
         }
         m
     }
@@ -61,7 +64,9 @@ fn class_of(s: &str) -> Option<usize> {
 }
 
 /// Score `(gold, predicted)` label pairs.
-pub fn evaluate_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<EntailmentScores> {
+pub fn evaluate_pairs<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<EntailmentScores> {
     let mut confusion = vec![vec![0usize; 4]; 3];
     let mut skipped = 0;
     let mut n = 0;
@@ -79,7 +84,9 @@ pub fn evaluate_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -
         }
     }
     if n == 0 {
-        return Err(Error::invalid("visual entailment: no gold examples with a valid label"));
+        return Err(Error::invalid(
+            "visual entailment: no gold examples with a valid label",
+        ));
     }
     let per_class = LABELS
         .iter()
@@ -88,18 +95,51 @@ pub fn evaluate_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -
             let tp = confusion[c][c] as f64;
             let predicted: usize = (0..3).map(|g| confusion[g][c]).sum();
             let support: usize = confusion[c].iter().sum();
-            let precision = if predicted > 0 { tp / predicted as f64 } else { 0.0 };
-            let recall = if support > 0 { tp / support as f64 } else { 0.0 };
-            let f1 = if precision + recall > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
-            (l.to_string(), ClassScores { precision, recall, f1, support })
+            let precision = if predicted > 0 {
+                tp / predicted as f64
+            } else {
+                0.0
+            };
+            let recall = if support > 0 {
+                tp / support as f64
+            } else {
+                0.0
+            };
+            let f1 = if precision + recall > 0.0 {
+                2.0 * precision * recall / (precision + recall)
+            } else {
+                0.0
+            };
+            (
+                l.to_string(),
+                ClassScores {
+                    precision,
+                    recall,
+                    f1,
+                    support,
+                },
+            )
         })
         .collect();
-    Ok(EntailmentScores { accuracy: correct as f64 / n as f64, count: n, per_class, confusion, skipped_gold: skipped })
+    Ok(EntailmentScores {
+        accuracy: correct as f64 / n as f64,
+        count: n,
+        per_class,
+        confusion,
+        skipped_gold: skipped,
+    })
 }
 
 /// Gold and predictions keyed by pair id.
-pub fn evaluate(gold: &[(String, String)], predictions: &HashMap<String, String>) -> Result<EntailmentScores> {
-    let missing: Vec<&str> = gold.iter().filter(|(id, _)| !predictions.contains_key(id)).map(|(id, _)| id.as_str()).collect();
+pub fn evaluate(
+    gold: &[(String, String)],
+    predictions: &HashMap<String, String>,
+) -> Result<EntailmentScores> {
+    let missing: Vec<&str> = gold
+        .iter()
+        .filter(|(id, _)| !predictions.contains_key(id))
+        .map(|(id, _)| id.as_str())
+        .collect();
     if !missing.is_empty() {
         return Err(Error::invalid(format!(
             "visual entailment: {} gold pair(s) have no prediction, e.g. {:?}",
@@ -108,7 +148,11 @@ pub fn evaluate(gold: &[(String, String)], predictions: &HashMap<String, String>
         )));
     }
     let ids: std::collections::HashSet<&str> = gold.iter().map(|(id, _)| id.as_str()).collect();
-    let extra: Vec<&str> = predictions.keys().filter(|k| !ids.contains(k.as_str())).map(|k| k.as_str()).collect();
+    let extra: Vec<&str> = predictions
+        .keys()
+        .filter(|k| !ids.contains(k.as_str()))
+        .map(|k| k.as_str())
+        .collect();
     if !extra.is_empty() {
         return Err(Error::invalid(format!(
             "visual entailment: {} prediction(s) for pairs not in the gold file, e.g. {:?}",
@@ -116,7 +160,10 @@ pub fn evaluate(gold: &[(String, String)], predictions: &HashMap<String, String>
             &extra[..extra.len().min(5)]
         )));
     }
-    evaluate_pairs(gold.iter().map(|(id, g)| (g.as_str(), predictions[id].as_str())))
+    evaluate_pairs(
+        gold.iter()
+            .map(|(id, g)| (g.as_str(), predictions[id].as_str())),
+    )
 }
 
 fn id_string(v: &Value) -> Option<String> {
@@ -127,14 +174,18 @@ fn id_string(v: &Value) -> Option<String> {
     }
 }
 
-fn read_jsonl(path: &Path, mut f: impl FnMut(usize, serde_json::Map<String, Value>) -> Result<()>) -> Result<()> {
+fn read_jsonl(
+    path: &Path,
+    mut f: impl FnMut(usize, serde_json::Map<String, Value>) -> Result<()>,
+) -> Result<()> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|e| Error::io(path, e))?;
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(&line).map_err(|e| Error::format(path, Some(i + 1), e.to_string()))?;
+        let v: Value = serde_json::from_str(&line)
+            .map_err(|e| Error::format(path, Some(i + 1), e.to_string()))?;
         let Value::Object(o) = v else {
             return Err(Error::format(path, Some(i + 1), "expected a JSON object"));
         };
@@ -149,13 +200,20 @@ pub fn load_gold(path: impl AsRef<Path>) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     let mut seen = HashMap::new();
     read_jsonl(path, |line, o| {
-        let id = o.get("pairID").and_then(id_string).ok_or_else(|| Error::format(path, Some(line), "missing `pairID`"))?;
+        let id = o
+            .get("pairID")
+            .and_then(id_string)
+            .ok_or_else(|| Error::format(path, Some(line), "missing `pairID`"))?;
         let label = o
             .get("gold_label")
             .and_then(Value::as_str)
             .ok_or_else(|| Error::format(path, Some(line), "missing string `gold_label`"))?;
         if let Some(prev) = seen.insert(id.clone(), line) {
-            return Err(Error::format(path, Some(line), format!("pairID {id:?} already on line {prev}")));
+            return Err(Error::format(
+                path,
+                Some(line),
+                format!("pairID {id:?} already on line {prev}"),
+            ));
         }
         out.push((id, label.to_string()));
         Ok(())
@@ -169,13 +227,26 @@ pub fn load_predictions(path: impl AsRef<Path>) -> Result<HashMap<String, String
     let mut out = HashMap::new();
     let mut seen = HashMap::new();
     read_jsonl(path, |line, o| {
-        let id = o.get("pairID").and_then(id_string).ok_or_else(|| Error::format(path, Some(line), "missing `pairID`"))?;
+        let id = o
+            .get("pairID")
+            .and_then(id_string)
+            .ok_or_else(|| Error::format(path, Some(line), "missing `pairID`"))?;
         let label = ["label", "prediction", "answer"]
             .iter()
             .find_map(|k| o.get(*k).and_then(Value::as_str))
-            .ok_or_else(|| Error::format(path, Some(line), "missing string `label` (or `prediction` / `answer`)"))?;
+            .ok_or_else(|| {
+                Error::format(
+                    path,
+                    Some(line),
+                    "missing string `label` (or `prediction` / `answer`)",
+                )
+            })?;
         if let Some(prev) = seen.insert(id.clone(), line) {
-            return Err(Error::format(path, Some(line), format!("pairID {id:?} already on line {prev}")));
+            return Err(Error::format(
+                path,
+                Some(line),
+                format!("pairID {id:?} already on line {prev}"),
+            ));
         }
         out.insert(id, label.to_string());
         Ok(())

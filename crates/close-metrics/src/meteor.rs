@@ -16,10 +16,18 @@ use close_core::{Error, Result};
 /// Corpus METEOR and per-image values (inputs tokenized as for the other metrics).
 pub fn meteor(jar: &Path, refs: &[Vec<String>], hyps: &[String]) -> Result<(f64, Vec<f64>)> {
     if !jar.is_file() {
-        return Err(Error::config("--meteor-jar", format!("{} is not a file", jar.display())));
+        return Err(Error::config(
+            "--meteor-jar",
+            format!("{} is not a file", jar.display()),
+        ));
     }
-    let dir = jar.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = jar.file_name().ok_or_else(|| Error::config("--meteor-jar", "no file name"))?;
+    let dir = jar
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = jar
+        .file_name()
+        .ok_or_else(|| Error::config("--meteor-jar", "no file name"))?;
     let mut child = Command::new("java")
         .args(["-jar", "-Xmx2G"])
         .arg(name)
@@ -29,17 +37,29 @@ pub fn meteor(jar: &Path, refs: &[Vec<String>], hyps: &[String]) -> Result<(f64,
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| Error::invalid(format!("METEOR: cannot start `java` ({e}); is Java installed?")))?;
+        .map_err(|e| {
+            Error::invalid(format!(
+                "METEOR: cannot start `java` ({e}); is Java installed?"
+            ))
+        })?;
     let result = (|| -> Result<(f64, Vec<f64>)> {
-        let mut stdin = child.stdin.take().ok_or_else(|| Error::invalid("METEOR: no stdin"))?;
-        let stdout = child.stdout.take().ok_or_else(|| Error::invalid("METEOR: no stdout"))?;
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| Error::invalid("METEOR: no stdin"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| Error::invalid("METEOR: no stdout"))?;
         let mut out = BufReader::new(stdout);
         let io = |e: std::io::Error| Error::invalid(format!("METEOR: java process: {e}"));
         let read_line = |out: &mut BufReader<_>| -> Result<String> {
             let mut s = String::new();
             let n = out.read_line(&mut s).map_err(io)?;
             if n == 0 {
-                return Err(Error::invalid("METEOR: the jar exited early (wrong jar or missing data/paraphrase-en.gz?)"));
+                return Err(Error::invalid(
+                    "METEOR: the jar exited early (wrong jar or missing data/paraphrase-en.gz?)",
+                ));
             }
             Ok(s.trim().to_string())
         };

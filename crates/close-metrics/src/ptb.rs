@@ -74,11 +74,19 @@ struct Rule {
 }
 
 fn r(token: &str, action: Action) -> Rule {
-    Rule { token: token.to_string(), context: None, action }
+    Rule {
+        token: token.to_string(),
+        context: None,
+        action,
+    }
 }
 
 fn rc(token: &str, context: &str, action: Action) -> Rule {
-    Rule { token: token.to_string(), context: Some(context.to_string()), action }
+    Rule {
+        token: token.to_string(),
+        context: Some(context.to_string()),
+        action,
+    }
 }
 
 /// `(?i:...)` around a literal: JFlex `%caseless` folds literals but not character classes.
@@ -160,11 +168,51 @@ fn rules() -> Vec<Rule> {
         ci(r"vs|Alex|Wm|Jos|Cie|a\.k\.a|cf|TREAS")
     );
     let acronym_followers = [
-        "About", "According", "Additionally", "After", "An", "A", "As", "At", "But", "Earlier",
-        "He", "Her", "Here", "However", "If", "In", "It", "Last", "Many", "More", r"Mr\.",
-        r"Ms\.", "Now", "Once", "One", "Other", "Our", "She", "Since", "So", "Some", "Such",
-        "That", "The", "Then", "There", "These", "They", "This", "We", "When", "While", "What",
-        "Yet", "You",
+        "About",
+        "According",
+        "Additionally",
+        "After",
+        "An",
+        "A",
+        "As",
+        "At",
+        "But",
+        "Earlier",
+        "He",
+        "Her",
+        "Here",
+        "However",
+        "If",
+        "In",
+        "It",
+        "Last",
+        "Many",
+        "More",
+        r"Mr\.",
+        r"Ms\.",
+        "Now",
+        "Once",
+        "One",
+        "Other",
+        "Our",
+        "She",
+        "Since",
+        "So",
+        "Some",
+        "Such",
+        "That",
+        "The",
+        "Then",
+        "There",
+        "These",
+        "They",
+        "This",
+        "We",
+        "When",
+        "While",
+        "What",
+        "Yet",
+        "You",
     ]
     .iter()
     .map(|w| {
@@ -320,7 +368,11 @@ fn build_dfa(patterns: &[String]) -> DFA {
                 .match_kind(MatchKind::All)
                 .cache_capacity(8 << 20),
         )
-        .syntax(regex_automata::util::syntax::Config::new().unicode(true).utf8(true))
+        .syntax(
+            regex_automata::util::syntax::Config::new()
+                .unicode(true)
+                .utf8(true),
+        )
         .build_many(patterns)
         .unwrap_or_else(|e| panic!("PTB lexer rule does not compile: {e}"))
 }
@@ -339,11 +391,18 @@ static LEXER: LazyLock<Lexer> = LazyLock::new(|| {
         .iter()
         .map(|r| {
             r.context.as_ref().map(|c| {
-                (build_dfa(std::slice::from_ref(&r.token)), build_dfa(std::slice::from_ref(c)))
+                (
+                    build_dfa(std::slice::from_ref(&r.token)),
+                    build_dfa(std::slice::from_ref(c)),
+                )
             })
         })
         .collect();
-    Lexer { rules, all, token_dfas }
+    Lexer {
+        rules,
+        all,
+        token_dfas,
+    }
 });
 
 struct Caches {
@@ -358,13 +417,23 @@ impl Lexer {
             token: self
                 .token_dfas
                 .iter()
-                .map(|d| d.as_ref().map(|(a, b)| (a.create_cache(), b.create_cache())))
+                .map(|d| {
+                    d.as_ref()
+                        .map(|(a, b)| (a.create_cache(), b.create_cache()))
+                })
                 .collect(),
         }
     }
 
     /// All match ends of an anchored search of `dfa` on `text[start..end]`, per pattern.
-    fn ends(dfa: &DFA, cache: &mut Cache, text: &str, start: usize, end: usize, mut f: impl FnMut(usize, usize)) {
+    fn ends(
+        dfa: &DFA,
+        cache: &mut Cache,
+        text: &str,
+        start: usize,
+        end: usize,
+        mut f: impl FnMut(usize, usize),
+    ) {
         let input = Input::new(text).range(start..end).anchored(Anchored::Yes);
         let mut state = OverlappingState::start();
         loop {
@@ -382,21 +451,34 @@ impl Lexer {
 
     /// Longest-match lexing of `text[..stop]` (text beyond `stop` is context only). Calls
     /// `emit(Some(token))` per token and `emit(None)` at each line break.
-    fn lex(&self, caches: &mut Caches, text: &str, stop: usize, mut emit: impl FnMut(Option<String>)) {
+    fn lex(
+        &self,
+        caches: &mut Caches,
+        text: &str,
+        stop: usize,
+        mut emit: impl FnMut(Option<String>),
+    ) {
         let mut pos = 0;
         while pos < stop {
             // Best: (total length, rule index).
             let mut best: Option<(usize, usize)> = None;
-            Self::ends(&self.all, &mut caches.all, text, pos, text.len(), |pid, end| {
-                let len = end - pos;
-                if len == 0 {
-                    return;
-                }
-                best = match best {
-                    Some((l, p)) if l > len || (l == len && p < pid) => Some((l, p)),
-                    _ => Some((len, pid)),
-                };
-            });
+            Self::ends(
+                &self.all,
+                &mut caches.all,
+                text,
+                pos,
+                text.len(),
+                |pid, end| {
+                    let len = end - pos;
+                    if len == 0 {
+                        return;
+                    }
+                    best = match best {
+                        Some((l, p)) if l > len || (l == len && p < pid) => Some((l, p)),
+                        _ => Some((len, pid)),
+                    };
+                },
+            );
             let Some((total, pid)) = best else {
                 // Unreachable: the last rule matches any character but `\n`, and `\n` has its
                 // own rule. Skip one character defensively.
@@ -466,10 +548,17 @@ impl Lexer {
                 Action::Amp => Some(replace_ci(matched, "&amp;", "&")),
                 Action::Hyphens => {
                     let n = matched.len();
-                    Some(if (3..=4).contains(&n) { "--".to_string() } else { matched.to_string() })
+                    Some(if (3..=4).contains(&n) {
+                        "--".to_string()
+                    } else {
+                        matched.to_string()
+                    })
                 }
                 Action::Phone => Some(
-                    matched.replace(' ', "\u{00A0}").replace('(', "-LRB-").replace(')', "-RRB-"),
+                    matched
+                        .replace(' ', "\u{00A0}")
+                        .replace('(', "-LRB-")
+                        .replace(')', "-RRB-"),
                 ),
             };
             if let Some(t) = out {
@@ -519,7 +608,10 @@ fn latex_quotes(s: &str, probably_left: bool) -> String {
 fn sanitize(caption: &str) -> std::borrow::Cow<'_, str> {
     if caption.contains(['\n', '\r', '\u{000B}', '\u{000C}', '\u{2028}', '\u{2029}']) {
         caption
-            .replace(['\n', '\r', '\u{000B}', '\u{000C}', '\u{2028}', '\u{2029}'], " ")
+            .replace(
+                ['\n', '\r', '\u{000B}', '\u{000C}', '\u{2028}', '\u{2029}'],
+                " ",
+            )
             .into()
     } else {
         caption.into()
@@ -592,16 +684,28 @@ mod tests {
     #[test]
     fn contractions_and_assimilations() {
         assert_eq!(tok("A man can't swim."), "a man ca n't swim .");
-        assert_eq!(tok("The man's dog is gonna run"), "the man 's dog is gon na run");
+        assert_eq!(
+            tok("The man's dog is gonna run"),
+            "the man 's dog is gon na run"
+        );
         assert_eq!(tok("I cannot"), "i can not");
         assert_eq!(tok("'Tis y'all"), "'t is y' all");
     }
 
     #[test]
     fn brackets_numbers_quotes() {
-        assert_eq!(tok("(fast) [x] {y}"), "-lrb- fast -rrb- -lsb- x -rsb- -lcb- y -rcb-");
-        assert_eq!(tok("$1,000.50 at 10:30 or 3.5"), "$ 1,000.50 at 10:30 or 3.5");
-        assert_eq!(tok("\u{201C}Q\u{201D} \u{2018}s\u{2019} a\u{2014}b"), "`` q '' ` s ' a -- b");
+        assert_eq!(
+            tok("(fast) [x] {y}"),
+            "-lrb- fast -rrb- -lsb- x -rsb- -lcb- y -rcb-"
+        );
+        assert_eq!(
+            tok("$1,000.50 at 10:30 or 3.5"),
+            "$ 1,000.50 at 10:30 or 3.5"
+        );
+        assert_eq!(
+            tok("\u{201C}Q\u{201D} \u{2018}s\u{2019} a\u{2014}b"),
+            "`` q '' ` s ' a -- b"
+        );
         assert_eq!(tok("he said \"hi\""), "he said `` hi ''");
     }
 

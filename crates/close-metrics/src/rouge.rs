@@ -19,7 +19,11 @@ fn lcs(a: &[&str], b: &[&str]) -> usize {
     let mut cur = vec![0usize; short.len() + 1];
     for x in long {
         for (j, y) in short.iter().enumerate() {
-            cur[j + 1] = if x == y { prev[j] + 1 } else { prev[j + 1].max(cur[j]) };
+            cur[j + 1] = if x == y {
+                prev[j] + 1
+            } else {
+                prev[j + 1].max(cur[j])
+            };
         }
         std::mem::swap(&mut prev, &mut cur);
     }
@@ -48,8 +52,11 @@ pub fn rouge_l_one(candidate: &str, refs: &[String]) -> f64 {
 /// ROUGE-L of tokenized hypotheses against tokenized references.
 pub fn rouge_l(refs: &[Vec<String>], hyps: &[String]) -> RougeL {
     use rayon::prelude::*;
-    let per_image: Vec<f64> =
-        hyps.par_iter().zip(refs.par_iter()).map(|(h, r)| rouge_l_one(h, r)).collect();
+    let per_image: Vec<f64> = hyps
+        .par_iter()
+        .zip(refs.par_iter())
+        .map(|(h, r)| rouge_l_one(h, r))
+        .collect();
     let corpus = if per_image.is_empty() {
         f64::NAN
     } else {

@@ -53,7 +53,10 @@ impl GtAnswer {
     pub fn new(answer: impl Into<String>, answer_id: u64) -> Self {
         let mut rest = BTreeMap::new();
         rest.insert("answer_id".to_string(), Value::from(answer_id));
-        GtAnswer { answer: answer.into(), rest }
+        GtAnswer {
+            answer: answer.into(),
+            rest,
+        }
     }
 }
 
@@ -88,7 +91,8 @@ impl VqaScores {
 }
 
 const PUNCT: [char; 21] = [
-    ';', '/', '[', ']', '"', '{', '}', '(', ')', '=', '+', '\\', '_', '-', '>', '<', '@', '`', ',', '?', '!',
+    ';', '/', '[', ']', '"', '{', '}', '(', ')', '=', '+', '\\', '_', '-', '>', '<', '@', '`', ',',
+    '?', '!',
 ];
 
 const ARTICLES: [&str; 3] = ["a", "an", "the"];
@@ -111,53 +115,140 @@ const NUMBER_WORDS: [(&str, &str); 12] = [
 /// The official contraction table (data, including its upper-case keys that can never
 /// match after lower-casing, and its reversed `somebody'd` entry).
 const CONTRACTIONS: &[(&str, &str)] = &[
-    ("aint", "ain't"), ("arent", "aren't"), ("cant", "can't"), ("couldve", "could've"),
-    ("couldnt", "couldn't"), ("couldn'tve", "couldn't've"), ("couldnt've", "couldn't've"),
-    ("didnt", "didn't"), ("doesnt", "doesn't"), ("dont", "don't"), ("hadnt", "hadn't"),
-    ("hadnt've", "hadn't've"), ("hadn'tve", "hadn't've"), ("hasnt", "hasn't"),
-    ("havent", "haven't"), ("hed", "he'd"), ("hed've", "he'd've"), ("he'dve", "he'd've"),
-    ("hes", "he's"), ("howd", "how'd"), ("howll", "how'll"), ("hows", "how's"),
-    ("Id've", "I'd've"), ("I'dve", "I'd've"), ("Im", "I'm"), ("Ive", "I've"),
-    ("isnt", "isn't"), ("itd", "it'd"), ("itd've", "it'd've"), ("it'dve", "it'd've"),
-    ("itll", "it'll"), ("let's", "let's"), ("maam", "ma'am"), ("mightnt", "mightn't"),
-    ("mightnt've", "mightn't've"), ("mightn'tve", "mightn't've"), ("mightve", "might've"),
-    ("mustnt", "mustn't"), ("mustve", "must've"), ("neednt", "needn't"), ("notve", "not've"),
-    ("oclock", "o'clock"), ("oughtnt", "oughtn't"), ("ow's'at", "'ow's'at"),
-    ("'ows'at", "'ow's'at"), ("'ow'sat", "'ow's'at"), ("shant", "shan't"),
-    ("shed've", "she'd've"), ("she'dve", "she'd've"), ("she's", "she's"),
-    ("shouldve", "should've"), ("shouldnt", "shouldn't"), ("shouldnt've", "shouldn't've"),
-    ("shouldn'tve", "shouldn't've"), ("somebody'd", "somebodyd"),
-    ("somebodyd've", "somebody'd've"), ("somebody'dve", "somebody'd've"),
-    ("somebodyll", "somebody'll"), ("somebodys", "somebody's"), ("someoned", "someone'd"),
-    ("someoned've", "someone'd've"), ("someone'dve", "someone'd've"),
-    ("someonell", "someone'll"), ("someones", "someone's"), ("somethingd", "something'd"),
-    ("somethingd've", "something'd've"), ("something'dve", "something'd've"),
-    ("somethingll", "something'll"), ("thats", "that's"), ("thered", "there'd"),
-    ("thered've", "there'd've"), ("there'dve", "there'd've"), ("therere", "there're"),
-    ("theres", "there's"), ("theyd", "they'd"), ("theyd've", "they'd've"),
-    ("they'dve", "they'd've"), ("theyll", "they'll"), ("theyre", "they're"),
-    ("theyve", "they've"), ("twas", "'twas"), ("wasnt", "wasn't"), ("wed've", "we'd've"),
-    ("we'dve", "we'd've"), ("weve", "we've"), ("werent", "weren't"), ("whatll", "what'll"),
-    ("whatre", "what're"), ("whats", "what's"), ("whatve", "what've"), ("whens", "when's"),
-    ("whered", "where'd"), ("wheres", "where's"), ("whereve", "where've"), ("whod", "who'd"),
-    ("whod've", "who'd've"), ("who'dve", "who'd've"), ("wholl", "who'll"), ("whos", "who's"),
-    ("whove", "who've"), ("whyll", "why'll"), ("whyre", "why're"), ("whys", "why's"),
-    ("wont", "won't"), ("wouldve", "would've"), ("wouldnt", "wouldn't"),
-    ("wouldnt've", "wouldn't've"), ("wouldn'tve", "wouldn't've"), ("yall", "y'all"),
-    ("yall'll", "y'all'll"), ("y'allll", "y'all'll"), ("yall'd've", "y'all'd've"),
-    ("y'alld've", "y'all'd've"), ("y'all'dve", "y'all'd've"), ("youd", "you'd"),
-    ("youd've", "you'd've"), ("you'dve", "you'd've"), ("youll", "you'll"),
-    ("youre", "you're"), ("youve", "you've"),
+    ("aint", "ain't"),
+    ("arent", "aren't"),
+    ("cant", "can't"),
+    ("couldve", "could've"),
+    ("couldnt", "couldn't"),
+    ("couldn'tve", "couldn't've"),
+    ("couldnt've", "couldn't've"),
+    ("didnt", "didn't"),
+    ("doesnt", "doesn't"),
+    ("dont", "don't"),
+    ("hadnt", "hadn't"),
+    ("hadnt've", "hadn't've"),
+    ("hadn'tve", "hadn't've"),
+    ("hasnt", "hasn't"),
+    ("havent", "haven't"),
+    ("hed", "he'd"),
+    ("hed've", "he'd've"),
+    ("he'dve", "he'd've"),
+    ("hes", "he's"),
+    ("howd", "how'd"),
+    ("howll", "how'll"),
+    ("hows", "how's"),
+    ("Id've", "I'd've"),
+    ("I'dve", "I'd've"),
+    ("Im", "I'm"),
+    ("Ive", "I've"),
+    ("isnt", "isn't"),
+    ("itd", "it'd"),
+    ("itd've", "it'd've"),
+    ("it'dve", "it'd've"),
+    ("itll", "it'll"),
+    ("let's", "let's"),
+    ("maam", "ma'am"),
+    ("mightnt", "mightn't"),
+    ("mightnt've", "mightn't've"),
+    ("mightn'tve", "mightn't've"),
+    ("mightve", "might've"),
+    ("mustnt", "mustn't"),
+    ("mustve", "must've"),
+    ("neednt", "needn't"),
+    ("notve", "not've"),
+    ("oclock", "o'clock"),
+    ("oughtnt", "oughtn't"),
+    ("ow's'at", "'ow's'at"),
+    ("'ows'at", "'ow's'at"),
+    ("'ow'sat", "'ow's'at"),
+    ("shant", "shan't"),
+    ("shed've", "she'd've"),
+    ("she'dve", "she'd've"),
+    ("she's", "she's"),
+    ("shouldve", "should've"),
+    ("shouldnt", "shouldn't"),
+    ("shouldnt've", "shouldn't've"),
+    ("shouldn'tve", "shouldn't've"),
+    ("somebody'd", "somebodyd"),
+    ("somebodyd've", "somebody'd've"),
+    ("somebody'dve", "somebody'd've"),
+    ("somebodyll", "somebody'll"),
+    ("somebodys", "somebody's"),
+    ("someoned", "someone'd"),
+    ("someoned've", "someone'd've"),
+    ("someone'dve", "someone'd've"),
+    ("someonell", "someone'll"),
+    ("someones", "someone's"),
+    ("somethingd", "something'd"),
+    ("somethingd've", "something'd've"),
+    ("something'dve", "something'd've"),
+    ("somethingll", "something'll"),
+    ("thats", "that's"),
+    ("thered", "there'd"),
+    ("thered've", "there'd've"),
+    ("there'dve", "there'd've"),
+    ("therere", "there're"),
+    ("theres", "there's"),
+    ("theyd", "they'd"),
+    ("theyd've", "they'd've"),
+    ("they'dve", "they'd've"),
+    ("theyll", "they'll"),
+    ("theyre", "they're"),
+    ("theyve", "they've"),
+    ("twas", "'twas"),
+    ("wasnt", "wasn't"),
+    ("wed've", "we'd've"),
+    ("we'dve", "we'd've"),
+    ("weve", "we've"),
+    ("werent", "weren't"),
+    ("whatll", "what'll"),
+    ("whatre", "what're"),
+    ("whats", "what's"),
+    ("whatve", "what've"),
+    ("whens", "when's"),
+    ("whered", "where'd"),
+    ("wheres", "where's"),
+    ("whereve", "where've"),
+    ("whod", "who'd"),
+    ("whod've", "who'd've"),
+    ("who'dve", "who'd've"),
+    ("wholl", "who'll"),
+    ("whos", "who's"),
+    ("whove", "who've"),
+    ("whyll", "why'll"),
+    ("whyre", "why're"),
+    ("whys", "why's"),
+    ("wont", "won't"),
+    ("wouldve", "would've"),
+    ("wouldnt", "wouldn't"),
+    ("wouldnt've", "wouldn't've"),
+    ("wouldn'tve", "wouldn't've"),
+    ("yall", "y'all"),
+    ("yall'll", "y'all'll"),
+    ("y'allll", "y'all'll"),
+    ("yall'd've", "y'all'd've"),
+    ("y'alld've", "y'all'd've"),
+    ("y'all'dve", "y'all'd've"),
+    ("youd", "you'd"),
+    ("youd've", "you'd've"),
+    ("you'dve", "you'd've"),
+    ("youll", "you'll"),
+    ("youre", "you're"),
+    ("youve", "you've"),
 ];
 
 /// Python 2 `unicode.strip()` after the official `\n`/`\t` replacement.
 fn clean(s: &str) -> String {
-    s.replace(['\n', '\t'], " ").trim_matches(py_is_space).to_string()
+    s.replace(['\n', '\t'], " ")
+        .trim_matches(py_is_space)
+        .to_string()
 }
 
 /// True if `s` contains ASCII digit, comma, ASCII digit (the official `commaStrip` search).
 fn has_digit_comma_digit(s: &str) -> bool {
-    s.as_bytes().windows(3).any(|w| w[0].is_ascii_digit() && w[1] == b',' && w[2].is_ascii_digit())
+    s.as_bytes()
+        .windows(3)
+        .any(|w| w[0].is_ascii_digit() && w[1] == b',' && w[2].is_ascii_digit())
 }
 
 /// The official `processPunctuation`.
@@ -195,7 +286,13 @@ pub fn process_punctuation(in_text: &str) -> String {
 /// Python 2 `unicode.lower()`: simple (one-to-one) case mapping, no final-sigma rule.
 fn py2_lower(s: &str) -> String {
     s.chars()
-        .map(|c| if c == '\u{130}' { 'i' } else { c.to_lowercase().next().unwrap_or(c) })
+        .map(|c| {
+            if c == '\u{130}' {
+                'i'
+            } else {
+                c.to_lowercase().next().unwrap_or(c)
+            }
+        })
         .collect()
 }
 
@@ -204,14 +301,22 @@ pub fn process_digit_article(in_text: &str) -> String {
     let lower = py2_lower(in_text);
     let mut words: Vec<&str> = Vec::new();
     for w in lower.split(py_is_space).filter(|w| !w.is_empty()) {
-        let w = NUMBER_WORDS.iter().find(|(k, _)| *k == w).map_or(w, |(_, v)| v);
+        let w = NUMBER_WORDS
+            .iter()
+            .find(|(k, _)| *k == w)
+            .map_or(w, |(_, v)| v);
         if !ARTICLES.contains(&w) {
             words.push(w);
         }
     }
     let mapped: Vec<&str> = words
         .into_iter()
-        .map(|w| CONTRACTIONS.iter().find(|(k, _)| *k == w).map_or(w, |(_, v)| v))
+        .map(|w| {
+            CONTRACTIONS
+                .iter()
+                .find(|(k, _)| *k == w)
+                .map_or(w, |(_, v)| v)
+        })
         .collect();
     mapped.join(" ")
 }
@@ -228,7 +333,10 @@ pub fn question_accuracy(answers: &[GtAnswer], predicted: &str) -> f64 {
     }
     let mut gts: Vec<GtAnswer> = answers
         .iter()
-        .map(|a| GtAnswer { answer: clean(&a.answer), rest: a.rest.clone() })
+        .map(|a| GtAnswer {
+            answer: clean(&a.answer),
+            rest: a.rest.clone(),
+        })
         .collect();
     let mut res = clean(predicted);
     let distinct: HashSet<&str> = gts.iter().map(|a| a.answer.as_str()).collect();
@@ -248,8 +356,11 @@ pub fn question_accuracy(answers: &[GtAnswer], predicted: &str) -> f64 {
 
 /// Convenience for answers without records: ten strings, distinct ids 1..=n.
 pub fn accuracy(gt_answers: &[String], predicted: &str) -> f64 {
-    let recs: Vec<GtAnswer> =
-        gt_answers.iter().enumerate().map(|(i, a)| GtAnswer::new(a.clone(), i as u64 + 1)).collect();
+    let recs: Vec<GtAnswer> = gt_answers
+        .iter()
+        .enumerate()
+        .map(|(i, a)| GtAnswer::new(a.clone(), i as u64 + 1))
+        .collect();
     question_accuracy(&recs, predicted)
 }
 
@@ -303,19 +414,32 @@ fn mean_pct(v: &[f64]) -> f64 {
 
 /// Official evaluation of `predictions` (question id → answer) on `questions` (annotation
 /// order). Every annotated question needs a prediction and every prediction a question.
-pub fn evaluate(questions: &[VqaQuestion], predictions: &HashMap<u64, String>) -> Result<VqaScores> {
+pub fn evaluate(
+    questions: &[VqaQuestion],
+    predictions: &HashMap<u64, String>,
+) -> Result<VqaScores> {
     if questions.is_empty() {
         return Err(Error::invalid("VQA: no annotated questions"));
     }
     let mut seen = HashSet::with_capacity(questions.len());
     for q in questions {
         if !seen.insert(q.question_id) {
-            return Err(Error::invalid(format!("VQA: question_id {} is annotated twice", q.question_id)));
+            return Err(Error::invalid(format!(
+                "VQA: question_id {} is annotated twice",
+                q.question_id
+            )));
         }
     }
-    let missing: Vec<u64> =
-        questions.iter().filter(|q| !predictions.contains_key(&q.question_id)).map(|q| q.question_id).collect();
-    let extra: Vec<u64> = predictions.keys().filter(|id| !seen.contains(id)).copied().collect();
+    let missing: Vec<u64> = questions
+        .iter()
+        .filter(|q| !predictions.contains_key(&q.question_id))
+        .map(|q| q.question_id)
+        .collect();
+    let extra: Vec<u64> = predictions
+        .keys()
+        .filter(|id| !seen.contains(id))
+        .copied()
+        .collect();
     if !missing.is_empty() || !extra.is_empty() {
         return Err(Error::invalid(format!(
             "VQA: results do not correspond to the annotations: {} question(s) without a prediction (e.g. {:?}), {} prediction(s) for unknown questions (e.g. {:?})",
@@ -426,7 +550,10 @@ pub fn load_results(path: impl AsRef<Path>) -> Result<HashMap<u64, String>> {
             return Err(Error::format(
                 path,
                 None,
-                format!("entry {i}: question_id {} appears more than once", r.question_id),
+                format!(
+                    "entry {i}: question_id {} appears more than once",
+                    r.question_id
+                ),
             ));
         }
     }
@@ -440,8 +567,11 @@ pub fn evaluate_files(questions: &Path, annotations: &Path, results: &Path) -> R
     let anns = load_annotations(annotations)?;
     let res = load_results(results)?;
     if q.task_type.as_deref() == Some("Multiple Choice") {
-        let choices: HashMap<u64, &Vec<String>> =
-            q.questions.iter().filter_map(|x| x.multiple_choices.as_ref().map(|c| (x.question_id, c))).collect();
+        let choices: HashMap<u64, &Vec<String>> = q
+            .questions
+            .iter()
+            .filter_map(|x| x.multiple_choices.as_ref().map(|c| (x.question_id, c)))
+            .collect();
         for (id, ans) in &res {
             if let Some(c) = choices.get(id) {
                 if !c.contains(ans) {
@@ -464,7 +594,15 @@ mod tests {
     #[test]
     fn leave_one_out_levels() {
         let mk = |k: usize| -> Vec<String> {
-            (0..10).map(|i| if i < k { "yes".to_string() } else { format!("no{i}") }).collect()
+            (0..10)
+                .map(|i| {
+                    if i < k {
+                        "yes".to_string()
+                    } else {
+                        format!("no{i}")
+                    }
+                })
+                .collect()
         };
         let expect = [0.0, 0.3, 0.6, 0.9, 1.0, 1.0];
         for (k, e) in expect.iter().enumerate() {

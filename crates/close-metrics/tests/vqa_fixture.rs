@@ -12,8 +12,15 @@ fn dir() -> PathBuf {
 
 #[test]
 fn matches_official_evaluator_exactly() {
-    let exp: Value = serde_json::from_str(&std::fs::read_to_string(dir().join("expected.json")).unwrap()).unwrap();
-    let s = vqa::evaluate_files(&dir().join("questions.json"), &dir().join("annotations.json"), &dir().join("results.json")).unwrap();
+    let exp: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("expected.json")).unwrap())
+            .unwrap();
+    let s = vqa::evaluate_files(
+        &dir().join("questions.json"),
+        &dir().join("annotations.json"),
+        &dir().join("results.json"),
+    )
+    .unwrap();
     assert_eq!(s.to_json(), exp["accuracy"]);
     let eval_qa = exp["evalQA"].as_object().unwrap();
     assert_eq!(eval_qa.len(), s.per_question.len());
@@ -28,7 +35,9 @@ fn result_set_must_match_annotations() {
     let t = tempfile::tempdir().unwrap();
     let q = dir().join("questions.json");
     let a = dir().join("annotations.json");
-    let res: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(dir().join("results.json")).unwrap()).unwrap();
+    let res: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("results.json")).unwrap())
+            .unwrap();
     let write = |name: &str, v: &Value| {
         let p = t.path().join(name);
         std::fs::write(&p, v.to_string()).unwrap();
@@ -39,13 +48,26 @@ fn result_set_must_match_annotations() {
     assert!(e.contains("without a prediction"), "{e}");
     let mut extra = res.clone();
     extra.push(serde_json::json!({"question_id": 999999, "answer": "x"}));
-    let e = vqa::evaluate_files(&q, &a, &write("extra.json", &Value::Array(extra))).unwrap_err().to_string();
+    let e = vqa::evaluate_files(&q, &a, &write("extra.json", &Value::Array(extra)))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("unknown questions"), "{e}");
     let mut dup = res.clone();
     dup.push(res[0].clone());
-    let e = vqa::evaluate_files(&q, &a, &write("dup.json", &Value::Array(dup))).unwrap_err().to_string();
-    assert!(e.contains("more than once") && e.contains("dup.json"), "{e}");
-    std::fs::write(t.path().join("bad.json"), "[{\"question_id\": 1,\n \"answer\": 3}]").unwrap();
-    let e = vqa::evaluate_files(&q, &a, &t.path().join("bad.json")).unwrap_err().to_string();
+    let e = vqa::evaluate_files(&q, &a, &write("dup.json", &Value::Array(dup)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("more than once") && e.contains("dup.json"),
+        "{e}"
+    );
+    std::fs::write(
+        t.path().join("bad.json"),
+        "[{\"question_id\": 1,\n \"answer\": 3}]",
+    )
+    .unwrap();
+    let e = vqa::evaluate_files(&q, &a, &t.path().join("bad.json"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("bad.json:2"), "{e}");
 }

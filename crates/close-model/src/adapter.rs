@@ -333,6 +333,94 @@ pub fn fit_linear<A: AsRef<[f32]>, B: AsRef<[f32]>>(images: &[A], texts: &[B], r
     })
 }
 
+/// How to fit adapter statistics from embedding stores (`close adapter fit`, the demo).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FitSpec {
+    pub kind: AdapterKind,
+    /// Paired examples to use (sampled with `seed`); None = all. `linear` on few pairs is the
+    /// paper's "1% paired data" setting.
+    pub n_pairs: Option<usize>,
+    /// Ridge strength of `linear`, relative to the mean eigenvalue of the text Gram matrix.
+    pub ridge: f64,
+    /// `cov` without pairs: Σ_image + Σ_text instead of the covariance of paired differences.
+    pub unpaired_cov: bool,
+    pub seed: u64,
+}
+
+impl Default for FitSpec {
+    fn default() -> Self {
+        Self { kind: AdapterKind::MeanShift, n_pairs: None, ridge: 1e-2, unpaired_cov: false, seed: 0 }
+    }
+}
+
+/// Fit statistics from `(image key, text key)` pairs of a training split: `mean-shift` uses
+/// the distinct images and the distinct texts as two unpaired sets; `cov` the paired
+/// differences (or the unpaired sets with `unpaired_cov`); `linear` least squares on the
+/// (sampled) pairs.
+pub fn fit_adapter(
+    spec: &FitSpec,
+    images: &dyn crate::embeddings::Embeddings,
+    texts: &dyn crate::embeddings::Embeddings,
+    pairs: &[(String, String)],
+) -> Result<AdapterStats> {
+    use crate::embeddings::lookup;
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    if pairs.is_empty() {
+        return Err(Error::invalid("adapter fit: no (image, caption) pairs"));
+    }
+    if images.dim() != texts.dim() {
+        return Err(Error::Shape { what: "image vs text embeddings".into(), expected: vec![images.dim()], got: vec![texts.dim()] });
+    }
+    let mut sel: Vec<&(String, String)> = pairs.iter().collect();
+    if let Some(n) = spec.n_pairs {
+        if n == 0 {
+            return Err(Error::config("pairs", "must be at least 1"));
+        }
+        sel.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(spec.seed));
+        sel.truncate(n);
+    }
+    let unpaired = |sel: &[&(String, String)]| -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+        let mut ik: Vec<&str> = sel.iter().map(|p| p.0.as_str()).collect();
+        let mut tk: Vec<&str> = sel.iter().map(|p| p.1.as_str()).collect();
+        ik.sort();
+        ik.dedup();
+        tk.sort();
+        tk.dedup();
+        let i = ik.iter().map(|k| lookup(images, "image", k).map(|v| v.to_vec())).collect::<Result<Vec<_>>>()?;
+        let t = tk.iter().map(|k| lookup(texts, "text", k).map(|v| v.to_vec())).collect::<Result<Vec<_>>>()?;
+        Ok((i, t))
+    };
+    let paired = |sel: &[&(String, String)]| -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+        let i = sel.iter().map(|p| lookup(images, "image", &p.0).map(|v| v.to_vec())).collect::<Result<Vec<_>>>()?;
+        let t = sel.iter().map(|p| lookup(texts, "text", &p.1).map(|v| v.to_vec())).collect::<Result<Vec<_>>>()?;
+        Ok((i, t))
+    };
+    let mut stats = match spec.kind {
+        AdapterKind::MeanShift => {
+            let (i, t) = unpaired(&sel)?;
+            fit_mean_shift(&i, &t)?
+        }
+        AdapterKind::Cov if spec.unpaired_cov => {
+            let (i, t) = unpaired(&sel)?;
+            fit_cov_unpaired(&i, &t)?
+        }
+        AdapterKind::Cov => {
+            let (i, t) = paired(&sel)?;
+            fit_cov(&i, &t)?
+        }
+        AdapterKind::Linear => {
+            let (i, t) = paired(&sel)?;
+            fit_linear(&i, &t, spec.ridge)?
+        }
+        AdapterKind::None | AdapterKind::Noise => {
+            return Err(Error::config("kind", format!("`{}` has no statistics to fit (mean-shift, cov, linear)", spec.kind)))
+        }
+    };
+    stats.info.n_pairs = stats.info.n_pairs.max(if matches!(spec.kind, AdapterKind::MeanShift) { 0 } else { sel.len() });
+    Ok(stats)
+}
+
 /// Lower Cholesky factor of a covariance, adding a growing diagonal jitter when it is only
 /// semi-definite (e.g. fitted from fewer pairs than dimensions).
 pub fn cholesky_with_jitter(cov: &Mat) -> Result<Mat> {

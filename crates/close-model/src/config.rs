@@ -18,7 +18,14 @@ use crate::task::{Task, TrainOn};
 pub enum T5Init {
     /// Random initialisation with this architecture; the tokenizer is trained on the task's
     /// text (`vocab` pieces, `vocab_size` is then set to the tokenizer's size).
-    Scratch { config: T5Config, vocab: usize },
+    Scratch {
+        config: T5Config,
+        vocab: usize,
+        /// Reuse this `tokenizer.json` instead of training one (e.g. one tokenizer shared
+        /// by all runs of a sweep).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tokenizer: Option<PathBuf>,
+    },
     /// A pretrained HF T5 directory (`config.json`, `*.safetensors`, `tokenizer.json`).
     Pretrained { dir: PathBuf },
 }
@@ -127,7 +134,7 @@ impl TrainConfig {
             ..T5Config::t5_small()
         };
         Self {
-            t5: T5Init::Scratch { config: t5, vocab: 400 },
+            t5: T5Init::Scratch { config: t5, vocab: 400, tokenizer: None },
             epochs: 4,
             batch_size: 32,
             max_examples_per_epoch: None,
@@ -179,7 +186,7 @@ impl TrainConfig {
                 format!("adapter `{}` needs fitted statistics (`close adapter fit`, then --adapter-stats DIR)", self.adapter.kind),
             ));
         }
-        if let T5Init::Scratch { config, vocab } = &self.t5 {
+        if let T5Init::Scratch { config, vocab, .. } = &self.t5 {
             config.validate()?;
             if *vocab < 8 {
                 return Err(Error::config("t5.vocab", "a from-scratch tokenizer needs at least 8 pieces"));

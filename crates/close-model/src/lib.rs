@@ -4,6 +4,8 @@ pub mod adapter;
 pub mod config;
 pub mod embeddings;
 pub mod eval;
+pub mod hub;
+pub mod import;
 pub mod linalg;
 pub mod model;
 pub mod plot;

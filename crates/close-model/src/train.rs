@@ -97,8 +97,11 @@ fn setup_model(cfg: &TrainConfig, data: &TaskData, clip_dim: usize, dir: &Path, 
         return Ok((mcfg, codec, None));
     }
     let (t5, tok, weights) = match &cfg.t5 {
-        T5Init::Scratch { config, vocab } => {
-            let tok = close_t5::tokenizer::train_tokenizer(data.tokenizer_corpus(), *vocab)?;
+        T5Init::Scratch { config, vocab, tokenizer } => {
+            let tok = match tokenizer {
+                Some(p) => close_t5::tokenizer::load(p)?,
+                None => close_t5::tokenizer::train_tokenizer(data.tokenizer_corpus(), *vocab)?,
+            };
             let t5 = T5Config { vocab_size: tok.get_vocab_size(true), ..config.clone() };
             (t5, tok, None)
         }

@@ -55,19 +55,36 @@ fn print(v: &serde_json::Value) -> anyhow::Result<()> {
 
 pub fn run(cmd: ScoreCommand, _ctx: &Ctx) -> anyhow::Result<()> {
     match cmd {
-        ScoreCommand::Caption { annotations, results, meteor_jar, require_all, per_image } => {
-            let opts = close_metrics::caption::ScoreOptions { meteor_jar, require_all };
+        ScoreCommand::Caption {
+            annotations,
+            results,
+            meteor_jar,
+            require_all,
+            per_image,
+        } => {
+            let opts = close_metrics::caption::ScoreOptions {
+                meteor_jar,
+                require_all,
+            };
             let s = close_metrics::caption::evaluate_files(&annotations, &results, &opts)?;
             if let Some(p) = per_image {
                 close_core::io::write_json_atomic(&p, &s.per_image_json())?;
             }
             print(&s.to_json())
         }
-        ScoreCommand::Vqa { questions, annotations, results, per_question } => {
+        ScoreCommand::Vqa {
+            questions,
+            annotations,
+            results,
+            per_question,
+        } => {
             let s = close_metrics::vqa::evaluate_files(&questions, &annotations, &results)?;
             if let Some(p) = per_question {
-                let m: serde_json::Map<String, serde_json::Value> =
-                    s.per_question.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
+                let m: serde_json::Map<String, serde_json::Value> = s
+                    .per_question
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), (*v).into()))
+                    .collect();
                 close_core::io::write_json_atomic(&p, &m)?;
             }
             print(&s.to_json())

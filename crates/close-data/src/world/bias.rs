@@ -63,7 +63,10 @@ pub fn naive_bayes_accuracy(train: &[(String, String)], test: &[(String, String)
 /// Accuracy (0–1, exact match) of answering each test question with the most common train
 /// answer of the same question text, falling back to the most common answer of its type.
 /// Items are `(question, question_type, answer)`.
-pub fn question_prior_accuracy(train: &[(String, String, String)], test: &[(String, String, String)]) -> Option<f64> {
+pub fn question_prior_accuracy(
+    train: &[(String, String, String)],
+    test: &[(String, String, String)],
+) -> Option<f64> {
     if train.is_empty() || test.is_empty() {
         return None;
     }
@@ -80,7 +83,10 @@ pub fn question_prior_accuracy(train: &[(String, String, String)], test: &[(Stri
     }
     let mut correct = 0usize;
     for (q, t, a) in test {
-        let guess = by_q.get(q.as_str()).and_then(top).or_else(|| by_t.get(t.as_str()).and_then(top));
+        let guess = by_q
+            .get(q.as_str())
+            .and_then(top)
+            .or_else(|| by_t.get(t.as_str()).and_then(top));
         if guess.as_deref() == Some(a.as_str()) {
             correct += 1;
         }
@@ -95,7 +101,12 @@ mod tests {
     #[test]
     fn naive_bayes_learns_a_word_cue_and_not_noise() {
         let mk = |t: &str, c: &str| (t.to_string(), c.to_string());
-        let train = vec![mk("the cat is wood", "n"), mk("a dog is wood", "n"), mk("the cat is red", "e"), mk("a dog is red", "e")];
+        let train = vec![
+            mk("the cat is wood", "n"),
+            mk("a dog is wood", "n"),
+            mk("the cat is red", "e"),
+            mk("a dog is red", "e"),
+        ];
         let test = vec![mk("the bird is wood", "n"), mk("the bird is red", "e")];
         assert_eq!(naive_bayes_accuracy(&train, &test), Some(1.0));
         let test = vec![mk("the bird is blue", "n"), mk("the bird is blue", "e")];
@@ -105,7 +116,11 @@ mod tests {
     #[test]
     fn question_prior_uses_text_then_type() {
         let mk = |q: &str, t: &str, a: &str| (q.to_string(), t.to_string(), a.to_string());
-        let train = vec![mk("is it?", "yn", "yes"), mk("is it?", "yn", "yes"), mk("is that?", "yn", "no")];
+        let train = vec![
+            mk("is it?", "yn", "yes"),
+            mk("is it?", "yn", "yes"),
+            mk("is that?", "yn", "no"),
+        ];
         let test = vec![mk("is it?", "yn", "yes"), mk("new?", "yn", "no")];
         // "new?" falls back to the type's top answer: yes (2) > no (1)
         assert_eq!(question_prior_accuracy(&train, &test), Some(0.5));

@@ -32,18 +32,32 @@ struct Namer<'a> {
 impl<'a> Namer<'a> {
     fn new(scene: &'a Scene) -> Self {
         let names = (0..scene.objects.len())
-            .map(|i| unique_ref(scene, i, &[Ref::SHAPE, Ref::COLOR_SHAPE, Ref::SIZE_SHAPE, Ref::FULL]))
+            .map(|i| {
+                unique_ref(
+                    scene,
+                    i,
+                    &[Ref::SHAPE, Ref::COLOR_SHAPE, Ref::SIZE_SHAPE, Ref::FULL],
+                )
+            })
             .collect();
         Namer { scene, names }
     }
     fn named(&self) -> Vec<usize> {
-        (0..self.names.len()).filter(|&i| self.names[i].is_some()).collect()
+        (0..self.names.len())
+            .filter(|&i| self.names[i].is_some())
+            .collect()
     }
     /// `the red circle` (a description that picks the object out; sometimes more detailed
     /// than needed).
     fn the(&self, i: usize, rng: &mut impl Rng) -> String {
         let base = self.names[i].unwrap_or(Ref::FULL);
-        let r = if rng.random_bool(0.3) && count_matching(self.scene, &self.scene.objects[i], Ref::FULL) == 1 { Ref::FULL } else { base };
+        let r = if rng.random_bool(0.3)
+            && count_matching(self.scene, &self.scene.objects[i], Ref::FULL) == 1
+        {
+            Ref::FULL
+        } else {
+            base
+        };
         format!("the {}", r.words(&self.scene.objects[i], false, false, rng))
     }
     /// `the red circle` avoiding the attribute that a predicate will state.
@@ -53,7 +67,10 @@ impl<'a> Namer<'a> {
             .filter(|r| !(color && r.color) && !(size && r.size))
             .collect();
         let r = unique_ref(self.scene, i, &cands)?;
-        Some(format!("the {}", r.words(&self.scene.objects[i], false, false, rng)))
+        Some(format!(
+            "the {}",
+            r.words(&self.scene.objects[i], false, false, rng)
+        ))
     }
 }
 
@@ -75,7 +92,8 @@ fn decidable_clause(nm: &Namer, want: bool, rng: &mut impl Rng) -> Option<String
     match rng.random_range(0..9) {
         // existence / absence of a kind
         0 | 1 => {
-            let gran = [Ref::SHAPE, Ref::COLOR_SHAPE, Ref::COLOR_SHAPE, Ref::FULL][rng.random_range(0..4)];
+            let gran =
+                [Ref::SHAPE, Ref::COLOR_SHAPE, Ref::COLOR_SHAPE, Ref::FULL][rng.random_range(0..4)];
             let negated = rng.random_bool(0.35);
             let exists_wanted = want != negated;
             let x = if exists_wanted {
@@ -97,12 +115,24 @@ fn decidable_clause(nm: &Namer, want: bool, rng: &mut impl Rng) -> Option<String
                 found?
             };
             let w = gran.words(&x, false, false, rng);
-            Some(if negated { format!("there is no {w}") } else { format!("there is {}", indefinite(&w)) })
+            Some(if negated {
+                format!("there is no {w}")
+            } else {
+                format!("there is {}", indefinite(&w))
+            })
         }
         // exact count
         2 => {
             let o = objs[rng.random_range(0..n)].clone();
-            let r = [Ref { size: false, color: false, shape: false }, Ref::SHAPE, Ref::COLOR][rng.random_range(0..3)];
+            let r = [
+                Ref {
+                    size: false,
+                    color: false,
+                    shape: false,
+                },
+                Ref::SHAPE,
+                Ref::COLOR,
+            ][rng.random_range(0..3)];
             let c = count_matching(scene, &o, r);
             let k = if want {
                 c
@@ -115,7 +145,11 @@ fn decidable_clause(nm: &Namer, want: bool, rng: &mut impl Rng) -> Option<String
                 return None;
             }
             let w = r.words(&o, k != 1, false, rng);
-            Some(if k == 1 { format!("there is exactly one {w}") } else { format!("there are {} {w}", NUMBER_WORDS[k]) })
+            Some(if k == 1 {
+                format!("there is exactly one {w}")
+            } else {
+                format!("there are {} {w}", NUMBER_WORDS[k])
+            })
         }
         // relation between two named objects
         3 | 4 => {
@@ -123,11 +157,25 @@ fn decidable_clause(nm: &Namer, want: bool, rng: &mut impl Rng) -> Option<String
                 return None;
             }
             let a = *named.choose(rng)?;
-            let b = *named.iter().filter(|&&b| b != a).collect::<Vec<_>>().choose(rng)?.to_owned();
-            let rels: Vec<Relation> = Relation::ALL.iter().copied().filter(|r| r.holds(&objs[a], &objs[b]) == want).collect();
+            let b = *named
+                .iter()
+                .filter(|&&b| b != a)
+                .collect::<Vec<_>>()
+                .choose(rng)?
+                .to_owned();
+            let rels: Vec<Relation> = Relation::ALL
+                .iter()
+                .copied()
+                .filter(|r| r.holds(&objs[a], &objs[b]) == want)
+                .collect();
             let r = *rels.choose(rng)?;
             let verb = ["is", "is", "is drawn", "was drawn"][rng.random_range(0..4)];
-            Some(format!("{} {verb} {} {}", nm.the(a, rng), r.phrase(), nm.the(b, rng)))
+            Some(format!(
+                "{} {verb} {} {}",
+                nm.the(a, rng),
+                r.phrase(),
+                nm.the(b, rng)
+            ))
         }
         // position of a named object
         5 => {
@@ -142,13 +190,21 @@ fn decidable_clause(nm: &Namer, want: bool, rng: &mut impl Rng) -> Option<String
                     }
                 }
             };
-            Some(format!("{} is in the {}", nm.the(i, rng), super::scene::CELL_NAMES[row as usize][col as usize]))
+            Some(format!(
+                "{} is in the {}",
+                nm.the(i, rng),
+                super::scene::CELL_NAMES[row as usize][col as usize]
+            ))
         }
         // colour of a named object
         6 => {
             let i = *named.choose(rng)?;
             let the = nm.the_without(i, true, false, rng)?;
-            let c = if want { objs[i].color } else { other(&Color::ALL, objs[i].color, rng) };
+            let c = if want {
+                objs[i].color
+            } else {
+                other(&Color::ALL, objs[i].color, rng)
+            };
             Some(match rng.random_range(0..5) {
                 0 => format!("{the} is drawn in {}", c.word()),
                 1 => format!("{the} is made of {} paint", c.word()),
@@ -159,16 +215,33 @@ fn decidable_clause(nm: &Namer, want: bool, rng: &mut impl Rng) -> Option<String
         7 => {
             if named.len() >= 2 && rng.random_bool(0.5) {
                 let a = *named.choose(rng)?;
-                let b = *named.iter().filter(|&&b| b != a).collect::<Vec<_>>().choose(rng)?.to_owned();
+                let b = *named
+                    .iter()
+                    .filter(|&&b| b != a)
+                    .collect::<Vec<_>>()
+                    .choose(rng)?
+                    .to_owned();
                 let (sa, sb) = (objs[a].size, objs[b].size);
-                let options: [(&str, bool); 3] = [("bigger than", sa > sb), ("smaller than", sa < sb), ("the same size as", sa == sb)];
-                let fits: Vec<&str> = options.iter().filter(|(_, t)| *t == want).map(|(p, _)| *p).collect();
+                let options: [(&str, bool); 3] = [
+                    ("bigger than", sa > sb),
+                    ("smaller than", sa < sb),
+                    ("the same size as", sa == sb),
+                ];
+                let fits: Vec<&str> = options
+                    .iter()
+                    .filter(|(_, t)| *t == want)
+                    .map(|(p, _)| *p)
+                    .collect();
                 let p = *fits.choose(rng)?;
                 Some(format!("{} is {p} {}", nm.the(a, rng), nm.the(b, rng)))
             } else {
                 let i = *named.choose(rng)?;
                 let the = nm.the_without(i, false, true, rng)?;
-                let s = if want { objs[i].size } else { other(&Size::ALL, objs[i].size, rng) };
+                let s = if want {
+                    objs[i].size
+                } else {
+                    other(&Size::ALL, objs[i].size, rng)
+                };
                 Some(format!("{the} is {}", s.word()))
             }
         }
@@ -189,13 +262,45 @@ fn unknown_clause(nm: &Namer, rng: &mut impl Rng) -> Option<String> {
     let named = nm.named();
     let a = *named.choose(rng)?;
     let two = named.len() >= 2;
-    let b = if two { *named.iter().filter(|&&b| b != a).collect::<Vec<_>>().choose(rng)?.to_owned() } else { a };
+    let b = if two {
+        *named
+            .iter()
+            .filter(|&&b| b != a)
+            .collect::<Vec<_>>()
+            .choose(rng)?
+            .to_owned()
+    } else {
+        a
+    };
     Some(match rng.random_range(0..4) {
-        0 => format!("{} is made of {}", nm.the(a, rng), MATERIALS[rng.random_range(0..MATERIALS.len())]),
-        1 if two => format!("{} is {} than {}", nm.the(a, rng), ["heavier", "lighter"][rng.random_range(0..2)], nm.the(b, rng)),
-        2 if two => format!("{} was drawn {} {}", nm.the(a, rng), ["before", "after"][rng.random_range(0..2)], nm.the(b, rng)),
-        3 if two => format!("{} is {} {}", nm.the(a, rng), ["in front of", "behind"][rng.random_range(0..2)], nm.the(b, rng)),
-        _ => format!("{} is made of {}", nm.the(a, rng), MATERIALS[rng.random_range(0..MATERIALS.len())]),
+        0 => format!(
+            "{} is made of {}",
+            nm.the(a, rng),
+            MATERIALS[rng.random_range(0..MATERIALS.len())]
+        ),
+        1 if two => format!(
+            "{} is {} than {}",
+            nm.the(a, rng),
+            ["heavier", "lighter"][rng.random_range(0..2)],
+            nm.the(b, rng)
+        ),
+        2 if two => format!(
+            "{} was drawn {} {}",
+            nm.the(a, rng),
+            ["before", "after"][rng.random_range(0..2)],
+            nm.the(b, rng)
+        ),
+        3 if two => format!(
+            "{} is {} {}",
+            nm.the(a, rng),
+            ["in front of", "behind"][rng.random_range(0..2)],
+            nm.the(b, rng)
+        ),
+        _ => format!(
+            "{} is made of {}",
+            nm.the(a, rng),
+            MATERIALS[rng.random_range(0..MATERIALS.len())]
+        ),
     })
 }
 

@@ -8,7 +8,9 @@ use rand::Rng;
 use super::scene::{Object, Relation, Scene, Size};
 
 /// Number words used in captions (index = count).
-pub const NUMBER_WORDS: [&str; 10] = ["no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"];
+pub const NUMBER_WORDS: [&str; 10] = [
+    "no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+];
 
 /// `a` or `an` for the following word.
 pub fn article(next: &str) -> &'static str {
@@ -33,15 +35,41 @@ pub struct Ref {
 }
 
 impl Ref {
-    pub const SHAPE: Ref = Ref { size: false, color: false, shape: true };
-    pub const COLOR_SHAPE: Ref = Ref { size: false, color: true, shape: true };
-    pub const SIZE_SHAPE: Ref = Ref { size: true, color: false, shape: true };
-    pub const FULL: Ref = Ref { size: true, color: true, shape: true };
-    pub const COLOR: Ref = Ref { size: false, color: true, shape: false };
-    pub const SIZE_COLOR: Ref = Ref { size: true, color: true, shape: false };
+    pub const SHAPE: Ref = Ref {
+        size: false,
+        color: false,
+        shape: true,
+    };
+    pub const COLOR_SHAPE: Ref = Ref {
+        size: false,
+        color: true,
+        shape: true,
+    };
+    pub const SIZE_SHAPE: Ref = Ref {
+        size: true,
+        color: false,
+        shape: true,
+    };
+    pub const FULL: Ref = Ref {
+        size: true,
+        color: true,
+        shape: true,
+    };
+    pub const COLOR: Ref = Ref {
+        size: false,
+        color: true,
+        shape: false,
+    };
+    pub const SIZE_COLOR: Ref = Ref {
+        size: true,
+        color: true,
+        shape: false,
+    };
 
     pub fn matches(self, x: &Object, o: &Object) -> bool {
-        (!self.size || x.size == o.size) && (!self.color || x.color == o.color) && (!self.shape || x.shape == o.shape)
+        (!self.size || x.size == o.size)
+            && (!self.color || x.color == o.color)
+            && (!self.shape || x.shape == o.shape)
     }
 
     /// Words for `o` (no article), e.g. `small red circle`, `red shape`. `big_ok` allows the
@@ -76,7 +104,10 @@ pub fn count_matching(scene: &Scene, o: &Object, r: Ref) -> usize {
 /// The first of `candidates` that picks out object `i` uniquely.
 pub fn unique_ref(scene: &Scene, i: usize, candidates: &[Ref]) -> Option<Ref> {
     let o = &scene.objects[i];
-    candidates.iter().copied().find(|r| count_matching(scene, o, *r) == 1)
+    candidates
+        .iter()
+        .copied()
+        .find(|r| count_matching(scene, o, *r) == 1)
 }
 
 /// `in the top left corner`, `in the center`, ...
@@ -111,7 +142,11 @@ pub struct Facts {
 
 impl Facts {
     pub fn new(n: usize) -> Self {
-        Facts { pos: vec![false; n], described: vec![false; n], ..Default::default() }
+        Facts {
+            pos: vec![false; n],
+            described: vec![false; n],
+            ..Default::default()
+        }
     }
 
     /// What the captions state taken together.
@@ -179,7 +214,10 @@ fn listing(scene: &Scene, rng: &mut impl Rng) -> String {
     let mut groups: Vec<(usize, usize)> = Vec::new(); // (representative, count)
     for &i in &order {
         let o = &scene.objects[i];
-        if let Some(g) = groups.iter_mut().find(|(r, _)| Ref::FULL.matches(&scene.objects[*r], o)) {
+        if let Some(g) = groups
+            .iter_mut()
+            .find(|(r, _)| Ref::FULL.matches(&scene.objects[*r], o))
+        {
             g.1 += 1;
         } else {
             groups.push((i, 1));
@@ -209,7 +247,11 @@ fn positional_listing(scene: &Scene, rng: &mut impl Rng) -> String {
         .iter()
         .map(|&i| {
             let o = &scene.objects[i];
-            format!("{} {}", indefinite(&Ref::FULL.words(o, false, true, rng)), position_phrase(o, rng))
+            format!(
+                "{} {}",
+                indefinite(&Ref::FULL.words(o, false, true, rng)),
+                position_phrase(o, rng)
+            )
         })
         .collect();
     join_list(&items)
@@ -245,7 +287,11 @@ fn mention(scene: &Scene, i: usize, rng: &mut impl Rng) -> (String, bool, bool) 
         _ => Ref::FULL,
     };
     let unique = count_matching(scene, o, r) == 1;
-    (indefinite(&r.words(o, false, true, rng)), unique, unique && r == Ref::FULL)
+    (
+        indefinite(&r.words(o, false, true, rng)),
+        unique,
+        unique && r == Ref::FULL,
+    )
 }
 
 /// Templates that describe the whole scene with positions (every image has one).
@@ -254,7 +300,10 @@ pub fn positional_caption(scene: &Scene, first_person: bool, rng: &mut impl Rng)
     let (text, template) = if first_person {
         match rng.random_range(0..2) {
             0 => (format!("i see {list}."), "style_positional"),
-            _ => (format!("in my picture i can see {list}."), "style_positional"),
+            _ => (
+                format!("in my picture i can see {list}."),
+                "style_positional",
+            ),
         }
     } else {
         match rng.random_range(0..3) {
@@ -265,7 +314,11 @@ pub fn positional_caption(scene: &Scene, first_person: bool, rng: &mut impl Rng)
     };
     let mut facts = complete_facts(scene);
     facts.pos = vec![true; scene.objects.len()];
-    Caption { text, template, facts }
+    Caption {
+        text,
+        template,
+        facts,
+    }
 }
 
 /// One caption of the given template kind, or `None` when it does not apply to the scene.
@@ -278,10 +331,27 @@ fn caption_of_kind(scene: &Scene, kind: &str, rng: &mut impl Rng) -> Option<Capt
             facts = complete_facts(scene);
             let list = listing(scene, rng);
             match rng.random_range(0..4) {
-                0 => (format!("{} {}: {list}.", NUMBER_WORDS[n], if n == 1 { "shape" } else { "shapes" }), "count_listing"),
+                0 => (
+                    format!(
+                        "{} {}: {list}.",
+                        NUMBER_WORDS[n],
+                        if n == 1 { "shape" } else { "shapes" }
+                    ),
+                    "count_listing",
+                ),
                 1 => (format!("a picture of {list}."), "picture_of"),
                 2 => (format!("{list} on a light background."), "on_background"),
-                _ => (format!("there {} {list}.", if list.starts_with("a ") || list.starts_with("an ") { "is" } else { "are" }), "there_is_listing"),
+                _ => (
+                    format!(
+                        "there {} {list}.",
+                        if list.starts_with("a ") || list.starts_with("an ") {
+                            "is"
+                        } else {
+                            "are"
+                        }
+                    ),
+                    "there_is_listing",
+                ),
             }
         }
         "shape_counts" => {
@@ -293,13 +363,20 @@ fn caption_of_kind(scene: &Scene, kind: &str, rng: &mut impl Rng) -> Option<Capt
                 .iter()
                 .map(|s| {
                     let c = objs.iter().filter(|o| o.shape == *s).count();
-                    format!("{} {}", NUMBER_WORDS[c], if c == 1 { s.word() } else { s.plural() })
+                    format!(
+                        "{} {}",
+                        NUMBER_WORDS[c],
+                        if c == 1 { s.word() } else { s.plural() }
+                    )
                 })
                 .collect();
             facts.shape_counts = true;
             facts.total = true;
             let c0 = objs.iter().filter(|o| o.shape == shapes[0]).count();
-            (format!("there {} {}.", be(c0), join_list(&items)), "shape_counts")
+            (
+                format!("there {} {}.", be(c0), join_list(&items)),
+                "shape_counts",
+            )
         }
         "color_counts" => {
             let mut colors: Vec<_> = objs.iter().map(|o| o.color).collect();
@@ -310,19 +387,33 @@ fn caption_of_kind(scene: &Scene, kind: &str, rng: &mut impl Rng) -> Option<Capt
                 .iter()
                 .map(|c| {
                     let k = objs.iter().filter(|o| o.color == *c).count();
-                    format!("{} {} {}", NUMBER_WORDS[k], c.word(), if k == 1 { "shape" } else { "shapes" })
+                    format!(
+                        "{} {} {}",
+                        NUMBER_WORDS[k],
+                        c.word(),
+                        if k == 1 { "shape" } else { "shapes" }
+                    )
                 })
                 .collect();
             facts.color_counts = true;
             facts.total = true;
-            (format!("{} on a light background.", join_list(&items)), "color_counts")
+            (
+                format!("{} on a light background.", join_list(&items)),
+                "color_counts",
+            )
         }
         "total" => {
             facts.total = true;
             let w = if n == 1 { "shape" } else { "shapes" };
             match rng.random_range(0..2) {
-                0 => (format!("{} {w} on a light background.", NUMBER_WORDS[n]), "total"),
-                _ => (format!("a simple drawing of {} {w}.", NUMBER_WORDS[n]), "total"),
+                0 => (
+                    format!("{} {w} on a light background.", NUMBER_WORDS[n]),
+                    "total",
+                ),
+                _ => (
+                    format!("a simple drawing of {} {w}.", NUMBER_WORDS[n]),
+                    "total",
+                ),
             }
         }
         "salient" => {
@@ -334,7 +425,10 @@ fn caption_of_kind(scene: &Scene, kind: &str, rng: &mut impl Rng) -> Option<Capt
                 let i = rng.random_range(0..n);
                 let w = Ref::FULL.words(&objs[i], false, true, rng);
                 facts.described[i] = count_matching(scene, &objs[i], Ref::FULL) == 1;
-                (format!("{} among other shapes.", indefinite(&w)), "salient_one")
+                (
+                    format!("{} among other shapes.", indefinite(&w)),
+                    "salient_one",
+                )
             } else {
                 let items: Vec<String> = large
                     .iter()
@@ -345,7 +439,12 @@ fn caption_of_kind(scene: &Scene, kind: &str, rng: &mut impl Rng) -> Option<Capt
                     .collect();
                 let k = n - large.len();
                 (
-                    format!("{} and {} small {}.", join_list(&items), NUMBER_WORDS[k], if k == 1 { "shape" } else { "shapes" }),
+                    format!(
+                        "{} and {} small {}.",
+                        join_list(&items),
+                        NUMBER_WORDS[k],
+                        if k == 1 { "shape" } else { "shapes" }
+                    ),
                     "salient_large",
                 )
             }
@@ -372,7 +471,10 @@ fn caption_of_kind(scene: &Scene, kind: &str, rng: &mut impl Rng) -> Option<Capt
             match rng.random_range(0..3) {
                 0 => (format!("{ma} {} {mb}.", r.phrase()), "relation"),
                 1 => (format!("{ma} is {} {mb}.", r.phrase()), "relation_is"),
-                _ => (format!("there is {ma} {} {mb}.", r.phrase()), "relation_there"),
+                _ => (
+                    format!("there is {ma} {} {mb}.", r.phrase()),
+                    "relation_there",
+                ),
             }
         }
         "position" => {
@@ -398,12 +500,19 @@ fn caption_of_kind(scene: &Scene, kind: &str, rng: &mut impl Rng) -> Option<Capt
             facts.pos[j] = uj;
             facts.described[i] = di;
             facts.described[j] = dj;
-            let (pi, pj) = (position_phrase(&objs[i], rng), position_phrase(&objs[j], rng));
+            let (pi, pj) = (
+                position_phrase(&objs[i], rng),
+                position_phrase(&objs[j], rng),
+            );
             (format!("{mi} {pi} and {mj} {pj}."), "two_positions")
         }
         _ => return None,
     };
-    Some(Caption { text, template, facts })
+    Some(Caption {
+        text,
+        template,
+        facts,
+    })
 }
 
 /// The plain captions of an image: one complete positional description plus `k - 1`
@@ -411,10 +520,28 @@ fn caption_of_kind(scene: &Scene, kind: &str, rng: &mut impl Rng) -> Option<Capt
 /// positions), all distinct, in random order.
 pub fn captions(scene: &Scene, k: usize, rng: &mut impl Rng) -> Vec<Caption> {
     let mut out = vec![positional_caption(scene, false, rng)];
-    let mut kinds = vec!["listing", "shape_counts", "color_counts", "salient", "relation", "relation", "position", "two_positions", "total"];
+    let mut kinds = vec![
+        "listing",
+        "shape_counts",
+        "color_counts",
+        "salient",
+        "relation",
+        "relation",
+        "position",
+        "two_positions",
+        "total",
+    ];
     kinds.shuffle(rng);
     // later fallbacks when a scene has few distinct sentences
-    kinds.extend(["listing", "position", "relation", "listing", "position", "shape_counts", "color_counts"]);
+    kinds.extend([
+        "listing",
+        "position",
+        "relation",
+        "listing",
+        "position",
+        "shape_counts",
+        "color_counts",
+    ]);
     for kind in kinds {
         if out.len() >= k {
             break;
@@ -428,7 +555,12 @@ pub fn captions(scene: &Scene, k: usize, rng: &mut impl Rng) -> Vec<Caption> {
     let mut tries = 0;
     while out.len() < k && tries < 50 {
         tries += 1;
-        let c = if rng.random_bool(0.5) { positional_caption(scene, false, rng) } else { caption_of_kind(scene, "listing", rng).unwrap_or_else(|| positional_caption(scene, false, rng)) };
+        let c = if rng.random_bool(0.5) {
+            positional_caption(scene, false, rng)
+        } else {
+            caption_of_kind(scene, "listing", rng)
+                .unwrap_or_else(|| positional_caption(scene, false, rng))
+        };
         if !out.iter().any(|x| x.text == c.text) {
             out.push(c);
         }
@@ -455,7 +587,12 @@ pub fn style_captions(scene: &Scene, k: usize, rng: &mut impl Rng) -> Vec<String
         let s = match kind {
             0 => positional_caption(scene, true, rng).text,
             1 => format!("i see {}.", listing(scene, rng)),
-            2 => format!("i count {} {}: {}.", NUMBER_WORDS[n], if n == 1 { "shape" } else { "shapes" }, listing(scene, rng)),
+            2 => format!(
+                "i count {} {}: {}.",
+                NUMBER_WORDS[n],
+                if n == 1 { "shape" } else { "shapes" },
+                listing(scene, rng)
+            ),
             3 => match caption_of_kind(scene, "relation", rng) {
                 Some(c) => format!("i notice {}", strip_there(&c.text)),
                 None => continue,

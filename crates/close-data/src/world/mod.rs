@@ -37,12 +37,14 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use close_core::io::write_atomic;
 use crate::load::write_json_compact as write_json_atomic;
+use close_core::io::write_atomic;
 use close_core::progress::Progress;
 use close_core::{Error, Result};
 
-use crate::coco::{CocoCaption, CocoCaptions, CocoImage, Karpathy, KarpathyImage, KarpathySentence};
+use crate::coco::{
+    CocoCaption, CocoCaptions, CocoImage, Karpathy, KarpathyImage, KarpathySentence,
+};
 use crate::snli::{save_snli_jsonl, Label, SnliRecord};
 use crate::vqa::{VqaAnnotation, VqaAnnotations, VqaAnswer, VqaQuestion, VqaQuestions, VqaeEntry};
 pub use scene::{Color, Object, Relation, Scene, Shape, Size, CELL_NAMES};
@@ -178,7 +180,10 @@ impl Default for WorldConfig {
 impl WorldConfig {
     /// A tiny world for tests (30 images).
     pub fn tiny() -> Self {
-        WorldConfig { images: 30, ..Default::default() }
+        WorldConfig {
+            images: 30,
+            ..Default::default()
+        }
     }
 
     /// Number of images per split `(train, val, test)`.
@@ -194,21 +199,42 @@ impl WorldConfig {
             return Err(Error::config("images", "must be at least 1"));
         }
         if !(16..=1024).contains(&self.size) {
-            return Err(Error::config("size", format!("{} px: must be in 16..=1024", self.size)));
+            return Err(Error::config(
+                "size",
+                format!("{} px: must be in 16..=1024", self.size),
+            ));
         }
         if self.min_objects == 0 || self.min_objects > self.max_objects {
-            return Err(Error::config("min_objects", format!("{}: must be in 1..=max_objects ({})", self.min_objects, self.max_objects)));
+            return Err(Error::config(
+                "min_objects",
+                format!(
+                    "{}: must be in 1..=max_objects ({})",
+                    self.min_objects, self.max_objects
+                ),
+            ));
         }
         if self.max_objects > 9 {
-            return Err(Error::config("max_objects", format!("{}: at most 9 (one object per cell of the 3x3 grid)", self.max_objects)));
+            return Err(Error::config(
+                "max_objects",
+                format!(
+                    "{}: at most 9 (one object per cell of the 3x3 grid)",
+                    self.max_objects
+                ),
+            ));
         }
-        for (k, v) in [("val_fraction", self.val_fraction), ("test_fraction", self.test_fraction)] {
+        for (k, v) in [
+            ("val_fraction", self.val_fraction),
+            ("test_fraction", self.test_fraction),
+        ] {
             if !(0.0..1.0).contains(&v) || v.is_nan() {
                 return Err(Error::config(k, format!("{v}: must be in [0, 1)")));
             }
         }
         if self.split_sizes().0 == 0 {
-            return Err(Error::config("val_fraction", "val + test leave no training images"));
+            return Err(Error::config(
+                "val_fraction",
+                "val + test leave no training images",
+            ));
         }
         if self.captions_per_image == 0 {
             return Err(Error::config("captions_per_image", "must be at least 1"));
@@ -369,7 +395,11 @@ pub fn render_png(cfg: &WorldConfig, scene: &Scene, index: usize) -> Result<Vec<
 }
 
 /// Generate a world into `out_dir` (created if needed; existing world files are replaced).
-pub fn generate(cfg: &WorldConfig, out_dir: impl AsRef<Path>, progress: &dyn Progress) -> Result<WorldSummary> {
+pub fn generate(
+    cfg: &WorldConfig,
+    out_dir: impl AsRef<Path>,
+    progress: &dyn Progress,
+) -> Result<WorldSummary> {
     cfg.validate()?;
     let start = Instant::now();
     let paths = WorldPaths::new(out_dir.as_ref());
@@ -392,7 +422,12 @@ pub fn generate(cfg: &WorldConfig, out_dir: impl AsRef<Path>, progress: &dyn Pro
     progress.finish();
     progress.message("writing annotations");
     let summary = write_world(cfg, &paths, &images, start)?;
-    tracing::info!("world: {} images in {:.1}s → {}", cfg.images, summary.seconds, paths.root.display());
+    tracing::info!(
+        "world: {} images in {:.1}s → {}",
+        cfg.images,
+        summary.seconds,
+        paths.root.display()
+    );
     Ok(summary)
 }
 
@@ -408,15 +443,26 @@ fn coco_images(images: &[&WorldImage]) -> Vec<CocoImage> {
         .collect()
 }
 
-fn coco_captions(split: &str, images: &[&WorldImage], texts: impl Fn(&WorldImage) -> Vec<String>, what: &str) -> CocoCaptions {
+fn coco_captions(
+    split: &str,
+    images: &[&WorldImage],
+    texts: impl Fn(&WorldImage) -> Vec<String>,
+    what: &str,
+) -> CocoCaptions {
     let mut anns = Vec::new();
     for im in images {
         for (k, c) in texts(im).into_iter().enumerate() {
-            anns.push(CocoCaption { id: im.scene.image_id * 100 + k as u64, image_id: im.scene.image_id, caption: c });
+            anns.push(CocoCaption {
+                id: im.scene.image_id * 100 + k as u64,
+                image_id: im.scene.image_id,
+                caption: c,
+            });
         }
     }
     CocoCaptions {
-        info: Some(serde_json::json!({"description": format!("close-rs shapes world, {what}, {split} split")})),
+        info: Some(
+            serde_json::json!({"description": format!("close-rs shapes world, {what}, {split} split")}),
+        ),
         images: coco_images(images),
         annotations: anns,
         licenses: Some(serde_json::json!([])),
@@ -424,7 +470,12 @@ fn coco_captions(split: &str, images: &[&WorldImage], texts: impl Fn(&WorldImage
     }
 }
 
-fn write_world(cfg: &WorldConfig, paths: &WorldPaths, images: &[WorldImage], start: Instant) -> Result<WorldSummary> {
+fn write_world(
+    cfg: &WorldConfig,
+    paths: &WorldPaths,
+    images: &[WorldImage],
+    start: Instant,
+) -> Result<WorldSummary> {
     // Karpathy file
     let mut sentid = 0u64;
     let kimages: Vec<KarpathyImage> = images
@@ -435,7 +486,12 @@ fn write_world(cfg: &WorldConfig, paths: &WorldPaths, images: &[WorldImage], sta
                 .iter()
                 .map(|c| {
                     sentid += 1;
-                    KarpathySentence { raw: c.clone(), tokens: language::tokens(c), imgid: Some(im.scene.imgid), sentid: Some(sentid - 1) }
+                    KarpathySentence {
+                        raw: c.clone(),
+                        tokens: language::tokens(c),
+                        imgid: Some(im.scene.imgid),
+                        sentid: Some(sentid - 1),
+                    }
                 })
                 .collect();
             KarpathyImage {
@@ -449,11 +505,23 @@ fn write_world(cfg: &WorldConfig, paths: &WorldPaths, images: &[WorldImage], sta
             }
         })
         .collect();
-    write_json_atomic(paths.karpathy(), &Karpathy { dataset: "shapes".into(), images: kimages })?;
+    write_json_atomic(
+        paths.karpathy(),
+        &Karpathy {
+            dataset: "shapes".into(),
+            images: kimages,
+        },
+    )?;
 
     let scenes = ScenesFile {
         config: cfg.clone(),
-        images: images.iter().map(|im| SceneRecord { scene: im.scene.clone(), caption_templates: im.caption_templates.clone() }).collect(),
+        images: images
+            .iter()
+            .map(|im| SceneRecord {
+                scene: im.scene.clone(),
+                caption_templates: im.caption_templates.clone(),
+            })
+            .collect(),
     };
     write_json_atomic(paths.scenes(), &scenes)?;
 
@@ -461,7 +529,10 @@ fn write_world(cfg: &WorldConfig, paths: &WorldPaths, images: &[WorldImage], sta
     let mut style_train: Vec<String> = Vec::new();
     for split in SPLITS {
         let ims: Vec<&WorldImage> = images.iter().filter(|im| im.scene.split == split).collect();
-        let mut s = SplitSummary { images: ims.len(), ..Default::default() };
+        let mut s = SplitSummary {
+            images: ims.len(),
+            ..Default::default()
+        };
         let caps = coco_captions(split, &ims, |im| im.captions.clone(), "captions");
         s.captions = caps.annotations.len();
         caps.save(paths.captions(split))?;
@@ -472,9 +543,17 @@ fn write_world(cfg: &WorldConfig, paths: &WorldPaths, images: &[WorldImage], sta
         let mut vqae = Vec::new();
         for im in &ims {
             for q in &im.questions {
-                qs.push(VqaQuestion { question_id: q.question_id, image_id: im.scene.image_id, question: q.question.clone() });
+                qs.push(VqaQuestion {
+                    question_id: q.question_id,
+                    image_id: im.scene.image_id,
+                    question: q.question.clone(),
+                });
                 let answers: Vec<VqaAnswer> = (1..=10)
-                    .map(|k| VqaAnswer { answer: q.answer.clone(), answer_confidence: "yes".into(), answer_id: k })
+                    .map(|k| VqaAnswer {
+                        answer: q.answer.clone(),
+                        answer_confidence: "yes".into(),
+                        answer_id: k,
+                    })
                     .collect();
                 anns.push(VqaAnnotation {
                     question_id: q.question_id,
@@ -484,7 +563,9 @@ fn write_world(cfg: &WorldConfig, paths: &WorldPaths, images: &[WorldImage], sta
                     multiple_choice_answer: q.answer.clone(),
                     answers,
                 });
-                *s.questions_by_type.entry(q.question_type.clone()).or_default() += 1;
+                *s.questions_by_type
+                    .entry(q.question_type.clone())
+                    .or_default() += 1;
                 match q.answer.as_str() {
                     "yes" => s.yes += 1,
                     "no" => s.no += 1,
@@ -552,7 +633,12 @@ fn write_world(cfg: &WorldConfig, paths: &WorldPaths, images: &[WorldImage], sta
             }
             s.style_captions = style_train.len();
         } else {
-            let refs = coco_captions(split, &ims, |im| im.style.clone(), "first-person style captions");
+            let refs = coco_captions(
+                split,
+                &ims,
+                |im| im.style.clone(),
+                "first-person style captions",
+            );
             s.style_captions = refs.annotations.len();
             refs.save(paths.style_refs(split))?;
         }
@@ -565,7 +651,11 @@ fn write_world(cfg: &WorldConfig, paths: &WorldPaths, images: &[WorldImage], sta
         images
             .iter()
             .filter(|im| im.scene.split == split)
-            .flat_map(|im| im.hypotheses.iter().map(|(h, l)| (h.clone(), l.as_str().to_string())))
+            .flat_map(|im| {
+                im.hypotheses
+                    .iter()
+                    .map(|(h, l)| (h.clone(), l.as_str().to_string()))
+            })
             .collect()
     };
     let vq = |split: &str, t: Option<&str>| -> Vec<(String, String, String)> {
@@ -574,15 +664,27 @@ fn write_world(cfg: &WorldConfig, paths: &WorldPaths, images: &[WorldImage], sta
             .filter(|im| im.scene.split == split)
             .flat_map(|im| im.questions.iter())
             .filter(|q| t.is_none_or(|t| q.question_type == t))
-            .map(|q| (q.question.clone(), q.question_type.clone(), q.answer.clone()))
+            .map(|q| {
+                (
+                    q.question.clone(),
+                    q.question_type.clone(),
+                    q.answer.clone(),
+                )
+            })
             .collect()
     };
-    let eval_split = if splits.get("test").is_some_and(|s| s.images > 0) { "test" } else { "train" };
+    let eval_split = if splits.get("test").is_some_and(|s| s.images > 0) {
+        "test"
+    } else {
+        "train"
+    };
     let ve_hypothesis_only_accuracy = bias::naive_bayes_accuracy(&ve("train"), &ve(eval_split));
-    let vqa_question_only_accuracy = bias::question_prior_accuracy(&vq("train", None), &vq(eval_split, None));
+    let vqa_question_only_accuracy =
+        bias::question_prior_accuracy(&vq("train", None), &vq(eval_split, None));
     let mut vqa_question_only_by_type = BTreeMap::new();
     for t in questions::QUESTION_TYPES {
-        if let Some(a) = bias::question_prior_accuracy(&vq("train", None), &vq(eval_split, Some(t))) {
+        if let Some(a) = bias::question_prior_accuracy(&vq("train", None), &vq(eval_split, Some(t)))
+        {
             vqa_question_only_by_type.insert(t.to_string(), a);
         }
     }

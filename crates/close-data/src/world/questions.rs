@@ -9,7 +9,9 @@ use super::language::{count_matching, indefinite, unique_ref, Caption, Facts, Re
 use super::scene::{Color, Object, Relation, Scene, Shape, Size};
 
 /// Question categories (written as `question_type`).
-pub const QUESTION_TYPES: [&str; 7] = ["color", "shape", "size", "count", "exists", "relation", "position"];
+pub const QUESTION_TYPES: [&str; 7] = [
+    "color", "shape", "size", "count", "exists", "relation", "position",
+];
 
 /// A generated question.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,7 +44,13 @@ fn decided(scene: &Scene, f: &Facts, need: &Need) -> bool {
         Need::Color(i) | Need::Shape(i) | Need::Size(i) => f.complete || f.described[*i],
         Need::Count(r) => {
             f.complete
-                || (*r == Ref { size: false, color: false, shape: false } && f.total)
+                || (*r
+                    == Ref {
+                        size: false,
+                        color: false,
+                        shape: false,
+                    }
+                    && f.total)
                 || (*r == Ref::SHAPE && f.shape_counts)
                 || (*r == Ref::COLOR && f.color_counts)
         }
@@ -50,7 +58,11 @@ fn decided(scene: &Scene, f: &Facts, need: &Need) -> bool {
             f.complete
                 || (*r == Ref::SHAPE && f.shape_counts)
                 || (*r == Ref::COLOR && f.color_counts)
-                || (*present && f.described.iter().enumerate().any(|(i, d)| *d && r.matches(&scene.objects[i], x)))
+                || (*present
+                    && f.described
+                        .iter()
+                        .enumerate()
+                        .any(|(i, d)| *d && r.matches(&scene.objects[i], x)))
         }
         Need::Position(i) => f.pos[*i],
         Need::Relation(a, r, b) => f.decides_relation(*a, *r, *b),
@@ -64,7 +76,12 @@ fn yes_no(b: bool) -> String {
 /// Questions of one image: an existence pair (one yes, one no), a relation pair (one yes, one
 /// no) when two objects can be named, then up to `extra` of colour / shape / size / count /
 /// position questions of distinct types. Only questions the captions decide are kept.
-pub fn questions(scene: &Scene, caps: &[Caption], extra: usize, rng: &mut impl Rng) -> Vec<Question> {
+pub fn questions(
+    scene: &Scene,
+    caps: &[Caption],
+    extra: usize,
+    rng: &mut impl Rng,
+) -> Vec<Question> {
     let n = scene.objects.len();
     let objs = &scene.objects;
     let all = Facts::union(n, caps.iter().map(|c| &c.facts));
@@ -82,29 +99,64 @@ pub fn questions(scene: &Scene, caps: &[Caption], extra: usize, rng: &mut impl R
     {
         let o = objs[rng.random_range(0..n)].clone();
         let w = gran.words(&o, false, false, rng);
-        cands.push((q(format!("is there {}?", indefinite(&w)), yes_no(true), "exists", "yes/no"), Need::Exists(o, gran, true)));
+        cands.push((
+            q(
+                format!("is there {}?", indefinite(&w)),
+                yes_no(true),
+                "exists",
+                "yes/no",
+            ),
+            Need::Exists(o, gran, true),
+        ));
         // a near miss: change one attribute of a present object so that nothing matches
         for _ in 0..30 {
             let mut x = objs[rng.random_range(0..n)].clone();
             match rng.random_range(0..3) {
                 0 if gran.color => x.color = Color::ALL[rng.random_range(0..8)],
-                1 if gran.size => x.size = if x.size == Size::Small { Size::Large } else { Size::Small },
+                1 if gran.size => {
+                    x.size = if x.size == Size::Small {
+                        Size::Large
+                    } else {
+                        Size::Small
+                    }
+                }
                 _ => x.shape = Shape::ALL[rng.random_range(0..6)],
             }
             if count_matching(scene, &x, gran) == 0 {
                 let w = gran.words(&x, false, false, rng);
-                cands.push((q(format!("is there {}?", indefinite(&w)), yes_no(false), "exists", "yes/no"), Need::Exists(x, gran, false)));
+                cands.push((
+                    q(
+                        format!("is there {}?", indefinite(&w)),
+                        yes_no(false),
+                        "exists",
+                        "yes/no",
+                    ),
+                    Need::Exists(x, gran, false),
+                ));
                 break;
             }
         }
     }
 
     // relation pair: same two objects, one true and one false relation
-    let names: Vec<Option<Ref>> = (0..n).map(|i| unique_ref(scene, i, &[Ref::SHAPE, Ref::COLOR_SHAPE, Ref::SIZE_SHAPE, Ref::FULL])).collect();
+    let names: Vec<Option<Ref>> = (0..n)
+        .map(|i| {
+            unique_ref(
+                scene,
+                i,
+                &[Ref::SHAPE, Ref::COLOR_SHAPE, Ref::SIZE_SHAPE, Ref::FULL],
+            )
+        })
+        .collect();
     let mut pairs: Vec<(usize, usize)> = Vec::new();
     for a in 0..n {
         for b in 0..n {
-            if a != b && names[a].is_some() && names[b].is_some() && all.decides_relation(a, Relation::Above, b) && all.decides_relation(a, Relation::LeftOf, b) {
+            if a != b
+                && names[a].is_some()
+                && names[b].is_some()
+                && all.decides_relation(a, Relation::Above, b)
+                && all.decides_relation(a, Relation::LeftOf, b)
+            {
                 pairs.push((a, b));
             }
         }
@@ -113,12 +165,25 @@ pub fn questions(scene: &Scene, caps: &[Caption], extra: usize, rng: &mut impl R
         let (ra, rb) = (names[a].unwrap_or(Ref::FULL), names[b].unwrap_or(Ref::FULL));
         let wa = ra.words(&objs[a], false, false, rng);
         let wb = rb.words(&objs[b], false, false, rng);
-        let truths: Vec<Relation> = Relation::ALL.iter().copied().filter(|r| r.holds(&objs[a], &objs[b])).collect();
-        let falses: Vec<Relation> = Relation::ALL.iter().copied().filter(|r| !r.holds(&objs[a], &objs[b])).collect();
+        let truths: Vec<Relation> = Relation::ALL
+            .iter()
+            .copied()
+            .filter(|r| r.holds(&objs[a], &objs[b]))
+            .collect();
+        let falses: Vec<Relation> = Relation::ALL
+            .iter()
+            .copied()
+            .filter(|r| !r.holds(&objs[a], &objs[b]))
+            .collect();
         if let (Some(&t), Some(&f)) = (truths.choose(rng), falses.choose(rng)) {
             for r in [t, f] {
                 cands.push((
-                    q(format!("is the {wa} {} the {wb}?", r.phrase()), yes_no(r.holds(&objs[a], &objs[b])), "relation", "yes/no"),
+                    q(
+                        format!("is the {wa} {} the {wb}?", r.phrase()),
+                        yes_no(r.holds(&objs[a], &objs[b])),
+                        "relation",
+                        "yes/no",
+                    ),
                     Need::Relation(a, r, b),
                 ));
             }
@@ -129,20 +194,52 @@ pub fn questions(scene: &Scene, caps: &[Caption], extra: usize, rng: &mut impl R
     let mut others: Vec<(Question, Need)> = Vec::new();
     let mut idx: Vec<usize> = (0..n).collect();
     idx.shuffle(rng);
-    if let Some((i, r)) = idx.iter().find_map(|&i| unique_ref(scene, i, &[Ref::SHAPE, Ref::SIZE_SHAPE]).map(|r| (i, r))) {
+    if let Some((i, r)) = idx
+        .iter()
+        .find_map(|&i| unique_ref(scene, i, &[Ref::SHAPE, Ref::SIZE_SHAPE]).map(|r| (i, r)))
+    {
         let w = r.words(&objs[i], false, false, rng);
-        others.push((q(format!("what color is the {w}?"), objs[i].color.word().into(), "color", "other"), Need::Color(i)));
+        others.push((
+            q(
+                format!("what color is the {w}?"),
+                objs[i].color.word().into(),
+                "color",
+                "other",
+            ),
+            Need::Color(i),
+        ));
     }
     idx.shuffle(rng);
-    if let Some((i, r)) = idx.iter().find_map(|&i| unique_ref(scene, i, &[Ref::COLOR, Ref::SIZE_COLOR]).map(|r| (i, r))) {
+    if let Some((i, r)) = idx
+        .iter()
+        .find_map(|&i| unique_ref(scene, i, &[Ref::COLOR, Ref::SIZE_COLOR]).map(|r| (i, r)))
+    {
         let w = r.words(&objs[i], false, false, rng);
-        others.push((q(format!("what shape is the {w}?"), objs[i].shape.word().into(), "shape", "other"), Need::Shape(i)));
+        others.push((
+            q(
+                format!("what shape is the {w}?"),
+                objs[i].shape.word().into(),
+                "shape",
+                "other",
+            ),
+            Need::Shape(i),
+        ));
     }
     idx.shuffle(rng);
-    if let Some((i, r)) = idx.iter().find_map(|&i| unique_ref(scene, i, &[Ref::SHAPE, Ref::COLOR_SHAPE]).map(|r| (i, r))) {
+    if let Some((i, r)) = idx
+        .iter()
+        .find_map(|&i| unique_ref(scene, i, &[Ref::SHAPE, Ref::COLOR_SHAPE]).map(|r| (i, r)))
+    {
         let w = r.words(&objs[i], false, false, rng);
-        let text = if rng.random_bool(0.5) { format!("what size is the {w}?") } else { format!("is the {w} small or large?") };
-        others.push((q(text, objs[i].size.word().into(), "size", "other"), Need::Size(i)));
+        let text = if rng.random_bool(0.5) {
+            format!("what size is the {w}?")
+        } else {
+            format!("is the {w} small or large?")
+        };
+        others.push((
+            q(text, objs[i].size.word().into(), "size", "other"),
+            Need::Size(i),
+        ));
     }
     {
         // count over all, a shape, a colour, a size, or a colour+shape; absent kinds sometimes
@@ -154,20 +251,54 @@ pub fn questions(scene: &Scene, caps: &[Caption], extra: usize, rng: &mut impl R
             x.color = Color::ALL[rng.random_range(0..8)];
             x
         };
-        let none = Ref { size: false, color: false, shape: false };
-        let r = [none, Ref::SHAPE, Ref::SHAPE, Ref::COLOR, Ref::COLOR_SHAPE, Ref { size: true, color: false, shape: false }][rng.random_range(0..6)];
+        let none = Ref {
+            size: false,
+            color: false,
+            shape: false,
+        };
+        let r = [
+            none,
+            Ref::SHAPE,
+            Ref::SHAPE,
+            Ref::COLOR,
+            Ref::COLOR_SHAPE,
+            Ref {
+                size: true,
+                color: false,
+                shape: false,
+            },
+        ][rng.random_range(0..6)];
         let w = r.words(&o, true, false, rng);
         let c = count_matching(scene, &o, r);
-        others.push((q(format!("how many {w} are there?"), c.to_string(), "count", "number"), Need::Count(r)));
+        others.push((
+            q(
+                format!("how many {w} are there?"),
+                c.to_string(),
+                "count",
+                "number",
+            ),
+            Need::Count(r),
+        ));
     }
     idx.shuffle(rng);
-    if let Some((i, r)) = idx
-        .iter()
-        .filter(|&&i| all.pos[i])
-        .find_map(|&i| unique_ref(scene, i, &[Ref::SHAPE, Ref::COLOR_SHAPE, Ref::SIZE_SHAPE, Ref::FULL]).map(|r| (i, r)))
-    {
+    if let Some((i, r)) = idx.iter().filter(|&&i| all.pos[i]).find_map(|&i| {
+        unique_ref(
+            scene,
+            i,
+            &[Ref::SHAPE, Ref::COLOR_SHAPE, Ref::SIZE_SHAPE, Ref::FULL],
+        )
+        .map(|r| (i, r))
+    }) {
         let w = r.words(&objs[i], false, false, rng);
-        others.push((q(format!("where is the {w}?"), objs[i].cell_name().into(), "position", "other"), Need::Position(i)));
+        others.push((
+            q(
+                format!("where is the {w}?"),
+                objs[i].cell_name().into(),
+                "position",
+                "other",
+            ),
+            Need::Position(i),
+        ));
     }
     others.shuffle(rng);
     cands.extend(others.into_iter().take(extra));

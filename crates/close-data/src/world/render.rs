@@ -80,7 +80,8 @@ fn shape_path(o: &Object) -> Option<tiny_skia::Path> {
 /// Render a scene to RGB8 pixels (row-major, `width*height*3`). `rng` drives the noise.
 pub fn render_rgb(scene: &Scene, rng: &mut impl Rng) -> Result<Vec<u8>> {
     let (w, h) = (scene.width, scene.height);
-    let mut pm = Pixmap::new(w, h).ok_or_else(|| Error::config("size", format!("cannot make a {w}x{h} image")))?;
+    let mut pm = Pixmap::new(w, h)
+        .ok_or_else(|| Error::config("size", format!("cannot make a {w}x{h} image")))?;
     // vertical gradient of ±6 levels around the background colour
     let g = rng.random_range(-6.0..=6.0f32);
     {

@@ -17,7 +17,14 @@ pub enum Shape {
 }
 
 impl Shape {
-    pub const ALL: [Shape; 6] = [Shape::Circle, Shape::Square, Shape::Triangle, Shape::Diamond, Shape::Star, Shape::Cross];
+    pub const ALL: [Shape; 6] = [
+        Shape::Circle,
+        Shape::Square,
+        Shape::Triangle,
+        Shape::Diamond,
+        Shape::Star,
+        Shape::Cross,
+    ];
     pub fn word(self) -> &'static str {
         match self {
             Shape::Circle => "circle",
@@ -55,8 +62,16 @@ pub enum Color {
 }
 
 impl Color {
-    pub const ALL: [Color; 8] =
-        [Color::Red, Color::Orange, Color::Yellow, Color::Green, Color::Blue, Color::Purple, Color::Brown, Color::Gray];
+    pub const ALL: [Color; 8] = [
+        Color::Red,
+        Color::Orange,
+        Color::Yellow,
+        Color::Green,
+        Color::Blue,
+        Color::Purple,
+        Color::Brown,
+        Color::Gray,
+    ];
     pub fn word(self) -> &'static str {
         match self {
             Color::Red => "red",
@@ -146,7 +161,12 @@ pub enum Relation {
 }
 
 impl Relation {
-    pub const ALL: [Relation; 4] = [Relation::Above, Relation::Below, Relation::LeftOf, Relation::RightOf];
+    pub const ALL: [Relation; 4] = [
+        Relation::Above,
+        Relation::Below,
+        Relation::LeftOf,
+        Relation::RightOf,
+    ];
     pub fn holds(self, a: &Object, b: &Object) -> bool {
         match self {
             Relation::Above => a.row < b.row,
@@ -197,7 +217,12 @@ impl Scene {
 
 /// Sample the objects of a scene (cells, attributes, geometry). Shapes and colours of earlier
 /// objects are re-used with some probability so that counts above one are common.
-pub fn sample_objects(rng: &mut impl Rng, size_px: u32, min_objects: usize, max_objects: usize) -> Vec<Object> {
+pub fn sample_objects(
+    rng: &mut impl Rng,
+    size_px: u32,
+    min_objects: usize,
+    max_objects: usize,
+) -> Vec<Object> {
     let n = rng.random_range(min_objects..=max_objects);
     let mut cells: Vec<u8> = (0..9).collect();
     // partial Fisher-Yates for n distinct cells
@@ -233,7 +258,18 @@ pub fn sample_objects(rng: &mut impl Rng, size_px: u32, min_objects: usize, max_
         for k in 0..3 {
             rgb[k] = (base[k] as i32 + rng.random_range(-14..=14)).clamp(0, 255) as u8;
         }
-        out.push(Object { shape, color, size, row, col, cx, cy, radius, angle, rgb });
+        out.push(Object {
+            shape,
+            color,
+            size,
+            row,
+            col,
+            cx,
+            cy,
+            radius,
+            angle,
+            rgb,
+        });
     }
     out
 }

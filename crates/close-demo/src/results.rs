@@ -1,0 +1,173 @@
+//! `results.json` (the exact shape issue 7 specifies) and `REPORT.md`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::gap::GapStats;
+
+/// Images per split of the generated world.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SplitCounts {
+    pub train: usize,
+    pub val: usize,
+    pub test: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorldInfo {
+    pub seed: u64,
+    pub images: SplitCounts,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClipInfo {
+    pub r1_image_to_text: f64,
+    pub r1_text_to_image: f64,
+    pub gap: GapStats,
+}
+
+/// One CLOSE run evaluated on the test images.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunResult {
+    /// `s-cap`, `m-cap`, `vqa`, `ve` or `style`.
+    pub task: String,
+    /// `text` or `images`.
+    pub train_on: String,
+    /// `none`, `noise`, `mean-shift`, `cov` or `linear`.
+    pub adapter: String,
+    /// Gaussian noise scale w used during training.
+    pub noise: f64,
+    /// Captioning: `CIDEr`, `Bleu_4` (0–1 scale, as pycocoevalcap); VQA / VE: `accuracy`
+    /// (0–100). Extra keys (e.g. VQA per question type) may follow.
+    pub metrics: BTreeMap<String, serde_json::Value>,
+    /// Free-form label of the ablation row (e.g. `tuned noise (val)`), not in the spec's
+    /// required keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DemoResults {
+    pub world: WorldInfo,
+    pub clip: ClipInfo,
+    pub runs: Vec<RunResult>,
+    pub seconds: f64,
+}
+
+impl RunResult {
+    /// The task's headline metric: CIDEr for captioning, accuracy otherwise.
+    pub fn headline(&self) -> Option<f64> {
+        let key = if self.metrics.contains_key("CIDEr") { "CIDEr" } else { "accuracy" };
+        self.metrics.get(key).and_then(|v| v.as_f64())
+    }
+}
+
+/// Ratio of a text-only result to the image-trained upper bound of the same task.
+pub fn ratio(run: &RunResult, upper: &RunResult) -> Option<f64> {
+    let (a, b) = (run.headline()?, upper.headline()?);
+    (b > 0.0).then(|| a / b)
+}
+
+fn fmt_metric(task: &str, v: Option<f64>) -> String {
+    match v {
+        Some(v) if task.ends_with("cap") || task == "style" => format!("{:.1}", v * 100.0),
+        Some(v) => format!("{v:.1}"),
+        None => "–".into(),
+    }
+}
+
+/// The markdown report: setup, CLIP and gap, one table per task with ratios to the
+/// image-trained upper bound.
+pub fn report_markdown(res: &DemoResults, setup: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# CLOSE on the shapes world\n");
+    let _ = writeln!(s, "{setup}\n");
+    let w = &res.world;
+    let _ = writeln!(
+        s,
+        "World seed {}: {} train / {} val / {} test images. Total time {:.0} s.\n",
+        w.seed, w.images.train, w.images.val, w.images.test, res.seconds
+    );
+    let c = &res.clip;
+    let _ = writeln!(s, "## CLIP and the modality gap\n");
+    let _ = writeln!(s, "| R@1 image→text | R@1 text→image | cos(image, own caption) | cos(caption, caption) | cos(image, image) | centroid distance |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "| {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+        c.r1_image_to_text, c.r1_text_to_image, c.gap.cos_image_own_caption, c.gap.cos_caption_caption, c.gap.cos_image_image, c.gap.centroid_distance
+    );
+    let _ = writeln!(s, "![modality gap](gap_pca.png)\n");
+    let mut tasks: Vec<&str> = Vec::new();
+    for r in &res.runs {
+        if !tasks.contains(&r.task.as_str()) {
+            tasks.push(&r.task);
+        }
+    }
+    let _ = writeln!(s, "## Results on the test images\n");
+    let _ = writeln!(s, "Captioning: CIDEr ×100 (pycocoevalcap scale ×100); VQA: official accuracy; VE: accuracy. Ratio = run / image-trained upper bound.\n");
+    for t in tasks {
+        let runs: Vec<&RunResult> = res.runs.iter().filter(|r| r.task == t).collect();
+        let upper = runs.iter().find(|r| r.train_on == "images").copied();
+        let _ = writeln!(s, "### {t}\n");
+        let _ = writeln!(s, "| run | train on | adapter | noise | metric | ratio |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|");
+        for r in runs {
+            let ratio = upper.and_then(|u| ratio(r, u)).map(|x| format!("{x:.2}")).unwrap_or_else(|| "–".into());
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} |",
+                r.label.as_deref().unwrap_or(""),
+                r.train_on,
+                r.adapter,
+                r.noise,
+                fmt_metric(t, r.headline()),
+                ratio
+            );
+        }
+        let _ = writeln!(s);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(task: &str, on: &str, v: f64) -> RunResult {
+        let key = if task == "vqa" { "accuracy" } else { "CIDEr" };
+        RunResult {
+            task: task.into(),
+            train_on: on.into(),
+            adapter: "noise".into(),
+            noise: 0.08,
+            metrics: [(key.to_string(), serde_json::json!(v))].into_iter().collect(),
+            label: None,
+        }
+    }
+
+    #[test]
+    fn json_has_the_issue_shape_and_report_has_ratios() {
+        let res = DemoResults {
+            world: WorldInfo { seed: 1, images: SplitCounts { train: 10, val: 2, test: 2 } },
+            clip: ClipInfo {
+                r1_image_to_text: 0.5,
+                r1_text_to_image: 0.4,
+                gap: GapStats { cos_image_own_caption: 0.2, cos_caption_caption: 0.4, cos_image_image: 0.5, centroid_distance: 0.8 },
+            },
+            runs: vec![run("s-cap", "images", 1.0), run("s-cap", "text", 0.9)],
+            seconds: 12.0,
+        };
+        let v = serde_json::to_value(&res).unwrap();
+        for k in ["world", "clip", "runs", "seconds"] {
+            assert!(v.get(k).is_some(), "{k}");
+        }
+        assert!(v["clip"]["gap"]["centroid_distance"].is_number());
+        assert_eq!(v["runs"][1]["metrics"]["CIDEr"], 0.9);
+        assert!(v["runs"][0].get("label").is_none());
+        let md = report_markdown(&res, "setup");
+        assert!(md.contains("| 0.90 |"), "{md}");
+    }
+}
