@@ -15,6 +15,7 @@
 pub mod bundle;
 pub mod cache;
 pub mod config;
+pub mod fused;
 pub mod model;
 pub mod preprocess;
 pub mod retrieval;

@@ -45,7 +45,7 @@ impl LayerNorm {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.track_op() || self.weight.track_op() {
-            close_core::ops::layer_norm(x, &self.weight, Some(&self.bias), self.eps)
+            crate::fused::layer_norm(x, &self.weight, &self.bias, self.eps)
         } else {
             Ok(candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)?)
         }
@@ -54,7 +54,7 @@ impl LayerNorm {
 
 fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if x.track_op() {
-        close_core::ops::softmax_last_dim(x)
+        crate::fused::softmax_last_dim(x)
     } else {
         Ok(candle_nn::ops::softmax_last_dim(x)?)
     }

@@ -58,7 +58,10 @@ impl AdapterKind {
 
     /// Whether this kind needs fitted statistics.
     pub fn needs_stats(&self) -> bool {
-        matches!(self, AdapterKind::MeanShift | AdapterKind::Cov | AdapterKind::Linear)
+        matches!(
+            self,
+            AdapterKind::MeanShift | AdapterKind::Cov | AdapterKind::Linear
+        )
     }
 }
 
@@ -71,7 +74,12 @@ impl std::str::FromStr for AdapterKind {
             "mean-shift" => AdapterKind::MeanShift,
             "cov" | "cov-noise" => AdapterKind::Cov,
             "linear" => AdapterKind::Linear,
-            _ => return Err(Error::config("adapter", format!("unknown adapter `{s}` (none, noise, mean-shift, cov, linear)"))),
+            _ => {
+                return Err(Error::config(
+                    "adapter",
+                    format!("unknown adapter `{s}` (none, noise, mean-shift, cov, linear)"),
+                ))
+            }
         })
     }
 }
@@ -99,17 +107,29 @@ pub struct AdapterConfig {
 
 impl Default for AdapterConfig {
     fn default() -> Self {
-        Self { kind: AdapterKind::Noise, noise: 0.08, shift_scale: 1.0, renorm: false, cov_scale: 3.0 }
+        Self {
+            kind: AdapterKind::Noise,
+            noise: 0.08,
+            shift_scale: 1.0,
+            renorm: false,
+            cov_scale: 3.0,
+        }
     }
 }
 
 impl AdapterConfig {
     pub fn validate(&self) -> Result<()> {
         if !(self.noise >= 0.0 && self.noise.is_finite()) {
-            return Err(Error::config("adapter.noise", format!("must be ≥ 0, got {}", self.noise)));
+            return Err(Error::config(
+                "adapter.noise",
+                format!("must be ≥ 0, got {}", self.noise),
+            ));
         }
         if !self.shift_scale.is_finite() || !(self.cov_scale >= 0.0) {
-            return Err(Error::config("adapter", "shift_scale must be finite and cov_scale ≥ 0"));
+            return Err(Error::config(
+                "adapter",
+                "shift_scale must be finite and cov_scale ≥ 0",
+            ));
         }
         Ok(())
     }
@@ -174,7 +194,14 @@ impl AdapterStats {
             t.insert("bias".to_string(), Tensor::from_slice(b, d, &dev)?);
         }
         io::save_safetensors_atomic(dir.join(STATS_TENSORS), &t)?;
-        io::write_json_atomic(dir.join(STATS_JSON), &StatsJson { kind: self.kind, dim: self.dim, info: self.info.clone() })
+        io::write_json_atomic(
+            dir.join(STATS_JSON),
+            &StatsJson {
+                kind: self.kind,
+                dim: self.dim,
+                info: self.info.clone(),
+            },
+        )
     }
 
     /// Load what [`AdapterStats::save`] wrote, checking shapes.
@@ -187,13 +214,24 @@ impl AdapterStats {
         let file = path.display().to_string();
         let get = |key: &str, shape: &[usize], needed: bool| -> Result<Option<Vec<f32>>> {
             match t.get(key) {
-                None if needed => Err(Error::MissingKey { file: file.clone(), key: key.into() }),
+                None if needed => Err(Error::MissingKey {
+                    file: file.clone(),
+                    key: key.into(),
+                }),
                 None => Ok(None),
                 Some(x) => {
                     if x.dims() != shape {
-                        return Err(Error::Shape { what: format!("{file}: {key}"), expected: shape.to_vec(), got: x.dims().to_vec() });
+                        return Err(Error::Shape {
+                            what: format!("{file}: {key}"),
+                            expected: shape.to_vec(),
+                            got: x.dims().to_vec(),
+                        });
                     }
-                    Ok(Some(x.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?))
+                    Ok(Some(
+                        x.flatten_all()?
+                            .to_dtype(candle_core::DType::F32)?
+                            .to_vec1::<f32>()?,
+                    ))
                 }
             }
         };
@@ -201,7 +239,11 @@ impl AdapterStats {
         Ok(Self {
             kind: k,
             dim: d,
-            shift: get("shift", &[d], matches!(k, AdapterKind::MeanShift | AdapterKind::Cov))?,
+            shift: get(
+                "shift",
+                &[d],
+                matches!(k, AdapterKind::MeanShift | AdapterKind::Cov),
+            )?,
             cov: get("cov", &[d, d], k == AdapterKind::Cov)?,
             weight: get("weight", &[d, d], k == AdapterKind::Linear)?,
             bias: get("bias", &[d], k == AdapterKind::Linear)?,
@@ -212,20 +254,30 @@ impl AdapterStats {
 
 fn check_dims<R: AsRef<[f32]>>(what: &str, rows: &[R], min: usize) -> Result<usize> {
     if rows.len() < min {
-        return Err(Error::invalid(format!("{what}: need at least {min} vectors, got {}", rows.len())));
+        return Err(Error::invalid(format!(
+            "{what}: need at least {min} vectors, got {}",
+            rows.len()
+        )));
     }
     Ok(rows[0].as_ref().len())
 }
 
 /// `mean-shift` statistics from unpaired unit image and text vectors:
 /// `shift = mean(images) − mean(texts)`.
-pub fn fit_mean_shift<A: AsRef<[f32]>, B: AsRef<[f32]>>(images: &[A], texts: &[B]) -> Result<AdapterStats> {
+pub fn fit_mean_shift<A: AsRef<[f32]>, B: AsRef<[f32]>>(
+    images: &[A],
+    texts: &[B],
+) -> Result<AdapterStats> {
     let d = check_dims("images", images, 1)?;
     check_dims("texts", texts, 1)?;
     let mi = Mat::from_rows(images)?.col_mean();
     let mt = Mat::from_rows(texts)?;
     if mt.cols != d {
-        return Err(Error::Shape { what: "text vectors".into(), expected: vec![d], got: vec![mt.cols] });
+        return Err(Error::Shape {
+            what: "text vectors".into(),
+            expected: vec![d],
+            got: vec![mt.cols],
+        });
     }
     let mt = mt.col_mean();
     let shift = mi.iter().zip(&mt).map(|(a, b)| (a - b) as f32).collect();
@@ -236,23 +288,42 @@ pub fn fit_mean_shift<A: AsRef<[f32]>, B: AsRef<[f32]>>(images: &[A], texts: &[B
         cov: None,
         weight: None,
         bias: None,
-        info: FitInfo { n_images: images.len(), n_texts: texts.len(), ..Default::default() },
+        info: FitInfo {
+            n_images: images.len(),
+            n_texts: texts.len(),
+            ..Default::default()
+        },
     })
 }
 
 /// `cov` statistics from paired vectors (image i described by text i): mean and covariance
 /// of the differences `image_i − text_i`.
-pub fn fit_cov<A: AsRef<[f32]>, B: AsRef<[f32]>>(images: &[A], texts: &[B]) -> Result<AdapterStats> {
+pub fn fit_cov<A: AsRef<[f32]>, B: AsRef<[f32]>>(
+    images: &[A],
+    texts: &[B],
+) -> Result<AdapterStats> {
     if images.len() != texts.len() {
-        return Err(Error::invalid(format!("cov: {} image vectors but {} paired text vectors", images.len(), texts.len())));
+        return Err(Error::invalid(format!(
+            "cov: {} image vectors but {} paired text vectors",
+            images.len(),
+            texts.len()
+        )));
     }
     let d = check_dims("pairs", images, 2)?;
     let i = Mat::from_rows(images)?;
     let t = Mat::from_rows(texts)?;
     if t.cols != d {
-        return Err(Error::Shape { what: "text vectors".into(), expected: vec![d], got: vec![t.cols] });
+        return Err(Error::Shape {
+            what: "text vectors".into(),
+            expected: vec![d],
+            got: vec![t.cols],
+        });
     }
-    let diff = Mat { rows: i.rows, cols: d, data: i.data.iter().zip(&t.data).map(|(a, b)| a - b).collect() };
+    let diff = Mat {
+        rows: i.rows,
+        cols: d,
+        data: i.data.iter().zip(&t.data).map(|(a, b)| a - b).collect(),
+    };
     let (mean, cov) = diff.covariance()?;
     Ok(AdapterStats {
         kind: AdapterKind::Cov,
@@ -261,37 +332,67 @@ pub fn fit_cov<A: AsRef<[f32]>, B: AsRef<[f32]>>(images: &[A], texts: &[B]) -> R
         cov: Some(cov.to_f32()),
         weight: None,
         bias: None,
-        info: FitInfo { n_pairs: images.len(), note: "paired differences".into(), ..Default::default() },
+        info: FitInfo {
+            n_pairs: images.len(),
+            note: "paired differences".into(),
+            ..Default::default()
+        },
     })
 }
 
 /// `cov` statistics without pairs: for independent image and text vectors,
 /// `E[i − t] = μ_i − μ_t` and `Cov(i − t) = Σ_i + Σ_t`.
-pub fn fit_cov_unpaired<A: AsRef<[f32]>, B: AsRef<[f32]>>(images: &[A], texts: &[B]) -> Result<AdapterStats> {
+pub fn fit_cov_unpaired<A: AsRef<[f32]>, B: AsRef<[f32]>>(
+    images: &[A],
+    texts: &[B],
+) -> Result<AdapterStats> {
     let d = check_dims("images", images, 2)?;
     check_dims("texts", texts, 2)?;
     let (mi, ci) = Mat::from_rows(images)?.covariance()?;
     let (mt, ct) = Mat::from_rows(texts)?.covariance()?;
     if ct.cols != d {
-        return Err(Error::Shape { what: "text vectors".into(), expected: vec![d], got: vec![ct.cols] });
+        return Err(Error::Shape {
+            what: "text vectors".into(),
+            expected: vec![d],
+            got: vec![ct.cols],
+        });
     }
     Ok(AdapterStats {
         kind: AdapterKind::Cov,
         dim: d,
         shift: Some(mi.iter().zip(&mt).map(|(a, b)| (a - b) as f32).collect()),
-        cov: Some(ci.data.iter().zip(&ct.data).map(|(a, b)| (a + b) as f32).collect()),
+        cov: Some(
+            ci.data
+                .iter()
+                .zip(&ct.data)
+                .map(|(a, b)| (a + b) as f32)
+                .collect(),
+        ),
         weight: None,
         bias: None,
-        info: FitInfo { n_images: images.len(), n_texts: texts.len(), note: "unpaired: Σ_image + Σ_text".into(), ..Default::default() },
+        info: FitInfo {
+            n_images: images.len(),
+            n_texts: texts.len(),
+            note: "unpaired: Σ_image + Σ_text".into(),
+            ..Default::default()
+        },
     })
 }
 
 /// `linear` statistics by ridge-regularised least squares on paired vectors:
 /// `min_W,b Σ |W tᵢ + b − iᵢ|² + λ|W|²` with `λ = ridge · tr(TcᵀTc)/d` (bias not penalised),
 /// solved by the normal equations on centred data with a Cholesky factorisation in f64.
-pub fn fit_linear<A: AsRef<[f32]>, B: AsRef<[f32]>>(images: &[A], texts: &[B], ridge: f64) -> Result<AdapterStats> {
+pub fn fit_linear<A: AsRef<[f32]>, B: AsRef<[f32]>>(
+    images: &[A],
+    texts: &[B],
+    ridge: f64,
+) -> Result<AdapterStats> {
     if images.len() != texts.len() {
-        return Err(Error::invalid(format!("linear: {} image vectors but {} paired text vectors", images.len(), texts.len())));
+        return Err(Error::invalid(format!(
+            "linear: {} image vectors but {} paired text vectors",
+            images.len(),
+            texts.len()
+        )));
     }
     if !(ridge >= 0.0) {
         return Err(Error::config("ridge", format!("must be ≥ 0, got {ridge}")));
@@ -300,7 +401,11 @@ pub fn fit_linear<A: AsRef<[f32]>, B: AsRef<[f32]>>(images: &[A], texts: &[B], r
     let y = Mat::from_rows(images)?;
     let x = Mat::from_rows(texts)?;
     if x.cols != d {
-        return Err(Error::Shape { what: "text vectors".into(), expected: vec![d], got: vec![x.cols] });
+        return Err(Error::Shape {
+            what: "text vectors".into(),
+            expected: vec![d],
+            got: vec![x.cols],
+        });
     }
     let mx = x.col_mean();
     let my = y.col_mean();
@@ -312,7 +417,9 @@ pub fn fit_linear<A: AsRef<[f32]>, B: AsRef<[f32]>>(images: &[A], texts: &[B], r
     let l = g.cholesky()?;
     let wt = Mat::cholesky_solve(&l, &xc.t_matmul(&yc)?)?; // Wᵀ [d_in, d_out]
     let w = wt.transpose();
-    let b: Vec<f64> = (0..d).map(|o| my[o] - (0..d).map(|k| w.get(o, k) * mx[k]).sum::<f64>()).collect();
+    let b: Vec<f64> = (0..d)
+        .map(|o| my[o] - (0..d).map(|k| w.get(o, k) * mx[k]).sum::<f64>())
+        .collect();
     let pred = x.matmul(&wt)?;
     let mut mse = 0.0;
     for r in 0..y.rows {
@@ -329,7 +436,12 @@ pub fn fit_linear<A: AsRef<[f32]>, B: AsRef<[f32]>>(images: &[A], texts: &[B], r
         cov: None,
         weight: Some(w.to_f32()),
         bias: Some(b.iter().map(|&v| v as f32).collect()),
-        info: FitInfo { n_pairs: images.len(), ridge: Some(ridge), train_mse: Some(mse), ..Default::default() },
+        info: FitInfo {
+            n_pairs: images.len(),
+            ridge: Some(ridge),
+            train_mse: Some(mse),
+            ..Default::default()
+        },
     })
 }
 
@@ -349,7 +461,13 @@ pub struct FitSpec {
 
 impl Default for FitSpec {
     fn default() -> Self {
-        Self { kind: AdapterKind::MeanShift, n_pairs: None, ridge: 1e-2, unpaired_cov: false, seed: 0 }
+        Self {
+            kind: AdapterKind::MeanShift,
+            n_pairs: None,
+            ridge: 1e-2,
+            unpaired_cov: false,
+            seed: 0,
+        }
     }
 }
 
@@ -370,7 +488,11 @@ pub fn fit_adapter(
         return Err(Error::invalid("adapter fit: no (image, caption) pairs"));
     }
     if images.dim() != texts.dim() {
-        return Err(Error::Shape { what: "image vs text embeddings".into(), expected: vec![images.dim()], got: vec![texts.dim()] });
+        return Err(Error::Shape {
+            what: "image vs text embeddings".into(),
+            expected: vec![images.dim()],
+            got: vec![texts.dim()],
+        });
     }
     let mut sel: Vec<&(String, String)> = pairs.iter().collect();
     if let Some(n) = spec.n_pairs {
@@ -387,13 +509,25 @@ pub fn fit_adapter(
         ik.dedup();
         tk.sort();
         tk.dedup();
-        let i = ik.iter().map(|k| lookup(images, "image", k).map(|v| v.to_vec())).collect::<Result<Vec<_>>>()?;
-        let t = tk.iter().map(|k| lookup(texts, "text", k).map(|v| v.to_vec())).collect::<Result<Vec<_>>>()?;
+        let i = ik
+            .iter()
+            .map(|k| lookup(images, "image", k).map(|v| v.to_vec()))
+            .collect::<Result<Vec<_>>>()?;
+        let t = tk
+            .iter()
+            .map(|k| lookup(texts, "text", k).map(|v| v.to_vec()))
+            .collect::<Result<Vec<_>>>()?;
         Ok((i, t))
     };
     let paired = |sel: &[&(String, String)]| -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
-        let i = sel.iter().map(|p| lookup(images, "image", &p.0).map(|v| v.to_vec())).collect::<Result<Vec<_>>>()?;
-        let t = sel.iter().map(|p| lookup(texts, "text", &p.1).map(|v| v.to_vec())).collect::<Result<Vec<_>>>()?;
+        let i = sel
+            .iter()
+            .map(|p| lookup(images, "image", &p.0).map(|v| v.to_vec()))
+            .collect::<Result<Vec<_>>>()?;
+        let t = sel
+            .iter()
+            .map(|p| lookup(texts, "text", &p.1).map(|v| v.to_vec()))
+            .collect::<Result<Vec<_>>>()?;
         Ok((i, t))
     };
     let mut stats = match spec.kind {
@@ -414,10 +548,23 @@ pub fn fit_adapter(
             fit_linear(&i, &t, spec.ridge)?
         }
         AdapterKind::None | AdapterKind::Noise => {
-            return Err(Error::config("kind", format!("`{}` has no statistics to fit (mean-shift, cov, linear)", spec.kind)))
+            return Err(Error::config(
+                "kind",
+                format!(
+                    "`{}` has no statistics to fit (mean-shift, cov, linear)",
+                    spec.kind
+                ),
+            ))
         }
     };
-    stats.info.n_pairs = stats.info.n_pairs.max(if matches!(spec.kind, AdapterKind::MeanShift) { 0 } else { sel.len() });
+    stats.info.n_pairs = stats
+        .info
+        .n_pairs
+        .max(if matches!(spec.kind, AdapterKind::MeanShift) {
+            0
+        } else {
+            sel.len()
+        });
     Ok(stats)
 }
 
@@ -435,9 +582,15 @@ pub fn cholesky_with_jitter(cov: &Mat) -> Result<Mat> {
             }
             return Ok(l);
         }
-        jitter = if jitter == 0.0 { scale * 1e-8 } else { jitter * 10.0 };
+        jitter = if jitter == 0.0 {
+            scale * 1e-8
+        } else {
+            jitter * 10.0
+        };
     }
-    Err(Error::invalid("cov adapter: covariance is not positive semi-definite"))
+    Err(Error::invalid(
+        "cov adapter: covariance is not positive semi-definite",
+    ))
 }
 
 /// A ready-to-use adapter: config + statistics as tensors on the training device.
@@ -446,47 +599,103 @@ pub struct Adapter {
     cfg: AdapterConfig,
     dim: usize,
     stats: Option<AdapterStats>,
-    shift: Option<Tensor>,   // [1, D]
-    chol_t: Option<Tensor>,  // Lᵀ [D, D]: z·Lᵀ ~ N(0, Σ) for z ~ N(0, I)
+    shift: Option<Tensor>,    // [1, D]
+    chol_t: Option<Tensor>,   // Lᵀ [D, D]: z·Lᵀ ~ N(0, Σ) for z ~ N(0, I)
     weight_t: Option<Tensor>, // Wᵀ [D_in, D_out]
-    bias: Option<Tensor>,    // [1, D]
+    bias: Option<Tensor>,     // [1, D]
 }
 
 impl Adapter {
     /// Build from a config and (for mean-shift / cov / linear) fitted statistics.
-    pub fn new(cfg: AdapterConfig, dim: usize, stats: Option<AdapterStats>, device: &Device) -> Result<Self> {
+    pub fn new(
+        cfg: AdapterConfig,
+        dim: usize,
+        stats: Option<AdapterStats>,
+        device: &Device,
+    ) -> Result<Self> {
         cfg.validate()?;
-        let mut a = Self { cfg: cfg.clone(), dim, stats: None, shift: None, chol_t: None, weight_t: None, bias: None };
+        let mut a = Self {
+            cfg: cfg.clone(),
+            dim,
+            stats: None,
+            shift: None,
+            chol_t: None,
+            weight_t: None,
+            bias: None,
+        };
         if !cfg.kind.needs_stats() {
             return Ok(a);
         }
         let stats = stats.ok_or_else(|| {
-            Error::config("adapter", format!("`{}` needs fitted statistics (`close adapter fit --kind {}`)", cfg.kind, cfg.kind))
+            Error::config(
+                "adapter",
+                format!(
+                    "`{}` needs fitted statistics (`close adapter fit --kind {}`)",
+                    cfg.kind, cfg.kind
+                ),
+            )
         })?;
         if stats.kind != cfg.kind {
-            return Err(Error::config("adapter", format!("statistics are for `{}`, config asks for `{}`", stats.kind, cfg.kind)));
+            return Err(Error::config(
+                "adapter",
+                format!(
+                    "statistics are for `{}`, config asks for `{}`",
+                    stats.kind, cfg.kind
+                ),
+            ));
         }
         if stats.dim != dim {
-            return Err(Error::Shape { what: "adapter statistics".into(), expected: vec![dim], got: vec![stats.dim] });
+            return Err(Error::Shape {
+                what: "adapter statistics".into(),
+                expected: vec![dim],
+                got: vec![stats.dim],
+            });
         }
         let row = |v: &Vec<f32>| Tensor::from_slice(v, (1, dim), device);
         match cfg.kind {
             AdapterKind::MeanShift => {
-                let s = stats.shift.as_ref().ok_or_else(|| Error::invalid("mean-shift statistics lack `shift`"))?;
+                let s = stats
+                    .shift
+                    .as_ref()
+                    .ok_or_else(|| Error::invalid("mean-shift statistics lack `shift`"))?;
                 a.shift = Some((row(s)? * cfg.shift_scale)?);
             }
             AdapterKind::Cov => {
-                let s = stats.shift.as_ref().ok_or_else(|| Error::invalid("cov statistics lack `shift`"))?;
-                let c = stats.cov.as_ref().ok_or_else(|| Error::invalid("cov statistics lack `cov`"))?;
+                let s = stats
+                    .shift
+                    .as_ref()
+                    .ok_or_else(|| Error::invalid("cov statistics lack `shift`"))?;
+                let c = stats
+                    .cov
+                    .as_ref()
+                    .ok_or_else(|| Error::invalid("cov statistics lack `cov`"))?;
                 a.shift = Some(row(s)?);
-                let cov = Mat { rows: dim, cols: dim, data: c.iter().map(|&v| v as f64).collect() };
+                let cov = Mat {
+                    rows: dim,
+                    cols: dim,
+                    data: c.iter().map(|&v| v as f64).collect(),
+                };
                 let l = cholesky_with_jitter(&cov)?;
-                a.chol_t = Some(Tensor::from_vec(l.transpose().to_f32(), (dim, dim), device)?);
+                a.chol_t = Some(Tensor::from_vec(
+                    l.transpose().to_f32(),
+                    (dim, dim),
+                    device,
+                )?);
             }
             AdapterKind::Linear => {
-                let w = stats.weight.as_ref().ok_or_else(|| Error::invalid("linear statistics lack `weight`"))?;
-                let b = stats.bias.as_ref().ok_or_else(|| Error::invalid("linear statistics lack `bias`"))?;
-                a.weight_t = Some(Tensor::from_slice(w, (dim, dim), device)?.t()?.contiguous()?);
+                let w = stats
+                    .weight
+                    .as_ref()
+                    .ok_or_else(|| Error::invalid("linear statistics lack `weight`"))?;
+                let b = stats
+                    .bias
+                    .as_ref()
+                    .ok_or_else(|| Error::invalid("linear statistics lack `bias`"))?;
+                a.weight_t = Some(
+                    Tensor::from_slice(w, (dim, dim), device)?
+                        .t()?
+                        .contiguous()?,
+                );
                 a.bias = Some(row(b)?);
             }
             AdapterKind::None | AdapterKind::Noise => {}
@@ -504,7 +713,9 @@ impl Adapter {
 
     fn deterministic(&self, x: &Tensor) -> Result<Tensor> {
         let y = match self.cfg.kind {
-            AdapterKind::MeanShift => x.broadcast_add(self.shift.as_ref().expect("checked in new"))?,
+            AdapterKind::MeanShift => {
+                x.broadcast_add(self.shift.as_ref().expect("checked in new"))?
+            }
             AdapterKind::Linear => x
                 .matmul(self.weight_t.as_ref().expect("checked in new"))?
                 .broadcast_add(self.bias.as_ref().expect("checked in new"))?,
@@ -521,7 +732,11 @@ impl Adapter {
     pub fn train_forward<R: Rng>(&self, x: &Tensor, rng: &mut R) -> Result<Tensor> {
         let (b, d) = x.dims2()?;
         if d != self.dim {
-            return Err(Error::Shape { what: "adapter input".into(), expected: vec![b, self.dim], got: vec![b, d] });
+            return Err(Error::Shape {
+                what: "adapter input".into(),
+                expected: vec![b, self.dim],
+                got: vec![b, d],
+            });
         }
         if self.cfg.kind == AdapterKind::None {
             return Ok(x.clone());
@@ -530,7 +745,8 @@ impl Adapter {
         if self.cfg.kind == AdapterKind::Cov {
             let z = gaussian(rng, b, d, 1.0, x.device())?;
             let sample = z.matmul(self.chol_t.as_ref().expect("checked in new"))?;
-            y = (y.broadcast_add(self.shift.as_ref().expect("checked in new"))? + (sample * self.cfg.cov_scale)?)?;
+            y = (y.broadcast_add(self.shift.as_ref().expect("checked in new"))?
+                + (sample * self.cfg.cov_scale)?)?;
         }
         if self.cfg.noise > 0.0 {
             y = (y + gaussian(rng, b, d, self.cfg.noise, x.device())?)?;
@@ -545,8 +761,16 @@ impl Adapter {
 }
 
 /// `σ·N(0, I)` of shape `[b, d]` from `rng` (deterministic for a seeded rng).
-pub fn gaussian<R: Rng>(rng: &mut R, b: usize, d: usize, sigma: f64, device: &Device) -> Result<Tensor> {
-    let v: Vec<f32> = (0..b * d).map(|_| (rng.sample::<f64, _>(StandardNormal) * sigma) as f32).collect();
+pub fn gaussian<R: Rng>(
+    rng: &mut R,
+    b: usize,
+    d: usize,
+    sigma: f64,
+    device: &Device,
+) -> Result<Tensor> {
+    let v: Vec<f32> = (0..b * d)
+        .map(|_| (rng.sample::<f64, _>(StandardNormal) * sigma) as f32)
+        .collect();
     Ok(Tensor::from_vec(v, (b, d), device)?)
 }
 
@@ -565,7 +789,9 @@ mod tests {
     fn unit_rows(rng: &mut ChaCha8Rng, n: usize, d: usize, offset: &[f32]) -> Vec<Vec<f32>> {
         (0..n)
             .map(|_| {
-                let v: Vec<f32> = (0..d).map(|k| rng.sample::<f32, _>(StandardNormal) * 0.3 + offset[k]).collect();
+                let v: Vec<f32> = (0..d)
+                    .map(|k| rng.sample::<f32, _>(StandardNormal) * 0.3 + offset[k])
+                    .collect();
                 crate::embeddings::normalized(&v).unwrap()
             })
             .collect()
@@ -584,9 +810,21 @@ mod tests {
         let e = gaussian(&mut rng, 256, d, w, &Device::Cpu)?;
         let norms = e.sqr()?.sum(1)?.sqrt()?.to_vec1::<f32>()?;
         let mean = norms.iter().sum::<f32>() as f64 / norms.len() as f64;
-        assert!((mean - w * (d as f64).sqrt()).abs() < 0.02, "noise norm {mean}");
+        assert!(
+            (mean - w * (d as f64).sqrt()).abs() < 0.02,
+            "noise norm {mean}"
+        );
         let x = to_tensor(&unit_rows(&mut rng, 256, d, &vec![0.0; d]));
-        let a = Adapter::new(AdapterConfig { kind: AdapterKind::Noise, noise: w, ..Default::default() }, d, None, &Device::Cpu)?;
+        let a = Adapter::new(
+            AdapterConfig {
+                kind: AdapterKind::Noise,
+                noise: w,
+                ..Default::default()
+            },
+            d,
+            None,
+            &Device::Cpu,
+        )?;
         let y = a.train_forward(&x, &mut rng)?;
         let yn = y.sqr()?.sum(1)?.sqrt()?.to_vec1::<f32>()?;
         assert!(yn.iter().all(|n| (n - 1.0).abs() < 1e-4), "renormalized");
@@ -599,10 +837,24 @@ mod tests {
         assert!((&y - &y2)?.abs()?.sum_all()?.to_scalar::<f32>()? > 1.0);
         let mut r1 = ChaCha8Rng::seed_from_u64(9);
         let mut r2 = ChaCha8Rng::seed_from_u64(9);
-        assert_eq!(a.train_forward(&x, &mut r1)?.to_vec2::<f32>()?, a.train_forward(&x, &mut r2)?.to_vec2::<f32>()?);
+        assert_eq!(
+            a.train_forward(&x, &mut r1)?.to_vec2::<f32>()?,
+            a.train_forward(&x, &mut r2)?.to_vec2::<f32>()?
+        );
         // none: identity even in training.
-        let n = Adapter::new(AdapterConfig { kind: AdapterKind::None, ..Default::default() }, d, None, &Device::Cpu)?;
-        assert_eq!(n.train_forward(&x, &mut rng)?.to_vec2::<f32>()?, x.to_vec2::<f32>()?);
+        let n = Adapter::new(
+            AdapterConfig {
+                kind: AdapterKind::None,
+                ..Default::default()
+            },
+            d,
+            None,
+            &Device::Cpu,
+        )?;
+        assert_eq!(
+            n.train_forward(&x, &mut rng)?.to_vec2::<f32>()?,
+            x.to_vec2::<f32>()?
+        );
         Ok(())
     }
 
@@ -617,13 +869,35 @@ mod tests {
         let images = unit_rows(&mut rng, 400, d, &oi);
         let texts = unit_rows(&mut rng, 500, d, &ot);
         let stats = fit_mean_shift(&images, &texts)?;
-        let a = Adapter::new(AdapterConfig { kind: AdapterKind::MeanShift, noise: 0.0, ..Default::default() }, d, Some(stats), &Device::Cpu)?;
-        let shifted = a.eval_forward(&to_tensor(&texts))?.mean(0)?.to_vec1::<f32>()?;
+        let a = Adapter::new(
+            AdapterConfig {
+                kind: AdapterKind::MeanShift,
+                noise: 0.0,
+                ..Default::default()
+            },
+            d,
+            Some(stats),
+            &Device::Cpu,
+        )?;
+        let shifted = a
+            .eval_forward(&to_tensor(&texts))?
+            .mean(0)?
+            .to_vec1::<f32>()?;
         let ci = to_tensor(&images).mean(0)?.to_vec1::<f32>()?;
         let ct = to_tensor(&texts).mean(0)?.to_vec1::<f32>()?;
-        let dist = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>().sqrt();
+        let dist = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y) * (x - y))
+                .sum::<f32>()
+                .sqrt()
+        };
         assert!(dist(&ct, &ci) > 0.5, "a real gap to close");
-        assert!(dist(&shifted, &ci) < 1e-5, "centroid after shift {}", dist(&shifted, &ci));
+        assert!(
+            dist(&shifted, &ci) < 1e-5,
+            "centroid after shift {}",
+            dist(&shifted, &ci)
+        );
         Ok(())
     }
 
@@ -631,12 +905,26 @@ mod tests {
     fn linear_fit_recovers_known_map() -> Result<()> {
         let d = 8;
         let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let w: Vec<f32> = (0..d * d).map(|_| rng.sample::<f32, _>(StandardNormal)).collect();
-        let b: Vec<f32> = (0..d).map(|_| rng.sample::<f32, _>(StandardNormal)).collect();
-        let texts: Vec<Vec<f32>> = (0..200).map(|_| (0..d).map(|_| rng.sample::<f32, _>(StandardNormal)).collect()).collect();
+        let w: Vec<f32> = (0..d * d)
+            .map(|_| rng.sample::<f32, _>(StandardNormal))
+            .collect();
+        let b: Vec<f32> = (0..d)
+            .map(|_| rng.sample::<f32, _>(StandardNormal))
+            .collect();
+        let texts: Vec<Vec<f32>> = (0..200)
+            .map(|_| {
+                (0..d)
+                    .map(|_| rng.sample::<f32, _>(StandardNormal))
+                    .collect()
+            })
+            .collect();
         let images: Vec<Vec<f32>> = texts
             .iter()
-            .map(|t| (0..d).map(|o| (0..d).map(|k| w[o * d + k] * t[k]).sum::<f32>() + b[o]).collect())
+            .map(|t| {
+                (0..d)
+                    .map(|o| (0..d).map(|k| w[o * d + k] * t[k]).sum::<f32>() + b[o])
+                    .collect()
+            })
             .collect();
         let s = fit_linear(&images, &texts, 1e-9)?;
         let fw = s.weight.as_ref().unwrap();
@@ -649,8 +937,19 @@ mod tests {
         }
         assert!(s.info.train_mse.unwrap() < 1e-8);
         // Through the adapter: eval applies the map.
-        let a = Adapter::new(AdapterConfig { kind: AdapterKind::Linear, noise: 0.0, ..Default::default() }, d, Some(s), &Device::Cpu)?;
-        let out = a.eval_forward(&to_tensor(&texts[..3].to_vec()))?.to_vec2::<f32>()?;
+        let a = Adapter::new(
+            AdapterConfig {
+                kind: AdapterKind::Linear,
+                noise: 0.0,
+                ..Default::default()
+            },
+            d,
+            Some(s),
+            &Device::Cpu,
+        )?;
+        let out = a
+            .eval_forward(&to_tensor(&texts[..3].to_vec()))?
+            .to_vec2::<f32>()?;
         for r in 0..3 {
             for c in 0..d {
                 assert!((out[r][c] - images[r][c]).abs() < 1e-3);
@@ -665,16 +964,33 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(4);
         // Differences with a known covariance: diag(0.04, 0.01, 0.0025, 0) + mean 0.1·e0.
         let scales = [0.2f32, 0.1, 0.05, 0.0];
-        let texts: Vec<Vec<f32>> = (0..4000).map(|_| (0..d).map(|_| rng.sample::<f32, _>(StandardNormal)).collect()).collect();
+        let texts: Vec<Vec<f32>> = (0..4000)
+            .map(|_| {
+                (0..d)
+                    .map(|_| rng.sample::<f32, _>(StandardNormal))
+                    .collect()
+            })
+            .collect();
         let images: Vec<Vec<f32>> = texts
             .iter()
-            .map(|t| (0..d).map(|k| t[k] + scales[k] * rng.sample::<f32, _>(StandardNormal) + if k == 0 { 0.1 } else { 0.0 }).collect())
+            .map(|t| {
+                (0..d)
+                    .map(|k| {
+                        t[k] + scales[k] * rng.sample::<f32, _>(StandardNormal)
+                            + if k == 0 { 0.1 } else { 0.0 }
+                    })
+                    .collect()
+            })
             .collect();
         let s = fit_cov(&images, &texts)?;
         let c = s.cov.as_ref().unwrap();
         for k in 0..d {
             let want = scales[k] * scales[k];
-            assert!((c[k * d + k] - want).abs() < 0.1 * want + 1e-4, "var {k}: {}", c[k * d + k]);
+            assert!(
+                (c[k * d + k] - want).abs() < 0.1 * want + 1e-4,
+                "var {k}: {}",
+                c[k * d + k]
+            );
         }
         assert!((s.shift.as_ref().unwrap()[0] - 0.1).abs() < 0.02);
         let dir = tempfile::tempdir().unwrap();
@@ -682,18 +998,52 @@ mod tests {
         let back = AdapterStats::load(dir.path())?;
         assert_eq!(back, s);
         // Sampled perturbations (before renorm) follow cov_scale² Σ: check through chol.
-        let a = Adapter::new(AdapterConfig { kind: AdapterKind::Cov, noise: 0.0, cov_scale: 1.0, ..Default::default() }, d, Some(back), &Device::Cpu)?;
-        let z = gaussian(&mut rng, 20000, d, 1.0, &Device::Cpu)?.matmul(a.chol_t.as_ref().unwrap())?;
+        let a = Adapter::new(
+            AdapterConfig {
+                kind: AdapterKind::Cov,
+                noise: 0.0,
+                cov_scale: 1.0,
+                ..Default::default()
+            },
+            d,
+            Some(back),
+            &Device::Cpu,
+        )?;
+        let z =
+            gaussian(&mut rng, 20000, d, 1.0, &Device::Cpu)?.matmul(a.chol_t.as_ref().unwrap())?;
         let var = z.sqr()?.mean(0)?.to_vec1::<f32>()?;
         for k in 0..3 {
             let want = scales[k] * scales[k];
-            assert!((var[k] - want).abs() < 0.1 * want, "sample var {k}: {} vs {want}", var[k]);
+            assert!(
+                (var[k] - want).abs() < 0.1 * want,
+                "sample var {k}: {} vs {want}",
+                var[k]
+            );
         }
-        let x = to_tensor(&texts[..5].iter().map(|t| crate::embeddings::normalized(t).unwrap()).collect::<Vec<_>>());
+        let x = to_tensor(
+            &texts[..5]
+                .iter()
+                .map(|t| crate::embeddings::normalized(t).unwrap())
+                .collect::<Vec<_>>(),
+        );
         let y = a.train_forward(&x, &mut rng)?;
-        assert!(y.sqr()?.sum(1)?.to_vec1::<f32>()?.iter().all(|n| (n - 1.0).abs() < 1e-4));
+        assert!(y
+            .sqr()?
+            .sum(1)?
+            .to_vec1::<f32>()?
+            .iter()
+            .all(|n| (n - 1.0).abs() < 1e-4));
         // Missing statistics → a clear error.
-        let e = Adapter::new(AdapterConfig { kind: AdapterKind::Cov, ..Default::default() }, d, None, &Device::Cpu).unwrap_err();
+        let e = Adapter::new(
+            AdapterConfig {
+                kind: AdapterKind::Cov,
+                ..Default::default()
+            },
+            d,
+            None,
+            &Device::Cpu,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("adapter fit"), "{e}");
         Ok(())
     }

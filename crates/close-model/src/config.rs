@@ -90,14 +90,21 @@ impl TrainConfig {
         Self {
             task,
             train_on: TrainOn::Text,
-            adapter: AdapterConfig { kind: AdapterKind::Noise, noise: task.default_noise(), ..Default::default() },
+            adapter: AdapterConfig {
+                kind: AdapterKind::Noise,
+                noise: task.default_noise(),
+                ..Default::default()
+            },
             adapter_stats: None,
             t5: T5Init::Pretrained { dir: t5_dir },
             n_prefix: 4,
             epochs: 8,
             batch_size: task.default_batch_size(),
             max_examples_per_epoch: Some(200_000),
-            optim: AdamWConfig { lr: 3e-4, ..Default::default() },
+            optim: AdamWConfig {
+                lr: 3e-4,
+                ..Default::default()
+            },
             warmup_steps: 0,
             final_lr_ratio: 0.0,
             seed: 0,
@@ -134,11 +141,18 @@ impl TrainConfig {
             ..T5Config::t5_small()
         };
         Self {
-            t5: T5Init::Scratch { config: t5, vocab: 400, tokenizer: None },
+            t5: T5Init::Scratch {
+                config: t5,
+                vocab: 400,
+                tokenizer: None,
+            },
             epochs: 4,
             batch_size: 32,
             max_examples_per_epoch: None,
-            optim: AdamWConfig { lr: 1e-3, ..Default::default() },
+            optim: AdamWConfig {
+                lr: 1e-3,
+                ..Default::default()
+            },
             warmup_steps: 20,
             final_lr_ratio: 0.0,
             max_input_tokens: 48,
@@ -152,7 +166,8 @@ impl TrainConfig {
 
     /// The generation length limit in effect.
     pub fn max_steps(&self) -> usize {
-        self.max_steps.unwrap_or_else(|| self.task.default_max_steps())
+        self.max_steps
+            .unwrap_or_else(|| self.task.default_max_steps())
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -175,12 +190,18 @@ impl TrainConfig {
             return Err(Error::config("max_examples_per_epoch", "must be positive"));
         }
         if !(self.optim.lr > 0.0) || !self.optim.lr.is_finite() {
-            return Err(Error::config("lr", format!("must be positive, got {}", self.optim.lr)));
+            return Err(Error::config(
+                "lr",
+                format!("must be positive, got {}", self.optim.lr),
+            ));
         }
         if !(0.0..=1.0).contains(&self.final_lr_ratio) {
             return Err(Error::config("final_lr_ratio", "must be in [0, 1]"));
         }
-        if self.adapter.kind.needs_stats() && self.adapter_stats.is_none() && self.train_on == TrainOn::Text {
+        if self.adapter.kind.needs_stats()
+            && self.adapter_stats.is_none()
+            && self.train_on == TrainOn::Text
+        {
             return Err(Error::config(
                 "adapter_stats",
                 format!("adapter `{}` needs fitted statistics (`close adapter fit`, then --adapter-stats DIR)", self.adapter.kind),
@@ -189,7 +210,10 @@ impl TrainConfig {
         if let T5Init::Scratch { config, vocab, .. } = &self.t5 {
             config.validate()?;
             if *vocab < 8 {
-                return Err(Error::config("t5.vocab", "a from-scratch tokenizer needs at least 8 pieces"));
+                return Err(Error::config(
+                    "t5.vocab",
+                    "a from-scratch tokenizer needs at least 8 pieces",
+                ));
             }
         }
         Ok(())

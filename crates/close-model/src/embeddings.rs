@@ -34,14 +34,21 @@ pub struct MemEmbeddings {
 
 impl MemEmbeddings {
     pub fn new(dim: usize) -> Self {
-        Self { dim, map: HashMap::new() }
+        Self {
+            dim,
+            map: HashMap::new(),
+        }
     }
 
     /// Insert `v` under `key`, L2-normalizing it (the stores hold unit vectors).
     pub fn insert(&mut self, key: impl Into<String>, v: &[f32]) -> Result<()> {
         let key = key.into();
         if v.len() != self.dim {
-            return Err(Error::Shape { what: format!("embedding `{key}`"), expected: vec![self.dim], got: vec![v.len()] });
+            return Err(Error::Shape {
+                what: format!("embedding `{key}`"),
+                expected: vec![self.dim],
+                got: vec![v.len()],
+            });
         }
         self.map.insert(key, normalized(v)?);
         Ok(())
@@ -78,9 +85,15 @@ impl Embeddings for close_clip::cache::EmbeddingCache {
 
 /// `v / |v|`; an error for a zero or non-finite vector.
 pub fn normalized(v: &[f32]) -> Result<Vec<f32>> {
-    let n = v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
+    let n = v
+        .iter()
+        .map(|&x| (x as f64) * (x as f64))
+        .sum::<f64>()
+        .sqrt();
     if !(n > 0.0) || !n.is_finite() {
-        return Err(Error::invalid("cannot normalize a zero or non-finite vector"));
+        return Err(Error::invalid(
+            "cannot normalize a zero or non-finite vector",
+        ));
     }
     Ok(v.iter().map(|&x| (x as f64 / n) as f32).collect())
 }
@@ -88,7 +101,9 @@ pub fn normalized(v: &[f32]) -> Result<Vec<f32>> {
 /// Look up `key`, naming the store (`what`) and the key when it is missing.
 pub fn lookup<'a>(emb: &'a dyn Embeddings, what: &str, key: &str) -> Result<&'a [f32]> {
     emb.vector(key).ok_or_else(|| {
-        Error::invalid(format!("{what} embedding cache has no vector for `{key}` (run `close embed` over this data)"))
+        Error::invalid(format!(
+            "{what} embedding cache has no vector for `{key}` (run `close embed` over this data)"
+        ))
     })
 }
 
@@ -113,7 +128,11 @@ pub fn stack_rows(rows: &[Vec<f32>], dim: usize, device: &Device) -> Result<Tens
     let mut flat = Vec::with_capacity(rows.len() * dim);
     for r in rows {
         if r.len() != dim {
-            return Err(Error::Shape { what: "embedding".into(), expected: vec![dim], got: vec![r.len()] });
+            return Err(Error::Shape {
+                what: "embedding".into(),
+                expected: vec![dim],
+                got: vec![r.len()],
+            });
         }
         flat.extend_from_slice(r);
     }
@@ -132,7 +151,9 @@ mod tests {
         let m = mean_vector(&e, "text", &["a".into(), "b".into()]).unwrap();
         let s = 0.5f32.sqrt();
         assert!((m[0] - s).abs() < 1e-6 && (m[1] - s).abs() < 1e-6);
-        let err = mean_vector(&e, "text", &["zzz".into()]).unwrap_err().to_string();
+        let err = mean_vector(&e, "text", &["zzz".into()])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("zzz"), "{err}");
         assert!(e.insert("c", &[1.0]).is_err());
         assert!(e.insert("c", &[0.0, 0.0]).is_err());

@@ -57,11 +57,18 @@ pub fn predict_examples(
     let dev: &Device = model.device();
     let dim = model.config().clip_dim;
     if images.dim() != dim {
-        return Err(Error::Shape { what: "image embedding cache".into(), expected: vec![dim], got: vec![images.dim()] });
+        return Err(Error::Shape {
+            what: "image embedding cache".into(),
+            expected: vec![dim],
+            got: vec![images.dim()],
+        });
     }
     let mut out = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(batch_size.max(1)) {
-        let rows = chunk.iter().map(|e| lookup(images, "image", &e.image).map(|v| v.to_vec())).collect::<Result<Vec<_>>>()?;
+        let rows = chunk
+            .iter()
+            .map(|e| lookup(images, "image", &e.image).map(|v| v.to_vec()))
+            .collect::<Result<Vec<_>>>()?;
         let clip = stack_rows(&rows, dim, dev)?;
         let input = if chunk.iter().any(|e| e.input_text.is_some()) {
             let seqs = chunk
@@ -80,7 +87,12 @@ pub fn predict_examples(
                 Some(h) => (codec.decode(&h.tokens)?, h.logprob),
                 None => (String::new(), f32::NEG_INFINITY),
             };
-            out.push(Prediction { id: e.id.clone(), image: e.image.clone(), text, logprob });
+            out.push(Prediction {
+                id: e.id.clone(),
+                image: e.image.clone(),
+                text,
+                logprob,
+            });
         }
         progress.inc(chunk.len() as u64);
     }
@@ -90,7 +102,11 @@ pub fn predict_examples(
 /// Score predictions against the examples' references with the task's metric.
 pub fn score(task: Task, examples: &[EvalExample], preds: &[Prediction]) -> Result<Metrics> {
     if examples.len() != preds.len() {
-        return Err(Error::invalid(format!("{} predictions for {} examples", preds.len(), examples.len())));
+        return Err(Error::invalid(format!(
+            "{} predictions for {} examples",
+            preds.len(),
+            examples.len()
+        )));
     }
     if examples.is_empty() {
         return Err(Error::invalid("nothing to evaluate"));
@@ -98,8 +114,16 @@ pub fn score(task: Task, examples: &[EvalExample], preds: &[Prediction]) -> Resu
     // Items are keyed by position: ids need not be numeric or unique across sources.
     let (primary, name, scores) = match task.metric() {
         MetricKind::Caption => {
-            let refs: BTreeMap<u64, Vec<String>> = examples.iter().enumerate().map(|(i, e)| (i as u64, e.references.clone())).collect();
-            let hyps: BTreeMap<u64, String> = preds.iter().enumerate().map(|(i, p)| (i as u64, p.text.clone())).collect();
+            let refs: BTreeMap<u64, Vec<String>> = examples
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (i as u64, e.references.clone()))
+                .collect();
+            let hyps: BTreeMap<u64, String> = preds
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (i as u64, p.text.clone()))
+                .collect();
             let s = close_metrics::caption::score(&refs, &hyps)?;
             (s.cider, "CIDEr", s.to_json())
         }
@@ -111,15 +135,29 @@ pub fn score(task: Task, examples: &[EvalExample], preds: &[Prediction]) -> Resu
                     question_id: i as u64,
                     question_type: e.question_type.clone().unwrap_or_default(),
                     answer_type: e.answer_type.clone().unwrap_or_default(),
-                    answers: e.references.iter().enumerate().map(|(k, a)| close_metrics::vqa::GtAnswer::new(a.clone(), k as u64 + 1)).collect(),
+                    answers: e
+                        .references
+                        .iter()
+                        .enumerate()
+                        .map(|(k, a)| close_metrics::vqa::GtAnswer::new(a.clone(), k as u64 + 1))
+                        .collect(),
                 })
                 .collect();
-            let p: HashMap<u64, String> = preds.iter().enumerate().map(|(i, p)| (i as u64, p.text.clone())).collect();
+            let p: HashMap<u64, String> = preds
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (i as u64, p.text.clone()))
+                .collect();
             let s = close_metrics::vqa::evaluate(&qs, &p)?;
             (s.overall, "vqa_accuracy", s.to_json())
         }
         MetricKind::Entailment => {
-            let pairs = examples.iter().zip(preds).map(|(e, p)| (e.references.first().map(|s| s.as_str()).unwrap_or(""), p.text.as_str()));
+            let pairs = examples.iter().zip(preds).map(|(e, p)| {
+                (
+                    e.references.first().map(|s| s.as_str()).unwrap_or(""),
+                    p.text.as_str(),
+                )
+            });
             let s = close_metrics::entailment::evaluate_pairs(pairs)?;
             let mut j = s.to_json();
             if let serde_json::Value::Object(o) = &mut j {
@@ -128,27 +166,44 @@ pub fn score(task: Task, examples: &[EvalExample], preds: &[Prediction]) -> Resu
             (100.0 * s.accuracy, "accuracy", j)
         }
     };
-    Ok(Metrics { task, primary, primary_name: name.into(), scores, count: examples.len() })
+    Ok(Metrics {
+        task,
+        primary,
+        primary_name: name.into(),
+        scores,
+        count: examples.len(),
+    })
 }
 
 fn id_value(id: &str) -> serde_json::Value {
-    id.parse::<u64>().map(serde_json::Value::from).unwrap_or_else(|_| serde_json::Value::from(id))
+    id.parse::<u64>()
+        .map(serde_json::Value::from)
+        .unwrap_or_else(|_| serde_json::Value::from(id))
 }
 
 /// Write the standard results file of `task` into `dir` and return its path:
 /// `captions_results.json`, `vqa_results.json` or `ve_results.jsonl`.
-pub fn write_results(task: Task, dir: &Path, examples: &[EvalExample], preds: &[Prediction]) -> Result<std::path::PathBuf> {
+pub fn write_results(
+    task: Task,
+    dir: &Path,
+    examples: &[EvalExample],
+    preds: &[Prediction],
+) -> Result<std::path::PathBuf> {
     match task.metric() {
         MetricKind::Caption => {
-            let v: Vec<serde_json::Value> =
-                preds.iter().map(|p| serde_json::json!({"image_id": id_value(&p.id), "caption": p.text})).collect();
+            let v: Vec<serde_json::Value> = preds
+                .iter()
+                .map(|p| serde_json::json!({"image_id": id_value(&p.id), "caption": p.text}))
+                .collect();
             let path = dir.join("captions_results.json");
             io::write_json_atomic(&path, &v)?;
             Ok(path)
         }
         MetricKind::Vqa => {
-            let v: Vec<serde_json::Value> =
-                preds.iter().map(|p| serde_json::json!({"question_id": id_value(&p.id), "answer": p.text})).collect();
+            let v: Vec<serde_json::Value> = preds
+                .iter()
+                .map(|p| serde_json::json!({"question_id": id_value(&p.id), "answer": p.text}))
+                .collect();
             let path = dir.join("vqa_results.json");
             io::write_json_atomic(&path, &v)?;
             Ok(path)
@@ -188,7 +243,16 @@ pub fn evaluate_examples(
     out_dir: Option<&Path>,
     progress: &dyn Progress,
 ) -> Result<(Metrics, Vec<Prediction>)> {
-    let preds = predict_examples(model, codec, examples, images, gen, max_input_tokens, batch_size, progress)?;
+    let preds = predict_examples(
+        model,
+        codec,
+        examples,
+        images,
+        gen,
+        max_input_tokens,
+        batch_size,
+        progress,
+    )?;
     let metrics = score(task, examples, &preds)?;
     if let Some(dir) = out_dir {
         write_results(task, dir, examples, &preds)?;

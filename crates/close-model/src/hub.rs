@@ -20,7 +20,9 @@ pub fn hub_cache_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("HF_HOME") {
         return PathBuf::from(p).join("hub");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("huggingface").join("hub")
 }
 
@@ -37,11 +39,16 @@ pub fn resolve_in(spec: &str, cache: &Path) -> Result<PathBuf> {
     }
     let valid_id = !spec.is_empty()
         && spec.split('/').count() <= 2
-        && spec.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        && spec
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
         && !spec.starts_with('.')
         && !spec.starts_with('/');
     if !valid_id {
-        return Err(Error::config("model", format!("`{spec}` is neither a directory nor a Hugging Face hub id")));
+        return Err(Error::config(
+            "model",
+            format!("`{spec}` is neither a directory nor a Hugging Face hub id"),
+        ));
     }
     let repo = cache.join(format!("models--{}", spec.replace('/', "--")));
     let snapshots = repo.join("snapshots");
@@ -55,7 +62,14 @@ pub fn resolve_in(spec: &str, cache: &Path) -> Result<PathBuf> {
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .filter(|e| e.path().is_dir())
-                .map(|e| (e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH), e.path()))
+                .map(|e| {
+                    (
+                        e.metadata()
+                            .and_then(|m| m.modified())
+                            .unwrap_or(std::time::UNIX_EPOCH),
+                        e.path(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -83,15 +97,31 @@ mod tests {
         let cache = dir.path().join("hub");
         let snap = cache.join("models--openai--clip-vit-base-patch32/snapshots/abc123");
         std::fs::create_dir_all(&snap).unwrap();
-        assert_eq!(resolve_in("openai/clip-vit-base-patch32", &cache).unwrap(), snap);
+        assert_eq!(
+            resolve_in("openai/clip-vit-base-patch32", &cache).unwrap(),
+            snap
+        );
         std::fs::create_dir_all(cache.join("models--openai--clip-vit-base-patch32/refs")).unwrap();
         let snap2 = cache.join("models--openai--clip-vit-base-patch32/snapshots/def456");
         std::fs::create_dir_all(&snap2).unwrap();
-        std::fs::write(cache.join("models--openai--clip-vit-base-patch32/refs/main"), "abc123\n").unwrap();
-        assert_eq!(resolve_in("openai/clip-vit-base-patch32", &cache).unwrap(), snap);
-        assert_eq!(resolve_in(dir.path().to_str().unwrap(), &cache).unwrap(), dir.path());
+        std::fs::write(
+            cache.join("models--openai--clip-vit-base-patch32/refs/main"),
+            "abc123\n",
+        )
+        .unwrap();
+        assert_eq!(
+            resolve_in("openai/clip-vit-base-patch32", &cache).unwrap(),
+            snap
+        );
+        assert_eq!(
+            resolve_in(dir.path().to_str().unwrap(), &cache).unwrap(),
+            dir.path()
+        );
         let e = resolve_in("t5-base", &cache).unwrap_err().to_string();
-        assert!(e.contains("models--t5-base") && e.contains("does not download"), "{e}");
+        assert!(
+            e.contains("models--t5-base") && e.contains("does not download"),
+            "{e}"
+        );
         assert!(resolve_in("../x/y/z", &cache).is_err());
     }
 }

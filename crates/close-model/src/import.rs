@@ -39,7 +39,13 @@ pub struct ImportReport {
 
 /// Read every tensor of a PyTorch `.pth` (zip pickle) without executing code.
 pub fn read_pth(path: &Path) -> Result<HashMap<String, Tensor>> {
-    let all = candle_core::pickle::read_all(path).map_err(|e| Error::format(path, None, format!("not a readable PyTorch checkpoint: {e}")))?;
+    let all = candle_core::pickle::read_all(path).map_err(|e| {
+        Error::format(
+            path,
+            None,
+            format!("not a readable PyTorch checkpoint: {e}"),
+        )
+    })?;
     if all.is_empty() {
         return Err(Error::format(path, None, "no tensors in the checkpoint"));
     }
@@ -48,25 +54,51 @@ pub fn read_pth(path: &Path) -> Result<HashMap<String, Tensor>> {
 
 fn adapter_from_model_json(v: &serde_json::Value) -> AdapterConfig {
     let ls = v.get("language_shift");
-    let kind = ls.and_then(|l| l.get("type")).and_then(|t| t.as_str()).unwrap_or("");
+    let kind = ls
+        .and_then(|l| l.get("type"))
+        .and_then(|t| t.as_str())
+        .unwrap_or("");
     let num = |k: &str| ls.and_then(|l| l.get(k)).and_then(|x| x.as_f64());
     match kind {
-        "add-guassian-noise" | "add-gaussian-noise" => AdapterConfig { kind: AdapterKind::Noise, noise: num("scale").unwrap_or(0.0), ..Default::default() },
+        "add-guassian-noise" | "add-gaussian-noise" => AdapterConfig {
+            kind: AdapterKind::Noise,
+            noise: num("scale").unwrap_or(0.0),
+            ..Default::default()
+        },
         "mean-shift" => AdapterConfig {
             kind: AdapterKind::MeanShift,
             noise: num("noise").unwrap_or(0.0),
             shift_scale: num("scale").unwrap_or(1.0),
             ..Default::default()
         },
-        "cov-noise" => AdapterConfig { kind: AdapterKind::Cov, noise: num("scale").unwrap_or(0.0), ..Default::default() },
-        "linear-adapter" => AdapterConfig { kind: AdapterKind::Linear, noise: num("noise").unwrap_or(0.0), ..Default::default() },
-        _ => AdapterConfig { kind: AdapterKind::None, noise: 0.0, ..Default::default() },
+        "cov-noise" => AdapterConfig {
+            kind: AdapterKind::Cov,
+            noise: num("scale").unwrap_or(0.0),
+            ..Default::default()
+        },
+        "linear-adapter" => AdapterConfig {
+            kind: AdapterKind::Linear,
+            noise: num("noise").unwrap_or(0.0),
+            ..Default::default()
+        },
+        _ => AdapterConfig {
+            kind: AdapterKind::None,
+            noise: 0.0,
+            ..Default::default()
+        },
     }
 }
 
 /// Import `model_json` + `pth` into `out`, with the T5 architecture and tokenizer of the HF
 /// directory `t5_dir` (`config.json`; `tokenizer.json` unless `tokenizer` is given).
-pub fn import_official(model_json: &Path, pth: &Path, t5_dir: &Path, tokenizer: Option<&Path>, task: Task, out: &Path) -> Result<ImportReport> {
+pub fn import_official(
+    model_json: &Path,
+    pth: &Path,
+    t5_dir: &Path,
+    tokenizer: Option<&Path>,
+    task: Task,
+    out: &Path,
+) -> Result<ImportReport> {
     let params: serde_json::Value = io::read_json(model_json)?;
     let t5cfg = T5Config::from_file(t5_dir.join("config.json"))?;
     let raw = read_pth(pth)?;
@@ -85,16 +117,43 @@ pub fn import_official(model_json: &Path, pth: &Path, t5_dir: &Path, tokenizer: 
             unused.push(k.clone());
         }
     }
-    let w = tensors.get(PREFIX_WEIGHT).ok_or_else(|| Error::MissingKey { file: file.clone(), key: "adapter.lin.weight".into() })?;
+    let w = tensors
+        .get(PREFIX_WEIGHT)
+        .ok_or_else(|| Error::MissingKey {
+            file: file.clone(),
+            key: "adapter.lin.weight".into(),
+        })?;
     let (rows, clip_dim) = w.dims2()?;
     if rows % t5cfg.d_model != 0 {
-        return Err(Error::Shape { what: format!("{file}: adapter.lin.weight rows vs d_model {}", t5cfg.d_model), expected: vec![t5cfg.d_model * 4, clip_dim], got: vec![rows, clip_dim] });
+        return Err(Error::Shape {
+            what: format!(
+                "{file}: adapter.lin.weight rows vs d_model {}",
+                t5cfg.d_model
+            ),
+            expected: vec![t5cfg.d_model * 4, clip_dim],
+            got: vec![rows, clip_dim],
+        });
     }
     let n_prefix = rows / t5cfg.d_model;
-    if params.get("adapter").and_then(|a| a.get("n_constant")).and_then(|x| x.as_u64()).unwrap_or(0) > 0 {
-        return Err(Error::format(model_json, None, "adapter.n_constant > 0 (constant prefix tokens) is not supported"));
+    if params
+        .get("adapter")
+        .and_then(|a| a.get("n_constant"))
+        .and_then(|x| x.as_u64())
+        .unwrap_or(0)
+        > 0
+    {
+        return Err(Error::format(
+            model_json,
+            None,
+            "adapter.n_constant > 0 (constant prefix tokens) is not supported",
+        ));
     }
-    let mcfg = ModelConfig { t5: t5cfg.clone(), clip_dim, n_prefix, reference_encoder_mask_quirk: false };
+    let mcfg = ModelConfig {
+        t5: t5cfg.clone(),
+        clip_dim,
+        n_prefix,
+        reference_encoder_mask_quirk: false,
+    };
     let model = CloseModel::new(mcfg.clone(), 0, &Device::Cpu)?;
     model.set_weights(&tensors, &file)?;
     let used: std::collections::HashSet<String> = model.tensors()?.into_keys().collect();
@@ -105,23 +164,36 @@ pub fn import_official(model_json: &Path, pth: &Path, t5_dir: &Path, tokenizer: 
     }
     unused.sort();
 
-    let tok_path = tokenizer.map(|p| p.to_path_buf()).unwrap_or_else(|| t5_dir.join("tokenizer.json"));
+    let tok_path = tokenizer
+        .map(|p| p.to_path_buf())
+        .unwrap_or_else(|| t5_dir.join("tokenizer.json"));
     let tok = close_t5::tokenizer::load(&tok_path)?;
     let mut cfg = TrainConfig::reference(task, t5_dir.to_path_buf());
-    cfg.t5 = T5Init::Pretrained { dir: t5_dir.to_path_buf() };
+    cfg.t5 = T5Init::Pretrained {
+        dir: t5_dir.to_path_buf(),
+    };
     cfg.adapter = adapter_from_model_json(&params);
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     model.save(&out.join(run::MODEL_FILE))?;
     io::write_json_atomic(out.join(run::MODEL_CONFIG_FILE), &mcfg)?;
     io::write_json_atomic(out.join(run::CONFIG_FILE), &cfg)?;
     close_t5::tokenizer::save(&tok, out.join(run::TOKENIZER_FILE))?;
-    io::write_json_atomic(out.join("imported_from.json"), &serde_json::json!({
-        "model_json": model_json, "checkpoint": pth, "reference_params": params,
-    }))?;
+    io::write_json_atomic(
+        out.join("imported_from.json"),
+        &serde_json::json!({
+            "model_json": model_json, "checkpoint": pth, "reference_params": params,
+        }),
+    )?;
     let report = ImportReport {
         run_dir: out.to_path_buf(),
-        clip_model: params.get("clip_model").and_then(|x| x.as_str()).map(String::from),
-        t5_model_name: params.get("t5_model_name").and_then(|x| x.as_str()).map(String::from),
+        clip_model: params
+            .get("clip_model")
+            .and_then(|x| x.as_str())
+            .map(String::from),
+        t5_model_name: params
+            .get("t5_model_name")
+            .and_then(|x| x.as_str())
+            .map(String::from),
         clip_dim,
         n_prefix,
         tensors: used.len(),

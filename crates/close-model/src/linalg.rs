@@ -19,7 +19,11 @@ pub struct Mat {
 
 impl Mat {
     pub fn zeros(rows: usize, cols: usize) -> Self {
-        Self { rows, cols, data: vec![0.0; rows * cols] }
+        Self {
+            rows,
+            cols,
+            data: vec![0.0; rows * cols],
+        }
     }
 
     pub fn identity(n: usize) -> Self {
@@ -37,11 +41,19 @@ impl Mat {
         for (i, r) in rows.iter().enumerate() {
             let r = r.as_ref();
             if r.len() != cols {
-                return Err(Error::Shape { what: format!("row {i}"), expected: vec![cols], got: vec![r.len()] });
+                return Err(Error::Shape {
+                    what: format!("row {i}"),
+                    expected: vec![cols],
+                    got: vec![r.len()],
+                });
             }
             data.extend(r.iter().map(|&v| v as f64));
         }
-        Ok(Self { rows: rows.len(), cols, data })
+        Ok(Self {
+            rows: rows.len(),
+            cols,
+            data,
+        })
     }
 
     #[inline]
@@ -67,22 +79,29 @@ impl Mat {
     /// `self · other`.
     pub fn matmul(&self, other: &Mat) -> Result<Mat> {
         if self.cols != other.rows {
-            return Err(Error::Shape { what: "matmul".into(), expected: vec![self.cols], got: vec![other.rows] });
+            return Err(Error::Shape {
+                what: "matmul".into(),
+                expected: vec![self.cols],
+                got: vec![other.rows],
+            });
         }
         let (n, k, m) = (self.rows, self.cols, other.cols);
         let mut out = Mat::zeros(n, m);
-        out.data.par_chunks_mut(m).enumerate().for_each(|(i, orow)| {
-            for p in 0..k {
-                let a = self.data[i * k + p];
-                if a == 0.0 {
-                    continue;
+        out.data
+            .par_chunks_mut(m)
+            .enumerate()
+            .for_each(|(i, orow)| {
+                for p in 0..k {
+                    let a = self.data[i * k + p];
+                    if a == 0.0 {
+                        continue;
+                    }
+                    let brow = &other.data[p * m..(p + 1) * m];
+                    for (o, b) in orow.iter_mut().zip(brow) {
+                        *o += a * b;
+                    }
                 }
-                let brow = &other.data[p * m..(p + 1) * m];
-                for (o, b) in orow.iter_mut().zip(brow) {
-                    *o += a * b;
-                }
-            }
-        });
+            });
         Ok(out)
     }
 
@@ -113,29 +132,39 @@ impl Mat {
     /// `selfᵀ · other` without forming the transpose (Gram / cross-covariance).
     pub fn t_matmul(&self, other: &Mat) -> Result<Mat> {
         if self.rows != other.rows {
-            return Err(Error::Shape { what: "t_matmul".into(), expected: vec![self.rows], got: vec![other.rows] });
+            return Err(Error::Shape {
+                what: "t_matmul".into(),
+                expected: vec![self.rows],
+                got: vec![other.rows],
+            });
         }
         let (k, m) = (self.cols, other.cols);
         let mut out = Mat::zeros(k, m);
-        out.data.par_chunks_mut(m).enumerate().for_each(|(i, orow)| {
-            for r in 0..self.rows {
-                let a = self.data[r * k + i];
-                if a == 0.0 {
-                    continue;
+        out.data
+            .par_chunks_mut(m)
+            .enumerate()
+            .for_each(|(i, orow)| {
+                for r in 0..self.rows {
+                    let a = self.data[r * k + i];
+                    if a == 0.0 {
+                        continue;
+                    }
+                    let brow = &other.data[r * m..(r + 1) * m];
+                    for (o, b) in orow.iter_mut().zip(brow) {
+                        *o += a * b;
+                    }
                 }
-                let brow = &other.data[r * m..(r + 1) * m];
-                for (o, b) in orow.iter_mut().zip(brow) {
-                    *o += a * b;
-                }
-            }
-        });
+            });
         Ok(out)
     }
 
     /// Sample covariance of the rows (divisor n − 1, as `numpy.cov`), and the mean.
     pub fn covariance(&self) -> Result<(Vec<f64>, Mat)> {
         if self.rows < 2 {
-            return Err(Error::invalid(format!("covariance needs at least 2 vectors, got {}", self.rows)));
+            return Err(Error::invalid(format!(
+                "covariance needs at least 2 vectors, got {}",
+                self.rows
+            )));
         }
         let mean = self.col_mean();
         let c = self.centered(&mean);
@@ -149,7 +178,11 @@ impl Mat {
     pub fn cholesky(&self) -> Result<Mat> {
         let n = self.rows;
         if self.cols != n {
-            return Err(Error::Shape { what: "cholesky".into(), expected: vec![n, n], got: vec![self.rows, self.cols] });
+            return Err(Error::Shape {
+                what: "cholesky".into(),
+                expected: vec![n, n],
+                got: vec![self.rows, self.cols],
+            });
         }
         let mut l = Mat::zeros(n, n);
         for j in 0..n {
@@ -184,7 +217,11 @@ impl Mat {
     pub fn cholesky_solve(l: &Mat, b: &Mat) -> Result<Mat> {
         let n = l.rows;
         if b.rows != n {
-            return Err(Error::Shape { what: "cholesky_solve".into(), expected: vec![n], got: vec![b.rows] });
+            return Err(Error::Shape {
+                what: "cholesky_solve".into(),
+                expected: vec![n],
+                got: vec![b.rows],
+            });
         }
         let bt = b.transpose(); // one right-hand side per row
         let mut xt = bt.clone();
@@ -216,7 +253,9 @@ impl Mat {
     }
 
     pub fn trace(&self) -> f64 {
-        (0..self.rows.min(self.cols)).map(|i| self.data[i * self.cols + i]).sum()
+        (0..self.rows.min(self.cols))
+            .map(|i| self.data[i * self.cols + i])
+            .sum()
     }
 
     pub fn to_f32(&self) -> Vec<f32> {
@@ -231,7 +270,11 @@ mod tests {
     #[test]
     fn cholesky_solves_spd_system() {
         // A = M Mᵀ + I is SPD.
-        let m = Mat { rows: 3, cols: 3, data: vec![1., 2., 0., -1., 0.5, 3., 2., 1., 1.] };
+        let m = Mat {
+            rows: 3,
+            cols: 3,
+            data: vec![1., 2., 0., -1., 0.5, 3., 2., 1., 1.],
+        };
         let mut a = m.matmul(&m.transpose()).unwrap();
         a.add_diag(1.0);
         let l = a.cholesky().unwrap();
@@ -239,7 +282,11 @@ mod tests {
         for (x, y) in llt.data.iter().zip(&a.data) {
             assert!((x - y).abs() < 1e-12);
         }
-        let b = Mat { rows: 3, cols: 2, data: vec![1., 0., 2., 1., -3., 4.] };
+        let b = Mat {
+            rows: 3,
+            cols: 2,
+            data: vec![1., 0., 2., 1., -3., 4.],
+        };
         let x = Mat::cholesky_solve(&l, &b).unwrap();
         let ax = a.matmul(&x).unwrap();
         for (p, q) in ax.data.iter().zip(&b.data) {
@@ -249,13 +296,21 @@ mod tests {
 
     #[test]
     fn cholesky_rejects_indefinite() {
-        let a = Mat { rows: 2, cols: 2, data: vec![1., 2., 2., 1.] };
+        let a = Mat {
+            rows: 2,
+            cols: 2,
+            data: vec![1., 2., 2., 1.],
+        };
         assert!(a.cholesky().is_err());
     }
 
     #[test]
     fn covariance_matches_numpy_convention() {
-        let x = Mat { rows: 3, cols: 2, data: vec![1., 2., 3., 6., 5., 4.] };
+        let x = Mat {
+            rows: 3,
+            cols: 2,
+            data: vec![1., 2., 3., 6., 5., 4.],
+        };
         let (mean, cov) = x.covariance().unwrap();
         assert_eq!(mean, vec![3., 4.]);
         // numpy.cov(x.T) = [[4, 2], [2, 4]]

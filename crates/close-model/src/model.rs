@@ -80,23 +80,35 @@ fn name_seed(seed: u64, name: &str) -> u64 {
     seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ h.finish()
 }
 
-fn init_tensor(init: Init, shape: &Shape, seed: u64, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+fn init_tensor(
+    init: Init,
+    shape: &Shape,
+    seed: u64,
+    dtype: DType,
+    dev: &Device,
+) -> candle_core::Result<Tensor> {
     let n = shape.elem_count();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let data: Vec<f32> = match init {
         Init::Const(c) => vec![c as f32; n],
-        Init::Randn { mean, stdev } => (0..n).map(|_| (mean + stdev * rng.sample::<f64, _>(rand_distr::StandardNormal)) as f32).collect(),
+        Init::Randn { mean, stdev } => (0..n)
+            .map(|_| (mean + stdev * rng.sample::<f64, _>(rand_distr::StandardNormal)) as f32)
+            .collect(),
         Init::Uniform { lo, up } => (0..n).map(|_| rng.random_range(lo..up) as f32).collect(),
-        Init::Kaiming { dist, fan, non_linearity } => {
+        Init::Kaiming {
+            dist,
+            fan,
+            non_linearity,
+        } => {
             let std = non_linearity.gain() / (fan.for_shape(shape) as f64).sqrt();
             match dist {
                 candle_nn::init::NormalOrUniform::Uniform => {
                     let b = 3f64.sqrt() * std;
                     (0..n).map(|_| rng.random_range(-b..b) as f32).collect()
                 }
-                candle_nn::init::NormalOrUniform::Normal => {
-                    (0..n).map(|_| (std * rng.sample::<f64, _>(rand_distr::StandardNormal)) as f32).collect()
-                }
+                candle_nn::init::NormalOrUniform::Normal => (0..n)
+                    .map(|_| (std * rng.sample::<f64, _>(rand_distr::StandardNormal)) as f32)
+                    .collect(),
             }
         }
     };
@@ -104,8 +116,19 @@ fn init_tensor(init: Init, shape: &Shape, seed: u64, dtype: DType, dev: &Device)
 }
 
 impl candle_nn::var_builder::SimpleBackend for SeededInit {
-    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let mut data = self.varmap.data().lock().map_err(|_| candle_core::Error::Msg("varmap lock poisoned".into()))?;
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let mut data = self
+            .varmap
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("varmap lock poisoned".into()))?;
         if let Some(v) = data.get(name) {
             if v.shape() != &s {
                 candle_core::bail!("shape mismatch for {name}: {:?} vs {:?}", v.shape(), s);
@@ -118,11 +141,20 @@ impl candle_nn::var_builder::SimpleBackend for SeededInit {
         data.insert(name.to_string(), var);
         Ok(out)
     }
-    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         candle_core::bail!("no tensor `{name}` before initialisation")
     }
     fn contains_tensor(&self, name: &str) -> bool {
-        self.varmap.data().lock().map(|d| d.contains_key(name)).unwrap_or(false)
+        self.varmap
+            .data()
+            .lock()
+            .map(|d| d.contains_key(name))
+            .unwrap_or(false)
     }
 }
 
@@ -146,7 +178,10 @@ impl CloseModel {
     pub fn new(cfg: ModelConfig, seed: u64, device: &Device) -> Result<Self> {
         cfg.validate()?;
         let varmap = VarMap::new();
-        let backend = SeededInit { varmap: varmap.clone(), seed };
+        let backend = SeededInit {
+            varmap: varmap.clone(),
+            seed,
+        };
         let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
         Self::build(cfg, vb, varmap)
     }
@@ -155,12 +190,21 @@ impl CloseModel {
         let t5 = T5::new(&cfg.t5, vb.clone())?;
         // torch.nn.Linear's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
         let bound = 1.0 / (cfg.clip_dim as f64).sqrt();
-        let init = Init::Uniform { lo: -bound, up: bound };
+        let init = Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
         let out = cfg.n_prefix * cfg.t5.d_model;
         let lin = vb.pp("prefix").pp("lin");
         let prefix_w = lin.get_with_hints((out, cfg.clip_dim), "weight", init)?;
         let prefix_b = lin.get_with_hints(out, "bias", init)?;
-        Ok(Self { cfg, t5, prefix_w, prefix_b, varmap })
+        Ok(Self {
+            cfg,
+            t5,
+            prefix_w,
+            prefix_b,
+            varmap,
+        })
     }
 
     /// A model whose parameters are variables initialised from the safetensors file `path`
@@ -180,14 +224,27 @@ impl CloseModel {
 
     /// Overwrite all parameters from named tensors (`file` names the source in errors).
     pub fn set_weights(&self, tensors: &HashMap<String, Tensor>, file: &str) -> Result<()> {
-        let data = self.varmap.data().lock().map_err(|_| Error::invalid("varmap lock poisoned"))?;
+        let data = self
+            .varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::invalid("varmap lock poisoned"))?;
         for (name, var) in data.iter() {
             let t = tensors.get(name).or_else(|| {
-                (name == "shared.weight").then(|| tensors.get("encoder.embed_tokens.weight")).flatten()
+                (name == "shared.weight")
+                    .then(|| tensors.get("encoder.embed_tokens.weight"))
+                    .flatten()
             });
-            let t = t.ok_or_else(|| Error::MissingKey { file: file.into(), key: name.clone() })?;
+            let t = t.ok_or_else(|| Error::MissingKey {
+                file: file.into(),
+                key: name.clone(),
+            })?;
             if t.dims() != var.dims() {
-                return Err(Error::Shape { what: format!("{file}: `{name}`"), expected: var.dims().to_vec(), got: t.dims().to_vec() });
+                return Err(Error::Shape {
+                    what: format!("{file}: `{name}`"),
+                    expected: var.dims().to_vec(),
+                    got: t.dims().to_vec(),
+                });
             }
             var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
         }
@@ -196,8 +253,15 @@ impl CloseModel {
 
     /// All parameters by name (T5's HF names + `prefix.lin.*`).
     pub fn tensors(&self) -> Result<HashMap<String, Tensor>> {
-        let data = self.varmap.data().lock().map_err(|_| Error::invalid("varmap lock poisoned"))?;
-        Ok(data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect())
+        let data = self
+            .varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::invalid("varmap lock poisoned"))?;
+        Ok(data
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect())
     }
 
     /// Save all parameters as safetensors (atomically).
@@ -227,15 +291,25 @@ impl CloseModel {
     pub fn prefix(&self, clip: &Tensor) -> Result<Tensor> {
         let (b, c) = clip.dims2()?;
         if c != self.cfg.clip_dim {
-            return Err(Error::Shape { what: "CLIP vectors".into(), expected: vec![b, self.cfg.clip_dim], got: vec![b, c] });
+            return Err(Error::Shape {
+                what: "CLIP vectors".into(),
+                expected: vec![b, self.cfg.clip_dim],
+                got: vec![b, c],
+            });
         }
-        let y = clip.matmul(&self.prefix_w.t()?)?.broadcast_add(&self.prefix_b)?;
+        let y = clip
+            .matmul(&self.prefix_w.t()?)?
+            .broadcast_add(&self.prefix_b)?;
         Ok(y.reshape((b, self.cfg.n_prefix, self.cfg.t5.d_model))?)
     }
 
     /// Encoder input embeddings and mask: prefix (always attended) followed by the extra
     /// text's token embeddings. Returns `([B, n + L, D], [B, n + L])`.
-    pub fn encoder_inputs(&self, clip: &Tensor, text: Option<&TextInput>) -> Result<(Tensor, Tensor)> {
+    pub fn encoder_inputs(
+        &self,
+        clip: &Tensor,
+        text: Option<&TextInput>,
+    ) -> Result<(Tensor, Tensor)> {
         let prefix = self.prefix(clip)?;
         let (b, n, _) = prefix.dims3()?;
         let ones = Tensor::ones((b, n), DType::F32, clip.device())?;
@@ -244,7 +318,11 @@ impl CloseModel {
             Some(t) => {
                 let (tb, l) = t.ids.dims2()?;
                 if tb != b || t.mask.dims() != [b, l] {
-                    return Err(Error::Shape { what: "extra text ids / mask".into(), expected: vec![b, l], got: t.mask.dims().to_vec() });
+                    return Err(Error::Shape {
+                        what: "extra text ids / mask".into(),
+                        expected: vec![b, l],
+                        got: t.mask.dims().to_vec(),
+                    });
                 }
                 let emb = self.t5.embed_tokens(&t.ids)?;
                 let x = Tensor::cat(&[&prefix, &emb], 1)?;
@@ -257,25 +335,45 @@ impl CloseModel {
     /// Encoder output `[B, n + L, D]` and the mask the decoder must use `[B, n + L]`.
     pub fn encode(&self, clip: &Tensor, text: Option<&TextInput>) -> Result<(Tensor, Tensor)> {
         let (x, mask) = self.encoder_inputs(clip, text)?;
-        let enc_mask = if self.cfg.reference_encoder_mask_quirk { mask.ones_like()? } else { mask.clone() };
+        let enc_mask = if self.cfg.reference_encoder_mask_quirk {
+            mask.ones_like()?
+        } else {
+            mask.clone()
+        };
         let enc = self.t5.encode(&x, &enc_mask)?;
         Ok((enc, mask))
     }
 
     /// Training loss: mean cross-entropy over all target tokens. `targets[i]` are token ids
     /// (with EOS) of a target of input row `mapping[i]`.
-    pub fn loss(&self, clip: &Tensor, text: Option<&TextInput>, targets: &[Vec<u32>], mapping: &[usize]) -> Result<Tensor> {
+    pub fn loss(
+        &self,
+        clip: &Tensor,
+        text: Option<&TextInput>,
+        targets: &[Vec<u32>],
+        mapping: &[usize],
+    ) -> Result<Tensor> {
         if targets.len() != mapping.len() || targets.is_empty() {
-            return Err(Error::invalid(format!("loss: {} targets for {} mapping entries", targets.len(), mapping.len())));
+            return Err(Error::invalid(format!(
+                "loss: {} targets for {} mapping entries",
+                targets.len(),
+                mapping.len()
+            )));
         }
         let (enc, mask) = self.encode(clip, text)?;
         let (enc, mask) = self.t5.repeat_for_targets(&enc, &mask, mapping)?;
-        let (labels, label_mask) = close_t5::pad_targets(targets, self.cfg.t5.pad_token_id, clip.device())?;
+        let (labels, label_mask) =
+            close_t5::pad_targets(targets, self.cfg.t5.pad_token_id, clip.device())?;
         self.t5.loss(&enc, &mask, &labels, &label_mask)
     }
 
     /// Beam search / greedy decoding; per input row, the hypotheses best first.
-    pub fn generate(&self, clip: &Tensor, text: Option<&TextInput>, gen: &GenerateConfig) -> Result<Vec<Vec<Hypothesis>>> {
+    pub fn generate(
+        &self,
+        clip: &Tensor,
+        text: Option<&TextInput>,
+        gen: &GenerateConfig,
+    ) -> Result<Vec<Vec<Hypothesis>>> {
         let (enc, mask) = self.encode(clip, text)?;
         self.t5.generate(&enc, &mask, gen)
     }
@@ -286,7 +384,12 @@ mod tests {
     use super::*;
 
     fn tiny(clip_dim: usize) -> ModelConfig {
-        ModelConfig { t5: T5Config::tiny(), clip_dim, n_prefix: 4, reference_encoder_mask_quirk: false }
+        ModelConfig {
+            t5: T5Config::tiny(),
+            clip_dim,
+            n_prefix: 4,
+            reference_encoder_mask_quirk: false,
+        }
     }
 
     fn text(dev: &Device) -> TextInput {
@@ -301,7 +404,12 @@ mod tests {
         let dev = Device::Cpu;
         let m = CloseModel::new(tiny(16), 1, &dev)?;
         let clip = Tensor::randn(0f32, 1., (2, 16), &dev)?;
-        let loss = m.loss(&clip, Some(&text(&dev)), &[vec![3, 4, 1], vec![5, 1], vec![6, 7, 8, 1]], &[0, 0, 1])?;
+        let loss = m.loss(
+            &clip,
+            Some(&text(&dev)),
+            &[vec![3, 4, 1], vec![5, 1], vec![6, 7, 8, 1]],
+            &[0, 0, 1],
+        )?;
         let grads = loss.backward()?;
         let missing = close_core::ops::vars_without_gradient(m.varmap(), &grads)?;
         assert!(missing.is_empty(), "no gradient: {missing:?}");
@@ -316,7 +424,13 @@ mod tests {
         let b = CloseModel::new(tiny(8), 7, &dev)?;
         let c = CloseModel::new(tiny(8), 8, &dev)?;
         let ta = a.tensors()?;
-        let w = |m: &HashMap<String, Tensor>| m[PREFIX_WEIGHT].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let w = |m: &HashMap<String, Tensor>| {
+            m[PREFIX_WEIGHT]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
         assert_eq!(w(&ta), w(&b.tensors()?));
         assert_ne!(w(&ta), w(&c.tensors()?));
         let dir = tempfile::tempdir().unwrap();
@@ -325,12 +439,19 @@ mod tests {
         let back = CloseModel::load(tiny(8), &p, &dev)?;
         let clip = Tensor::randn(0f32, 1., (2, 8), &dev)?;
         let x = a.encode(&clip, None)?.0.flatten_all()?.to_vec1::<f32>()?;
-        let y = back.encode(&clip, None)?.0.flatten_all()?.to_vec1::<f32>()?;
+        let y = back
+            .encode(&clip, None)?
+            .0
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         assert_eq!(x, y);
         // A missing key is named.
         let mut t = a.tensors()?;
         t.remove(PREFIX_BIAS);
-        let e = back.set_weights(&t, "x.safetensors").unwrap_err().to_string();
+        let e = back
+            .set_weights(&t, "x.safetensors")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(PREFIX_BIAS), "{e}");
         Ok(())
     }
@@ -342,13 +463,25 @@ mod tests {
         let dev = Device::Cpu;
         let m = CloseModel::new(tiny(8), 3, &dev)?;
         let clip = Tensor::randn(0f32, 1., (1, 8), &dev)?;
-        let short = TextInput { ids: Tensor::new(&[[5u32, 6, 1]], &dev)?, mask: Tensor::new(&[[1f32, 1., 1.]], &dev)? };
-        let long = TextInput { ids: Tensor::new(&[[5u32, 6, 1, 0, 0]], &dev)?, mask: Tensor::new(&[[1f32, 1., 1., 0., 0.]], &dev)? };
+        let short = TextInput {
+            ids: Tensor::new(&[[5u32, 6, 1]], &dev)?,
+            mask: Tensor::new(&[[1f32, 1., 1.]], &dev)?,
+        };
+        let long = TextInput {
+            ids: Tensor::new(&[[5u32, 6, 1, 0, 0]], &dev)?,
+            mask: Tensor::new(&[[1f32, 1., 1., 0., 0.]], &dev)?,
+        };
         let (a, ma) = m.encode(&clip, Some(&short))?;
         let (b, mb) = m.encode(&clip, Some(&long))?;
         assert_eq!(ma.dims(), &[1, 7]);
-        assert_eq!(mb.to_vec2::<f32>()?, vec![vec![1., 1., 1., 1., 1., 1., 1., 0., 0.]]);
-        let diff = (a - b.narrow(1, 0, 7)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(
+            mb.to_vec2::<f32>()?,
+            vec![vec![1., 1., 1., 1., 1., 1., 1., 0., 0.]]
+        );
+        let diff = (a - b.narrow(1, 0, 7)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
         assert!(diff < 1e-5, "{diff}");
         Ok(())
     }

@@ -62,9 +62,24 @@ const COLORS: [RGBColor; 8] = [
 ];
 
 /// Draw `series` as lines into a PNG at `path` (`width`×`height` pixels).
-pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series], size: (u32, u32)) -> Result<()> {
-    let pts = series.iter().flat_map(|s| s.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    size: (u32, u32),
+) -> Result<()> {
+    let pts = series
+        .iter()
+        .flat_map(|s| s.points.iter())
+        .filter(|(x, y)| x.is_finite() && y.is_finite());
+    let (mut x0, mut x1, mut y0, mut y1) = (
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    );
     for &(x, y) in pts {
         x0 = x0.min(x);
         x1 = x1.max(x);
@@ -72,7 +87,10 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
         y1 = y1.max(y);
     }
     if !x0.is_finite() {
-        return Err(Error::invalid(format!("{}: nothing to plot", path.display())));
+        return Err(Error::invalid(format!(
+            "{}: nothing to plot",
+            path.display()
+        )));
     }
     if x1 <= x0 {
         x1 = x0 + 1.0;
@@ -95,7 +113,9 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
         let mut b = ChartBuilder::on(&root);
         b.margin(12);
         if text {
-            b.caption(title, ("sans-serif", 20)).x_label_area_size(36).y_label_area_size(56);
+            b.caption(title, ("sans-serif", 20))
+                .x_label_area_size(36)
+                .y_label_area_size(56);
         } else {
             b.x_label_area_size(8).y_label_area_size(8);
         }
@@ -109,23 +129,35 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
         mesh.draw()?;
         for (i, s) in series.iter().enumerate() {
             let c = COLORS[i % COLORS.len()];
-            let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+            let pts: Vec<(f64, f64)> = s
+                .points
+                .iter()
+                .copied()
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+                .collect();
             let line = chart.draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?;
             if text {
-                line.label(s.name.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+                line.label(s.name.clone()).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                });
             }
             if pts.len() <= 40 {
                 chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
             }
         }
         if text && series.len() > 1 {
-            chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()?;
         }
         root.present()?;
         Ok(())
     })();
     drawn.map_err(|e| Error::invalid(format!("{}: plotting failed: {e}", path.display())))?;
-    let img = image::RgbImage::from_raw(w, h, buf).ok_or_else(|| Error::invalid("plot buffer size"))?;
+    let img =
+        image::RgbImage::from_raw(w, h, buf).ok_or_else(|| Error::invalid("plot buffer size"))?;
     let mut png = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
@@ -140,7 +172,12 @@ mod tests {
     fn writes_a_png_with_the_curve() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("loss.png");
-        let s = Series { name: "train loss".into(), points: (0..50).map(|i| (i as f64, 3.0 / (1.0 + i as f64))).collect() };
+        let s = Series {
+            name: "train loss".into(),
+            points: (0..50)
+                .map(|i| (i as f64, 3.0 / (1.0 + i as f64)))
+                .collect(),
+        };
         line_chart(&p, "loss", "step", "loss", &[s], (480, 320)).unwrap();
         let img = image::open(&p).unwrap().to_rgb8();
         assert_eq!(img.dimensions(), (480, 320));

@@ -48,7 +48,11 @@ pub struct TextCodec {
 
 impl TextCodec {
     pub fn new(tokenizer: Tokenizer, pad: u32, eos: u32) -> Self {
-        Self { tokenizer, pad, eos }
+        Self {
+            tokenizer,
+            pad,
+            eos,
+        }
     }
 
     /// Token ids of `text` with a final EOS, at most `max` tokens.
@@ -75,7 +79,10 @@ impl TextCodec {
                 mask[i * l + j] = 1.0;
             }
         }
-        Ok(TextInput { ids: Tensor::from_vec(ids, (seqs.len(), l), device)?, mask: Tensor::from_vec(mask, (seqs.len(), l), device)? })
+        Ok(TextInput {
+            ids: Tensor::from_vec(ids, (seqs.len(), l), device)?,
+            mask: Tensor::from_vec(mask, (seqs.len(), l), device)?,
+        })
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
@@ -106,14 +113,29 @@ impl Run {
     }
 
     /// Load a specific weights file of the run (e.g. `last/model.safetensors`).
-    pub fn load_checkpoint(dir: impl AsRef<Path>, weights: Option<&Path>, device: &Device) -> Result<Self> {
+    pub fn load_checkpoint(
+        dir: impl AsRef<Path>,
+        weights: Option<&Path>,
+        device: &Device,
+    ) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         let config: TrainConfig = io::read_json(dir.join(CONFIG_FILE))?;
         let mcfg: ModelConfig = io::read_json(dir.join(MODEL_CONFIG_FILE))?;
-        let model = CloseModel::load(mcfg.clone(), &weights.map(|p| p.to_path_buf()).unwrap_or_else(|| dir.join(MODEL_FILE)), device)?;
+        let model = CloseModel::load(
+            mcfg.clone(),
+            &weights
+                .map(|p| p.to_path_buf())
+                .unwrap_or_else(|| dir.join(MODEL_FILE)),
+            device,
+        )?;
         let tok = close_t5::tokenizer::load(dir.join(TOKENIZER_FILE))?;
         let codec = TextCodec::new(tok, mcfg.t5.pad_token_id, mcfg.t5.eos_token_id);
-        Ok(Self { dir, config, model, codec })
+        Ok(Self {
+            dir,
+            config,
+            model,
+            codec,
+        })
     }
 
     /// The CLIP dimension the model expects.
@@ -122,33 +144,63 @@ impl Run {
     }
 
     /// The generation settings of the run (beams, max steps), optionally overridden.
-    pub fn generate_config(&self, beams: Option<usize>, max_steps: Option<usize>) -> GenerateConfig {
-        GenerateConfig::beam(beams.unwrap_or(self.config.beams), max_steps.unwrap_or_else(|| self.config.max_steps()))
+    pub fn generate_config(
+        &self,
+        beams: Option<usize>,
+        max_steps: Option<usize>,
+    ) -> GenerateConfig {
+        GenerateConfig::beam(
+            beams.unwrap_or(self.config.beams),
+            max_steps.unwrap_or_else(|| self.config.max_steps()),
+        )
     }
 
     /// Predict for unit CLIP image vectors `clip [B, C]` and, for tasks with extra text
     /// (VQA question, VE hypothesis, news article), one text per row. Returns per row the
     /// beams, best first.
-    pub fn predict(&self, clip: &Tensor, texts: Option<&[String]>, gen: &GenerateConfig) -> Result<Vec<Vec<Beam>>> {
+    pub fn predict(
+        &self,
+        clip: &Tensor,
+        texts: Option<&[String]>,
+        gen: &GenerateConfig,
+    ) -> Result<Vec<Vec<Beam>>> {
         let (b, _) = clip.dims2()?;
         let clip = clip.to_dtype(DType::F32)?.to_device(self.model.device())?;
         let input = match texts {
             Some(t) => {
                 if t.len() != b {
-                    return Err(Error::invalid(format!("predict: {b} images but {} texts", t.len())));
+                    return Err(Error::invalid(format!(
+                        "predict: {b} images but {} texts",
+                        t.len()
+                    )));
                 }
-                let seqs = t.iter().map(|s| self.codec.encode(s, self.config.max_input_tokens)).collect::<Result<Vec<_>>>()?;
+                let seqs = t
+                    .iter()
+                    .map(|s| self.codec.encode(s, self.config.max_input_tokens))
+                    .collect::<Result<Vec<_>>>()?;
                 let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
                 Some(self.codec.batch(&refs, self.model.device())?)
             }
             None if self.config.task.has_input_text() => {
-                return Err(Error::invalid(format!("task {} needs a text per image (question / hypothesis / article)", self.config.task)))
+                return Err(Error::invalid(format!(
+                    "task {} needs a text per image (question / hypothesis / article)",
+                    self.config.task
+                )))
             }
             None => None,
         };
         let hyps = self.model.generate(&clip, input.as_ref(), gen)?;
         hyps.into_iter()
-            .map(|hs| hs.into_iter().map(|h| Ok(Beam { text: self.codec.decode(&h.tokens)?, logprob: h.logprob })).collect())
+            .map(|hs| {
+                hs.into_iter()
+                    .map(|h| {
+                        Ok(Beam {
+                            text: self.codec.decode(&h.tokens)?,
+                            logprob: h.logprob,
+                        })
+                    })
+                    .collect()
+            })
             .collect()
     }
 }

@@ -26,7 +26,11 @@ impl LinearSchedule {
         let decay_steps = self.total_steps.saturating_sub(self.warmup_steps).max(1);
         let done = (step - self.warmup_steps.min(step)).min(decay_steps) as f64;
         // Progress in [0, 1] from the first to the last step after warmup.
-        let p = if decay_steps > 1 { done / (decay_steps - 1) as f64 } else { 0.0 };
+        let p = if decay_steps > 1 {
+            done / (decay_steps - 1) as f64
+        } else {
+            0.0
+        };
         self.peak * (1.0 - p.min(1.0) * (1.0 - self.final_ratio))
     }
 }
@@ -37,7 +41,12 @@ mod tests {
 
     #[test]
     fn warms_up_then_really_decays() {
-        let s = LinearSchedule { peak: 1e-3, warmup_steps: 10, total_steps: 110, final_ratio: 0.0 };
+        let s = LinearSchedule {
+            peak: 1e-3,
+            warmup_steps: 10,
+            total_steps: 110,
+            final_ratio: 0.0,
+        };
         assert!((s.lr(0) - 1e-4).abs() < 1e-12);
         assert!((s.lr(9) - 1e-3).abs() < 1e-12);
         assert!((s.lr(10) - 1e-3).abs() < 1e-12);
@@ -47,7 +56,12 @@ mod tests {
         for t in 10..109 {
             assert!(s.lr(t + 1) < s.lr(t));
         }
-        let c = LinearSchedule { peak: 3e-4, warmup_steps: 0, total_steps: 5, final_ratio: 0.1 };
+        let c = LinearSchedule {
+            peak: 3e-4,
+            warmup_steps: 0,
+            total_steps: 5,
+            final_ratio: 0.1,
+        };
         assert!((c.lr(0) - 3e-4).abs() < 1e-15);
         assert!((c.lr(4) - 3e-5).abs() < 1e-15);
     }

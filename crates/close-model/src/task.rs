@@ -43,7 +43,15 @@ pub enum Task {
 }
 
 impl Task {
-    pub const ALL: [Task; 7] = [Task::SCap, Task::MCap, Task::Vqa, Task::Evqa, Task::Ve, Task::News, Task::Style];
+    pub const ALL: [Task; 7] = [
+        Task::SCap,
+        Task::MCap,
+        Task::Vqa,
+        Task::Evqa,
+        Task::Ve,
+        Task::News,
+        Task::Style,
+    ];
 
     pub fn name(&self) -> &'static str {
         match self {
@@ -107,7 +115,12 @@ impl std::str::FromStr for Task {
             .iter()
             .copied()
             .find(|t| t.name() == s)
-            .ok_or_else(|| Error::config("task", format!("unknown task `{s}` (s-cap, m-cap, vqa, evqa, ve, news, style)")))
+            .ok_or_else(|| {
+                Error::config(
+                    "task",
+                    format!("unknown task `{s}` (s-cap, m-cap, vqa, evqa, ve, news, style)"),
+                )
+            })
     }
 }
 
@@ -146,7 +159,10 @@ impl std::str::FromStr for TrainOn {
         match s {
             "text" => Ok(TrainOn::Text),
             "images" | "image" => Ok(TrainOn::Images),
-            _ => Err(Error::config("train-on", format!("`{s}`: expected text or images"))),
+            _ => Err(Error::config(
+                "train-on",
+                format!("`{s}`: expected text or images"),
+            )),
         }
     }
 }
@@ -237,7 +253,10 @@ impl TaskData {
         match split {
             "val" => Ok(&self.val),
             "test" => Ok(&self.test),
-            _ => Err(Error::config("split", format!("`{split}`: expected val or test"))),
+            _ => Err(Error::config(
+                "split",
+                format!("`{split}`: expected val or test"),
+            )),
         }
     }
 }
@@ -260,13 +279,25 @@ pub struct DataPaths {
 
 impl DataPaths {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), overrides: BTreeMap::new(), skip_bad: false }
+        Self {
+            dir: dir.into(),
+            overrides: BTreeMap::new(),
+            skip_bad: false,
+        }
     }
 
     /// The path of file `kind` for `split` (see the type docs for the keys).
     pub fn file(&self, kind: &str, split: &str) -> PathBuf {
-        let key = if split.is_empty() { kind.to_string() } else { format!("{kind}.{split}") };
-        if let Some(p) = self.overrides.get(&key).or_else(|| self.overrides.get(kind)) {
+        let key = if split.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{split}")
+        };
+        if let Some(p) = self
+            .overrides
+            .get(&key)
+            .or_else(|| self.overrides.get(kind))
+        {
             return p.clone();
         }
         let name = match kind {
@@ -285,12 +316,16 @@ impl DataPaths {
     }
 
     fn opts(&self) -> LoadOptions {
-        LoadOptions { skip_bad: self.skip_bad }
+        LoadOptions {
+            skip_bad: self.skip_bad,
+        }
     }
 }
 
 fn lower(v: impl IntoIterator<Item = impl AsRef<str>>) -> Vec<String> {
-    v.into_iter().map(|s| s.as_ref().trim().to_lowercase()).collect()
+    v.into_iter()
+        .map(|s| s.as_ref().trim().to_lowercase())
+        .collect()
 }
 
 fn log_report(r: &close_data::load::LoadReport) {
@@ -311,19 +346,35 @@ pub fn caption_train_examples<'a>(
             continue;
         }
         match train_on {
-            TrainOn::Images => out.push(TrainExample { clip: ClipSource::Image(id), input_text: None, targets: lower(caps) }),
+            TrainOn::Images => out.push(TrainExample {
+                clip: ClipSource::Image(id),
+                input_text: None,
+                targets: lower(caps),
+            }),
             TrainOn::Text if task == Task::MCap => {
                 if caps.len() < 2 {
                     continue; // no other caption to predict
                 }
                 for i in 0..caps.len() {
-                    let others = caps.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, c)| c);
-                    out.push(TrainExample { clip: ClipSource::Texts(vec![caps[i].clone()]), input_text: None, targets: lower(others) });
+                    let others = caps
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| *j != i)
+                        .map(|(_, c)| c);
+                    out.push(TrainExample {
+                        clip: ClipSource::Texts(vec![caps[i].clone()]),
+                        input_text: None,
+                        targets: lower(others),
+                    });
                 }
             }
             TrainOn::Text => {
                 for c in caps {
-                    out.push(TrainExample { clip: ClipSource::Texts(vec![c.clone()]), input_text: None, targets: lower([c]) });
+                    out.push(TrainExample {
+                        clip: ClipSource::Texts(vec![c.clone()]),
+                        input_text: None,
+                        targets: lower([c]),
+                    });
                 }
             }
         }
@@ -338,17 +389,35 @@ pub fn vqa_targets<'a>(answers: impl IntoIterator<Item = &'a str>) -> Vec<String
 }
 
 fn karpathy_split(k: &close_data::coco::Karpathy, split: &str) -> Vec<(String, Vec<String>)> {
-    k.split(split).map(|im| (im.image_id().to_string(), im.captions().map(|c| c.to_string()).collect())).collect()
+    k.split(split)
+        .map(|im| {
+            (
+                im.image_id().to_string(),
+                im.captions().map(|c| c.to_string()).collect(),
+            )
+        })
+        .collect()
 }
 
 fn caption_eval(images: Vec<(String, Vec<String>)>) -> Vec<EvalExample> {
     images
         .into_iter()
-        .map(|(id, refs)| EvalExample { id: id.clone(), image: id, input_text: None, references: refs, answer_type: None, question_type: None })
+        .map(|(id, refs)| EvalExample {
+            id: id.clone(),
+            image: id,
+            input_text: None,
+            references: refs,
+            answer_type: None,
+            question_type: None,
+        })
         .collect()
 }
 
-fn vqa_split(paths: &DataPaths, split: &str, need: bool) -> Result<Option<Vec<close_data::vqa::VqaExample>>> {
+fn vqa_split(
+    paths: &DataPaths,
+    split: &str,
+    need: bool,
+) -> Result<Option<Vec<close_data::vqa::VqaExample>>> {
     let q = paths.file("vqa_questions", split);
     if !q.exists() && !need {
         return Ok(None);
@@ -382,7 +451,8 @@ impl TaskData {
     pub fn load(task: Task, train_on: TrainOn, paths: &DataPaths) -> Result<Self> {
         let opts = paths.opts();
         let load_karpathy = || -> Result<close_data::coco::Karpathy> {
-            let (k, rep) = close_data::coco::Karpathy::load_with(paths.file("karpathy", ""), &opts)?;
+            let (k, rep) =
+                close_data::coco::Karpathy::load_with(paths.file("karpathy", ""), &opts)?;
             log_report(&rep);
             Ok(k)
         };
@@ -391,7 +461,11 @@ impl TaskData {
             Task::SCap | Task::MCap => {
                 let k = load_karpathy()?;
                 let train = karpathy_split(&k, "train");
-                data.train = caption_train_examples(task, train_on, train.iter().map(|(id, c)| (id.clone(), c.as_slice())));
+                data.train = caption_train_examples(
+                    task,
+                    train_on,
+                    train.iter().map(|(id, c)| (id.clone(), c.as_slice())),
+                );
                 data.val = caption_eval(karpathy_split(&k, "val"));
                 data.test = caption_eval(karpathy_split(&k, "test"));
             }
@@ -402,7 +476,9 @@ impl TaskData {
                 for e in &train {
                     let Some(a) = &e.annotation else { continue };
                     let clip = match train_on {
-                        TrainOn::Text => ClipSource::Texts(caps.get(&e.question.image_id).cloned().unwrap_or_default()),
+                        TrainOn::Text => ClipSource::Texts(
+                            caps.get(&e.question.image_id).cloned().unwrap_or_default(),
+                        ),
                         TrainOn::Images => ClipSource::Image(e.question.image_id.to_string()),
                     };
                     data.train.push(TrainExample {
@@ -411,19 +487,24 @@ impl TaskData {
                         targets: vqa_targets(a.answers.iter().map(|x| x.answer.as_str())),
                     });
                 }
-                data.val = vqa_split(paths, "val", false)?.map(|v| vqa_eval(&v)).unwrap_or_default();
-                data.test = vqa_split(paths, "test", false)?.map(|v| vqa_eval(&v)).unwrap_or_default();
+                data.val = vqa_split(paths, "val", false)?
+                    .map(|v| vqa_eval(&v))
+                    .unwrap_or_default();
+                data.test = vqa_split(paths, "test", false)?
+                    .map(|v| vqa_eval(&v))
+                    .unwrap_or_default();
             }
             Task::Evqa => {
-                let load = |split: &str, need: bool| -> Result<Option<Vec<close_data::vqa::VqaeEntry>>> {
-                    let p = paths.file("vqae", split);
-                    if !p.exists() && !need {
-                        return Ok(None);
-                    }
-                    let (v, rep) = close_data::vqa::load_vqae(&p, &opts)?;
-                    log_report(&rep);
-                    Ok(Some(v))
-                };
+                let load =
+                    |split: &str, need: bool| -> Result<Option<Vec<close_data::vqa::VqaeEntry>>> {
+                        let p = paths.file("vqae", split);
+                        if !p.exists() && !need {
+                            return Ok(None);
+                        }
+                        let (v, rep) = close_data::vqa::load_vqae(&p, &opts)?;
+                        log_report(&rep);
+                        Ok(Some(v))
+                    };
                 for e in load("train", true)?.unwrap_or_default() {
                     let clip = match train_on {
                         TrainOn::Text => ClipSource::Texts(vec![e.explanation.0.clone()]),
@@ -439,7 +520,10 @@ impl TaskData {
                     v.into_iter()
                         .enumerate()
                         .map(|(i, e)| EvalExample {
-                            id: e.question_id.map(|q| q.to_string()).unwrap_or_else(|| i.to_string()),
+                            id: e
+                                .question_id
+                                .map(|q| q.to_string())
+                                .unwrap_or_else(|| i.to_string()),
                             image: e.img_id.to_string(),
                             input_text: Some(e.question),
                             references: e.answers,
@@ -452,7 +536,9 @@ impl TaskData {
                 data.test = load("test", false)?.map(eval).unwrap_or_default();
             }
             Task::Ve => {
-                let load = |split: &str, need: bool| -> Result<Option<Vec<close_data::snli::SnliVePair>>> {
+                let load = |split: &str,
+                            need: bool|
+                 -> Result<Option<Vec<close_data::snli::SnliVePair>>> {
                     let p = paths.file("ve", split);
                     if !p.exists() && !need {
                         return Ok(None);
@@ -466,7 +552,11 @@ impl TaskData {
                         TrainOn::Text => ClipSource::Texts(vec![p.premise.clone()]),
                         TrainOn::Images => ClipSource::Image(p.image_id.clone()),
                     };
-                    data.train.push(TrainExample { clip, input_text: Some(p.hypothesis.clone()), targets: vec![p.label.as_str().to_string()] });
+                    data.train.push(TrainExample {
+                        clip,
+                        input_text: Some(p.hypothesis.clone()),
+                        targets: vec![p.label.as_str().to_string()],
+                    });
                 }
                 let eval = |v: Vec<close_data::snli::SnliVePair>| -> Vec<EvalExample> {
                     v.into_iter()
@@ -484,13 +574,20 @@ impl TaskData {
                 data.test = load("test", false)?.map(eval).unwrap_or_default();
             }
             Task::News => {
-                let root = paths.overrides.get("news_root").cloned().unwrap_or_else(|| paths.dir.clone());
-                let load = |split: &str, need: bool| -> Result<Option<Vec<close_data::news::NewsExample>>> {
+                let root = paths
+                    .overrides
+                    .get("news_root")
+                    .cloned()
+                    .unwrap_or_else(|| paths.dir.clone());
+                let load = |split: &str,
+                            need: bool|
+                 -> Result<Option<Vec<close_data::news::NewsExample>>> {
                     let p = paths.file("news", split);
                     if !p.exists() && !need {
                         return Ok(None);
                     }
-                    let (v, rep) = close_data::news::load_visual_news_with_articles(&p, &root, &opts)?;
+                    let (v, rep) =
+                        close_data::news::load_visual_news_with_articles(&p, &root, &opts)?;
                     log_report(&rep);
                     Ok(Some(v))
                 };
@@ -499,7 +596,11 @@ impl TaskData {
                         TrainOn::Text => ClipSource::Texts(vec![e.item.caption.clone()]),
                         TrainOn::Images => ClipSource::Image(e.item.id.0.clone()),
                     };
-                    data.train.push(TrainExample { clip, input_text: Some(e.article_first_line.clone()), targets: lower([&e.item.caption]) });
+                    data.train.push(TrainExample {
+                        clip,
+                        input_text: Some(e.article_first_line.clone()),
+                        targets: lower([&e.item.caption]),
+                    });
                 }
                 let eval = |v: Vec<close_data::news::NewsExample>| -> Vec<EvalExample> {
                     v.into_iter()
@@ -520,11 +621,16 @@ impl TaskData {
                 if train_on == TrainOn::Images {
                     return Err(Error::config("train-on", "the style task has only a text corpus to train on (no styled captions of training images)"));
                 }
-                let (lines, rep) = close_data::text::load_text_corpus(paths.file("style_train", ""), &opts)?;
+                let (lines, rep) =
+                    close_data::text::load_text_corpus(paths.file("style_train", ""), &opts)?;
                 log_report(&rep);
                 data.train = lines
                     .iter()
-                    .map(|l| TrainExample { clip: ClipSource::Texts(vec![l.clone()]), input_text: None, targets: lower([l]) })
+                    .map(|l| TrainExample {
+                        clip: ClipSource::Texts(vec![l.clone()]),
+                        input_text: None,
+                        targets: lower([l]),
+                    })
                     .collect();
                 let refs = |split: &str| -> Result<Vec<EvalExample>> {
                     let p = paths.file("style_refs", split);
@@ -533,14 +639,22 @@ impl TaskData {
                     }
                     let (c, rep) = close_data::coco::CocoCaptions::load_with(&p, &opts)?;
                     log_report(&rep);
-                    Ok(caption_eval(c.by_image().into_iter().map(|(id, r)| (id.to_string(), r)).collect()))
+                    Ok(caption_eval(
+                        c.by_image()
+                            .into_iter()
+                            .map(|(id, r)| (id.to_string(), r))
+                            .collect(),
+                    ))
                 };
                 data.val = refs("val")?;
                 data.test = refs("test")?;
             }
         }
         if data.train.is_empty() {
-            return Err(Error::invalid(format!("task {task}: no training examples found under {}", paths.dir.display())));
+            return Err(Error::invalid(format!(
+                "task {task}: no training examples found under {}",
+                paths.dir.display()
+            )));
         }
         Ok(data)
     }
@@ -554,7 +668,12 @@ pub fn karpathy_path(paths: &DataPaths) -> PathBuf {
 /// Pairs (image key, caption) of a Karpathy split (for paired adapter fitting).
 pub fn caption_pairs(path: &Path, split: &str) -> Result<Vec<(String, String)>> {
     let k = close_data::coco::Karpathy::load(path)?;
-    Ok(k.split(split).flat_map(|im| im.captions().map(move |c| (im.image_id().to_string(), c.to_string()))).collect())
+    Ok(k.split(split)
+        .flat_map(|im| {
+            im.captions()
+                .map(move |c| (im.image_id().to_string(), c.to_string()))
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -563,16 +682,35 @@ mod tests {
 
     #[test]
     fn caption_modes_follow_the_reference() {
-        let caps = vec!["A red Star.".to_string(), "a star".to_string(), "one star".to_string()];
-        let s = caption_train_examples(Task::SCap, TrainOn::Text, [("7".to_string(), caps.as_slice())]);
+        let caps = vec![
+            "A red Star.".to_string(),
+            "a star".to_string(),
+            "one star".to_string(),
+        ];
+        let s = caption_train_examples(
+            Task::SCap,
+            TrainOn::Text,
+            [("7".to_string(), caps.as_slice())],
+        );
         assert_eq!(s.len(), 3);
         assert_eq!(s[0].clip, ClipSource::Texts(vec!["A red Star.".into()]));
         assert_eq!(s[0].targets, vec!["a red star.".to_string()]);
-        let m = caption_train_examples(Task::MCap, TrainOn::Text, [("7".to_string(), caps.as_slice())]);
+        let m = caption_train_examples(
+            Task::MCap,
+            TrainOn::Text,
+            [("7".to_string(), caps.as_slice())],
+        );
         assert_eq!(m.len(), 3);
         assert_eq!(m[1].clip, ClipSource::Texts(vec!["a star".into()]));
-        assert_eq!(m[1].targets, vec!["a red star.".to_string(), "one star".to_string()]);
-        let i = caption_train_examples(Task::MCap, TrainOn::Images, [("7".to_string(), caps.as_slice())]);
+        assert_eq!(
+            m[1].targets,
+            vec!["a red star.".to_string(), "one star".to_string()]
+        );
+        let i = caption_train_examples(
+            Task::MCap,
+            TrainOn::Images,
+            [("7".to_string(), caps.as_slice())],
+        );
         assert_eq!(i.len(), 1);
         assert_eq!(i[0].clip, ClipSource::Image("7".into()));
         assert_eq!(i[0].targets.len(), 3);
@@ -583,15 +721,24 @@ mod tests {
         // Counter.most_common order: 2 (count 4), then ties of 3 in first-seen order;
         // "1" has count 2 < 3 and != top → dropped.
         let answers = ["2", "two", "2", "3", "2", "two", "1", "2", "two", "1"];
-        assert_eq!(vqa_targets(answers), vec!["2".to_string(), "two".to_string()]);
+        assert_eq!(
+            vqa_targets(answers),
+            vec!["2".to_string(), "two".to_string()]
+        );
         let tie = ["Yes", "no", "maybe"];
-        assert_eq!(vqa_targets(tie), vec!["yes".to_string(), "no".to_string(), "maybe".to_string()]);
+        assert_eq!(
+            vqa_targets(tie),
+            vec!["yes".to_string(), "no".to_string(), "maybe".to_string()]
+        );
     }
 
     #[test]
     fn data_paths_defaults_and_overrides() {
         let mut p = DataPaths::new("/w");
-        assert_eq!(p.file("vqa_questions", "val"), PathBuf::from("/w/v2_OpenEnded_mscoco_val_questions.json"));
+        assert_eq!(
+            p.file("vqa_questions", "val"),
+            PathBuf::from("/w/v2_OpenEnded_mscoco_val_questions.json")
+        );
         assert_eq!(p.file("ve", "test"), PathBuf::from("/w/snli_ve_test.jsonl"));
         p.overrides.insert("ve.test".into(), "/x/t.jsonl".into());
         assert_eq!(p.file("ve", "test"), PathBuf::from("/x/t.jsonl"));

@@ -12,7 +12,6 @@
 //! metrics as an uninterrupted run (dropout must be 0 for bit-identical results, since
 //! candle's dropout draws from an unseeded generator).
 
-
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -79,7 +78,9 @@ pub struct RunSummary {
 }
 
 fn derive_seed(seed: u64, a: u64, b: u64) -> u64 {
-    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ a.wrapping_mul(0xBF58_476D_1CE4_E5B9) ^ b.wrapping_mul(0x94D0_49BB_1331_11EB)
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ a.wrapping_mul(0xBF58_476D_1CE4_E5B9)
+        ^ b.wrapping_mul(0x94D0_49BB_1331_11EB)
 }
 
 /// A training example pre-tokenized once.
@@ -89,7 +90,13 @@ struct Prepared {
 }
 
 /// Build (or load, on resume) the tokenizer and the model configuration.
-fn setup_model(cfg: &TrainConfig, data: &TaskData, clip_dim: usize, dir: &Path, resume: bool) -> Result<(ModelConfig, TextCodec, Option<Vec<PathBuf>>)> {
+fn setup_model(
+    cfg: &TrainConfig,
+    data: &TaskData,
+    clip_dim: usize,
+    dir: &Path,
+    resume: bool,
+) -> Result<(ModelConfig, TextCodec, Option<Vec<PathBuf>>)> {
     if resume {
         let mcfg: ModelConfig = io::read_json(dir.join(run::MODEL_CONFIG_FILE))?;
         let tok = close_t5::tokenizer::load(dir.join(run::TOKENIZER_FILE))?;
@@ -97,12 +104,19 @@ fn setup_model(cfg: &TrainConfig, data: &TaskData, clip_dim: usize, dir: &Path, 
         return Ok((mcfg, codec, None));
     }
     let (t5, tok, weights) = match &cfg.t5 {
-        T5Init::Scratch { config, vocab, tokenizer } => {
+        T5Init::Scratch {
+            config,
+            vocab,
+            tokenizer,
+        } => {
             let tok = match tokenizer {
                 Some(p) => close_t5::tokenizer::load(p)?,
                 None => close_t5::tokenizer::train_tokenizer(data.tokenizer_corpus(), *vocab)?,
             };
-            let t5 = T5Config { vocab_size: tok.get_vocab_size(true), ..config.clone() };
+            let t5 = T5Config {
+                vocab_size: tok.get_vocab_size(true),
+                ..config.clone()
+            };
             (t5, tok, None)
         }
         T5Init::Pretrained { dir: t5dir } => {
@@ -112,7 +126,12 @@ fn setup_model(cfg: &TrainConfig, data: &TaskData, clip_dim: usize, dir: &Path, 
             (t5, tok, Some(files))
         }
     };
-    let mcfg = ModelConfig { t5, clip_dim, n_prefix: cfg.n_prefix, reference_encoder_mask_quirk: cfg.reference_encoder_mask_quirk };
+    let mcfg = ModelConfig {
+        t5,
+        clip_dim,
+        n_prefix: cfg.n_prefix,
+        reference_encoder_mask_quirk: cfg.reference_encoder_mask_quirk,
+    };
     let codec = TextCodec::new(tok, mcfg.t5.pad_token_id, mcfg.t5.eos_token_id);
     Ok((mcfg, codec, weights))
 }
@@ -131,7 +150,9 @@ pub fn train(
     device: &Device,
     progress: &dyn Progress,
 ) -> Result<RunSummary> {
-    train_until(cfg, data, texts, images, out, resume, None, device, progress)
+    train_until(
+        cfg, data, texts, images, out, resume, None, device, progress,
+    )
 }
 
 /// [`train`], stopping (as if killed) after `stop_after_epochs` completed epochs in total;
@@ -162,13 +183,21 @@ pub fn train_until(
         TrainOn::Images => images.dim(),
     };
     if !data.val.is_empty() && images.dim() != clip_dim {
-        return Err(Error::Shape { what: "image vs text embedding caches".into(), expected: vec![clip_dim], got: vec![images.dim()] });
+        return Err(Error::Shape {
+            what: "image vs text embedding caches".into(),
+            expected: vec![clip_dim],
+            got: vec![images.dim()],
+        });
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
 
     // Adapter statistics.
     let stats = if cfg.train_on == TrainOn::Text && cfg.adapter.kind.needs_stats() {
-        let src = if resume { out.to_path_buf() } else { cfg.adapter_stats.clone().unwrap_or_default() };
+        let src = if resume {
+            out.to_path_buf()
+        } else {
+            cfg.adapter_stats.clone().unwrap_or_default()
+        };
         let s = AdapterStats::load(&src)?;
         if !resume {
             s.save(out)?;
@@ -178,7 +207,14 @@ pub fn train_until(
         None
     };
     let adapter = Adapter::new(
-        if cfg.train_on == TrainOn::Text { cfg.adapter.clone() } else { crate::adapter::AdapterConfig { kind: crate::adapter::AdapterKind::None, ..cfg.adapter.clone() } },
+        if cfg.train_on == TrainOn::Text {
+            cfg.adapter.clone()
+        } else {
+            crate::adapter::AdapterConfig {
+                kind: crate::adapter::AdapterKind::None,
+                ..cfg.adapter.clone()
+            }
+        },
         clip_dim,
         stats,
         device,
@@ -191,6 +227,15 @@ pub fn train_until(
     }
     model.set_training(true);
     if !resume {
+        // Record what was resolved: the real vocabulary size and the tokenizer in use.
+        let mut cfg = cfg.clone();
+        if let T5Init::Scratch {
+            config, tokenizer, ..
+        } = &mut cfg.t5
+        {
+            config.vocab_size = mcfg.t5.vocab_size;
+            *tokenizer = Some(out.join(run::TOKENIZER_FILE));
+        }
         io::write_json_atomic(out.join(run::CONFIG_FILE), &cfg)?;
         io::write_json_atomic(out.join(run::MODEL_CONFIG_FILE), &mcfg)?;
         close_t5::tokenizer::save(&codec.tokenizer, out.join(run::TOKENIZER_FILE))?;
@@ -201,8 +246,16 @@ pub fn train_until(
         .train
         .iter()
         .map(|ex| {
-            let input = ex.input_text.as_ref().map(|t| codec.encode(t, cfg.max_input_tokens)).transpose()?;
-            let targets = ex.targets.iter().map(|t| codec.encode(t, cfg.max_target_tokens)).collect::<Result<Vec<_>>>()?;
+            let input = ex
+                .input_text
+                .as_ref()
+                .map(|t| codec.encode(t, cfg.max_input_tokens))
+                .transpose()?;
+            let targets = ex
+                .targets
+                .iter()
+                .map(|t| codec.encode(t, cfg.max_target_tokens))
+                .collect::<Result<Vec<_>>>()?;
             if targets.is_empty() {
                 return Err(Error::invalid("a training example has no target"));
             }
@@ -222,23 +275,44 @@ pub fn train_until(
             Ok(Prepared { input, targets })
         })
         .collect::<Result<Vec<_>>>()?;
-    if cfg.train_on == TrainOn::Text && data.train.iter().any(|e| matches!(e.clip, ClipSource::Image(_))) {
-        return Err(Error::invalid("train_on = text but the examples were built for images"));
+    if cfg.train_on == TrainOn::Text
+        && data
+            .train
+            .iter()
+            .any(|e| matches!(e.clip, ClipSource::Image(_)))
+    {
+        return Err(Error::invalid(
+            "train_on = text but the examples were built for images",
+        ));
     }
 
     let n = data.train.len();
     let per_epoch = cfg.max_examples_per_epoch.map(|c| c.min(n)).unwrap_or(n);
     let steps_per_epoch = per_epoch.div_ceil(cfg.batch_size) as u64;
     let total_steps = steps_per_epoch * cfg.epochs as u64;
-    let sched = LinearSchedule { peak: cfg.optim.lr, warmup_steps: cfg.warmup_steps, total_steps, final_ratio: cfg.final_lr_ratio };
+    let sched = LinearSchedule {
+        peak: cfg.optim.lr,
+        warmup_steps: cfg.warmup_steps,
+        total_steps,
+        final_ratio: cfg.final_lr_ratio,
+    };
     let mut opt = AdamW::from_varmap(model.varmap(), cfg.optim)?;
 
-    let mut state = TrainState { epoch: 0, step: 0, best_epoch: None, best_metric: None, history: vec![], losses: vec![], seconds: 0.0 };
+    let mut state = TrainState {
+        epoch: 0,
+        step: 0,
+        best_epoch: None,
+        best_metric: None,
+        history: vec![],
+        losses: vec![],
+        seconds: 0.0,
+    };
     let last = out.join(run::LAST_DIR);
     if resume {
         model.load_weights(&last.join(run::MODEL_FILE))?;
         let opt_path = last.join(run::OPTIMIZER_FILE);
-        let t = candle_core::safetensors::load(&opt_path, device).map_err(|e| Error::format(&opt_path, None, e.to_string()))?;
+        let t = candle_core::safetensors::load(&opt_path, device)
+            .map_err(|e| Error::format(&opt_path, None, e.to_string()))?;
         state = io::read_json(last.join(run::STATE_FILE))?;
         opt.load_state(&t, state.step)?;
         // Drop log lines written after the checkpoint (an interrupted epoch).
@@ -256,11 +330,20 @@ pub fn train_until(
                 .collect();
             io::write_atomic(&log_path, kept.as_bytes())?;
         }
-        tracing::info!("resuming {} at epoch {} (step {})", out.display(), state.epoch, state.step);
+        tracing::info!(
+            "resuming {} at epoch {} (step {})",
+            out.display(),
+            state.epoch,
+            state.step
+        );
     } else {
         io::write_atomic(out.join(run::LOG_FILE), b"")?;
     }
-    let mut log = std::fs::OpenOptions::new().append(true).create(true).open(out.join(run::LOG_FILE)).map_err(|e| Error::io(out.join(run::LOG_FILE), e))?;
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(out.join(run::LOG_FILE))
+        .map_err(|e| Error::io(out.join(run::LOG_FILE), e))?;
     let mut log_line = |v: serde_json::Value| -> Result<()> {
         use std::io::Write;
         writeln!(log, "{v}").map_err(|e| Error::io(out.join(run::LOG_FILE), e))
@@ -273,13 +356,22 @@ pub fn train_until(
     };
     let prior_seconds = state.seconds;
     let mut last_loss = f64::NAN;
-    let end = stop_after_epochs.map(|s| s.min(cfg.epochs)).unwrap_or(cfg.epochs);
+    let end = stop_after_epochs
+        .map(|s| s.min(cfg.epochs))
+        .unwrap_or(cfg.epochs);
     for epoch in state.epoch..end {
         let te = Instant::now();
         let mut order: Vec<usize> = (0..n).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, 1, epoch as u64)));
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(derive_seed(
+            cfg.seed,
+            1,
+            epoch as u64,
+        )));
         order.truncate(per_epoch);
-        progress.start(&format!("{} ep {}/{}", cfg.task, epoch + 1, cfg.epochs), steps_per_epoch);
+        progress.start(
+            &format!("{} ep {}/{}", cfg.task, epoch + 1, cfg.epochs),
+            steps_per_epoch,
+        );
         let (mut loss_sum, mut loss_n) = (0.0, 0usize);
         let mut lr = sched.lr(state.step);
         for batch in order.chunks(cfg.batch_size) {
@@ -290,7 +382,9 @@ pub fn train_until(
             let rows = batch
                 .iter()
                 .map(|&i| match &data.train[i].clip {
-                    ClipSource::Texts(keys) if keys.len() == 1 => lookup(texts, "text", &keys[0]).map(|v| v.to_vec()),
+                    ClipSource::Texts(keys) if keys.len() == 1 => {
+                        lookup(texts, "text", &keys[0]).map(|v| v.to_vec())
+                    }
                     ClipSource::Texts(keys) => mean_vector(texts, "text", keys),
                     ClipSource::Image(k) => lookup(images, "image", k).map(|v| v.to_vec()),
                 })
@@ -298,7 +392,10 @@ pub fn train_until(
             let clip = stack_rows(&rows, clip_dim, device)?;
             let clip = adapter.train_forward(&clip, &mut rng)?;
             let input = if data.train[batch[0]].input_text.is_some() {
-                let seqs: Vec<&[u32]> = batch.iter().map(|&i| prepared[i].input.as_deref().unwrap_or(&[])).collect();
+                let seqs: Vec<&[u32]> = batch
+                    .iter()
+                    .map(|&i| prepared[i].input.as_deref().unwrap_or(&[]))
+                    .collect();
                 Some(codec.batch(&seqs, device)?)
             } else {
                 None
@@ -314,7 +411,10 @@ pub fn train_until(
             let loss = model.loss(&clip, input.as_ref(), &targets, &mapping)?;
             let lv = loss.to_scalar::<f32>()? as f64;
             if !lv.is_finite() {
-                return Err(Error::invalid(format!("training diverged: loss {lv} at step {}", state.step)));
+                return Err(Error::invalid(format!(
+                    "training diverged: loss {lv} at step {}",
+                    state.step
+                )));
             }
             opt.backward_step(&loss)?;
             state.step += 1;
@@ -323,7 +423,9 @@ pub fn train_until(
             last_loss = lv;
             if state.step % cfg.log_every.max(1) == 0 || state.step == 1 {
                 state.losses.push((state.step, lv));
-                log_line(serde_json::json!({"step": state.step, "epoch": epoch + 1, "loss": lv, "lr": lr}))?;
+                log_line(
+                    serde_json::json!({"step": state.step, "epoch": epoch + 1, "loss": lv, "lr": lr}),
+                )?;
             }
             progress.inc(1);
             progress.message(&format!("loss {lv:.3} lr {lr:.2e}"));
@@ -335,7 +437,18 @@ pub fn train_until(
         let val_metrics = if cfg.eval_each_epoch && !val.is_empty() {
             model.set_training(false);
             progress.start(&format!("{} val", cfg.task), val.len() as u64);
-            let (m, _) = evaluate_examples(cfg.task, &model, &codec, &val, images, &gen, cfg.max_input_tokens, cfg.eval_batch_size, None, progress)?;
+            let (m, _) = evaluate_examples(
+                cfg.task,
+                &model,
+                &codec,
+                &val,
+                images,
+                &gen,
+                cfg.max_input_tokens,
+                cfg.eval_batch_size,
+                None,
+                progress,
+            )?;
             progress.finish();
             model.set_training(true);
             Some(m)
@@ -354,7 +467,14 @@ pub fn train_until(
         }
         state.epoch = epoch + 1;
         state.seconds = prior_seconds + t0.elapsed().as_secs_f64();
-        let rec = EpochRecord { epoch: epoch + 1, steps: state.step, train_loss, lr, val: val_metrics.clone(), seconds: te.elapsed().as_secs_f64() };
+        let rec = EpochRecord {
+            epoch: epoch + 1,
+            steps: state.step,
+            train_loss,
+            lr,
+            val: val_metrics.clone(),
+            seconds: te.elapsed().as_secs_f64(),
+        };
         log_line(serde_json::json!({
             "step": state.step, "epoch": epoch + 1, "train_loss": train_loss,
             "val": val_metrics.as_ref().map(|m| serde_json::json!({m.primary_name.clone(): m.primary})),
@@ -364,7 +484,10 @@ pub fn train_until(
             cfg.task,
             epoch + 1,
             train_loss,
-            val_metrics.as_ref().map(|m| format!(", val {} {:.4}", m.primary_name, m.primary)).unwrap_or_default()
+            val_metrics
+                .as_ref()
+                .map(|m| format!(", val {} {:.4}", m.primary_name, m.primary))
+                .unwrap_or_default()
         );
         state.history.push(rec);
         // Last checkpoint: weights, optimizer, counters.
@@ -382,7 +505,11 @@ pub fn train_until(
         examples_per_epoch: per_epoch,
         best_epoch: state.best_epoch,
         best_metric: state.best_metric,
-        final_train_loss: state.history.last().map(|r| r.train_loss).unwrap_or(last_loss),
+        final_train_loss: state
+            .history
+            .last()
+            .map(|r| r.train_loss)
+            .unwrap_or(last_loss),
         history: state.history.clone(),
         seconds: prior_seconds + t0.elapsed().as_secs_f64(),
     };
@@ -394,8 +521,18 @@ fn write_loss_plot(out: &Path, state: &TrainState) {
     if state.losses.len() < 2 {
         return;
     }
-    let s = crate::plot::Series { name: "train loss".into(), points: state.losses.iter().map(|&(s, l)| (s as f64, l)).collect() };
-    if let Err(e) = crate::plot::line_chart(&out.join(run::LOSS_PNG), "training loss", "step", "loss", &[s], (640, 400)) {
+    let s = crate::plot::Series {
+        name: "train loss".into(),
+        points: state.losses.iter().map(|&(s, l)| (s as f64, l)).collect(),
+    };
+    if let Err(e) = crate::plot::line_chart(
+        &out.join(run::LOSS_PNG),
+        "training loss",
+        "step",
+        "loss",
+        &[s],
+        (640, 400),
+    ) {
         tracing::warn!("loss plot: {e}");
     }
 }
@@ -413,10 +550,18 @@ pub fn evaluate(
 ) -> Result<Metrics> {
     let examples = data.eval_split(split)?;
     if examples.is_empty() {
-        return Err(Error::invalid(format!("no {split} examples for task {}", run.config.task)));
+        return Err(Error::invalid(format!(
+            "no {split} examples for task {}",
+            run.config.task
+        )));
     }
-    let dir = out.map(|p| p.to_path_buf()).unwrap_or_else(|| run.dir.join("eval").join(split));
-    progress.start(&format!("{} {split}", run.config.task), examples.len() as u64);
+    let dir = out
+        .map(|p| p.to_path_buf())
+        .unwrap_or_else(|| run.dir.join("eval").join(split));
+    progress.start(
+        &format!("{} {split}", run.config.task),
+        examples.len() as u64,
+    );
     let (m, _) = evaluate_examples(
         run.config.task,
         &run.model,
@@ -432,4 +577,3 @@ pub fn evaluate(
     progress.finish();
     Ok(m)
 }
-

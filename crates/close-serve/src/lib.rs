@@ -14,6 +14,7 @@
 //!   the answer, the beams and the nearest training captions.
 
 pub mod api_error;
+pub mod batch;
 pub mod mock;
 pub mod predictor;
 pub mod request;
@@ -23,4 +24,6 @@ pub mod worker;
 
 pub use api_error::ApiError;
 pub use predictor::{Beam, DecodeOptions, ModelInfo, Neighbor, Prediction, Predictor, Query, Task};
-pub use server::{router, serve, AppState, PredictResponse, RunningServer, ServeConfig};
+pub use server::{
+    router, serve, serve_blocking, AppState, PredictResponse, RunningServer, ServeConfig,
+};

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use close_core::{Error, Result};
 
-use crate::predictor::{Beam, DecodeOptions, ModelInfo, Neighbor, Prediction, Predictor, Query, Task};
+use crate::predictor::{
+    Beam, DecodeOptions, ModelInfo, Neighbor, Prediction, Predictor, Query, Task,
+};
 
 /// Palette of the predictor: name and RGB.
 pub const PALETTE: [(&str, [f32; 3]); 8] = [
@@ -68,7 +70,12 @@ impl ColorPredictor {
     fn ranked(rgb: [f32; 3]) -> Vec<(&'static str, f32)> {
         let mut d: Vec<(&str, f32)> = PALETTE
             .iter()
-            .map(|(n, c)| (*n, -((0..3).map(|i| (c[i] - rgb[i]).powi(2)).sum::<f32>()) / 1000.0))
+            .map(|(n, c)| {
+                (
+                    *n,
+                    -((0..3).map(|i| (c[i] - rgb[i]).powi(2)).sum::<f32>()) / 1000.0,
+                )
+            })
             .collect();
         let m = d.iter().map(|x| x.1).fold(f32::NEG_INFINITY, f32::max);
         let lse = m + d.iter().map(|x| (x.1 - m).exp()).sum::<f32>().ln();
@@ -84,19 +91,32 @@ impl ColorPredictor {
         let ranked = Self::ranked(rgb);
         let text = q.text.as_deref().unwrap_or("").to_lowercase();
         let beams: Vec<Beam> = match self.task {
-            Task::Caption => ranked.iter().map(|(c, lp)| Beam { text: format!("a {c} image"), logprob: *lp }).collect(),
+            Task::Caption => ranked
+                .iter()
+                .map(|(c, lp)| Beam {
+                    text: format!("a {c} image"),
+                    logprob: *lp,
+                })
+                .collect(),
             Task::Vqa => {
                 if text.trim().is_empty() {
                     return Err(Error::invalid("vqa: empty question"));
                 }
-                ranked.iter().map(|(c, lp)| Beam { text: c.to_string(), logprob: *lp }).collect()
+                ranked
+                    .iter()
+                    .map(|(c, lp)| Beam {
+                        text: c.to_string(),
+                        logprob: *lp,
+                    })
+                    .collect()
             }
             Task::Entail => {
                 if text.trim().is_empty() {
                     return Err(Error::invalid("entail: empty hypothesis"));
                 }
                 let best = ranked[0].0;
-                let mentions = |c: &str| text.split(|ch: char| !ch.is_alphanumeric()).any(|w| w == c);
+                let mentions =
+                    |c: &str| text.split(|ch: char| !ch.is_alphanumeric()).any(|w| w == c);
                 let label = if mentions(best) {
                     "entailment"
                 } else if PALETTE.iter().any(|(c, _)| mentions(c)) {
@@ -104,10 +124,16 @@ impl ColorPredictor {
                 } else {
                     "neutral"
                 };
-                let mut v = vec![Beam { text: label.into(), logprob: ranked[0].1 }];
+                let mut v = vec![Beam {
+                    text: label.into(),
+                    logprob: ranked[0].1,
+                }];
                 for other in ["entailment", "neutral", "contradiction"] {
                     if other != label {
-                        v.push(Beam { text: other.into(), logprob: ranked[0].1 - 2.0 - v.len() as f32 });
+                        v.push(Beam {
+                            text: other.into(),
+                            logprob: ranked[0].1 - 2.0 - v.len() as f32,
+                        });
                     }
                 }
                 v
@@ -124,7 +150,10 @@ impl ColorPredictor {
             .iter()
             .map(|(n, c)| {
                 let w = norm(*c);
-                Neighbor { caption: format!("a {n} shape"), cosine: u[0] * w[0] + u[1] * w[1] + u[2] * w[2] }
+                Neighbor {
+                    caption: format!("a {n} shape"),
+                    cosine: u[0] * w[0] + u[1] * w[1] + u[2] * w[2],
+                }
             })
             .collect();
         neighbors.sort_by(|a, b| b.cosine.total_cmp(&a.cosine));
@@ -139,7 +168,11 @@ impl Predictor for ColorPredictor {
             name: self.name.clone(),
             task: self.task,
             description: "colour-naming test predictor (not a CLOSE model)".into(),
-            defaults: DecodeOptions { beams: 3, max_tokens: 8, neighbors: 3 },
+            defaults: DecodeOptions {
+                beams: 3,
+                max_tokens: 8,
+                neighbors: 3,
+            },
             max_tokens_limit: 64,
             corpus_size: PALETTE.len(),
         }
@@ -168,12 +201,33 @@ mod tests {
     #[test]
     fn names_the_colour_and_ranks_beams() {
         let mut p = ColorPredictor::new("m", Task::Caption);
-        let opts = DecodeOptions { beams: 3, max_tokens: 8, neighbors: 2 };
-        let out = p.predict(&[Query { image: img([230, 30, 30]), text: None }, Query { image: img([30, 60, 230]), text: None }], &opts).unwrap();
+        let opts = DecodeOptions {
+            beams: 3,
+            max_tokens: 8,
+            neighbors: 2,
+        };
+        let out = p
+            .predict(
+                &[
+                    Query {
+                        image: img([230, 30, 30]),
+                        text: None,
+                    },
+                    Query {
+                        image: img([30, 60, 230]),
+                        text: None,
+                    },
+                ],
+                &opts,
+            )
+            .unwrap();
         assert_eq!(out[0].answer(), "a red image");
         assert_eq!(out[1].answer(), "a blue image");
         assert_eq!(out[0].beams.len(), 3);
-        assert!(out[0].beams.windows(2).all(|w| w[0].logprob >= w[1].logprob));
+        assert!(out[0]
+            .beams
+            .windows(2)
+            .all(|w| w[0].logprob >= w[1].logprob));
         assert!(out[0].logprob() <= 0.0);
         assert_eq!(out[0].neighbors.len(), 2);
         assert_eq!(out[0].neighbors[0].caption, "a red shape");
@@ -182,9 +236,21 @@ mod tests {
     #[test]
     fn entailment_follows_the_colour() {
         let mut p = ColorPredictor::new("m", Task::Entail);
-        let opts = DecodeOptions { beams: 1, max_tokens: 8, neighbors: 0 };
-        let q = |t: &str| Query { image: img([40, 180, 60]), text: Some(t.into()) };
-        let out = p.predict(&[q("A green circle."), q("a red circle"), q("a circle")], &opts).unwrap();
+        let opts = DecodeOptions {
+            beams: 1,
+            max_tokens: 8,
+            neighbors: 0,
+        };
+        let q = |t: &str| Query {
+            image: img([40, 180, 60]),
+            text: Some(t.into()),
+        };
+        let out = p
+            .predict(
+                &[q("A green circle."), q("a red circle"), q("a circle")],
+                &opts,
+            )
+            .unwrap();
         let labels: Vec<_> = out.iter().map(|p| p.answer().to_string()).collect();
         assert_eq!(labels, ["entailment", "contradiction", "neutral"]);
         assert!(p.predict(&[q("  ")], &opts).is_err());

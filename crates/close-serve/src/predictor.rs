@@ -122,7 +122,10 @@ impl Prediction {
 
     /// The best beam's log-probability (`-inf` if none).
     pub fn logprob(&self) -> f32 {
-        self.beams.first().map(|b| b.logprob).unwrap_or(f32::NEG_INFINITY)
+        self.beams
+            .first()
+            .map(|b| b.logprob)
+            .unwrap_or(f32::NEG_INFINITY)
     }
 }
 

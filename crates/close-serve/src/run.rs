@@ -17,7 +17,9 @@ use close_core::{Error, Result};
 use close_model::run::Run;
 use close_model::task::Task as CloseTask;
 
-use crate::predictor::{Beam, DecodeOptions, ModelInfo, Neighbor, Prediction, Predictor, Query, Task};
+use crate::predictor::{
+    Beam, DecodeOptions, ModelInfo, Neighbor, Prediction, Predictor, Query, Task,
+};
 
 /// Default number of nearest captions returned when a corpus is loaded.
 pub const DEFAULT_NEIGHBORS: usize = 5;
@@ -45,7 +47,10 @@ impl Corpus {
         let dir = dir.as_ref();
         let cache = EmbeddingCache::open(dir)?;
         if cache.kind() != CacheKind::Text {
-            return Err(Error::invalid(format!("{}: an image cache; nearest captions need a text cache", dir.display())));
+            return Err(Error::invalid(format!(
+                "{}: an image cache; nearest captions need a text cache",
+                dir.display()
+            )));
         }
         let texts: Vec<String> = cache.keys().map(|s| s.to_string()).collect();
         let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
@@ -56,7 +61,11 @@ impl Corpus {
     /// Embed `texts` with `clip` (empty lines dropped, duplicates kept once).
     pub fn from_texts(clip: &Clip, texts: Vec<String>, batch: usize) -> Result<Self> {
         let mut seen = std::collections::HashSet::new();
-        let texts: Vec<String> = texts.into_iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty() && seen.insert(t.clone())).collect();
+        let texts: Vec<String> = texts
+            .into_iter()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty() && seen.insert(t.clone()))
+            .collect();
         if texts.is_empty() {
             return Err(Error::invalid("caption corpus is empty"));
         }
@@ -72,11 +81,11 @@ impl Corpus {
     pub fn from_file(clip: &Clip, path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let s = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_texts(clip, s.lines().map(|l| l.to_string()).collect(), 256)
-            .map_err(|e| match e {
-                Error::Invalid(m) => Error::format(path, None, m),
-                e => e,
-            })
+        Self::from_texts(clip, s.lines().map(|l| l.to_string()).collect(), 256).map_err(|e| match e
+        {
+            Error::Invalid(m) => Error::format(path, None, m),
+            e => e,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -97,7 +106,10 @@ impl Corpus {
         if k == 0 || self.texts.is_empty() {
             return Ok(vec![Vec::new(); b]);
         }
-        let sims = images.to_device(self.vectors.device())?.matmul(&self.vectors.t()?)?.to_vec2::<f32>()?;
+        let sims = images
+            .to_device(self.vectors.device())?
+            .matmul(&self.vectors.t()?)?
+            .to_vec2::<f32>()?;
         Ok(sims
             .into_iter()
             .map(|row| {
@@ -106,7 +118,12 @@ impl Corpus {
                 idx.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
                 idx.truncate(k);
                 idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-                idx.into_iter().map(|i| Neighbor { caption: self.texts[i].clone(), cosine: row[i] }).collect()
+                idx.into_iter()
+                    .map(|i| Neighbor {
+                        caption: self.texts[i].clone(),
+                        cosine: row[i],
+                    })
+                    .collect()
             })
             .collect())
     }
@@ -148,7 +165,15 @@ impl RunPredictor {
         let clip_dir = match (&opts.clip, &run.config.clip) {
             (Some(c), _) => c.clone(),
             (None, Some(c)) => resolve(dir, c),
-            (None, None) => return Err(Error::config("clip", format!("run {} records no CLIP model; pass --clip DIR", dir.display()))),
+            (None, None) => {
+                return Err(Error::config(
+                    "clip",
+                    format!(
+                        "run {} records no CLIP model; pass --clip DIR",
+                        dir.display()
+                    ),
+                ))
+            }
         };
         let clip = Arc::new(Clip::load(&clip_dir, device)?);
         let corpus = Self::load_corpus(&run, &clip, opts.corpus.as_deref())?.map(Arc::new);
@@ -160,19 +185,30 @@ impl RunPredictor {
     pub fn load_corpus(run: &Run, clip: &Clip, explicit: Option<&Path>) -> Result<Option<Corpus>> {
         let device = clip.device();
         if let Some(p) = explicit {
-            let c = if p.is_dir() { Corpus::from_cache(p, device)? } else { Corpus::from_file(clip, p)? };
+            let c = if p.is_dir() {
+                Corpus::from_cache(p, device)?
+            } else {
+                Corpus::from_file(clip, p)?
+            };
             return Ok(Some(c));
         }
         let Some(cache_dir) = run.config.text_cache.as_ref().map(|c| resolve(&run.dir, c)) else {
             return Ok(None);
         };
         if !cache_dir.join("index.json").exists() {
-            tracing::warn!("{}: recorded text cache not found; no nearest captions", cache_dir.display());
+            tracing::warn!(
+                "{}: recorded text cache not found; no nearest captions",
+                cache_dir.display()
+            );
             return Ok(None);
         }
         let cache = EmbeddingCache::open(&cache_dir)?;
         if cache.model_hash() != clip.model_hash()? {
-            tracing::warn!("{}: made by another CLIP model than {}; no nearest captions", cache_dir.display(), clip.dir().display());
+            tracing::warn!(
+                "{}: made by another CLIP model than {}; no nearest captions",
+                cache_dir.display(),
+                clip.dir().display()
+            );
             return Ok(None);
         }
         Ok(Some(Corpus::from_cache(&cache_dir, device)?))
@@ -180,15 +216,32 @@ impl RunPredictor {
 
     /// Wrap an already loaded run, CLIP and corpus (CLIP and corpus may be shared between
     /// runs). Checks that the dimensions agree.
-    pub fn new(run: Run, clip: Arc<Clip>, corpus: Option<Arc<Corpus>>, name: Option<String>) -> Result<Self> {
+    pub fn new(
+        run: Run,
+        clip: Arc<Clip>,
+        corpus: Option<Arc<Corpus>>,
+        name: Option<String>,
+    ) -> Result<Self> {
         let task = serve_task(run.config.task)?;
         let clip_dim = clip.model.config().projection_dim;
         if clip_dim != run.clip_dim() {
-            return Err(Error::Shape { what: format!("CLIP {} for run {}", clip.dir().display(), run.dir.display()), expected: vec![run.clip_dim()], got: vec![clip_dim] });
+            return Err(Error::Shape {
+                what: format!(
+                    "CLIP {} for run {}",
+                    clip.dir().display(),
+                    run.dir.display()
+                ),
+                expected: vec![run.clip_dim()],
+                got: vec![clip_dim],
+            });
         }
         if let Some(c) = &corpus {
             if c.dim()? != clip_dim {
-                return Err(Error::Shape { what: "caption corpus vectors".into(), expected: vec![clip_dim], got: vec![c.dim()?] });
+                return Err(Error::Shape {
+                    what: "caption corpus vectors".into(),
+                    expected: vec![clip_dim],
+                    got: vec![c.dim()?],
+                });
             }
         }
         let name = name.unwrap_or_else(|| {
@@ -200,16 +253,30 @@ impl RunPredictor {
         let info = ModelInfo {
             name,
             task,
-            description: format!("CLOSE {} run {} (CLIP {})", run.config.task, run.dir.display(), clip.dir().display()),
+            description: format!(
+                "CLOSE {} run {} (CLIP {})",
+                run.config.task,
+                run.dir.display(),
+                clip.dir().display()
+            ),
             defaults: DecodeOptions {
                 beams: run.config.beams.max(1),
                 max_tokens: run.config.max_steps(),
-                neighbors: if corpus.is_some() { DEFAULT_NEIGHBORS } else { 0 },
+                neighbors: if corpus.is_some() {
+                    DEFAULT_NEIGHBORS
+                } else {
+                    0
+                },
             },
             max_tokens_limit: run.model.config().t5.n_positions,
             corpus_size: corpus.as_ref().map(|c| c.len()).unwrap_or(0),
         };
-        Ok(Self { info, run, clip, corpus })
+        Ok(Self {
+            info,
+            run,
+            clip,
+            corpus,
+        })
     }
 
     pub fn run(&self) -> &Run {
@@ -221,19 +288,38 @@ impl RunPredictor {
     }
 
     /// Predict for decoded images (and one text per image for VQA / entailment).
-    pub fn predict_images(&self, images: &[image::RgbImage], texts: Option<&[String]>, opts: &DecodeOptions) -> Result<Vec<Prediction>> {
+    pub fn predict_images(
+        &self,
+        images: &[image::RgbImage],
+        texts: Option<&[String]>,
+        opts: &DecodeOptions,
+    ) -> Result<Vec<Prediction>> {
         if images.is_empty() {
             return Ok(Vec::new());
         }
         let needs_text = self.info.task.text_field().is_some();
         match (needs_text, texts) {
-            (true, None) => return Err(Error::invalid(format!("{} needs a {} per image", self.info.task, self.info.task.text_field().unwrap_or("text")))),
-            (true, Some(t)) if t.len() != images.len() => return Err(Error::invalid(format!("{} images but {} texts", images.len(), t.len()))),
+            (true, None) => {
+                return Err(Error::invalid(format!(
+                    "{} needs a {} per image",
+                    self.info.task,
+                    self.info.task.text_field().unwrap_or("text")
+                )))
+            }
+            (true, Some(t)) if t.len() != images.len() => {
+                return Err(Error::invalid(format!(
+                    "{} images but {} texts",
+                    images.len(),
+                    t.len()
+                )))
+            }
             (false, Some(_)) => return Err(Error::invalid("captioning takes no text")),
             _ => {}
         }
         let vecs = self.clip.embed_images(images)?; // [B, D], unit rows
-        let gen = self.run.generate_config(Some(opts.beams), Some(opts.max_tokens));
+        let gen = self
+            .run
+            .generate_config(Some(opts.beams), Some(opts.max_tokens));
         let beams = self.run.predict(&vecs, texts, &gen)?;
         let neighbors = match &self.corpus {
             Some(c) if opts.neighbors > 0 => c.nearest(&vecs, opts.neighbors)?,
@@ -242,7 +328,16 @@ impl RunPredictor {
         Ok(beams
             .into_iter()
             .zip(neighbors)
-            .map(|(bs, ns)| Prediction { beams: bs.into_iter().map(|b| Beam { text: b.text, logprob: b.logprob }).collect(), neighbors: ns })
+            .map(|(bs, ns)| Prediction {
+                beams: bs
+                    .into_iter()
+                    .map(|b| Beam {
+                        text: b.text,
+                        logprob: b.logprob,
+                    })
+                    .collect(),
+                neighbors: ns,
+            })
             .collect())
     }
 }
@@ -255,7 +350,12 @@ impl Predictor for RunPredictor {
     fn predict(&mut self, queries: &[Query], opts: &DecodeOptions) -> Result<Vec<Prediction>> {
         let images: Vec<image::RgbImage> = queries.iter().map(|q| q.image.clone()).collect();
         let texts: Option<Vec<String>> = match self.info.task.text_field() {
-            Some(_) => Some(queries.iter().map(|q| q.text.clone().unwrap_or_default()).collect()),
+            Some(_) => Some(
+                queries
+                    .iter()
+                    .map(|q| q.text.clone().unwrap_or_default())
+                    .collect(),
+            ),
             None => None,
         };
         self.predict_images(&images, texts.as_deref(), opts)
@@ -264,7 +364,11 @@ impl Predictor for RunPredictor {
 
 /// Load several runs, sharing CLIP models (and their corpora) between runs that use the
 /// same CLIP dir. Names must be unique; duplicates get `-2`, `-3`, … appended.
-pub fn load_runs(dirs: &[PathBuf], opts: &LoadOptions, device: &Device) -> Result<Vec<RunPredictor>> {
+pub fn load_runs(
+    dirs: &[PathBuf],
+    opts: &LoadOptions,
+    device: &Device,
+) -> Result<Vec<RunPredictor>> {
     let mut clips: Vec<(PathBuf, Arc<Clip>, Option<Arc<Corpus>>)> = Vec::new();
     let mut out: Vec<RunPredictor> = Vec::new();
     for dir in dirs {
@@ -272,14 +376,26 @@ pub fn load_runs(dirs: &[PathBuf], opts: &LoadOptions, device: &Device) -> Resul
         let clip_dir = match (&opts.clip, &run.config.clip) {
             (Some(c), _) => c.clone(),
             (None, Some(c)) => resolve(dir, c),
-            (None, None) => return Err(Error::config("clip", format!("run {} records no CLIP model; pass --clip DIR", dir.display()))),
+            (None, None) => {
+                return Err(Error::config(
+                    "clip",
+                    format!(
+                        "run {} records no CLIP model; pass --clip DIR",
+                        dir.display()
+                    ),
+                ))
+            }
         };
         let key = std::fs::canonicalize(&clip_dir).unwrap_or(clip_dir.clone());
         let (clip, shared_corpus) = match clips.iter().find(|(k, _, _)| *k == key) {
             Some((_, c, corpus)) => (c.clone(), corpus.clone()),
             None => {
                 let c = Arc::new(Clip::load(&clip_dir, device)?);
-                let corpus = if opts.corpus.is_some() { RunPredictor::load_corpus(&run, &c, opts.corpus.as_deref())?.map(Arc::new) } else { None };
+                let corpus = if opts.corpus.is_some() {
+                    RunPredictor::load_corpus(&run, &c, opts.corpus.as_deref())?.map(Arc::new)
+                } else {
+                    None
+                };
                 clips.push((key, c.clone(), corpus.clone()));
                 (c, corpus)
             }
@@ -288,7 +404,16 @@ pub fn load_runs(dirs: &[PathBuf], opts: &LoadOptions, device: &Device) -> Resul
             Some(c) => Some(c),
             None => RunPredictor::load_corpus(&run, &clip, None)?.map(Arc::new),
         };
-        let mut p = RunPredictor::new(run, clip, corpus, if dirs.len() == 1 { opts.name.clone() } else { None })?;
+        let mut p = RunPredictor::new(
+            run,
+            clip,
+            corpus,
+            if dirs.len() == 1 {
+                opts.name.clone()
+            } else {
+                None
+            },
+        )?;
         let base = p.info.name.clone();
         let mut n = 2;
         while out.iter().any(|q| q.info.name == p.info.name) {

@@ -118,9 +118,13 @@ impl AppState {
         for p in predictors {
             let info = p.info();
             if models.iter().any(|m| m.info.name == info.name) {
-                return Err(Error::invalid(format!("two served models are named `{}`; model names must be unique", info.name)));
+                return Err(Error::invalid(format!(
+                    "two served models are named `{}`; model names must be unique",
+                    info.name
+                )));
             }
-            let worker = Worker::spawn(p, cfg.max_batch).map_err(|e| Error::invalid(format!("cannot start a worker thread: {e}")))?;
+            let worker = Worker::spawn(p, cfg.max_batch)
+                .map_err(|e| Error::invalid(format!("cannot start a worker thread: {e}")))?;
             models.push(Served { info, worker });
         }
         let examples = match &cfg.examples_dir {
@@ -128,7 +132,12 @@ impl AppState {
             None => Vec::new(),
         };
         let permits = Arc::new(Semaphore::new(cfg.max_inflight));
-        Ok(Self { cfg, models, permits, examples })
+        Ok(Self {
+            cfg,
+            models,
+            permits,
+            examples,
+        })
     }
 
     pub fn models(&self) -> Vec<ModelInfo> {
@@ -169,11 +178,32 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/examples", get(examples))
         .route("/examples/{name}", get(example_file))
-        .route("/v1/caption", post(|s: State<Arc<AppState>>, r: Request| predict(s, r, Task::Caption)))
-        .route("/v1/vqa", post(|s: State<Arc<AppState>>, r: Request| predict(s, r, Task::Vqa)))
-        .route("/v1/entail", post(|s: State<Arc<AppState>>, r: Request| predict(s, r, Task::Entail)))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; see GET /v1/models and POST /v1/{caption,vqa,entail}") })
-        .method_not_allowed_fallback(|| async { ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route") })
+        .route(
+            "/v1/caption",
+            post(|s: State<Arc<AppState>>, r: Request| predict(s, r, Task::Caption)),
+        )
+        .route(
+            "/v1/vqa",
+            post(|s: State<Arc<AppState>>, r: Request| predict(s, r, Task::Vqa)),
+        )
+        .route(
+            "/v1/entail",
+            post(|s: State<Arc<AppState>>, r: Request| predict(s, r, Task::Entail)),
+        )
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route; see GET /v1/models and POST /v1/{caption,vqa,entail}",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
         .with_state(state)
 }
 
@@ -197,14 +227,31 @@ async fn examples(State(s): State<Arc<AppState>>) -> impl IntoResponse {
 async fn example_file(State(s): State<Arc<AppState>>, UrlPath(name): UrlPath<String>) -> Response {
     // Only names listed at startup: no path traversal.
     let (Some(dir), true) = (&s.cfg.examples_dir, s.examples.iter().any(|n| *n == name)) else {
-        return ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no example image `{name}`")).into_response();
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no example image `{name}`"),
+        )
+        .into_response();
     };
     match tokio::fs::read(dir.join(&name)).await {
         Ok(bytes) => {
             let mime = image_mime(&name).unwrap_or("application/octet-stream");
-            ([(header::CONTENT_TYPE, mime), (header::CACHE_CONTROL, "no-cache")], bytes).into_response()
+            (
+                [
+                    (header::CONTENT_TYPE, mime),
+                    (header::CACHE_CONTROL, "no-cache"),
+                ],
+                bytes,
+            )
+                .into_response()
         }
-        Err(e) => ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("example `{name}`: {e}")).into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("example `{name}`: {e}"),
+        )
+        .into_response(),
     }
 }
 
@@ -231,7 +278,15 @@ async fn predict(State(s): State<Arc<AppState>>, req: Request, task: Task) -> Re
     let start = Instant::now();
     // Admission: a full server answers at once instead of queueing without bound.
     let Ok(_permit) = s.permits.clone().try_acquire_owned() else {
-        return ApiError::unavailable("busy", format!("server is at capacity ({} requests in flight); retry shortly", s.cfg.max_inflight), 1).into_response();
+        return ApiError::unavailable(
+            "busy",
+            format!(
+                "server is at capacity ({} requests in flight); retry shortly",
+                s.cfg.max_inflight
+            ),
+            1,
+        )
+        .into_response();
     };
     let result = handle(&s, req, task, start).await;
     match result {
@@ -247,16 +302,34 @@ async fn predict(State(s): State<Arc<AppState>>, req: Request, task: Task) -> Re
     }
 }
 
-async fn read_body(s: &AppState, headers: &HeaderMap, body: Body) -> std::result::Result<axum::body::Bytes, ApiError> {
+async fn read_body(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> std::result::Result<axum::body::Bytes, ApiError> {
     let limit = s.cfg.max_upload_bytes;
-    let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("request body exceeds the upload limit of {limit} bytes"));
-    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body exceeds the upload limit of {limit} bytes"),
+        )
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
         if len > limit as u64 {
             return Err(too_large());
         }
     }
     match tokio::time::timeout(s.cfg.request_timeout, axum::body::to_bytes(body, limit)).await {
-        Err(_) => Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "timeout", "request body not received in time")),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            "request body not received in time",
+        )),
         Ok(Ok(b)) => Ok(b),
         Ok(Err(e)) => {
             let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
@@ -266,26 +339,70 @@ async fn read_body(s: &AppState, headers: &HeaderMap, body: Body) -> std::result
                 }
                 src = x.source();
             }
-            Err(ApiError::bad_request("bad_body", format!("could not read the request body: {e}")))
+            Err(ApiError::bad_request(
+                "bad_body",
+                format!("could not read the request body: {e}"),
+            ))
         }
     }
 }
 
-fn pick_model<'a>(s: &'a AppState, task: Task, name: Option<&str>) -> std::result::Result<&'a Served, ApiError> {
-    let of_task: Vec<&str> = s.models.iter().filter(|m| m.info.task == task).map(|m| m.info.name.as_str()).collect();
+fn pick_model<'a>(
+    s: &'a AppState,
+    task: Task,
+    name: Option<&str>,
+) -> std::result::Result<&'a Served, ApiError> {
+    let of_task: Vec<&str> = s
+        .models
+        .iter()
+        .filter(|m| m.info.task == task)
+        .map(|m| m.info.name.as_str())
+        .collect();
     match name {
-        None => s.models.iter().find(|m| m.info.task == task).ok_or_else(|| {
-            ApiError::new(StatusCode::NOT_FOUND, "no_model", format!("no {task} model is served (served: {})", s.models.iter().map(|m| format!("{} ({})", m.info.name, m.info.task)).collect::<Vec<_>>().join(", ")))
-        }),
+        None => s
+            .models
+            .iter()
+            .find(|m| m.info.task == task)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "no_model",
+                    format!(
+                        "no {task} model is served (served: {})",
+                        s.models
+                            .iter()
+                            .map(|m| format!("{} ({})", m.info.name, m.info.task))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            }),
         Some(n) => match s.models.iter().find(|m| m.info.name == n) {
             Some(m) if m.info.task == task => Ok(m),
-            Some(m) => Err(ApiError::bad_request("wrong_task", format!("model `{n}` is a {} model; {task} models: [{}]", m.info.task, of_task.join(", ")))),
-            None => Err(ApiError::new(StatusCode::NOT_FOUND, "unknown_model", format!("unknown model `{n}`; {task} models: [{}]", of_task.join(", ")))),
+            Some(m) => Err(ApiError::bad_request(
+                "wrong_task",
+                format!(
+                    "model `{n}` is a {} model; {task} models: [{}]",
+                    m.info.task,
+                    of_task.join(", ")
+                ),
+            )),
+            None => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_model",
+                format!(
+                    "unknown model `{n}`; {task} models: [{}]",
+                    of_task.join(", ")
+                ),
+            )),
         },
     }
 }
 
-fn options(info: &ModelInfo, r: &request::RawRequest) -> std::result::Result<DecodeOptions, ApiError> {
+fn options(
+    info: &ModelInfo,
+    r: &request::RawRequest,
+) -> std::result::Result<DecodeOptions, ApiError> {
     let d = info.defaults;
     let o = DecodeOptions {
         beams: r.beams.unwrap_or(d.beams),
@@ -293,20 +410,44 @@ fn options(info: &ModelInfo, r: &request::RawRequest) -> std::result::Result<Dec
         neighbors: r.neighbors.unwrap_or(d.neighbors),
     };
     if o.beams == 0 || o.beams > MAX_BEAMS {
-        return Err(ApiError::bad_request("bad_field", format!("field `beams`: must be in 1..={MAX_BEAMS}, got {}", o.beams)));
+        return Err(ApiError::bad_request(
+            "bad_field",
+            format!("field `beams`: must be in 1..={MAX_BEAMS}, got {}", o.beams),
+        ));
     }
     if o.max_tokens == 0 || o.max_tokens > info.max_tokens_limit {
-        return Err(ApiError::bad_request("bad_field", format!("field `max_tokens`: must be in 1..={}, got {}", info.max_tokens_limit, o.max_tokens)));
+        return Err(ApiError::bad_request(
+            "bad_field",
+            format!(
+                "field `max_tokens`: must be in 1..={}, got {}",
+                info.max_tokens_limit, o.max_tokens
+            ),
+        ));
     }
     if o.neighbors > MAX_NEIGHBORS {
-        return Err(ApiError::bad_request("bad_field", format!("field `neighbors`: must be at most {MAX_NEIGHBORS}, got {}", o.neighbors)));
+        return Err(ApiError::bad_request(
+            "bad_field",
+            format!(
+                "field `neighbors`: must be at most {MAX_NEIGHBORS}, got {}",
+                o.neighbors
+            ),
+        ));
     }
     Ok(o)
 }
 
-async fn handle(s: &AppState, req: Request, task: Task, start: Instant) -> std::result::Result<PredictResponse, ApiError> {
+async fn handle(
+    s: &AppState,
+    req: Request,
+    task: Task,
+    start: Instant,
+) -> std::result::Result<PredictResponse, ApiError> {
     let (parts, body) = req.into_parts();
-    let ct = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(|s| s.to_string());
+    let ct = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.to_string());
     let kind = request::body_kind(ct.as_deref())?;
     let bytes = read_body(s, &parts.headers, body).await?;
     let raw = match kind {
@@ -320,22 +461,71 @@ async fn handle(s: &AppState, req: Request, task: Task, start: Instant) -> std::
         return Err(ApiError::bad_request("bad_image", "field `image` is empty"));
     }
     let image_bytes = raw.image;
-    let image = tokio::task::spawn_blocking(move || close_clip::preprocess::decode_image(&image_bytes))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("image decoding task failed: {e}")))?
-        .map_err(|m| ApiError::bad_request("bad_image", format!("field `image`: {m}")))?;
+    let image =
+        tokio::task::spawn_blocking(move || close_clip::preprocess::decode_image(&image_bytes))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    format!("image decoding task failed: {e}"),
+                )
+            })?
+            .map_err(|m| ApiError::bad_request("bad_image", format!("field `image`: {m}")))?;
 
     let (tx, rx) = oneshot::channel();
-    let job = Job { query: Query { image, text: text.clone() }, opts, reply: tx };
+    let job = Job {
+        query: Query {
+            image,
+            text: text.clone(),
+        },
+        opts,
+        reply: tx,
+    };
     if model.worker.submit(job).is_err() {
-        return Err(ApiError::unavailable("shutting_down", "the model worker has stopped", 1));
+        return Err(ApiError::unavailable(
+            "shutting_down",
+            "the model worker has stopped",
+            1,
+        ));
     }
-    let remaining = s.cfg.request_timeout.saturating_sub(start.elapsed()).max(Duration::from_millis(1));
+    let remaining = s
+        .cfg
+        .request_timeout
+        .saturating_sub(start.elapsed())
+        .max(Duration::from_millis(1));
     let pred = match tokio::time::timeout(remaining, rx).await {
-        Err(_) => return Err(ApiError::unavailable("timeout", format!("no answer within {:?}; the server is busy, retry later", s.cfg.request_timeout), 2)),
-        Ok(Err(_)) => return Err(ApiError::unavailable("shutting_down", "the model worker stopped before answering", 1)),
-        Ok(Ok(Err(e))) if e.client => return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unusable_input", e.message)),
-        Ok(Ok(Err(e))) => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "inference_failed", e.message)),
+        Err(_) => {
+            return Err(ApiError::unavailable(
+                "timeout",
+                format!(
+                    "no answer within {:?}; the server is busy, retry later",
+                    s.cfg.request_timeout
+                ),
+                2,
+            ))
+        }
+        Ok(Err(_)) => {
+            return Err(ApiError::unavailable(
+                "shutting_down",
+                "the model worker stopped before answering",
+                1,
+            ))
+        }
+        Ok(Ok(Err(e))) if e.client => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unusable_input",
+                e.message,
+            ))
+        }
+        Ok(Ok(Err(e))) => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "inference_failed",
+                e.message,
+            ))
+        }
         Ok(Ok(Ok(p))) => p,
     };
     Ok(PredictResponse {
@@ -358,7 +548,9 @@ pub async fn serve_on(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let addr = listener.local_addr().map_err(|e| Error::invalid(format!("listener: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::invalid(format!("listener: {e}")))?;
     let app = router(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -377,7 +569,11 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Error::config("addr", format!("cannot listen on {addr}: {e}")))?;
-    tracing::info!("serving {} model(s) on http://{}", state.models.len(), listener.local_addr().unwrap_or(addr));
+    tracing::info!(
+        "serving {} model(s) on http://{}",
+        state.models.len(),
+        listener.local_addr().unwrap_or(addr)
+    );
     serve_on(listener, state, shutdown).await
 }
 
@@ -396,12 +592,18 @@ impl RunningServer {
         let listener = tokio::net::TcpListener::bind(cfg.addr)
             .await
             .map_err(|e| Error::config("addr", format!("cannot listen on {}: {e}", cfg.addr)))?;
-        let addr = listener.local_addr().map_err(|e| Error::invalid(format!("listener: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::invalid(format!("listener: {e}")))?;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve_on(listener, state, async move {
             let _ = stopped.await;
         }));
-        Ok(Self { addr, stop: Some(stop), task })
+        Ok(Self {
+            addr,
+            stop: Some(stop),
+            task,
+        })
     }
 
     /// `http://ADDR`
@@ -414,6 +616,44 @@ impl RunningServer {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        (&mut self.task).await.map_err(|e| Error::invalid(format!("server task: {e}")))?
+        (&mut self.task)
+            .await
+            .map_err(|e| Error::invalid(format!("server task: {e}")))?
     }
+}
+
+/// Run the server on its own multi-threaded tokio runtime until Ctrl-C (or SIGTERM on
+/// Unix), then shut down gracefully. For programs without a runtime of their own (the CLI).
+pub fn serve_blocking(cfg: ServeConfig, predictors: Vec<Box<dyn Predictor>>) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("close-serve-http")
+        .build()
+        .map_err(|e| Error::invalid(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(serve(cfg, predictors, shutdown_signal()))
+}
+
+/// Resolves on Ctrl-C, or SIGTERM on Unix.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
 }

@@ -32,7 +32,10 @@ pub struct JobError {
 
 impl JobError {
     fn server(message: impl Into<String>) -> Self {
-        Self { client: false, message: message.into() }
+        Self {
+            client: false,
+            message: message.into(),
+        }
     }
 }
 
@@ -81,7 +84,10 @@ impl Worker {
                 run_batch(predictor.as_mut(), batch, &opts);
             }
         })?;
-        Ok(Self { tx: Some(tx), thread: Some(thread) })
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
     }
 
     /// Queue a job; `Err` gives it back if the worker has stopped.
@@ -112,7 +118,11 @@ fn run_batch(predictor: &mut dyn Predictor, batch: Vec<Job>, opts: &DecodeOption
             }
         }
         Ok(preds) => {
-            let msg = format!("model returned {} predictions for {} queries", preds.len(), batch.len());
+            let msg = format!(
+                "model returned {} predictions for {} queries",
+                preds.len(),
+                batch.len()
+            );
             tracing::error!("{msg}");
             for job in batch {
                 let _ = job.reply.send(Err(JobError::server(msg.clone())));
@@ -126,8 +136,11 @@ fn run_batch(predictor: &mut dyn Predictor, batch: Vec<Job>, opts: &DecodeOption
         Err(_) => {
             // One bad query must not fail its batch neighbours: retry one by one.
             for job in batch {
-                let r = guarded(predictor, std::slice::from_ref(&job.query), opts)
-                    .and_then(|mut v| v.pop().ok_or_else(|| JobError::server("model returned no prediction")));
+                let r =
+                    guarded(predictor, std::slice::from_ref(&job.query), opts).and_then(|mut v| {
+                        v.pop()
+                            .ok_or_else(|| JobError::server("model returned no prediction"))
+                    });
                 let _ = job.reply.send(r);
             }
         }
@@ -135,13 +148,26 @@ fn run_batch(predictor: &mut dyn Predictor, batch: Vec<Job>, opts: &DecodeOption
 }
 
 /// `predict` with panics turned into errors, so a model bug cannot kill the worker.
-fn guarded(predictor: &mut dyn Predictor, queries: &[Query], opts: &DecodeOptions) -> Result<Vec<Prediction>, JobError> {
+fn guarded(
+    predictor: &mut dyn Predictor,
+    queries: &[Query],
+    opts: &DecodeOptions,
+) -> Result<Vec<Prediction>, JobError> {
     use close_core::Error;
     match std::panic::catch_unwind(AssertUnwindSafe(|| predictor.predict(queries, opts))) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
-            let client = matches!(e, Error::Invalid(_) | Error::Config { .. } | Error::Image { .. } | Error::Tokenizer(_));
-            Err(JobError { client, message: format!("{e}") })
+            let client = matches!(
+                e,
+                Error::Invalid(_)
+                    | Error::Config { .. }
+                    | Error::Image { .. }
+                    | Error::Tokenizer(_)
+            );
+            Err(JobError {
+                client,
+                message: format!("{e}"),
+            })
         }
         Err(p) => {
             let msg = p
@@ -150,7 +176,9 @@ fn guarded(predictor: &mut dyn Predictor, queries: &[Query], opts: &DecodeOption
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
             tracing::error!("predictor panicked: {msg}");
-            Err(JobError::server(format!("internal error in the model: {msg}")))
+            Err(JobError::server(format!(
+                "internal error in the model: {msg}"
+            )))
         }
     }
 }
@@ -164,20 +192,54 @@ mod tests {
 
     #[test]
     fn queued_jobs_are_batched_and_answered_in_order() {
-        let p = ColorPredictor::new("m", Task::Caption).with_cost(Duration::from_millis(50), Duration::ZERO);
+        let p = ColorPredictor::new("m", Task::Caption)
+            .with_cost(Duration::from_millis(50), Duration::ZERO);
         let sizes = p.batch_sizes.clone();
         let w = Worker::spawn(Box::new(p), 4).unwrap();
-        let opts = DecodeOptions { beams: 1, max_tokens: 8, neighbors: 0 };
-        let colours = [[230, 30, 30], [30, 60, 230], [40, 180, 60], [235, 220, 50], [15, 15, 15], [245, 245, 245]];
+        let opts = DecodeOptions {
+            beams: 1,
+            max_tokens: 8,
+            neighbors: 0,
+        };
+        let colours = [
+            [230, 30, 30],
+            [30, 60, 230],
+            [40, 180, 60],
+            [235, 220, 50],
+            [15, 15, 15],
+            [245, 245, 245],
+        ];
         let mut rxs = Vec::new();
         for c in colours {
             let (tx, rx) = oneshot::channel();
-            let query = Query { image: image::RgbImage::from_pixel(4, 4, image::Rgb(c)), text: None };
-            assert!(w.submit(Job { query, opts, reply: tx }).is_ok());
+            let query = Query {
+                image: image::RgbImage::from_pixel(4, 4, image::Rgb(c)),
+                text: None,
+            };
+            assert!(w
+                .submit(Job {
+                    query,
+                    opts,
+                    reply: tx
+                })
+                .is_ok());
             rxs.push(rx);
         }
-        let answers: Vec<String> = rxs.into_iter().map(|rx| rx.blocking_recv().unwrap().unwrap().answer().to_string()).collect();
-        assert_eq!(answers, ["a red image", "a blue image", "a green image", "a yellow image", "a black image", "a white image"]);
+        let answers: Vec<String> = rxs
+            .into_iter()
+            .map(|rx| rx.blocking_recv().unwrap().unwrap().answer().to_string())
+            .collect();
+        assert_eq!(
+            answers,
+            [
+                "a red image",
+                "a blue image",
+                "a green image",
+                "a yellow image",
+                "a black image",
+                "a white image"
+            ]
+        );
         let sizes = sizes.lock().unwrap().clone();
         assert_eq!(sizes.iter().sum::<usize>(), 6);
         assert!(sizes.iter().all(|&s| s <= 4), "{sizes:?}");
@@ -189,26 +251,53 @@ mod tests {
         fn info(&self) -> crate::predictor::ModelInfo {
             ColorPredictor::new("p", Task::Caption).info()
         }
-        fn predict(&mut self, q: &[Query], _: &DecodeOptions) -> close_core::Result<Vec<Prediction>> {
+        fn predict(
+            &mut self,
+            q: &[Query],
+            _: &DecodeOptions,
+        ) -> close_core::Result<Vec<Prediction>> {
             if q.iter().any(|q| q.image.width() == 1) {
                 panic!("boom");
             }
-            Ok(q.iter().map(|_| Prediction { beams: vec![], neighbors: vec![] }).collect())
+            Ok(q.iter()
+                .map(|_| Prediction {
+                    beams: vec![],
+                    neighbors: vec![],
+                })
+                .collect())
         }
     }
 
     #[test]
     fn a_panicking_model_answers_with_an_error_and_keeps_serving() {
         let w = Worker::spawn(Box::new(Panicky), 8).unwrap();
-        let opts = DecodeOptions { beams: 1, max_tokens: 8, neighbors: 0 };
+        let opts = DecodeOptions {
+            beams: 1,
+            max_tokens: 8,
+            neighbors: 0,
+        };
         let send = |side: u32| {
             let (tx, rx) = oneshot::channel();
-            let query = Query { image: image::RgbImage::new(side, side), text: None };
-            assert!(w.submit(Job { query, opts, reply: tx }).is_ok());
+            let query = Query {
+                image: image::RgbImage::new(side, side),
+                text: None,
+            };
+            assert!(w
+                .submit(Job {
+                    query,
+                    opts,
+                    reply: tx
+                })
+                .is_ok());
             rx
         };
         let bad = send(1);
-        assert!(bad.blocking_recv().unwrap().unwrap_err().message.contains("boom"));
+        assert!(bad
+            .blocking_recv()
+            .unwrap()
+            .unwrap_err()
+            .message
+            .contains("boom"));
         let good = send(2);
         assert!(good.blocking_recv().unwrap().is_ok());
     }

@@ -40,7 +40,8 @@ fn chromium(url: &str, extra: &[&str]) -> String {
     ]);
     cmd.arg(format!("--user-data-dir={}", profile.path().display()));
     cmd.args(extra).arg(url);
-    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("start chromium");
     let start = Instant::now();
     loop {
@@ -54,8 +55,17 @@ fn chromium(url: &str, extra: &[&str]) -> String {
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = child.wait_with_output().unwrap();
+    eprintln!(
+        "chromium {extra:?} took {:.1}s",
+        start.elapsed().as_secs_f64()
+    );
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "chromium failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "chromium failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
 }
 
@@ -68,7 +78,11 @@ fn element_text(dom: &str, id: &str) -> Option<String> {
 }
 
 fn html_unescape(s: &str) -> String {
-    s.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&#39;", "'").replace("&amp;", "&")
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
 }
 
 fn body_state(dom: &str) -> Option<String> {
@@ -103,41 +117,95 @@ async fn page_captions_an_uploaded_image_in_headless_chromium() {
     let real = RunPredictor::load(&setup.run, &LoadOptions::default(), &Device::Cpu).unwrap();
     let defaults = real.info().defaults;
     let rgb = close_clip::load_image(&image).unwrap();
-    let expected_real = real.predict_images(std::slice::from_ref(&rgb), None, &defaults).unwrap().remove(0);
+    let expected_real = real
+        .predict_images(std::slice::from_ref(&rgb), None, &defaults)
+        .unwrap()
+        .remove(0);
     let mut colors = ColorPredictor::new("colors", Task::Caption);
     let cdef = colors.info().defaults;
-    let expected_color = colors.predict(&[Query { image: rgb.clone(), text: None }], &cdef).unwrap().remove(0);
+    let expected_color = colors
+        .predict(
+            &[Query {
+                image: rgb.clone(),
+                text: None,
+            }],
+            &cdef,
+        )
+        .unwrap()
+        .remove(0);
 
-    let cfg = ServeConfig { addr: "127.0.0.1:0".parse().unwrap(), examples_dir: Some(examples), ..ServeConfig::default() };
-    let server = RunningServer::start(cfg, vec![Box::new(real), Box::new(colors)]).await.unwrap();
+    let cfg = ServeConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        examples_dir: Some(examples),
+        ..ServeConfig::default()
+    };
+    let server = RunningServer::start(cfg, vec![Box::new(real), Box::new(colors)])
+        .await
+        .unwrap();
 
     for (model, expected) in [("run", &expected_real), ("colors", &expected_color)] {
-        let url = page(&server, &format!("task=caption&model={model}&example={name}"));
-        let dom = tokio::task::spawn_blocking(move || chromium(&url, &["--dump-dom"])).await.unwrap();
+        let url = page(
+            &server,
+            &format!("task=caption&model={model}&example={name}"),
+        );
+        let dom = tokio::task::spawn_blocking(move || chromium(&url, &["--dump-dom"]))
+            .await
+            .unwrap();
         let state = body_state(&dom);
-        assert_eq!(state.as_deref(), Some("done"), "page did not finish (error: {:?})\n{dom}", element_text(&dom, "error"));
-        assert_eq!(element_text(&dom, "answer").as_deref(), Some(expected.answer()), "{model}");
+        assert_eq!(
+            state.as_deref(),
+            Some("done"),
+            "page did not finish (error: {:?})\n{dom}",
+            element_text(&dom, "error")
+        );
+        assert_eq!(
+            element_text(&dom, "answer").as_deref(),
+            Some(expected.answer()),
+            "{model}"
+        );
         // Every beam and every nearest caption is on the page.
         for b in &expected.beams {
-            assert!(dom.contains(&format!("<td>{}</td>", b.text)), "beam {:?} missing", b.text);
-            assert!(dom.contains(&format!("{:.3}", b.logprob)), "log-prob of {:?} missing", b.text);
+            assert!(
+                dom.contains(&format!("<td>{}</td>", b.text)),
+                "beam {:?} missing from {}",
+                b.text,
+                &dom[dom.find("id=\"beam-rows\"").unwrap_or(0)..]
+            );
+            assert!(
+                dom.contains(&format!("{:.3}", b.logprob)),
+                "log-prob of {:?} missing",
+                b.text
+            );
         }
         for n in &expected.neighbors {
-            assert!(dom.contains(&format!("<td>{}</td>", n.caption)), "neighbour {:?} missing", n.caption);
+            assert!(
+                dom.contains(&format!("<td>{}</td>", n.caption)),
+                "neighbour {:?} missing",
+                n.caption
+            );
         }
         assert!(element_text(&dom, "meta").unwrap().starts_with(model));
     }
 
     // A VQA task with no VQA model is not offered; an error from the server is shown.
     let url = page(&server, "task=caption&model=colors&example=missing.png");
-    let dom = tokio::task::spawn_blocking(move || chromium(&url, &["--dump-dom"])).await.unwrap();
+    let dom = tokio::task::spawn_blocking(move || chromium(&url, &["--dump-dom"]))
+        .await
+        .unwrap();
     assert_eq!(body_state(&dom).as_deref(), Some("error"));
-    assert!(element_text(&dom, "error").unwrap().contains("404"), "{dom}");
+    assert!(
+        element_text(&dom, "error").unwrap().contains("404"),
+        "{dom}"
+    );
 
     if let Ok(shot) = std::env::var("CLOSE_SCREENSHOT") {
         let url = page(&server, &format!("task=caption&model=run&example={name}"));
         let arg = format!("--screenshot={shot}");
-        tokio::task::spawn_blocking(move || chromium(&url, &[&arg, "--window-size=1100,720", "--hide-scrollbars"])).await.unwrap();
+        tokio::task::spawn_blocking(move || {
+            chromium(&url, &[&arg, "--window-size=1100,720", "--hide-scrollbars"])
+        })
+        .await
+        .unwrap();
         eprintln!("screenshot written to {shot}");
     }
     server.shutdown().await.unwrap();

@@ -67,7 +67,10 @@ fn one_or_first<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u32, D::
     }
     match OneOrMany::deserialize(d)? {
         OneOrMany::One(x) => Ok(x),
-        OneOrMany::Many(v) => v.first().copied().ok_or_else(|| serde::de::Error::custom("empty eos_token_id list")),
+        OneOrMany::Many(v) => v
+            .first()
+            .copied()
+            .ok_or_else(|| serde::de::Error::custom("empty eos_token_id list")),
     }
 }
 
@@ -120,7 +123,13 @@ impl T5Config {
 
     /// The shape of `t5-base` (220M parameters).
     pub fn t5_base() -> Self {
-        Self { d_model: 768, d_ff: 3072, num_layers: 12, num_heads: 12, ..Self::t5_small() }
+        Self {
+            d_model: 768,
+            d_ff: 3072,
+            num_layers: 12,
+            num_heads: 12,
+            ..Self::t5_small()
+        }
     }
 
     /// A named preset: `tiny`, `t5-small`, `t5-base`.
@@ -129,7 +138,10 @@ impl T5Config {
             "tiny" => Ok(Self::tiny()),
             "t5-small" | "t5_small" => Ok(Self::t5_small()),
             "t5-base" | "t5_base" => Ok(Self::t5_base()),
-            _ => Err(Error::config("t5 preset", format!("unknown preset `{name}` (expected tiny, t5-small or t5-base)"))),
+            _ => Err(Error::config(
+                "t5 preset",
+                format!("unknown preset `{name}` (expected tiny, t5-small or t5-base)"),
+            )),
         }
     }
 
@@ -139,7 +151,8 @@ impl T5Config {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let cfg: Self = serde_json::from_str(&text)
             .map_err(|e| Error::format(path, Some(e.line()), e.to_string()))?;
-        cfg.validate().map_err(|e| Error::format(path, None, e.to_string()))?;
+        cfg.validate()
+            .map_err(|e| Error::format(path, None, e.to_string()))?;
         Ok(cfg)
     }
 
@@ -187,7 +200,10 @@ impl T5Config {
             ("num_layers", self.num_layers),
             ("num_decoder_layers", self.decoder_layers()),
             ("num_heads", self.num_heads),
-            ("relative_attention_num_buckets", self.relative_attention_num_buckets),
+            (
+                "relative_attention_num_buckets",
+                self.relative_attention_num_buckets,
+            ),
             ("n_positions", self.n_positions),
         ];
         for (key, v) in positive {
@@ -196,7 +212,10 @@ impl T5Config {
             }
         }
         if self.relative_attention_num_buckets < 4 {
-            return Err(Error::config("relative_attention_num_buckets", "must be at least 4"));
+            return Err(Error::config(
+                "relative_attention_num_buckets",
+                "must be at least 4",
+            ));
         }
         if self.relative_attention_max_distance <= self.relative_attention_num_buckets / 4 {
             return Err(Error::config(
@@ -205,7 +224,10 @@ impl T5Config {
             ));
         }
         if !(0.0..1.0).contains(&self.dropout_rate) {
-            return Err(Error::config("dropout_rate", format!("{} is not in [0, 1)", self.dropout_rate)));
+            return Err(Error::config(
+                "dropout_rate",
+                format!("{} is not in [0, 1)", self.dropout_rate),
+            ));
         }
         if !(self.layer_norm_epsilon > 0.0) {
             return Err(Error::config("layer_norm_epsilon", "must be positive"));
@@ -216,7 +238,10 @@ impl T5Config {
             ("decoder_start_token_id", self.decoder_start_token_id),
         ] {
             if id as usize >= self.vocab_size {
-                return Err(Error::config(key, format!("{id} is outside the vocabulary ({})", self.vocab_size)));
+                return Err(Error::config(
+                    key,
+                    format!("{id} is outside the vocabulary ({})", self.vocab_size),
+                ));
             }
         }
         Ok(())
@@ -240,15 +265,27 @@ mod tests {
         assert_eq!(c.d_ff, 1024);
         assert_eq!(c.eos_token_id, 1);
         assert!(!c.tie_word_embeddings);
-        assert_eq!(c.feed_forward().unwrap(), FeedForward { act: Activation::GeluTanh, gated: true });
+        assert_eq!(
+            c.feed_forward().unwrap(),
+            FeedForward {
+                act: Activation::GeluTanh,
+                gated: true
+            }
+        );
         assert_eq!(c.n_positions, 512);
     }
 
     #[test]
     fn unknown_activation_is_a_clear_error() {
-        let c = T5Config { feed_forward_proj: "gated-banana".into(), ..T5Config::tiny() };
+        let c = T5Config {
+            feed_forward_proj: "gated-banana".into(),
+            ..T5Config::tiny()
+        };
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("feed_forward_proj") && e.contains("gated-banana"), "{e}");
+        assert!(
+            e.contains("feed_forward_proj") && e.contains("gated-banana"),
+            "{e}"
+        );
     }
 
     #[test]

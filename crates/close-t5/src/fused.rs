@@ -7,14 +7,17 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Shape, Storage, Tensor, D};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Shape, Storage, Tensor, D,
+};
 use close_core::Result;
 
 /// Elements below which a kernel runs on one thread.
 const PAR_MIN: usize = 1 << 14;
 
 fn use_fused(ts: &[&Tensor]) -> bool {
-    ts.iter().all(|t| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32)
+    ts.iter()
+        .all(|t| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32)
 }
 
 /// Runs `f(first_row, rows_chunk)` over `out` split into whole rows of `row` elements.
@@ -39,7 +42,9 @@ where
 
 /// The contiguous f32 data of a CPU storage under `layout`.
 fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else { candle_core::bail!("fused op: expected f32") };
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("fused op: expected f32")
+    };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
         None => candle_core::bail!("fused op: expected a contiguous tensor"),
@@ -47,10 +52,15 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
 }
 
 /// Calls `f` with the f32 data of a CPU tensor (made contiguous if needed).
-fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> candle_core::Result<R>) -> candle_core::Result<R> {
+fn with_data<R>(
+    t: &Tensor,
+    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
     let t = t.contiguous()?;
     let (st, l) = t.storage_and_layout();
-    let Storage::Cpu(s) = &*st else { candle_core::bail!("fused op: expected a CPU tensor") };
+    let Storage::Cpu(s) = &*st else {
+        candle_core::bail!("fused op: expected a CPU tensor")
+    };
     f(slice(s, l)?)
 }
 
@@ -87,7 +97,12 @@ impl CustomOp1 for Softmax {
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         // dx = y * (g - sum(g * y))
         let d = res.dim(D::Minus1)?;
         let out = with_data(res, |y| {
@@ -129,7 +144,13 @@ impl CustomOp2 for RmsNorm {
         "t5-rms-norm"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w) = (slice(s1, l1)?, slice(s2, l2)?);
         let d = w.len();
         let mut y = vec![0f32; x.len()];
@@ -148,7 +169,13 @@ impl CustomOp2 for RmsNorm {
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         // xhat = x r, y = xhat w;  dw = Σ_rows g xhat;  dx = r (g w - xhat mean(g w xhat))
         let d = w.elem_count();
         let eps = self.eps;
@@ -183,7 +210,9 @@ impl CustomOp2 for RmsNorm {
                 })
             })
         })?;
-        let dw = partial_dw.into_inner().map_err(|_| candle_core::Error::Msg("rms-norm: poisoned".into()))?;
+        let dw = partial_dw
+            .into_inner()
+            .map_err(|_| candle_core::Error::Msg("rms-norm: poisoned".into()))?;
         Ok((
             Some(Tensor::from_vec(dx, x.shape(), x.device())?),
             Some(Tensor::from_vec(dw, w.shape(), w.device())?),
@@ -196,7 +225,8 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     if !use_fused(&[x, w]) {
         return close_core::ops::rms_norm(x, w, eps);
     }
-    Ok(x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps: eps as f32 })?)
+    Ok(x.contiguous()?
+        .apply_op2(&w.contiguous()?, RmsNorm { eps: eps as f32 })?)
 }
 
 // ---------------------------------------------------------------- label NLL
@@ -212,10 +242,20 @@ impl CustomOp2 for LabelNll {
         "t5-label-nll"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = slice(s1, l1)?;
-        let CpuStorage::U32(lab) = s2 else { candle_core::bail!("label-nll: labels must be u32") };
-        let (a, b) = l2.contiguous_offsets().ok_or_else(|| candle_core::Error::Msg("label-nll: labels not contiguous".into()))?;
+        let CpuStorage::U32(lab) = s2 else {
+            candle_core::bail!("label-nll: labels must be u32")
+        };
+        let (a, b) = l2
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("label-nll: labels not contiguous".into()))?;
         let lab = &lab[a..b];
         let v = l1.dims()[l1.dims().len() - 1];
         let n = lab.len();
@@ -235,17 +275,29 @@ impl CustomOp2 for LabelNll {
                 *o = max + sum.ln();
             }
         });
-        let nll: Vec<f32> = (0..n).map(|r| lse[r] - x[r * v + lab[r] as usize]).collect();
+        let nll: Vec<f32> = (0..n)
+            .map(|r| lse[r] - x[r * v + lab[r] as usize])
+            .collect();
         if let Ok(mut g) = self.lse.lock() {
             *g = lse;
         }
         Ok((CpuStorage::F32(nll), Shape::from(n)))
     }
 
-    fn bwd(&self, logits: &Tensor, labels: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        labels: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         // d logits = g_r (softmax(x_r) - onehot(label_r))
         let v = logits.dim(D::Minus1)?;
-        let lse = self.lse.lock().map_err(|_| candle_core::Error::Msg("label-nll: poisoned".into()))?.clone();
+        let lse = self
+            .lse
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("label-nll: poisoned".into()))?
+            .clone();
         let lab = labels.flatten_all()?.to_vec1::<u32>()?;
         let dx = with_data(logits, |x| {
             with_data(grad, |g| {
@@ -267,7 +319,10 @@ impl CustomOp2 for LabelNll {
                 Ok(dx)
             })
         })?;
-        Ok((Some(Tensor::from_vec(dx, logits.shape(), logits.device())?), None))
+        Ok((
+            Some(Tensor::from_vec(dx, logits.shape(), logits.device())?),
+            None,
+        ))
     }
 }
 
@@ -276,11 +331,16 @@ pub fn nll_of_labels(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let (b, t, v) = logits.dims3()?;
     if !use_fused(&[logits]) {
         let lsm = close_core::ops::log_softmax_last_dim(logits)?;
-        return Ok(lsm.gather(&labels.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?.neg()?);
+        return Ok(lsm
+            .gather(&labels.unsqueeze(D::Minus1)?, D::Minus1)?
+            .squeeze(D::Minus1)?
+            .neg()?);
     }
     let flat = logits.reshape((b * t, v))?.contiguous()?;
     let lab = labels.flatten_all()?.contiguous()?;
-    let op = LabelNll { lse: Mutex::new(Vec::new()) };
+    let op = LabelNll {
+        lse: Mutex::new(Vec::new()),
+    };
     Ok(flat.apply_op2(&lab, op)?.reshape((b, t))?)
 }
 
@@ -291,8 +351,22 @@ mod tests {
 
     /// max |a - b| / max(1, max |b|)
     fn maxdiff(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        d / b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0)
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        d / b
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .max(1.0)
     }
 
     /// Values and gradients of the fused kernels equal the composed `close_core::ops`, on
@@ -315,7 +389,13 @@ mod tests {
                     )
                 } else {
                     let lsm = close_core::ops::log_softmax_last_dim(x.as_tensor()).unwrap();
-                    let l = lsm.gather(&lab.t().unwrap(), D::Minus1).unwrap().t().unwrap().neg().unwrap();
+                    let l = lsm
+                        .gather(&lab.t().unwrap(), D::Minus1)
+                        .unwrap()
+                        .t()
+                        .unwrap()
+                        .neg()
+                        .unwrap();
                     (
                         close_core::ops::softmax_last_dim(x.as_tensor()).unwrap(),
                         close_core::ops::rms_norm(x.as_tensor(), w.as_tensor(), 1e-6).unwrap(),
@@ -327,7 +407,13 @@ mod tests {
                     + (l.sqr().unwrap().sum_all().unwrap()))
                 .unwrap();
                 let g = loss.backward().unwrap();
-                (s, n, l, g.get(x.as_tensor()).unwrap().clone(), g.get(w.as_tensor()).unwrap().clone())
+                (
+                    s,
+                    n,
+                    l,
+                    g.get(x.as_tensor()).unwrap().clone(),
+                    g.get(w.as_tensor()).unwrap().clone(),
+                )
             };
             let a = run(true);
             let b = run(false);

@@ -28,19 +28,31 @@ pub struct GenerateConfig {
 
 impl Default for GenerateConfig {
     fn default() -> Self {
-        Self { max_steps: 32, beams: 1, length_penalty: 0.0, eos_token_id: None }
+        Self {
+            max_steps: 32,
+            beams: 1,
+            length_penalty: 0.0,
+            eos_token_id: None,
+        }
     }
 }
 
 impl GenerateConfig {
     /// Greedy decoding of at most `max_steps` tokens.
     pub fn greedy(max_steps: usize) -> Self {
-        Self { max_steps, ..Self::default() }
+        Self {
+            max_steps,
+            ..Self::default()
+        }
     }
 
     /// Beam search (summed log-prob) with `beams` beams.
     pub fn beam(beams: usize, max_steps: usize) -> Self {
-        Self { max_steps, beams, ..Self::default() }
+        Self {
+            max_steps,
+            beams,
+            ..Self::default()
+        }
     }
 }
 
@@ -62,14 +74,23 @@ const NEG: f32 = -1.0e9;
 impl T5 {
     /// Decodes from encoder outputs `enc_out [B, L, D]` with mask `[B, L]`. Returns, per batch
     /// item, the hypotheses best first: one for greedy, `beams` for beam search.
-    pub fn generate(&self, enc_out: &Tensor, enc_mask: &Tensor, cfg: &GenerateConfig) -> Result<Vec<Vec<Hypothesis>>> {
+    pub fn generate(
+        &self,
+        enc_out: &Tensor,
+        enc_mask: &Tensor,
+        cfg: &GenerateConfig,
+    ) -> Result<Vec<Vec<Hypothesis>>> {
         if cfg.max_steps == 0 {
             return Err(Error::config("max_steps", "must be at least 1"));
         }
         if cfg.max_steps > self.config().n_positions {
             return Err(Error::config(
                 "max_steps",
-                format!("{} exceeds the model limit n_positions = {}", cfg.max_steps, self.config().n_positions),
+                format!(
+                    "{} exceeds the model limit n_positions = {}",
+                    cfg.max_steps,
+                    self.config().n_positions
+                ),
             ));
         }
         if cfg.beams == 0 {
@@ -77,7 +98,11 @@ impl T5 {
         }
         let (_, l, d) = enc_out.dims3()?;
         if d != self.config().d_model {
-            return Err(Error::Shape { what: "generate: enc_out".into(), expected: vec![enc_out.dim(0)?, l, self.config().d_model], got: enc_out.dims().to_vec() });
+            return Err(Error::Shape {
+                what: "generate: enc_out".into(),
+                expected: vec![enc_out.dim(0)?, l, self.config().d_model],
+                got: enc_out.dims().to_vec(),
+            });
         }
         let eos = cfg.eos_token_id.unwrap_or(self.config().eos_token_id);
         if cfg.beams == 1 {
@@ -87,11 +112,25 @@ impl T5 {
         }
     }
 
-    fn greedy(&self, enc_out: &Tensor, enc_mask: &Tensor, max_steps: usize, eos: u32) -> Result<Vec<Vec<Hypothesis>>> {
+    fn greedy(
+        &self,
+        enc_out: &Tensor,
+        enc_mask: &Tensor,
+        max_steps: usize,
+        eos: u32,
+    ) -> Result<Vec<Vec<Hypothesis>>> {
         let b = enc_out.dim(0)?;
         let dev = enc_out.device().clone();
         let mut cache = self.init_cache(enc_out, enc_mask, 1)?;
-        let mut hyps = vec![Hypothesis { tokens: vec![], logprob: 0.0, score: 0.0, finished: false }; b];
+        let mut hyps = vec![
+            Hypothesis {
+                tokens: vec![],
+                logprob: 0.0,
+                score: 0.0,
+                finished: false
+            };
+            b
+        ];
         let mut ids = vec![self.config().decoder_start_token_id; b];
         let pad = self.config().pad_token_id;
         for _ in 0..max_steps {
@@ -125,7 +164,13 @@ impl T5 {
             .collect())
     }
 
-    fn beam_search(&self, enc_out: &Tensor, enc_mask: &Tensor, cfg: &GenerateConfig, eos: u32) -> Result<Vec<Vec<Hypothesis>>> {
+    fn beam_search(
+        &self,
+        enc_out: &Tensor,
+        enc_mask: &Tensor,
+        cfg: &GenerateConfig,
+        eos: u32,
+    ) -> Result<Vec<Vec<Hypothesis>>> {
         let nb = cfg.beams;
         let b = enc_out.dim(0)?;
         let n = b * nb;
@@ -137,17 +182,23 @@ impl T5 {
 
         // Running beams (row = item * nb + beam).
         let mut run_tokens: Vec<Vec<u32>> = vec![Vec::new(); n];
-        let mut run_scores: Vec<f32> = (0..n).map(|r| if r % nb == 0 { 0.0 } else { NEG }).collect();
+        let mut run_scores: Vec<f32> = (0..n)
+            .map(|r| if r % nb == 0 { 0.0 } else { NEG })
+            .collect();
         let mut ids = vec![self.config().decoder_start_token_id; n];
         // Finished hypotheses per item: (score, logprob, tokens, ended_with_eos); NEG = empty slot.
-        let mut fin: Vec<Vec<(f32, f32, Vec<u32>, bool)>> = vec![vec![(NEG, NEG, Vec::new(), false); nb]; b];
+        let mut fin: Vec<Vec<(f32, f32, Vec<u32>, bool)>> =
+            vec![vec![(NEG, NEG, Vec::new(), false); nb]; b];
         let mut improvable = vec![true; b];
 
         for step in 0..cfg.max_steps {
             let last = step + 1 >= cfg.max_steps;
             let lp = self.decode_step(&mut cache, &Tensor::from_vec(ids.clone(), n, &dev)?)?;
             let scores = Tensor::from_vec(run_scores.clone(), (n, 1), &dev)?;
-            let acc = lp.broadcast_add(&scores)?.to_dtype(DType::F32)?.reshape((b, nb * vocab))?;
+            let acc = lp
+                .broadcast_add(&scores)?
+                .to_dtype(DType::F32)?
+                .reshape((b, nb * vocab))?;
             let acc = acc.to_vec2::<f32>()?;
             let gen_len = (step + 1) as f64;
             let mut new_rows = Vec::with_capacity(n);
@@ -176,12 +227,21 @@ impl T5 {
                 // concatenation [old, new] does in practice).
                 let f = &mut fin[item];
                 let mut order: Vec<usize> = (0..f.len()).collect();
-                order.sort_by(|&a, &c| f[c].0.partial_cmp(&f[a].0).unwrap_or(std::cmp::Ordering::Equal));
+                order.sort_by(|&a, &c| {
+                    f[c].0
+                        .partial_cmp(&f[a].0)
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                });
                 let kept: Vec<_> = order.into_iter().take(nb).map(|i| f[i].clone()).collect();
                 *f = kept;
                 // Best nb running continuations (stable order by penalised score).
                 let mut ord: Vec<usize> = (0..running.len()).collect();
-                ord.sort_by(|&a, &c| running[c].0.partial_cmp(&running[a].0).unwrap_or(std::cmp::Ordering::Equal));
+                ord.sort_by(|&a, &c| {
+                    running[c]
+                        .0
+                        .partial_cmp(&running[a].0)
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                });
                 for &ri in ord.iter().take(nb) {
                     let (s, beam, tok, _) = running[ri];
                     let src = item * nb + beam;
@@ -218,7 +278,12 @@ impl T5 {
             .map(|f| {
                 f.into_iter()
                     .filter(|h| h.0 > NEG)
-                    .map(|(score, logprob, tokens, finished)| Hypothesis { tokens, logprob, score, finished })
+                    .map(|(score, logprob, tokens, finished)| Hypothesis {
+                        tokens,
+                        logprob,
+                        score,
+                        finished,
+                    })
                     .collect()
             })
             .collect())

@@ -47,7 +47,9 @@ fn additive_mask(mask: &Tensor, dtype: DType) -> Result<Tensor> {
     let (b, l) = mask.dims2()?;
     let m = mask.to_dtype(DType::F32)?.ne(0f64)?.to_dtype(DType::F32)?;
     // (m - 1) * |min|: 0 where kept, min where masked.
-    let bias = m.affine(-mask_min(dtype), mask_min(dtype))?.to_dtype(dtype)?;
+    let bias = m
+        .affine(-mask_min(dtype), mask_min(dtype))?
+        .to_dtype(dtype)?;
     Ok(bias.reshape((b, 1, 1, l))?)
 }
 
@@ -62,7 +64,11 @@ pub fn relative_position_buckets(
     max_distance: usize,
 ) -> Vec<u32> {
     let mut out = Vec::with_capacity(q_len * k_len);
-    let nb = if bidirectional { num_buckets / 2 } else { num_buckets };
+    let nb = if bidirectional {
+        num_buckets / 2
+    } else {
+        num_buckets
+    };
     let max_exact = nb / 2;
     // The same float32 arithmetic as torch, so boundaries land in the same bucket.
     let log_ratio = ((max_distance as f64) / (max_exact as f64)).ln() as f32;
@@ -78,7 +84,8 @@ pub fn relative_position_buckets(
             if n < max_exact as i64 {
                 bucket += n;
             } else {
-                let large = (((n as f32) / (max_exact as f32)).ln() / log_ratio * ((nb - max_exact) as f32)) as i64;
+                let large = (((n as f32) / (max_exact as f32)).ln() / log_ratio
+                    * ((nb - max_exact) as f32)) as i64;
                 bucket += (max_exact as i64 + large).min(nb as i64 - 1);
             }
             out.push(bucket as u32);
@@ -90,7 +97,9 @@ pub fn relative_position_buckets(
 /// Splits heads: `[B, L, H*dk]` → `[B, H, L, dk]` (contiguous).
 fn split_heads(x: &Tensor, h: usize) -> Result<Tensor> {
     let (b, l, hd) = x.dims3()?;
-    Ok(x.reshape((b, l, h, hd / h))?.transpose(1, 2)?.contiguous()?)
+    Ok(x.reshape((b, l, h, hd / h))?
+        .transpose(1, 2)?
+        .contiguous()?)
 }
 
 /// Merges heads: `[B, H, L, dk]` → `[B, L, H*dk]`.
@@ -124,11 +133,18 @@ struct Attention {
 impl Attention {
     fn new(cfg: &T5Config, with_bias: bool, vb: VarBuilder) -> Result<Self> {
         let (d, inner) = (cfg.d_model, cfg.inner_dim());
-        let std = |x: usize| Init::Randn { mean: 0.0, stdev: (x as f64).powf(-0.5) };
-        let q = vb.pp("q").get_with_hints((inner, d), "weight", std(d * cfg.d_kv))?;
+        let std = |x: usize| Init::Randn {
+            mean: 0.0,
+            stdev: (x as f64).powf(-0.5),
+        };
+        let q = vb
+            .pp("q")
+            .get_with_hints((inner, d), "weight", std(d * cfg.d_kv))?;
         let k = vb.pp("k").get_with_hints((inner, d), "weight", std(d))?;
         let v = vb.pp("v").get_with_hints((inner, d), "weight", std(d))?;
-        let o = vb.pp("o").get_with_hints((d, inner), "weight", std(inner))?;
+        let o = vb
+            .pp("o")
+            .get_with_hints((d, inner), "weight", std(inner))?;
         let relative_attention_bias = if with_bias {
             Some(vb.pp("relative_attention_bias").get_with_hints(
                 (cfg.relative_attention_num_buckets, cfg.num_heads),
@@ -151,12 +167,24 @@ impl Attention {
     }
 
     /// Position bias `[1, H, q_len, k_len]` for queries at `q_offset..`.
-    fn position_bias(&self, q_len: usize, k_len: usize, q_offset: usize, bidirectional: bool) -> Result<Tensor> {
-        let table = self
-            .relative_attention_bias
-            .as_ref()
-            .ok_or_else(|| Error::invalid("position bias requested from a block without relative_attention_bias"))?;
-        let ids = relative_position_buckets(q_len, k_len, q_offset, bidirectional, self.num_buckets, self.max_distance);
+    fn position_bias(
+        &self,
+        q_len: usize,
+        k_len: usize,
+        q_offset: usize,
+        bidirectional: bool,
+    ) -> Result<Tensor> {
+        let table = self.relative_attention_bias.as_ref().ok_or_else(|| {
+            Error::invalid("position bias requested from a block without relative_attention_bias")
+        })?;
+        let ids = relative_position_buckets(
+            q_len,
+            k_len,
+            q_offset,
+            bidirectional,
+            self.num_buckets,
+            self.max_distance,
+        );
         let ids = Tensor::from_vec(ids, q_len * k_len, table.device())?;
         let vals = table.index_select(&ids, 0)?; // [q*k, H]
         Ok(vals.t()?.reshape((1, self.n_heads, q_len, k_len))?)
@@ -164,7 +192,14 @@ impl Attention {
 
     /// Full-sequence attention of `x [B, Lq, D]` over `kv [B, Lk, D]` (itself when `None`) with
     /// an additive `bias` broadcastable to `[B, H, Lq, Lk]`.
-    fn forward(&self, x: &Tensor, kv: Option<&Tensor>, bias: &Tensor, p: f64, training: bool) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        kv: Option<&Tensor>,
+        bias: &Tensor,
+        p: f64,
+        training: bool,
+    ) -> Result<Tensor> {
         let h = self.n_heads;
         let kv = kv.unwrap_or(x);
         let q = split_heads(&linear(x, &self.q)?, h)?;
@@ -180,8 +215,15 @@ impl Attention {
 
 #[derive(Debug, Clone)]
 enum DenseAct {
-    Plain { wi: Tensor, wo: Tensor },
-    Gated { wi_0: Tensor, wi_1: Tensor, wo: Tensor },
+    Plain {
+        wi: Tensor,
+        wo: Tensor,
+    },
+    Gated {
+        wi_0: Tensor,
+        wi_1: Tensor,
+        wo: Tensor,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -203,7 +245,10 @@ fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
 impl FeedForwardLayer {
     fn new(cfg: &T5Config, ff: FeedForward, vb: VarBuilder) -> Result<Self> {
         let (d, f) = (cfg.d_model, cfg.d_ff);
-        let std = |x: usize| Init::Randn { mean: 0.0, stdev: (x as f64).powf(-0.5) };
+        let std = |x: usize| Init::Randn {
+            mean: 0.0,
+            stdev: (x as f64).powf(-0.5),
+        };
         let dvb = vb.pp("DenseReluDense");
         let dense = if ff.gated {
             DenseAct::Gated {
@@ -217,8 +262,14 @@ impl FeedForwardLayer {
                 wo: dvb.pp("wo").get_with_hints((d, f), "weight", std(f))?,
             }
         };
-        let layer_norm = vb.pp("layer_norm").get_with_hints(d, "weight", Init::Const(1.0))?;
-        Ok(Self { dense, act: ff.act, layer_norm })
+        let layer_norm = vb
+            .pp("layer_norm")
+            .get_with_hints(d, "weight", Init::Const(1.0))?;
+        Ok(Self {
+            dense,
+            act: ff.act,
+            layer_norm,
+        })
     }
 
     fn forward(&self, x: &Tensor, eps: f64, p: f64, training: bool) -> Result<Tensor> {
@@ -248,19 +299,37 @@ struct Block {
 }
 
 impl Block {
-    fn new(cfg: &T5Config, ff: FeedForward, first: bool, decoder: bool, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        cfg: &T5Config,
+        ff: FeedForward,
+        first: bool,
+        decoder: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let lvb = vb.pp("layer");
         let self_attn = Attention::new(cfg, first, lvb.pp("0").pp("SelfAttention"))?;
-        let self_ln = lvb.pp("0").pp("layer_norm").get_with_hints(cfg.d_model, "weight", Init::Const(1.0))?;
+        let self_ln =
+            lvb.pp("0")
+                .pp("layer_norm")
+                .get_with_hints(cfg.d_model, "weight", Init::Const(1.0))?;
         let (cross, ff_idx) = if decoder {
             let a = Attention::new(cfg, false, lvb.pp("1").pp("EncDecAttention"))?;
-            let ln = lvb.pp("1").pp("layer_norm").get_with_hints(cfg.d_model, "weight", Init::Const(1.0))?;
+            let ln = lvb.pp("1").pp("layer_norm").get_with_hints(
+                cfg.d_model,
+                "weight",
+                Init::Const(1.0),
+            )?;
             (Some((a, ln)), "2")
         } else {
             (None, "1")
         };
         let ff = FeedForwardLayer::new(cfg, ff, lvb.pp(ff_idx))?;
-        Ok(Self { self_attn, self_ln, cross, ff })
+        Ok(Self {
+            self_attn,
+            self_ln,
+            cross,
+            ff,
+        })
     }
 }
 
@@ -271,12 +340,23 @@ struct Stack {
 }
 
 impl Stack {
-    fn new(cfg: &T5Config, ff: FeedForward, n: usize, decoder: bool, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        cfg: &T5Config,
+        ff: FeedForward,
+        n: usize,
+        decoder: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let blocks = (0..n)
             .map(|i| Block::new(cfg, ff, i == 0, decoder, vb.pp("block").pp(i)))
             .collect::<Result<Vec<_>>>()?;
-        let final_layer_norm = vb.pp("final_layer_norm").get_with_hints(cfg.d_model, "weight", Init::Const(1.0))?;
-        Ok(Self { blocks, final_layer_norm })
+        let final_layer_norm =
+            vb.pp("final_layer_norm")
+                .get_with_hints(cfg.d_model, "weight", Init::Const(1.0))?;
+        Ok(Self {
+            blocks,
+            final_layer_norm,
+        })
     }
 }
 
@@ -319,15 +399,36 @@ impl T5 {
     pub fn new(cfg: &T5Config, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
         let ff = cfg.feed_forward()?;
-        let shared = vb.pp("shared").get_with_hints((cfg.vocab_size, cfg.d_model), "weight", Init::Randn { mean: 0.0, stdev: 1.0 })?;
+        let shared = vb.pp("shared").get_with_hints(
+            (cfg.vocab_size, cfg.d_model),
+            "weight",
+            Init::Randn {
+                mean: 0.0,
+                stdev: 1.0,
+            },
+        )?;
         let encoder = Stack::new(cfg, ff, cfg.num_layers, false, vb.pp("encoder"))?;
         let decoder = Stack::new(cfg, ff, cfg.decoder_layers(), true, vb.pp("decoder"))?;
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
-            Some(vb.pp("lm_head").get_with_hints((cfg.vocab_size, cfg.d_model), "weight", Init::Randn { mean: 0.0, stdev: 1.0 })?)
+            Some(vb.pp("lm_head").get_with_hints(
+                (cfg.vocab_size, cfg.d_model),
+                "weight",
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: 1.0,
+                },
+            )?)
         };
-        Ok(Self { cfg: cfg.clone(), shared, encoder, decoder, lm_head, training: false })
+        Ok(Self {
+            cfg: cfg.clone(),
+            shared,
+            encoder,
+            decoder,
+            lm_head,
+            training: false,
+        })
     }
 
     /// The configuration.
@@ -373,7 +474,11 @@ impl T5 {
         if ids.elem_count() == 0 {
             return Ok(());
         }
-        let max = ids.to_dtype(DType::U32)?.flatten_all()?.max(0)?.to_scalar::<u32>()?;
+        let max = ids
+            .to_dtype(DType::U32)?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<u32>()?;
         if max as usize >= self.cfg.vocab_size {
             return Err(Error::invalid(format!(
                 "{what}: token id {max} is outside the vocabulary ({})",
@@ -392,7 +497,10 @@ impl T5 {
 
     fn embed_unchecked(&self, ids: &Tensor, b: usize, l: usize) -> Result<Tensor> {
         let flat = ids.to_dtype(DType::U32)?.flatten_all()?;
-        Ok(self.shared.index_select(&flat, 0)?.reshape((b, l, self.cfg.d_model))?)
+        Ok(self
+            .shared
+            .index_select(&flat, 0)?
+            .reshape((b, l, self.cfg.d_model))?)
     }
 
     /// Encoder over `inputs_embeds [B, L, D]` with attention `mask [B, L]` (1 = token,
@@ -400,15 +508,30 @@ impl T5 {
     pub fn encode(&self, inputs_embeds: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (b, l, d) = inputs_embeds.dims3()?;
         if d != self.cfg.d_model {
-            return Err(Error::Shape { what: "encode: inputs_embeds".into(), expected: vec![b, l, self.cfg.d_model], got: vec![b, l, d] });
+            return Err(Error::Shape {
+                what: "encode: inputs_embeds".into(),
+                expected: vec![b, l, self.cfg.d_model],
+                got: vec![b, l, d],
+            });
         }
         if mask.dims() != [b, l] {
-            return Err(Error::Shape { what: "encode: mask".into(), expected: vec![b, l], got: mask.dims().to_vec() });
+            return Err(Error::Shape {
+                what: "encode: mask".into(),
+                expected: vec![b, l],
+                got: mask.dims().to_vec(),
+            });
         }
         self.check_len("encode", l)?;
-        let (eps, p, tr) = (self.cfg.layer_norm_epsilon, self.cfg.dropout_rate, self.training);
+        let (eps, p, tr) = (
+            self.cfg.layer_norm_epsilon,
+            self.cfg.dropout_rate,
+            self.training,
+        );
         let dtype = inputs_embeds.dtype();
-        let pos = self.encoder.blocks[0].self_attn.position_bias(l, l, 0, true)?.to_dtype(dtype)?;
+        let pos = self.encoder.blocks[0]
+            .self_attn
+            .position_bias(l, l, 0, true)?
+            .to_dtype(dtype)?;
         let bias = pos.broadcast_add(&additive_mask(mask, dtype)?)?; // [B, H, L, L]
         let mut x = dropout(inputs_embeds, p, tr)?;
         for blk in &self.encoder.blocks {
@@ -423,25 +546,57 @@ impl T5 {
 
     /// Decoder hidden states (after the final layer norm) for teacher-forced
     /// `decoder_input_ids [B, T]` → `[B, T, D]`.
-    pub fn decode_hidden(&self, enc_out: &Tensor, enc_mask: &Tensor, decoder_input_ids: &Tensor) -> Result<Tensor> {
+    pub fn decode_hidden(
+        &self,
+        enc_out: &Tensor,
+        enc_mask: &Tensor,
+        decoder_input_ids: &Tensor,
+    ) -> Result<Tensor> {
         let (b, l, d) = enc_out.dims3()?;
         if d != self.cfg.d_model {
-            return Err(Error::Shape { what: "decode: enc_out".into(), expected: vec![b, l, self.cfg.d_model], got: vec![b, l, d] });
+            return Err(Error::Shape {
+                what: "decode: enc_out".into(),
+                expected: vec![b, l, self.cfg.d_model],
+                got: vec![b, l, d],
+            });
         }
         if enc_mask.dims() != [b, l] {
-            return Err(Error::Shape { what: "decode: enc_mask".into(), expected: vec![b, l], got: enc_mask.dims().to_vec() });
+            return Err(Error::Shape {
+                what: "decode: enc_mask".into(),
+                expected: vec![b, l],
+                got: enc_mask.dims().to_vec(),
+            });
         }
         let (bt, t) = decoder_input_ids.dims2()?;
         if bt != b {
-            return Err(Error::Shape { what: "decode: decoder_input_ids".into(), expected: vec![b, t], got: vec![bt, t] });
+            return Err(Error::Shape {
+                what: "decode: decoder_input_ids".into(),
+                expected: vec![b, t],
+                got: vec![bt, t],
+            });
         }
         self.check_len("decode", t)?;
         self.check_ids("decode: decoder_input_ids", decoder_input_ids)?;
-        let (eps, p, tr) = (self.cfg.layer_norm_epsilon, self.cfg.dropout_rate, self.training);
+        let (eps, p, tr) = (
+            self.cfg.layer_norm_epsilon,
+            self.cfg.dropout_rate,
+            self.training,
+        );
         let dtype = enc_out.dtype();
-        let pos = self.decoder.blocks[0].self_attn.position_bias(t, t, 0, false)?.to_dtype(dtype)?;
+        let pos = self.decoder.blocks[0]
+            .self_attn
+            .position_bias(t, t, 0, false)?
+            .to_dtype(dtype)?;
         let causal: Vec<f32> = (0..t)
-            .flat_map(|i| (0..t).map(move |j| if j > i { mask_min(DType::F32) as f32 } else { 0.0 }))
+            .flat_map(|i| {
+                (0..t).map(move |j| {
+                    if j > i {
+                        mask_min(DType::F32) as f32
+                    } else {
+                        0.0
+                    }
+                })
+            })
             .collect();
         let causal = Tensor::from_vec(causal, (1, 1, t, t), enc_out.device())?.to_dtype(dtype)?;
         let self_bias = pos.broadcast_add(&causal)?; // [1, H, T, T]
@@ -451,7 +606,10 @@ impl T5 {
             let n = fused::rms_norm(&x, &blk.self_ln, eps)?;
             let a = blk.self_attn.forward(&n, None, &self_bias, p, tr)?;
             x = (x + dropout(&a, p, tr)?)?;
-            let (ca, cln) = blk.cross.as_ref().ok_or_else(|| Error::invalid("decoder block without cross-attention"))?;
+            let (ca, cln) = blk
+                .cross
+                .as_ref()
+                .ok_or_else(|| Error::invalid("decoder block without cross-attention"))?;
             let n = fused::rms_norm(&x, cln, eps)?;
             let a = ca.forward(&n, Some(enc_out), &cross_bias, p, tr)?;
             x = (x + dropout(&a, p, tr)?)?;
@@ -464,14 +622,22 @@ impl T5 {
     /// LM head over decoder hidden states `[.., D]` → logits `[.., V]`.
     pub fn lm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
         match &self.lm_head {
-            None => linear(&(hidden * (self.cfg.d_model as f64).powf(-0.5))?, &self.shared),
+            None => linear(
+                &(hidden * (self.cfg.d_model as f64).powf(-0.5))?,
+                &self.shared,
+            ),
             Some(w) => linear(hidden, w),
         }
     }
 
     /// Teacher-forced decoder: logits `[B, T, V]` for `decoder_input_ids [B, T]` given the
     /// encoder output `[B, L, D]` and its mask `[B, L]`.
-    pub fn decode(&self, enc_out: &Tensor, enc_mask: &Tensor, decoder_input_ids: &Tensor) -> Result<Tensor> {
+    pub fn decode(
+        &self,
+        enc_out: &Tensor,
+        enc_mask: &Tensor,
+        decoder_input_ids: &Tensor,
+    ) -> Result<Tensor> {
         self.lm_logits(&self.decode_hidden(enc_out, enc_mask, decoder_input_ids)?)
     }
 
@@ -489,7 +655,11 @@ impl T5 {
 
     fn clean_labels(&self, labels: &Tensor, label_mask: &Tensor) -> Result<Tensor> {
         if labels.dims() != label_mask.dims() || labels.rank() != 2 {
-            return Err(Error::Shape { what: "labels / label_mask".into(), expected: labels.dims().to_vec(), got: label_mask.dims().to_vec() });
+            return Err(Error::Shape {
+                what: "labels / label_mask".into(),
+                expected: labels.dims().to_vec(),
+                got: label_mask.dims().to_vec(),
+            });
         }
         let labels = labels.to_dtype(DType::U32)?;
         let keep = label_mask.to_dtype(DType::F32)?.ne(0f64)?;
@@ -500,7 +670,13 @@ impl T5 {
     /// Training loss: cross-entropy of `labels [B, T]` (u32) where `label_mask [B, T]` is 1,
     /// averaged over those tokens (as HF with `-100` labels). The decoder input is the labels
     /// shifted right from `decoder_start_token_id`.
-    pub fn loss(&self, enc_out: &Tensor, enc_mask: &Tensor, labels: &Tensor, label_mask: &Tensor) -> Result<Tensor> {
+    pub fn loss(
+        &self,
+        enc_out: &Tensor,
+        enc_mask: &Tensor,
+        labels: &Tensor,
+        label_mask: &Tensor,
+    ) -> Result<Tensor> {
         let dec_in = self.shift_right(labels, label_mask)?;
         let logits = self.decode(enc_out, enc_mask, &dec_in)?;
         let clean = self.clean_labels(labels, label_mask)?;
@@ -509,32 +685,66 @@ impl T5 {
 
     /// Repeats encoder rows for several targets per input: row `i` of the result is row
     /// `target_mapping[i]` of `enc_out [B, L, D]` / `mask [B, L]`.
-    pub fn repeat_for_targets(&self, enc_out: &Tensor, mask: &Tensor, target_mapping: &[usize]) -> Result<(Tensor, Tensor)> {
+    pub fn repeat_for_targets(
+        &self,
+        enc_out: &Tensor,
+        mask: &Tensor,
+        target_mapping: &[usize],
+    ) -> Result<(Tensor, Tensor)> {
         repeat_rows(enc_out, mask, target_mapping)
     }
 
     // ---- incremental decoding (generation) ----
 
     /// Cache for decoding `expand` rows per row of `enc_out [B, L, D]` (beams).
-    pub(crate) fn init_cache(&self, enc_out: &Tensor, enc_mask: &Tensor, expand: usize) -> Result<DecoderCache> {
+    pub(crate) fn init_cache(
+        &self,
+        enc_out: &Tensor,
+        enc_mask: &Tensor,
+        expand: usize,
+    ) -> Result<DecoderCache> {
         let (b, l, _) = enc_out.dims3()?;
         if enc_mask.dims() != [b, l] {
-            return Err(Error::Shape { what: "generate: enc_mask".into(), expected: vec![b, l], got: enc_mask.dims().to_vec() });
+            return Err(Error::Shape {
+                what: "generate: enc_mask".into(),
+                expected: vec![b, l],
+                got: enc_mask.dims().to_vec(),
+            });
         }
         let rows: Vec<u32> = (0..b * expand).map(|i| (i / expand) as u32).collect();
         let rows = Tensor::from_vec(rows, b * expand, enc_out.device())?;
         let h = self.cfg.num_heads;
         let mut layers = Vec::with_capacity(self.decoder.blocks.len());
         for blk in &self.decoder.blocks {
-            let (ca, _) = blk.cross.as_ref().ok_or_else(|| Error::invalid("decoder block without cross-attention"))?;
+            let (ca, _) = blk
+                .cross
+                .as_ref()
+                .ok_or_else(|| Error::invalid("decoder block without cross-attention"))?;
             let ck = split_heads(&linear(enc_out, &ca.k)?, h)?;
             let cv = split_heads(&linear(enc_out, &ca.v)?, h)?;
-            let (ck, cv) = if expand > 1 { (ck.index_select(&rows, 0)?, cv.index_select(&rows, 0)?) } else { (ck, cv) };
-            layers.push(LayerCache { k: None, v: None, ck, cv });
+            let (ck, cv) = if expand > 1 {
+                (ck.index_select(&rows, 0)?, cv.index_select(&rows, 0)?)
+            } else {
+                (ck, cv)
+            };
+            layers.push(LayerCache {
+                k: None,
+                v: None,
+                ck,
+                cv,
+            });
         }
         let bias = additive_mask(enc_mask, enc_out.dtype())?;
-        let cross_bias = if expand > 1 { bias.index_select(&rows, 0)? } else { bias };
-        Ok(DecoderCache { layers, cross_bias, step: 0 })
+        let cross_bias = if expand > 1 {
+            bias.index_select(&rows, 0)?
+        } else {
+            bias
+        };
+        Ok(DecoderCache {
+            layers,
+            cross_bias,
+            step: 0,
+        })
     }
 
     /// One decoding step for `ids [N]` (u32): appends to the cache and returns log-probs
@@ -543,31 +753,38 @@ impl T5 {
         let n = ids.dim(0)?;
         let t = cache.step;
         let eps = self.cfg.layer_norm_epsilon;
-        let h = self.cfg.num_heads;
+        let (h, dk) = (self.cfg.num_heads, self.cfg.d_kv);
         let dtype = self.dtype();
-        let pos = self.decoder.blocks[0].self_attn.position_bias(1, t + 1, t, false)?.to_dtype(dtype)?;
+        let pos = self.decoder.blocks[0]
+            .self_attn
+            .position_bias(1, t + 1, t, false)?
+            .to_dtype(dtype)?;
         let mut x = self.embed_unchecked(ids, n, 1)?;
         for (blk, lc) in self.decoder.blocks.iter().zip(cache.layers.iter_mut()) {
             let a = &blk.self_attn;
             let xn = candle_nn::ops::rms_norm(&x, &blk.self_ln, eps as f32)?;
-            let q = split_heads(&linear(&xn, &a.q)?, h)?;
-            let k = split_heads(&linear(&xn, &a.k)?, h)?;
-            let v = split_heads(&linear(&xn, &a.v)?, h)?;
+            // One position: [N, 1, H*dk] and [N, H, 1, dk] share their memory layout.
+            let q = linear(&xn, &a.q)?.reshape((n, h, 1, dk))?;
+            let k = linear(&xn, &a.k)?.reshape((n, h, 1, dk))?;
+            let v = linear(&xn, &a.v)?.reshape((n, h, 1, dk))?;
             let (k, v) = match (&lc.k, &lc.v) {
                 (Some(pk), Some(pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
                 _ => (k, v),
             };
             let s = q.matmul(&k.t()?)?.broadcast_add(&pos)?;
             let o = candle_nn::ops::softmax_last_dim(&s)?.matmul(&v)?;
-            x = (x + linear(&merge_heads(&o)?, &a.o)?)?;
+            x = (x + linear(&o.reshape((n, 1, h * dk))?, &a.o)?)?;
             lc.k = Some(k);
             lc.v = Some(v);
-            let (ca, cln) = blk.cross.as_ref().ok_or_else(|| Error::invalid("decoder block without cross-attention"))?;
+            let (ca, cln) = blk
+                .cross
+                .as_ref()
+                .ok_or_else(|| Error::invalid("decoder block without cross-attention"))?;
             let xn = candle_nn::ops::rms_norm(&x, cln, eps as f32)?;
-            let q = split_heads(&linear(&xn, &ca.q)?, h)?;
+            let q = linear(&xn, &ca.q)?.reshape((n, h, 1, dk))?;
             let s = q.matmul(&lc.ck.t()?)?.broadcast_add(&cache.cross_bias)?;
             let o = candle_nn::ops::softmax_last_dim(&s)?.matmul(&lc.cv)?;
-            x = (x + linear(&merge_heads(&o)?, &ca.o)?)?;
+            x = (x + linear(&o.reshape((n, 1, h * dk))?, &ca.o)?)?;
             x = blk.ff.forward(&x, eps, 0.0, false)?;
         }
         cache.step += 1;
@@ -593,10 +810,16 @@ impl T5 {
 pub fn repeat_rows(enc_out: &Tensor, mask: &Tensor, mapping: &[usize]) -> Result<(Tensor, Tensor)> {
     let b = enc_out.dim(0)?;
     if let Some(&bad) = mapping.iter().find(|&&i| i >= b) {
-        return Err(Error::invalid(format!("target mapping index {bad} is out of range for a batch of {b}")));
+        return Err(Error::invalid(format!(
+            "target mapping index {bad} is out of range for a batch of {b}"
+        )));
     }
     if mask.dim(0)? != b {
-        return Err(Error::Shape { what: "repeat_for_targets: mask".into(), expected: vec![b], got: mask.dims().to_vec() });
+        return Err(Error::Shape {
+            what: "repeat_for_targets: mask".into(),
+            expected: vec![b],
+            got: mask.dims().to_vec(),
+        });
     }
     let idx: Vec<u32> = mapping.iter().map(|&i| i as u32).collect();
     let idx = Tensor::from_vec(idx, mapping.len(), enc_out.device())?;
@@ -608,12 +831,18 @@ pub fn repeat_rows(enc_out: &Tensor, mask: &Tensor, mapping: &[usize]) -> Result
 pub fn masked_cross_entropy(logits: &Tensor, labels: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let (b, t, _v) = logits.dims3()?;
     if labels.dims() != [b, t] || mask.dims() != [b, t] {
-        return Err(Error::Shape { what: "masked_cross_entropy: labels / mask".into(), expected: vec![b, t], got: labels.dims().to_vec() });
+        return Err(Error::Shape {
+            what: "masked_cross_entropy: labels / mask".into(),
+            expected: vec![b, t],
+            got: labels.dims().to_vec(),
+        });
     }
     let m = mask.to_dtype(DType::F32)?.ne(0f64)?.to_dtype(DType::F32)?;
     let count = m.sum_all()?.to_scalar::<f32>()?;
     if count == 0.0 {
-        return Err(Error::invalid("loss: the label mask selects no target token"));
+        return Err(Error::invalid(
+            "loss: the label mask selects no target token",
+        ));
     }
     let nll = fused::nll_of_labels(&logits.to_dtype(DType::F32)?, &labels.to_dtype(DType::U32)?)?; // [B, T]
     Ok(((nll * m)?.sum_all()? / count as f64)?)
@@ -635,7 +864,10 @@ pub fn pad_targets(targets: &[Vec<u32>], pad: u32, device: &Device) -> Result<(T
             mask[i * t + j] = 1.0;
         }
     }
-    Ok((Tensor::from_vec(ids, (n, t), device)?, Tensor::from_vec(mask, (n, t), device)?))
+    Ok((
+        Tensor::from_vec(ids, (n, t), device)?,
+        Tensor::from_vec(mask, (n, t), device)?,
+    ))
 }
 
 #[cfg(test)]
@@ -651,7 +883,10 @@ mod tests {
         let b = relative_position_buckets(1, 201, 0, true, 32, 128);
         assert_eq!(b[0], 0);
         assert_eq!(b[5], 21);
-        assert_eq!(b[20], 16 + 8 + ((20f32 / 8.0).ln() / (16f32).ln() * 8.0) as u32);
+        assert_eq!(
+            b[20],
+            16 + 8 + ((20f32 / 8.0).ln() / (16f32).ln() * 8.0) as u32
+        );
         assert_eq!(b[200], 31);
         // causal: future keys get bucket 0, past keys count back.
         let c = relative_position_buckets(1, 6, 5, false, 32, 128);

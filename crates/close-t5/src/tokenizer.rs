@@ -25,9 +25,13 @@ pub const SPECIAL_TOKENS: [&str; 3] = ["<pad>", "</s>", "<unk>"];
 pub fn load(path: impl AsRef<Path>) -> Result<Tokenizer> {
     let path = path.as_ref();
     if !path.exists() {
-        return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer file not found")));
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer file not found"),
+        ));
     }
-    Tokenizer::from_file(path).map_err(|e| Error::format(path, None, format!("not a tokenizer.json: {e}")))
+    Tokenizer::from_file(path)
+        .map_err(|e| Error::format(path, None, format!("not a tokenizer.json: {e}")))
 }
 
 /// Saves `tok` as `tokenizer.json` (atomically).
@@ -43,20 +47,42 @@ where
     S: AsRef<str> + Send,
 {
     if vocab_size <= SPECIAL_TOKENS.len() {
-        return Err(Error::config("vocab_size", format!("{vocab_size} leaves no room beside the special tokens")));
+        return Err(Error::config(
+            "vocab_size",
+            format!("{vocab_size} leaves no room beside the special tokens"),
+        ));
     }
-    let lines: Vec<String> = lines.into_iter().map(|s| s.as_ref().to_string()).filter(|s| !s.trim().is_empty()).collect();
+    let lines: Vec<String> = lines
+        .into_iter()
+        .map(|s| s.as_ref().to_string())
+        .filter(|s| !s.trim().is_empty())
+        .collect();
     if lines.is_empty() {
-        return Err(Error::invalid("train_tokenizer: the corpus has no non-empty line"));
+        return Err(Error::invalid(
+            "train_tokenizer: the corpus has no non-empty line",
+        ));
     }
     let mut tok = Tokenizer::new(Unigram::default());
     tok.with_normalizer(Some(NormalizerWrapper::NFKC(NFKC)))?;
-    tok.with_pre_tokenizer(Some(PreTokenizerWrapper::Metaspace(Metaspace::new('▁', PrependScheme::Always, true))));
-    tok.with_decoder(Some(DecoderWrapper::Metaspace(Metaspace::new('▁', PrependScheme::Always, true))));
+    tok.with_pre_tokenizer(Some(PreTokenizerWrapper::Metaspace(Metaspace::new(
+        '▁',
+        PrependScheme::Always,
+        true,
+    ))));
+    tok.with_decoder(Some(DecoderWrapper::Metaspace(Metaspace::new(
+        '▁',
+        PrependScheme::Always,
+        true,
+    ))));
     let mut trainer: TrainerWrapper = UnigramTrainer::builder()
         .vocab_size(vocab_size as u32)
         .show_progress(false)
-        .special_tokens(SPECIAL_TOKENS.iter().map(|s| AddedToken::from(*s, true)).collect())
+        .special_tokens(
+            SPECIAL_TOKENS
+                .iter()
+                .map(|s| AddedToken::from(*s, true))
+                .collect(),
+        )
         .unk_token(Some("<unk>".into()))
         .build()
         .map_err(|e| Error::Tokenizer(e.to_string()))?
@@ -73,7 +99,9 @@ where
     tok.with_post_processor(Some(PostProcessorWrapper::Template(post)));
     for (id, s) in SPECIAL_TOKENS.iter().enumerate() {
         if tok.token_to_id(s) != Some(id as u32) {
-            return Err(Error::Tokenizer(format!("special token {s} did not get id {id}")));
+            return Err(Error::Tokenizer(format!(
+                "special token {s} did not get id {id}"
+            )));
         }
     }
     Ok(tok)
@@ -119,7 +147,10 @@ mod tests {
         let p = dir.path().join("tokenizer.json");
         save(&tok, &p).unwrap();
         let back = load(&p).unwrap();
-        assert_eq!(encode(&back, "two blue squares").unwrap(), encode(&tok, "two blue squares").unwrap());
+        assert_eq!(
+            encode(&back, "two blue squares").unwrap(),
+            encode(&tok, "two blue squares").unwrap()
+        );
     }
 
     #[test]
@@ -129,6 +160,9 @@ mod tests {
         std::fs::write(&p, "{not json").unwrap();
         let e = load(&p).unwrap_err().to_string();
         assert!(e.contains("tokenizer.json"), "{e}");
-        assert!(load(dir.path().join("missing.json")).unwrap_err().to_string().contains("missing.json"));
+        assert!(load(dir.path().join("missing.json"))
+            .unwrap_err()
+            .to_string()
+            .contains("missing.json"));
     }
 }

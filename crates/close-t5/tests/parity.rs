@@ -11,18 +11,34 @@ use candle_core::{DType, Device, Tensor, Var};
 use close_t5::{GenerateConfig, T5};
 
 fn fixture(variant: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(variant)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(variant)
 }
 
 fn expected(variant: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(variant).join("expected.safetensors"), &Device::Cpu).unwrap()
+    candle_core::safetensors::load(fixture(variant).join("expected.safetensors"), &Device::Cpu)
+        .unwrap()
 }
 
 /// max |a - b| / max(1, max |b|)
 fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    let m = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let m = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     d / m.max(1.0)
 }
 
@@ -30,7 +46,11 @@ fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
 fn split_labels(labels: &Tensor) -> (Tensor, Tensor) {
     let keep = labels.ge(0i64).unwrap();
     let zeros = labels.zeros_like().unwrap();
-    let clean = keep.where_cond(labels, &zeros).unwrap().to_dtype(DType::U32).unwrap();
+    let clean = keep
+        .where_cond(labels, &zeros)
+        .unwrap()
+        .to_dtype(DType::U32)
+        .unwrap();
     (clean, keep.to_dtype(DType::F32).unwrap())
 }
 
@@ -47,7 +67,11 @@ fn check_forward(variant: &str) {
     let dec_in = model.shift_right(&labels, &label_mask).unwrap();
     assert_eq!(
         dec_in.to_vec2::<u32>().unwrap(),
-        e["decoder_input_ids"].to_dtype(DType::U32).unwrap().to_vec2::<u32>().unwrap()
+        e["decoder_input_ids"]
+            .to_dtype(DType::U32)
+            .unwrap()
+            .to_vec2::<u32>()
+            .unwrap()
     );
     let logits = model.decode(&enc, &e["mask"], &dec_in).unwrap();
     let d = rel_diff(&logits, &e["logits"]);
@@ -70,12 +94,19 @@ fn check_gradients(variant: &str) {
     let vars = varmap.data().lock().unwrap();
     let mut checked = 0;
     for (k, want) in &e {
-        let Some(name) = k.strip_prefix("grad.") else { continue };
+        let Some(name) = k.strip_prefix("grad.") else {
+            continue;
+        };
         let got = if name == "inputs_embeds" {
             grads.get(x.as_tensor()).unwrap().clone()
         } else {
-            let var = vars.get(name).unwrap_or_else(|| panic!("no variable {name}"));
-            grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}")).clone()
+            let var = vars
+                .get(name)
+                .unwrap_or_else(|| panic!("no variable {name}"));
+            grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name}"))
+                .clone()
         };
         let d = rel_diff(&got, want);
         assert!(d < 1e-4, "{variant} gradient of {name} differs by {d}");
@@ -109,29 +140,51 @@ fn check_generation(variant: &str) {
     let dev = Device::Cpu;
     let (model, _) = T5::load(fixture(variant), &dev).unwrap();
     let e = expected(variant);
-    let want: GenExpected =
-        serde_json::from_str(&std::fs::read_to_string(fixture(variant).join("expected.json")).unwrap()).unwrap();
+    let want: GenExpected = serde_json::from_str(
+        &std::fs::read_to_string(fixture(variant).join("expected.json")).unwrap(),
+    )
+    .unwrap();
     let mask = &e["gen.mask"];
     let enc = model.encode(&e["gen.inputs_embeds"], mask).unwrap();
 
-    let greedy = model.generate(&enc, mask, &GenerateConfig::greedy(want.max_new_tokens)).unwrap();
+    let greedy = model
+        .generate(&enc, mask, &GenerateConfig::greedy(want.max_new_tokens))
+        .unwrap();
     assert_eq!(greedy.len(), want.greedy.len());
     for (got, want) in greedy.iter().zip(&want.greedy) {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].tokens, want.tokens, "{variant} greedy tokens");
         assert_eq!(got[0].finished, want.finished);
-        assert!((got[0].logprob - want.logprob).abs() < 1e-4, "{variant} greedy logprob {} vs {}", got[0].logprob, want.logprob);
+        assert!(
+            (got[0].logprob - want.logprob).abs() < 1e-4,
+            "{variant} greedy logprob {} vs {}",
+            got[0].logprob,
+            want.logprob
+        );
     }
 
-    let beams = model.generate(&enc, mask, &GenerateConfig::beam(4, want.max_new_tokens)).unwrap();
+    let beams = model
+        .generate(&enc, mask, &GenerateConfig::beam(4, want.max_new_tokens))
+        .unwrap();
     let mut finished = 0;
     for (item, (got, want)) in beams.iter().zip(&want.beam4).enumerate() {
         assert_eq!(got.len(), 4, "{variant} item {item}: number of beams");
         for (r, (g, w)) in got.iter().zip(want).enumerate() {
             assert_eq!(g.tokens, w.tokens, "{variant} item {item} beam {r} tokens");
-            assert_eq!(g.finished, w.finished, "{variant} item {item} beam {r} finished");
-            assert!((g.score - w.score).abs() < 1e-4, "{variant} item {item} beam {r}: score {} vs {}", g.score, w.score);
-            assert!((g.logprob - g.score).abs() < 1e-6, "length penalty 0: score is the summed log-prob");
+            assert_eq!(
+                g.finished, w.finished,
+                "{variant} item {item} beam {r} finished"
+            );
+            assert!(
+                (g.score - w.score).abs() < 1e-4,
+                "{variant} item {item} beam {r}: score {} vs {}",
+                g.score,
+                w.score
+            );
+            assert!(
+                (g.logprob - g.score).abs() < 1e-6,
+                "length penalty 0: score is the summed log-prob"
+            );
             finished += g.finished as usize;
         }
     }

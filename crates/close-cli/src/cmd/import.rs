@@ -1,10 +1,53 @@
-//! `close import` (not implemented yet).
+//! `close import`: convert an official CLOSE checkpoint (`model.json` + `state-ep8.pth`) into
+//! a run dir, reading the pickle without executing code.
+
+use std::path::PathBuf;
 
 use crate::common::Ctx;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// The reference's `model.json`.
+    #[arg(long)]
+    pub model_json: PathBuf,
+    /// The reference's `state-ep8.pth` (PyTorch zip pickle).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The T5 the checkpoint was trained from (`t5_model_name` in model.json): HF dir or hub id.
+    #[arg(long)]
+    pub t5: String,
+    /// A tokenizer.json to use instead of the T5 dir's.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// The task the checkpoint was trained for.
+    #[arg(long)]
+    pub task: String,
+    /// CLIP model dir / hub id matching model.json's `clip_model` (recorded for predict).
+    #[arg(long)]
+    pub clip: Option<String>,
+    /// Run dir to write.
+    #[arg(long)]
+    pub out: PathBuf,
+}
 
-pub fn run(_args: Args, _ctx: &Ctx) -> anyhow::Result<()> {
-    anyhow::bail!("`close import` is not implemented yet")
+pub fn run(args: Args, _ctx: &Ctx) -> anyhow::Result<()> {
+    let t5 = close_model::hub::resolve_model(&args.t5)?;
+    let task = args.task.parse()?;
+    let rep = close_model::import::import_official(
+        &args.model_json,
+        &args.checkpoint,
+        &t5,
+        args.tokenizer.as_deref(),
+        task,
+        &args.out,
+    )?;
+    if let Some(c) = &args.clip {
+        let dir = close_model::hub::resolve_model(c)?;
+        let p = args.out.join("config.json");
+        let mut cfg: close_model::config::TrainConfig = close_core::io::read_json(&p)?;
+        cfg.clip = Some(dir);
+        close_core::io::write_json_atomic(&p, &cfg)?;
+    }
+    println!("{}", serde_json::to_string_pretty(&rep)?);
+    Ok(())
 }

@@ -1,10 +1,119 @@
-//! `close predict` (not implemented yet).
+//! `close predict`: run a trained model on image files (with a question / hypothesis /
+//! article per image where the task needs one). One JSON line per image:
+//! `{file, prediction, logprob, beams}`; unreadable images are reported and skipped.
 
-use crate::common::Ctx;
+use std::path::PathBuf;
+
+use close_model::run::Run;
+
+use crate::common::{device, Ctx};
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Run dir.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Image files.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// The text for every image (VQA question, VE hypothesis, news article line).
+    #[arg(long)]
+    pub text: Option<String>,
+    /// A file with one text per image, in order.
+    #[arg(long)]
+    pub texts: Option<PathBuf>,
+    /// CLIP model dir / hub id (default: the one recorded in the run).
+    #[arg(long)]
+    pub clip: Option<String>,
+    #[arg(long)]
+    pub beams: Option<usize>,
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
 
-pub fn run(_args: Args, _ctx: &Ctx) -> anyhow::Result<()> {
-    anyhow::bail!("`close predict` is not implemented yet")
+pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
+    let dev = device(&args.device)?;
+    let run = Run::load(&args.run, &dev)?;
+    let clip_dir = match &args.clip {
+        Some(c) => close_model::hub::resolve_model(c)?,
+        None => run
+            .config
+            .clip
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("the run records no CLIP model; pass --clip"))?,
+    };
+    let clip = close_clip::Clip::load(&clip_dir, &dev)?;
+    let texts: Option<Vec<String>> = match (&args.text, &args.texts) {
+        (Some(_), Some(_)) => anyhow::bail!("--text and --texts are exclusive"),
+        (Some(t), None) => Some(vec![t.clone(); args.images.len()]),
+        (None, Some(p)) => {
+            let s =
+                std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            let v: Vec<String> = s.lines().map(|l| l.to_string()).collect();
+            if v.len() != args.images.len() {
+                anyhow::bail!(
+                    "{}: {} lines for {} images",
+                    p.display(),
+                    v.len(),
+                    args.images.len()
+                );
+            }
+            Some(v)
+        }
+        (None, None) => None,
+    };
+    if run.config.task.has_input_text() && texts.is_none() {
+        anyhow::bail!("task {} needs --text or --texts", run.config.task);
+    }
+    let gen = run.generate_config(args.beams, args.max_steps);
+    let progress = ctx.progress();
+    progress.start("predict", args.images.len() as u64);
+    let mut bad = 0usize;
+    let idx: Vec<usize> = (0..args.images.len()).collect();
+    for chunk in idx.chunks(args.batch_size.max(1)) {
+        // Decode each file separately so that one bad image only skips itself.
+        let mut ok = Vec::new();
+        let mut feats = Vec::new();
+        for &i in chunk {
+            match clip.embed_image_files(&[&args.images[i]]) {
+                Ok(t) => {
+                    ok.push(i);
+                    feats.push(t);
+                }
+                Err(e) => {
+                    bad += 1;
+                    eprintln!("skipped {}: {e:#}", args.images[i].display());
+                }
+            }
+        }
+        progress.inc(chunk.len() as u64);
+        if ok.is_empty() {
+            continue;
+        }
+        let x = candle_core::Tensor::cat(&feats, 0)?;
+        let t: Option<Vec<String>> = texts
+            .as_ref()
+            .map(|v| ok.iter().map(|&i| v[i].clone()).collect());
+        let beams = run.predict(&x, t.as_deref(), &gen)?;
+        for (&i, b) in ok.iter().zip(beams) {
+            let best = b.first().cloned();
+            let line = serde_json::json!({
+                "file": args.images[i],
+                "text": t.as_ref().and_then(|v| ok.iter().position(|&j| j == i).map(|k| v[k].clone())),
+                "prediction": best.as_ref().map(|x| x.text.clone()),
+                "logprob": best.as_ref().map(|x| x.logprob),
+                "beams": b,
+            });
+            println!("{line}");
+        }
+    }
+    progress.finish();
+    if bad > 0 {
+        eprintln!("{bad} image(s) skipped");
+    }
+    Ok(())
 }

@@ -1,10 +1,74 @@
-//! `close serve` (not implemented yet).
+//! `close serve`: serve trained runs over HTTP (axum) with a small web page.
 
-use crate::common::Ctx;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use close_serve::run::{load_runs, LoadOptions};
+use close_serve::{Predictor, ServeConfig};
+
+use crate::common::{device, Ctx};
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Run directories to serve (each is one model; its task picks the endpoint).
+    #[arg(long = "run", required = true, num_args = 1..)]
+    pub runs: Vec<PathBuf>,
+    /// Listening address (loopback by default; use 0.0.0.0:PORT to expose it).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: std::net::SocketAddr,
+    /// CLIP model dir (default: the one recorded in each run).
+    #[arg(long)]
+    pub clip: Option<PathBuf>,
+    /// Captions for the nearest-caption list: a text embedding cache dir or a text file with
+    /// one caption per line (default: each run's recorded text cache).
+    #[arg(long)]
+    pub corpus: Option<PathBuf>,
+    /// A folder of example images offered on the page.
+    #[arg(long)]
+    pub examples: Option<PathBuf>,
+    /// Device: cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Largest accepted upload, in MiB.
+    #[arg(long, default_value_t = 10.0)]
+    pub max_upload_mb: f64,
+    /// Seconds allowed to receive a request body, and again to answer it.
+    #[arg(long, default_value_t = 30.0)]
+    pub timeout: f64,
+    /// Prediction requests admitted at once; more get 503 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    pub max_inflight: usize,
+    /// Largest batch handed to a model.
+    #[arg(long, default_value_t = 16)]
+    pub max_batch: usize,
+}
 
-pub fn run(_args: Args, _ctx: &Ctx) -> anyhow::Result<()> {
-    anyhow::bail!("`close serve` is not implemented yet")
+pub fn run(args: Args, _ctx: &Ctx) -> anyhow::Result<()> {
+    if !(args.timeout > 0.0 && args.timeout.is_finite()) {
+        anyhow::bail!("--timeout {}: must be a positive number of seconds", args.timeout);
+    }
+    if !(args.max_upload_mb > 0.0 && args.max_upload_mb.is_finite()) {
+        anyhow::bail!("--max-upload-mb {}: must be positive", args.max_upload_mb);
+    }
+    let cfg = ServeConfig {
+        addr: args.addr,
+        max_upload_bytes: (args.max_upload_mb * 1024.0 * 1024.0) as usize,
+        request_timeout: Duration::from_secs_f64(args.timeout),
+        max_inflight: args.max_inflight,
+        max_batch: args.max_batch,
+        examples_dir: args.examples,
+    };
+    cfg.validate()?;
+    if !args.addr.ip().is_loopback() {
+        tracing::warn!("listening on {} — reachable from other machines (there is no authentication)", args.addr);
+    }
+    let dev = device(&args.device)?;
+    let opts = LoadOptions { clip: args.clip, corpus: args.corpus, name: None };
+    let predictors: Vec<Box<dyn Predictor>> = load_runs(&args.runs, &opts, &dev)?.into_iter().map(|p| Box::new(p) as Box<dyn Predictor>).collect();
+    for p in &predictors {
+        let i = p.info();
+        tracing::info!("model `{}`: {} ({} captions for nearest-caption lookup)", i.name, i.task, i.corpus_size);
+    }
+    close_serve::serve_blocking(cfg, predictors)?;
+    Ok(())
 }

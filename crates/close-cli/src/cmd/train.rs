@@ -1,10 +1,245 @@
-//! `close train` (not implemented yet).
+//! `close train`: train a CLOSE model for one task (text-only by default) into a run dir.
 
-use crate::common::Ctx;
+use std::path::PathBuf;
+
+use close_clip::cache::EmbeddingCache;
+use close_model::adapter::AdapterKind;
+use close_model::config::{T5Init, TrainConfig};
+use close_model::task::{DataPaths, Task, TaskData, TrainOn};
+
+use crate::common::{device, Ctx};
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// s-cap, m-cap, vqa, evqa, ve, news or style.
+    #[arg(long)]
+    pub task: String,
+    /// Dataset dir (e.g. a `close world` output) with the standard file names.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Override one data file: KEY=PATH (keys: karpathy, vqa_questions.train,
+    /// vqa_annotations.val, vqae.train, ve.test, news.train, news_root, style_train, style_refs.test …).
+    #[arg(long = "file", value_name = "KEY=PATH")]
+    pub files: Vec<String>,
+    /// Skip malformed records instead of failing.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Embedding cache of caption texts (keyed by text).
+    #[arg(long)]
+    pub text_cache: PathBuf,
+    /// Embedding cache of images (keyed by image id).
+    #[arg(long)]
+    pub image_cache: PathBuf,
+    /// CLIP model dir or hub id: texts missing from --text-cache are embedded with it and
+    /// added to the cache; recorded in the run for `close predict`.
+    #[arg(long)]
+    pub clip: Option<String>,
+    /// Run dir to create (or continue with --resume).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue an interrupted run in --out from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// text (CLOSE) or images (the image-trained upper bound).
+    #[arg(long, default_value = "text")]
+    pub train_on: String,
+    /// none, noise, mean-shift, cov or linear.
+    #[arg(long, default_value = "noise")]
+    pub adapter: String,
+    /// Noise level w (default: the reference's value for the task).
+    #[arg(long)]
+    pub noise: Option<f64>,
+    /// Fitted adapter statistics (`close adapter fit --out DIR`).
+    #[arg(long)]
+    pub adapter_stats: Option<PathBuf>,
+    /// T5: a preset to train from scratch (`small`, `tiny`, `t5-small`, `t5-base` shapes) or a
+    /// pretrained HF dir / hub id.
+    #[arg(long, default_value = "small")]
+    pub t5: String,
+    /// Tokenizer size when T5 is trained from scratch.
+    #[arg(long)]
+    pub vocab: Option<usize>,
+    /// A TrainConfig JSON to start from (flags override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub max_examples_per_epoch: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub warmup_steps: Option<u64>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Beams for validation decoding.
+    #[arg(long)]
+    pub beams: Option<usize>,
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Evaluate on at most N val items per epoch.
+    #[arg(long)]
+    pub max_val: Option<usize>,
+    /// Skip the per-epoch validation (the last epoch becomes the best checkpoint).
+    #[arg(long)]
+    pub no_eval: bool,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
 
-pub fn run(_args: Args, _ctx: &Ctx) -> anyhow::Result<()> {
-    anyhow::bail!("`close train` is not implemented yet")
+fn parse_files(files: &[String], paths: &mut DataPaths) -> anyhow::Result<()> {
+    for f in files {
+        let (k, v) = f
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--file {f}: expected KEY=PATH"))?;
+        paths
+            .overrides
+            .insert(k.trim().to_string(), PathBuf::from(v));
+    }
+    Ok(())
+}
+
+pub fn data_paths(
+    data: &std::path::Path,
+    files: &[String],
+    skip_bad: bool,
+) -> anyhow::Result<DataPaths> {
+    let mut paths = DataPaths::new(data);
+    paths.skip_bad = skip_bad;
+    parse_files(files, &mut paths)?;
+    Ok(paths)
+}
+
+fn t5_init(spec: &str, vocab: Option<usize>, base: &TrainConfig) -> anyhow::Result<T5Init> {
+    let preset = match spec {
+        "small" => match &base.t5 {
+            T5Init::Scratch { config, .. } => Some(config.clone()),
+            _ => None,
+        },
+        "tiny" | "t5-small" | "t5_small" | "t5-base" | "t5_base" => {
+            Some(close_t5::T5Config::preset(spec)?)
+        }
+        _ => None,
+    };
+    match preset {
+        Some(mut config) => {
+            let vocab = vocab.unwrap_or(match &base.t5 {
+                T5Init::Scratch { vocab, .. } => *vocab,
+                _ => 400,
+            });
+            config.vocab_size = vocab;
+            Ok(T5Init::Scratch {
+                config,
+                vocab,
+                tokenizer: None,
+            })
+        }
+        None => Ok(T5Init::Pretrained {
+            dir: close_model::hub::resolve_model(spec)?,
+        }),
+    }
+}
+
+pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
+    let task: Task = args.task.parse()?;
+    let mut cfg = match &args.config {
+        Some(p) => close_core::io::read_json::<TrainConfig>(p)?,
+        None => TrainConfig::small(task),
+    };
+    cfg.task = task;
+    cfg.train_on = args.train_on.parse()?;
+    cfg.adapter.kind = args.adapter.parse::<AdapterKind>()?;
+    cfg.adapter.noise = args.noise.unwrap_or_else(|| {
+        if cfg.adapter.kind == AdapterKind::None {
+            0.0
+        } else {
+            task.default_noise()
+        }
+    });
+    cfg.adapter_stats = args.adapter_stats.clone();
+    if args.config.is_none() || args.t5 != "small" {
+        cfg.t5 = t5_init(&args.t5, args.vocab, &cfg)?;
+    }
+    macro_rules! set {
+        ($f:ident, $v:expr) => {
+            if let Some(v) = $v {
+                cfg.$f = v;
+            }
+        };
+    }
+    set!(epochs, args.epochs);
+    set!(batch_size, args.batch_size);
+    set!(warmup_steps, args.warmup_steps);
+    set!(seed, args.seed);
+    set!(beams, args.beams);
+    if args.max_examples_per_epoch.is_some() {
+        cfg.max_examples_per_epoch = args.max_examples_per_epoch;
+    }
+    if args.max_steps.is_some() {
+        cfg.max_steps = args.max_steps;
+    }
+    if args.max_val.is_some() {
+        cfg.max_val_examples = args.max_val;
+    }
+    if let Some(lr) = args.lr {
+        cfg.optim.lr = lr;
+    }
+    if args.no_eval {
+        cfg.eval_each_epoch = false;
+    }
+    cfg.text_cache = Some(args.text_cache.clone());
+    cfg.image_cache = Some(args.image_cache.clone());
+    let dev = device(&args.device)?;
+    let clip_dir = args
+        .clip
+        .as_deref()
+        .map(close_model::hub::resolve_model)
+        .transpose()?;
+    cfg.clip = clip_dir.clone();
+
+    let paths = data_paths(&args.data, &args.files, args.skip_bad)?;
+    let data = TaskData::load(task, cfg.train_on, &paths)?;
+    tracing::info!(
+        "{task}: {} training examples, {} val, {} test",
+        data.train.len(),
+        data.val.len(),
+        data.test.len()
+    );
+
+    if let (Some(dir), TrainOn::Text) = (&clip_dir, cfg.train_on) {
+        let existing = EmbeddingCache::open(&args.text_cache).ok();
+        let missing: Vec<(String, String)> = data
+            .clip_texts()
+            .into_iter()
+            .filter(|t| existing.as_ref().is_none_or(|c| c.get(t).is_none()))
+            .map(|t| (t.clone(), t))
+            .collect();
+        if !missing.is_empty() {
+            tracing::info!(
+                "embedding {} texts missing from {}",
+                missing.len(),
+                args.text_cache.display()
+            );
+            let clip = close_clip::Clip::load(dir, &dev)?;
+            let p = ctx.progress();
+            close_clip::cache::embed_texts(&clip, &missing, &args.text_cache, 64, p.as_ref())?;
+        }
+    }
+    let texts = EmbeddingCache::open(&args.text_cache)?;
+    let images = EmbeddingCache::open(&args.image_cache)?;
+    let progress = ctx.progress();
+    let summary = close_model::train::train(
+        &cfg,
+        &data,
+        &texts,
+        &images,
+        &args.out,
+        args.resume,
+        &dev,
+        progress.as_ref(),
+    )?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
 }

@@ -33,11 +33,21 @@ pub fn tiny_clip(dir: &Path, texts: &[String]) -> PathBuf {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let _model = ClipModel::new(vb, &cfg).unwrap();
-    let tensors = varmap.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    let tensors = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
     close_clip::bundle::save_model(dir, &cfg, &tensors).unwrap();
     tok.save(dir.join("tokenizer.json"), false).unwrap();
     let pp = ImageProcessorConfig::for_size(cfg.vision_config.image_size).to_hf_json();
-    std::fs::write(dir.join("preprocessor_config.json"), serde_json::to_vec_pretty(&pp).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("preprocessor_config.json"),
+        serde_json::to_vec_pretty(&pp).unwrap(),
+    )
+    .unwrap();
     dir.to_path_buf()
 }
 
@@ -67,9 +77,29 @@ pub fn tiny_setup(root: &Path) -> TinySetup {
     cfg.clip = Some(clip_dir.clone());
     cfg.text_cache = Some(text_cache.clone());
     let run = root.join("run");
-    close_model::train::train(&cfg, &data, &cache, &images, &run, false, &Device::Cpu, &NoProgress).unwrap();
-    let mut test_images: Vec<PathBuf> = std::fs::read_dir(world.join("images/test")).unwrap().map(|e| e.unwrap().path()).collect();
+    close_model::train::train(
+        &cfg,
+        &data,
+        &cache,
+        &images,
+        &run,
+        false,
+        &Device::Cpu,
+        &NoProgress,
+    )
+    .unwrap();
+    let mut test_images: Vec<PathBuf> = std::fs::read_dir(world.join("images/test"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     test_images.sort();
     assert!(!test_images.is_empty());
-    TinySetup { world, clip: clip_dir, text_cache, run, test_images, captions }
+    TinySetup {
+        world,
+        clip: clip_dir,
+        text_cache,
+        run,
+        test_images,
+        captions,
+    }
 }

@@ -1,0 +1,120 @@
+//! Benchmark of the CLOSE training step and evaluation decoding on the `small` preset
+//! (d_model 64, 2+2 layers) — the shapes-world / demo setting — and optionally a
+//! t5-small-shaped model (`CLOSE_BENCH_T5_SMALL=1`).
+//!
+//! Run: `cargo bench -p close-model --bench train_step`. Prints milliseconds per phase.
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use close_core::optim::AdamW;
+use close_model::config::{T5Init, TrainConfig};
+use close_model::model::{CloseModel, ModelConfig};
+use close_model::task::Task;
+use close_t5::GenerateConfig;
+
+fn time<T>(label: &str, reps: usize, mut f: impl FnMut() -> T) -> f64 {
+    f(); // warm-up
+    let t = Instant::now();
+    for _ in 0..reps {
+        std::hint::black_box(f());
+    }
+    let ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
+    println!("{label:<48} {ms:>9.2} ms");
+    ms
+}
+
+fn bench(
+    name: &str,
+    t5: close_t5::T5Config,
+    clip_dim: usize,
+    batch: usize,
+    tgt_len: usize,
+    targets_per: usize,
+) {
+    println!("== {name}: d_model {}, layers {}, vocab {}, batch {batch}, {targets_per} target(s) of {tgt_len} tokens", t5.d_model, t5.num_layers, t5.vocab_size);
+    let dev = Device::Cpu;
+    let cfg = ModelConfig {
+        t5: t5.clone(),
+        clip_dim,
+        n_prefix: 4,
+        reference_encoder_mask_quirk: false,
+    };
+    let mut model = CloseModel::new(cfg, 0, &dev).unwrap();
+    model.set_training(true);
+    let mut opt = AdamW::from_varmap(model.varmap(), Default::default()).unwrap();
+    let clip = Tensor::randn(0f32, 1., (batch, clip_dim), &dev).unwrap();
+    let targets: Vec<Vec<u32>> = (0..batch * targets_per)
+        .map(|i| {
+            (0..tgt_len)
+                .map(|j| ((i * 7 + j * 3) % (t5.vocab_size - 3) + 3) as u32)
+                .collect()
+        })
+        .collect();
+    let mapping: Vec<usize> = (0..batch * targets_per).map(|i| i / targets_per).collect();
+    time("forward (loss)", 5, || {
+        model.loss(&clip, None, &targets, &mapping).unwrap()
+    });
+    time("forward + backward", 5, || {
+        model
+            .loss(&clip, None, &targets, &mapping)
+            .unwrap()
+            .backward()
+            .unwrap()
+    });
+    let grads = model
+        .loss(&clip, None, &targets, &mapping)
+        .unwrap()
+        .backward()
+        .unwrap();
+    time("AdamW step", 5, || opt.step(&grads).unwrap());
+    time("full train step", 5, || {
+        let l = model.loss(&clip, None, &targets, &mapping).unwrap();
+        opt.backward_step(&l).unwrap();
+    });
+    model.set_training(false);
+    let eval_clip = Tensor::randn(0f32, 1., (128, clip_dim), &dev).unwrap();
+    time("greedy decode 128 images x 20 steps", 2, || {
+        model
+            .generate(&eval_clip, None, &GenerateConfig::greedy(20))
+            .unwrap()
+    });
+    time("beam-5 decode 128 images x 20 steps", 1, || {
+        model
+            .generate(&eval_clip, None, &GenerateConfig::beam(5, 20))
+            .unwrap()
+    });
+}
+
+fn main() {
+    let small = match TrainConfig::small(Task::SCap).t5 {
+        T5Init::Scratch { config, .. } => config,
+        _ => unreachable!(),
+    };
+    let lines: Vec<String> = (0..1200)
+        .map(|i| {
+            format!(
+                "a {} {} {} the {}",
+                ["red", "blue", "green"][i % 3],
+                ["circle", "star", "square", "cross"][i % 4],
+                ["above", "left of", "below"][i % 3],
+                ["triangle", "star"][i % 2]
+            )
+        })
+        .collect();
+    time("train tokenizer (1200 captions, 400 pieces)", 3, || {
+        close_t5::tokenizer::train_tokenizer(lines.iter(), 400).unwrap()
+    });
+    bench("small preset (s-cap)", small.clone(), 64, 32, 14, 1);
+    bench("small preset (m-cap)", small, 64, 32, 14, 4);
+    if std::env::var("CLOSE_BENCH_T5_SMALL").is_ok() {
+        bench(
+            "t5-small shape",
+            close_t5::T5Config::t5_small(),
+            512,
+            16,
+            20,
+            1,
+        );
+    }
+}

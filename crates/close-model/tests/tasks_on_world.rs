@@ -1,0 +1,79 @@
+//! Every task builds its examples from the files `close world` writes (the standard
+//! formats), with the reference's semantics.
+
+use close_core::progress::NoProgress;
+use close_data::world::{generate, WorldConfig};
+use close_model::task::{ClipSource, DataPaths, Task, TaskData, TrainOn};
+
+#[test]
+fn every_task_loads_from_a_generated_world() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(&WorldConfig::tiny(), dir.path(), &NoProgress).unwrap();
+    let paths = DataPaths::new(dir.path());
+    let k = close_data::coco::Karpathy::load(dir.path().join("dataset_coco.json")).unwrap();
+    let caps = k.captions_by_image();
+
+    let s = TaskData::load(Task::SCap, TrainOn::Text, &paths).unwrap();
+    let n_train_caps: usize = k.split("train").map(|im| im.sentences.len()).sum();
+    assert_eq!(s.train.len(), n_train_caps);
+    assert!(s
+        .train
+        .iter()
+        .all(|e| matches!(&e.clip, ClipSource::Texts(t) if t.len() == 1) && e.targets.len() == 1));
+    assert!(!s.val.is_empty() && !s.test.is_empty());
+    assert!(s
+        .test
+        .iter()
+        .all(|e| e.references.len() == caps[&e.image.parse::<u64>().unwrap()].len()));
+
+    let m = TaskData::load(Task::MCap, TrainOn::Text, &paths).unwrap();
+    assert!(m
+        .train
+        .iter()
+        .all(|e| e.targets.len() >= 1 && e.targets.iter().all(|t| *t == t.to_lowercase())));
+
+    let img = TaskData::load(Task::SCap, TrainOn::Images, &paths).unwrap();
+    assert_eq!(img.train.len(), k.split("train").count());
+    assert!(img
+        .train
+        .iter()
+        .all(|e| matches!(e.clip, ClipSource::Image(_))));
+
+    let v = TaskData::load(Task::Vqa, TrainOn::Text, &paths).unwrap();
+    assert!(!v.train.is_empty() && !v.test.is_empty());
+    for e in &v.train {
+        assert!(e.input_text.is_some() && !e.targets.is_empty());
+        // The stand-in is every caption of the image (averaged later).
+        let ClipSource::Texts(t) = &e.clip else {
+            panic!("vqa text stand-in")
+        };
+        assert!(t.len() >= 2);
+    }
+    assert!(v
+        .test
+        .iter()
+        .all(|e| e.references.len() == 10 && e.answer_type.is_some()));
+
+    let q = TaskData::load(Task::Evqa, TrainOn::Text, &paths).unwrap();
+    assert!(q
+        .train
+        .iter()
+        .all(|e| matches!(&e.clip, ClipSource::Texts(t) if t.len() == 1)));
+
+    let ve = TaskData::load(Task::Ve, TrainOn::Text, &paths).unwrap();
+    assert!(ve
+        .train
+        .iter()
+        .all(|e| ["entailment", "neutral", "contradiction"].contains(&e.targets[0].as_str())));
+    assert!(ve.test.iter().all(|e| e.input_text.is_some()));
+
+    let st = TaskData::load(Task::Style, TrainOn::Text, &paths).unwrap();
+    assert!(!st.train.is_empty() && !st.test.is_empty());
+    assert!(TaskData::load(Task::Style, TrainOn::Images, &paths).is_err());
+
+    // Missing files are named.
+    let e = TaskData::load(Task::News, TrainOn::Text, &paths)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("visual_news_train.json"), "{e}");
+}
