@@ -51,8 +51,11 @@ pub struct TrainConfig {
     /// Tokenizer training: max vocabulary and minimum word count.
     pub max_vocab: usize,
     pub min_word_freq: u64,
-    /// Random horizontal flips are off by default (captions may say left/right).
+    /// Most held-out images used for retrieval.
     pub max_eval_images: usize,
+    /// Wall-clock budget for the optimisation loop in seconds: after a few steps the total
+    /// number of steps (and so the cosine schedule) is shrunk to fit. `None`: run all epochs.
+    pub max_train_seconds: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -70,6 +73,7 @@ impl Default for TrainConfig {
             max_vocab: 4096,
             min_word_freq: 1,
             max_eval_images: 1000,
+            max_train_seconds: None,
         }
     }
 }
@@ -218,8 +222,8 @@ pub fn train_clip(
     let n = train.pixels.len();
     let bs = cfg.batch_size.min(n);
     let steps_per_epoch = n / bs;
-    let total = steps_per_epoch * cfg.epochs;
-    let warmup = ((total as f64) * cfg.warmup_frac).ceil() as usize;
+    let mut total = steps_per_epoch * cfg.epochs;
+    let mut warmup = ((total as f64) * cfg.warmup_frac).ceil() as usize;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let (c, s) = (mcfg.vision_config.num_channels, mcfg.vision_config.image_size);
     let start = Instant::now();
@@ -227,12 +231,16 @@ pub fn train_clip(
     let mut ema: Option<f64> = None;
     progress.start("train clip", total as u64);
     let mut step = 0;
-    for _epoch in 0..cfg.epochs {
+    const CALIBRATE: usize = 10;
+    'epochs: for _epoch in 0..cfg.epochs {
         let mut order: Vec<usize> = (0..n).filter(|&i| !ids[i].is_empty()).collect();
         order.shuffle(&mut rng);
         for chunk in order.chunks(bs) {
             if chunk.len() < bs {
                 continue;
+            }
+            if step >= total {
+                break 'epochs;
             }
             let mut px = Vec::with_capacity(bs * c * s * s);
             let mut rows = Vec::with_capacity(bs);
@@ -266,6 +274,23 @@ pub fn train_clip(
             step += 1;
             progress.inc(1);
             progress.message(&format!("loss {e:.3} lr {lr:.1e}"));
+            if step == CALIBRATE {
+                if let Some(budget) = cfg.max_train_seconds {
+                    let per_step = start.elapsed().as_secs_f64() / step as f64;
+                    let fit = step + ((budget - start.elapsed().as_secs_f64()).max(0.0) / per_step) as usize;
+                    if fit < total {
+                        tracing::info!("time budget {budget:.0}s: {fit} of {total} steps ({per_step:.2}s/step)");
+                        total = fit.max(step);
+                        warmup = warmup.min(((total as f64) * cfg.warmup_frac).ceil() as usize).max(1);
+                        progress.start("train clip", total as u64);
+                        progress.inc(step as u64);
+                    }
+                }
+            }
+            if step % 50 == 0 {
+                let el = start.elapsed().as_secs_f64();
+                tracing::info!("step {step}/{total} loss {e:.3} lr {lr:.2e} logit_scale {:.1} ({:.2} s/step)", model.logit_scale()?, el / step as f64);
+            }
         }
     }
     progress.finish();

@@ -54,6 +54,9 @@ pub struct TrainArgs {
     pub warmup_frac: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Stop the optimisation after this many seconds (the cosine schedule is fitted to it).
+    #[arg(long)]
+    pub max_seconds: Option<f64>,
     #[arg(long, default_value = "train")]
     pub train_split: String,
     /// Held-out split for retrieval.
@@ -106,6 +109,7 @@ impl TrainArgs {
             seed: self.seed,
             train_split: self.train_split.clone(),
             eval_split: self.eval_split.clone(),
+            max_train_seconds: self.max_seconds,
             ..TrainConfig::default()
         })
     }

@@ -75,14 +75,15 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let mut bad = 0usize;
     let idx: Vec<usize> = (0..args.images.len()).collect();
     for chunk in idx.chunks(args.batch_size.max(1)) {
-        // Decode each file separately so that one bad image only skips itself.
+        // Decode each file separately so that one bad image only skips itself, then embed
+        // the good ones as one batch.
         let mut ok = Vec::new();
-        let mut feats = Vec::new();
+        let mut imgs = Vec::new();
         for &i in chunk {
-            match clip.embed_image_files(&[&args.images[i]]) {
-                Ok(t) => {
+            match close_clip::load_image(&args.images[i]) {
+                Ok(im) => {
                     ok.push(i);
-                    feats.push(t);
+                    imgs.push(im);
                 }
                 Err(e) => {
                     bad += 1;
@@ -94,7 +95,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         if ok.is_empty() {
             continue;
         }
-        let x = candle_core::Tensor::cat(&feats, 0)?;
+        let x = clip.embed_images(&imgs)?;
         let t: Option<Vec<String>> = texts
             .as_ref()
             .map(|v| ok.iter().map(|&i| v[i].clone()).collect());
