@@ -35,7 +35,7 @@ pub fn have_font() -> bool {
                 }
             }
         }
-        tracing::debug!("no font found: charts are drawn without text");
+        tracing::warn!("no TrueType font found (install fonts-dejavu-core or set CLOSE_FONT=path.ttf): charts have no text");
         false
     })
 }

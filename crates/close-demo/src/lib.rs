@@ -9,3 +9,7 @@
 pub mod gap;
 pub mod results;
 
+pub mod pipeline;
+pub mod report;
+
+pub use pipeline::{run_demo, DemoConfig, DemoOutput};

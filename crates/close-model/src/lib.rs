@@ -23,7 +23,7 @@
 //!   ([`config::TrainConfig::small`]).
 //! - [`train`]: [`train::train`] → [`train::RunSummary`] (AdamW, warmup + linear decay from
 //!   [`schedule`], fresh seeded noise per batch, epochs with a cap, per-epoch validation with
-//!   the task metric, best + last checkpoints, `--resume`, JSONL log, loss PNG via [`plot`]),
+//!   the task metric, best + last checkpoints, `--resume`, JSONL log, loss PNG via `close_core::plot`),
 //!   and [`train::evaluate`] of a loaded run on val / test images.
 //! - [`eval`]: batched prediction, scoring with `close-metrics`, standard results files.
 //! - [`run`]: the run-dir layout and [`run::Run`] (load a run, [`run::Run::predict`] from
@@ -71,7 +71,6 @@ pub mod hub;
 pub mod import;
 pub mod linalg;
 pub mod model;
-pub mod plot;
 pub mod run;
 pub mod schedule;
 pub mod task;

@@ -521,18 +521,11 @@ fn write_loss_plot(out: &Path, state: &TrainState) {
     if state.losses.len() < 2 {
         return;
     }
-    let s = crate::plot::Series {
-        name: "train loss".into(),
-        points: state.losses.iter().map(|&(s, l)| (s as f64, l)).collect(),
-    };
-    if let Err(e) = crate::plot::line_chart(
-        &out.join(run::LOSS_PNG),
-        "training loss",
-        "step",
-        "loss",
-        &[s],
-        (640, 400),
-    ) {
+    let s = close_core::plot::Series::new(
+        "train loss",
+        state.losses.iter().map(|&(s, l)| (s as f64, l)).collect(),
+    );
+    if let Err(e) = close_core::plot::line_chart(&out.join(run::LOSS_PNG), "training loss", "step", "loss", &[s]) {
         tracing::warn!("loss plot: {e}");
     }
 }

@@ -4,12 +4,13 @@
 //! any 5xx other than 503 or any transport error.
 //!
 //! Scenarios (each `--requests` requests from `--clients` clients):
-//! 1. `real`: a real tiny CLOSE run (trained here in seconds, see tests/common) with room
-//!    for every client (`max_inflight` ≥ clients): batching under load, no 503 expected;
+//! 1. `real, round 1..N`: a real tiny CLOSE run (trained here in seconds, see tests/common)
+//!    with room for every client (`max_inflight` ≥ clients): batching under load, no 503
+//!    expected; `--rounds` (4) rounds against the same server show whether memory levels
+//!    off;
 //! 2. `overload`: the same model with `max_inflight` = `--overload-inflight`: the excess
 //!    gets 503 + Retry-After immediately (clients count it and go on);
-//! 3. `real (again)`: scenario 1 repeated, to show that memory does not keep growing;
-//! 4. `server-only`: the model-free `ColorPredictor` (no inference cost): HTTP, multipart
+//! 3. `server-only`: the model-free `ColorPredictor` (no inference cost): HTTP, multipart
 //!    parsing, image decoding and queueing overhead alone.
 //!
 //! `cargo bench -p close-serve --bench load -- [--clients 200] [--requests 2000]
@@ -50,16 +51,22 @@ struct Outcome {
     rss_peak: u64,
     rss_after: u64,
     batches: Option<(usize, f64)>,
+    inflight: usize,
 }
 
-async fn scenario(
-    name: &str,
+/// A running server and a client with a connection pool for it.
+struct Target {
+    server: RunningServer,
+    client: reqwest::Client,
+    url: String,
+}
+
+async fn start(
     predictor: Box<dyn Predictor>,
     max_inflight: usize,
     clients: usize,
-    requests: usize,
-    body: Arc<Vec<u8>>,
-) -> Outcome {
+    body: &[u8],
+) -> Target {
     let cfg = ServeConfig {
         addr: "127.0.0.1:0".parse().unwrap(),
         max_inflight,
@@ -83,6 +90,21 @@ async fn scenario(
         );
         let _ = client.post(&url).multipart(form).send().await;
     }
+    Target {
+        server,
+        client,
+        url,
+    }
+}
+
+/// `requests` requests from `clients` concurrent clients against `t`.
+async fn round(
+    name: &str,
+    t: &Target,
+    clients: usize,
+    requests: usize,
+    body: Arc<Vec<u8>>,
+) -> Outcome {
     let rss_before = rss_kib("VmRSS:");
     let next = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(rss_before as usize));
@@ -99,17 +121,16 @@ async fn scenario(
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let (client, url, next, body) = (client.clone(), url.clone(), next.clone(), body.clone());
+        let (client, url, next, body) =
+            (t.client.clone(), t.url.clone(), next.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
             let mut out: Vec<(String, f64)> = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < requests {
-                let form = reqwest::multipart::Form::new().part(
-                    "image",
-                    reqwest::multipart::Part::bytes(body.to_vec())
-                        .file_name("x.png")
-                        .mime_str("image/png")
-                        .unwrap(),
-                );
+                let part = reqwest::multipart::Part::bytes(body.to_vec())
+                    .file_name("x.png")
+                    .mime_str("image/png")
+                    .unwrap();
+                let form = reqwest::multipart::Form::new().part("image", part);
                 let t = Instant::now();
                 let status = match client.post(&url).multipart(form).send().await {
                     Ok(r) => {
@@ -142,9 +163,6 @@ async fn scenario(
     let wall = t0.elapsed();
     done.store(true, Ordering::Relaxed);
     let _ = sampler.await;
-    drop(client);
-    server.shutdown().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
     latencies.sort_by(|a, b| a.total_cmp(b));
     Outcome {
         name: name.into(),
@@ -155,6 +173,7 @@ async fn scenario(
         rss_peak: peak.load(Ordering::Relaxed) as u64,
         rss_after: rss_kib("VmRSS:"),
         batches: None,
+        inflight: 0,
     }
 }
 
@@ -178,6 +197,7 @@ fn main() {
     let clients: usize = arg(&args, "--clients", 200);
     let requests: usize = arg(&args, "--requests", 2000);
     let overload_inflight: usize = arg(&args, "--overload-inflight", 32);
+    let rounds: usize = arg(&args, "--rounds", 4);
     let run_dir: Option<String> = args
         .iter()
         .position(|a| a == "--run")
@@ -207,55 +227,56 @@ fn main() {
     );
 
     let mut outs = Vec::new();
-    outs.push(rt.block_on(scenario(
-        "real",
-        load(),
-        clients.max(1) + 8,
-        clients,
-        requests,
-        body.clone(),
-    )));
-    outs.push(rt.block_on(scenario(
-        "overload",
-        load(),
-        overload_inflight,
-        clients,
-        requests,
-        body.clone(),
-    )));
-    // The first scenario again: memory must not keep growing from round to round.
-    outs.push(rt.block_on(scenario(
-        "real (again)",
-        load(),
-        clients.max(1) + 8,
-        clients,
-        requests,
-        body.clone(),
-    )));
-    let mock = ColorPredictor::new("colors", Task::Caption);
-    let sizes = mock.batch_sizes.clone();
-    let mut o = rt.block_on(scenario(
-        "server-only",
-        Box::new(mock),
-        clients.max(1) + 8,
-        clients,
-        requests,
-        body.clone(),
-    ));
-    let s = sizes.lock().unwrap();
-    o.batches = Some((
-        s.len(),
-        s.iter().sum::<usize>() as f64 / s.len().max(1) as f64,
-    ));
-    outs.push(o);
+    let wide = clients.max(1) + 8;
+    rt.block_on(async {
+        // One long-running server, several rounds: memory must level off, not keep growing.
+        let t = start(load(), wide, clients, &body).await;
+        for r in 1..=rounds {
+            let mut o = round(
+                &format!("real, round {r}"),
+                &t,
+                clients,
+                requests,
+                body.clone(),
+            )
+            .await;
+            o.inflight = wide;
+            outs.push(o);
+        }
+        drop(t.client);
+        t.server.shutdown().await.unwrap();
+
+        let t = start(load(), overload_inflight, clients, &body).await;
+        let mut o = round("overload", &t, clients, requests, body.clone()).await;
+        o.inflight = overload_inflight;
+        outs.push(o);
+        drop(t.client);
+        t.server.shutdown().await.unwrap();
+
+        let mock = ColorPredictor::new("colors", Task::Caption);
+        let sizes = mock.batch_sizes.clone();
+        let t = start(Box::new(mock), wide, clients, &body).await;
+        let mut o = round("server-only", &t, clients, requests, body.clone()).await;
+        o.inflight = wide;
+        let s = sizes.lock().unwrap().clone();
+        o.batches = Some((
+            s.len(),
+            s.iter().sum::<usize>() as f64 / s.len().max(1) as f64,
+        ));
+        outs.push(o);
+        drop(t.client);
+        t.server.shutdown().await.unwrap();
+    });
 
     println!("| scenario | max in flight | wall s | ok/s | p50 ms | p99 ms | statuses | RSS before → peak → after (MiB) |");
     println!("|---|---|---|---|---|---|---|---|");
     let mut failed = false;
-    for (o, inflight) in outs
-        .iter()
-        .zip([clients + 8, overload_inflight, clients + 8, clients + 8])
-    {
+    for o in &outs {
+        let inflight = if o.name == "overload" {
+            overload_inflight
+        } else {
+            clients + 8
+        };
         let ok = o.latencies_ms.len();
         let st: Vec<String> = o
             .statuses

@@ -75,6 +75,57 @@ fn softmax_row(x: &[f32], y: &mut [f32]) {
     y.iter_mut().for_each(|o| *o *= inv);
 }
 
+// ---------------------------------------------------------------- linear
+
+/// `y = x wᵀ` for `x [M, K]`, `w [N, K]` whose backward writes the weight gradient directly
+/// in `[N, K]` layout (`gᵀ x`), instead of candle's `(xᵀ g)ᵀ` plus a strided add.
+struct Linear;
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "t5-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (m, k) = l1.shape().dims2()?;
+        let (n, k2) = l2.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("t5-linear: input width {k} vs weight width {k2}");
+        }
+        let wt = l2.transpose(0, 1)?;
+        let y = s1.matmul(s2, (1, m, n, k), l1, &wt)?;
+        Ok((y, Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let dx = g.matmul(&w.detach())?;
+        let dw = g.t()?.matmul(&x.detach())?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `x [M, K] · wᵀ` for `w [N, K]` → `[M, N]`.
+pub fn linear2d(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if !use_fused(&[x, w]) {
+        return Ok(x.matmul(&w.t()?)?);
+    }
+    Ok(x.contiguous()?.apply_op2(&w.contiguous()?, Linear)?)
+}
+
 // ---------------------------------------------------------------- softmax
 
 struct Softmax;
@@ -423,5 +474,37 @@ mod tests {
             assert!(maxdiff(&a.3, &b.3) < 1e-5, "dx {}", maxdiff(&a.3, &b.3));
             assert!(maxdiff(&a.4, &b.4) < 1e-5, "dw {}", maxdiff(&a.4, &b.4));
         }
+    }
+
+    #[test]
+    fn fused_linear_matches_matmul_with_gradients() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 1., (37, 24), &dev).unwrap();
+        let w = Var::randn(0f32, 1., (19, 24), &dev).unwrap();
+        let up = Tensor::randn(0f32, 1., (37, 19), &dev).unwrap();
+        let run = |fused: bool| {
+            let y = if fused {
+                linear2d(x.as_tensor(), w.as_tensor()).unwrap()
+            } else {
+                x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap()
+            };
+            let g = (&y * &up)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            (
+                y,
+                g.get(x.as_tensor()).unwrap().clone(),
+                g.get(w.as_tensor()).unwrap().clone(),
+            )
+        };
+        let (a, b) = (run(true), run(false));
+        assert!(maxdiff(&a.0, &b.0) < 1e-6);
+        assert!(maxdiff(&a.1, &b.1) < 1e-5);
+        assert!(maxdiff(&a.2, &b.2) < 1e-5);
     }
 }

@@ -26,7 +26,7 @@ fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let dims = x.dims();
     let (inp, out) = (dims[dims.len() - 1], w.dim(0)?);
     let rows = x.elem_count() / inp.max(1);
-    let y = x.reshape((rows, inp))?.matmul(&w.t()?)?;
+    let y = fused::linear2d(&x.reshape((rows, inp))?, w)?;
     let mut shape = dims.to_vec();
     *shape.last_mut().unwrap_or(&mut 0) = out;
     Ok(y.reshape(shape)?)

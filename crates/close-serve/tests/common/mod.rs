@@ -33,6 +33,7 @@ pub fn tiny_clip(dir: &Path, texts: &[String]) -> PathBuf {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let _model = ClipModel::new(vb, &cfg).unwrap();
+    reseed(&varmap, 0x5eed);
     let tensors = varmap
         .data()
         .lock()
@@ -49,6 +50,44 @@ pub fn tiny_clip(dir: &Path, texts: &[String]) -> PathBuf {
     )
     .unwrap();
     dir.to_path_buf()
+}
+
+/// Replace every non-constant variable by seeded normal values of the same mean and
+/// standard deviation as its random initialisation, so the tiny CLIP is the same on every
+/// run (candle's CPU initialisers cannot be seeded).
+fn reseed(varmap: &VarMap, seed: u64) {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut uniform = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    let data = varmap.data().lock().unwrap();
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &data[name];
+        let t = var.as_tensor();
+        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let std = (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+        if std < 1e-8 {
+            continue;
+        }
+        let fresh: Vec<f32> = (0..v.len())
+            .map(|_| {
+                let (u1, u2) = (uniform(), uniform());
+                (mean + std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos())
+                    as f32
+            })
+            .collect();
+        var.set(&candle_core::Tensor::from_vec(fresh, t.shape(), t.device()).unwrap())
+            .unwrap();
+    }
 }
 
 /// Build everything under `root` (a few seconds on 2 cores).

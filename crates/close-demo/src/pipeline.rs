@@ -1,0 +1,355 @@
+//! The demo's stages, each a plain function of the previous stage's outputs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use close_clip::cache::{embed_images, embed_texts, EmbeddingCache};
+use close_clip::train::{train_clip, TrainConfig as ClipTrainConfig};
+use close_core::progress::Progress;
+use close_core::{io, Error, Result};
+use close_data::coco::Karpathy;
+use close_data::world::{self, WorldConfig, WorldPaths};
+use close_model::adapter::{fit_adapter, AdapterKind, FitSpec};
+use close_model::config::{T5Init, TrainConfig};
+use close_model::embeddings::Embeddings;
+use close_model::run::Run;
+use close_model::task::{caption_pairs, DataPaths, Task, TaskData, TrainOn};
+
+use crate::gap::{gap_stats, pca_2d};
+use crate::results::{ClipInfo, DemoResults, RunResult, SplitCounts, WorldInfo};
+
+/// Everything the demo does, resolved (saved as `demo_config.json` in the output dir).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DemoConfig {
+    pub seed: u64,
+    pub quick: bool,
+    pub world: WorldConfig,
+    pub clip: ClipTrainConfig,
+    /// Tasks to run, in order.
+    pub tasks: Vec<Task>,
+    /// Noise sweep for captioning tasks (tuned on val); other tasks use `sweep_other`.
+    pub sweep_caption: Vec<f64>,
+    pub sweep_other: Vec<f64>,
+    /// Fraction of training pairs given to the `linear` adapter (paper: 1%).
+    pub linear_pair_fraction: f64,
+    /// Epochs of every CLOSE run (per task).
+    pub epochs: BTreeMap<String, usize>,
+    /// Cap on training examples per epoch (per task).
+    pub max_examples_per_epoch: BTreeMap<String, usize>,
+    /// Run the mean-shift / cov / linear adapter rows.
+    pub adapters: bool,
+    /// T5 tokenizer size.
+    pub vocab: usize,
+}
+
+impl DemoConfig {
+    /// The full demo (≤ 15 minutes on 2 cores) or `--quick` (≤ 3 minutes).
+    pub fn new(quick: bool, seed: u64) -> Self {
+        let mut clip = ClipTrainConfig { seed, eval_split: "test".into(), ..Default::default() };
+        let world = WorldConfig { seed, images: if quick { 600 } else { 3000 }, ..WorldConfig::default() };
+        clip.epochs = if quick { 4 } else { 12 };
+        let tasks = vec![Task::SCap, Task::MCap, Task::Vqa, Task::Ve, Task::Style];
+        let epochs = tasks.iter().map(|t| (t.name().to_string(), if quick { 2 } else { 4 })).collect();
+        let cap = tasks.iter().map(|t| (t.name().to_string(), if quick { 1500 } else { 6000 })).collect();
+        Self {
+            seed,
+            quick,
+            world,
+            clip,
+            tasks,
+            sweep_caption: if quick { vec![0.0, 0.04, 0.16] } else { vec![0.0, 0.02, 0.04, 0.08, 0.12, 0.16] },
+            sweep_other: if quick { vec![0.0, 0.08] } else { vec![0.0, 0.04, 0.08, 0.16] },
+            linear_pair_fraction: 0.01,
+            epochs,
+            max_examples_per_epoch: cap,
+            adapters: true,
+            vocab: 400,
+        }
+    }
+}
+
+/// Human-readable timings of the stages.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StageTimes(pub Vec<(String, f64)>);
+
+struct Stopwatch {
+    t: Instant,
+    times: StageTimes,
+}
+
+impl Stopwatch {
+    fn lap(&mut self, name: &str) {
+        let s = self.t.elapsed().as_secs_f64();
+        let before: f64 = self.times.0.iter().map(|x| x.1).sum();
+        self.times.0.push((name.to_string(), s - before));
+        tracing::info!("{name}: {:.1} s", s - before);
+    }
+}
+
+/// One planned CLOSE run.
+#[derive(Debug, Clone)]
+struct Plan {
+    task: Task,
+    train_on: TrainOn,
+    adapter: AdapterKind,
+    noise: f64,
+    label: String,
+}
+
+fn plans(cfg: &DemoConfig, task: Task) -> Vec<Plan> {
+    let caption = matches!(task, Task::SCap | Task::MCap | Task::Style);
+    let sweep = if caption { &cfg.sweep_caption } else { &cfg.sweep_other };
+    let mut v = Vec::new();
+    let p = |train_on, adapter, noise: f64, label: &str| Plan { task, train_on, adapter, noise, label: label.to_string() };
+    if task != Task::Style {
+        v.push(p(TrainOn::Images, AdapterKind::None, 0.0, "image-trained upper bound"));
+    }
+    for &w in sweep {
+        let (kind, label) = if w == 0.0 { (AdapterKind::None, "text only, no noise".to_string()) } else { (AdapterKind::Noise, format!("text only, w = {w}")) };
+        v.push(p(TrainOn::Text, kind, w, &label));
+    }
+    if !sweep.contains(&0.08) {
+        v.push(p(TrainOn::Text, AdapterKind::Noise, 0.08, "text only, w = 0.08"));
+    }
+    if cfg.adapters {
+        let w = task.default_noise();
+        v.push(p(TrainOn::Text, AdapterKind::MeanShift, w, "mean-shift + noise"));
+        v.push(p(TrainOn::Text, AdapterKind::Cov, w, "cov"));
+        v.push(p(TrainOn::Text, AdapterKind::Linear, w, "linear (1% pairs) + noise"));
+    }
+    v
+}
+
+/// Headline metrics of a run in the demo's `results.json` convention.
+fn demo_metrics(task: Task, scores: &serde_json::Value, primary: f64) -> BTreeMap<String, serde_json::Value> {
+    let mut m = BTreeMap::new();
+    match task {
+        Task::Vqa | Task::Evqa => {
+            m.insert("accuracy".into(), serde_json::json!(primary));
+            if let Some(q) = scores.get("perQuestionType") {
+                m.insert("perQuestionType".into(), q.clone());
+            }
+            if let Some(q) = scores.get("perAnswerType") {
+                m.insert("perAnswerType".into(), q.clone());
+            }
+        }
+        Task::Ve => {
+            m.insert("accuracy".into(), serde_json::json!(primary));
+        }
+        _ => {
+            for k in ["CIDEr", "Bleu_4", "ROUGE_L"] {
+                if let Some(v) = scores.get(k) {
+                    m.insert(k.into(), v.clone());
+                }
+            }
+        }
+    }
+    m
+}
+
+/// A run's record for the noise-sweep and loss plots.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub result: RunResult,
+    /// Best val value of the task metric (selects the tuned noise).
+    pub val: Option<f64>,
+    pub losses: Vec<(f64, f64)>,
+    pub seconds: f64,
+    pub run_dir: PathBuf,
+}
+
+/// Everything the demo produced.
+pub struct DemoOutput {
+    pub results: DemoResults,
+    pub records: Vec<RunRecord>,
+    pub times: StageTimes,
+}
+
+fn split_counts(k: &Karpathy) -> SplitCounts {
+    SplitCounts { train: k.split("train").count(), val: k.split("val").count(), test: k.split("test").count() }
+}
+
+/// Run the whole demo into `out`.
+pub fn run_demo(cfg: &DemoConfig, out: &Path, device: &Device, progress: &dyn Progress) -> Result<DemoOutput> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    io::write_json_atomic(out.join("demo_config.json"), cfg)?;
+    let mut sw = Stopwatch { t: Instant::now(), times: StageTimes::default() };
+
+    // 1. World.
+    let wdir = out.join("world");
+    world::generate(&cfg.world, &wdir, progress)?;
+    let wp = WorldPaths::new(&wdir);
+    let karpathy = Karpathy::load(wp.karpathy())?;
+    sw.lap("world");
+
+    // 2. CLIP from scratch.
+    let clip_dir = out.join("clip");
+    let report = train_clip(&karpathy, &wdir, &clip_dir, &cfg.clip, None, device, progress)?;
+    let retrieval = report.retrieval.clone().ok_or_else(|| Error::invalid("CLIP training reported no retrieval"))?;
+    sw.lap("clip");
+
+    // 3. Embedding caches (every image; every text any task needs).
+    let clip = close_clip::bundle::Clip::load(&clip_dir, device)?;
+    let paths = DataPaths::new(&wdir);
+    let mut datas: Vec<(Task, TaskData, Option<TaskData>)> = Vec::new();
+    let mut texts: std::collections::BTreeSet<String> = Default::default();
+    for &task in &cfg.tasks {
+        let text = TaskData::load(task, TrainOn::Text, &paths)?;
+        let imgs = if task == Task::Style { None } else { Some(TaskData::load(task, TrainOn::Images, &paths)?) };
+        texts.extend(text.clip_texts());
+        datas.push((task, text, imgs));
+    }
+    for im in &karpathy.images {
+        texts.extend(im.captions().map(str::to_string));
+    }
+    let image_items: Vec<(String, PathBuf)> = karpathy.images.iter().map(|im| (im.image_id().to_string(), wdir.join(im.rel_path()))).collect();
+    let text_items: Vec<(String, String)> = texts.into_iter().map(|t| (t.clone(), t)).collect();
+    let cache_dir = out.join("cache");
+    let irep = embed_images(&clip, &image_items, &cache_dir.join("images"), 128, progress)?;
+    let trep = embed_texts(&clip, &text_items, &cache_dir.join("texts"), 256, progress)?;
+    if !irep.bad.is_empty() || !trep.bad.is_empty() {
+        tracing::warn!("embedding skipped {} images and {} texts", irep.bad.len(), trep.bad.len());
+    }
+    let icache = EmbeddingCache::open(cache_dir.join("images"))?;
+    let tcache = EmbeddingCache::open(cache_dir.join("texts"))?;
+    sw.lap("embed");
+
+    // 4. The modality gap on the test split (one caption per image).
+    let (mut gi, mut gt) = (Vec::new(), Vec::new());
+    for im in karpathy.split("test") {
+        let (Some(iv), Some(cap)) = (icache.get(&im.image_id().to_string()), im.captions().next()) else { continue };
+        let Some(tv) = tcache.get(cap) else { continue };
+        gi.push(iv.to_vec());
+        gt.push(tv.to_vec());
+    }
+    let gap = gap_stats(&gi, &gt, 2000, cfg.seed)?;
+    let n = gi.len().min(400);
+    let pca = pca_2d(&[&gi[..n], &gt[..n]])?;
+    close_core::plot::scatter(
+        &out.join("gap_pca.png"),
+        "CLIP image vs caption vectors (PCA)",
+        &[("image".into(), pca[0].clone()), ("caption".into(), pca[1].clone())],
+    )?;
+    sw.lap("gap");
+
+    // 5. Adapter statistics from the training split.
+    let pairs = caption_pairs(&wp.karpathy(), "train")?;
+    let adapters_dir = out.join("adapters");
+    if cfg.adapters {
+        let n_linear = ((pairs.len() as f64 * cfg.linear_pair_fraction).round() as usize).max(8);
+        for (kind, n_pairs, unpaired) in [
+            (AdapterKind::MeanShift, None, false),
+            (AdapterKind::Cov, None, true),
+            (AdapterKind::Linear, Some(n_linear), false),
+        ] {
+            let spec = FitSpec { kind, n_pairs, unpaired_cov: unpaired, seed: cfg.seed, ..Default::default() };
+            let stats = fit_adapter(&spec, &icache as &dyn Embeddings, &tcache as &dyn Embeddings, &pairs)?;
+            stats.save(&adapters_dir.join(kind.name()))?;
+        }
+    }
+    sw.lap("adapters");
+
+    // 6. CLOSE runs.
+    let mut records = Vec::new();
+    for (task, text_data, image_data) in &datas {
+        let task = *task;
+        let tok_path = out.join("runs").join(task.name()).join("tokenizer.json");
+        let tok = close_t5::tokenizer::train_tokenizer(text_data.tokenizer_corpus(), cfg.vocab)?;
+        close_t5::tokenizer::save(&tok, &tok_path)?;
+        for plan in plans(cfg, task) {
+            let data = match plan.train_on {
+                TrainOn::Images => image_data.as_ref().ok_or_else(|| Error::invalid("no image data"))?,
+                TrainOn::Text => text_data,
+            };
+            let rec = run_one(cfg, &plan, data, &tok_path, &adapters_dir, &tcache, &icache, &out.join("runs"), device, progress)?;
+            records.push(rec);
+        }
+        sw.lap(task.name());
+    }
+
+    // 7. Tuned noise: the sweep value with the best val metric, reported on test.
+    let mut runs: Vec<RunResult> = Vec::new();
+    for &task in &cfg.tasks {
+        let task_recs: Vec<&RunRecord> = records.iter().filter(|r| r.result.task == task.name()).collect();
+        runs.extend(task_recs.iter().map(|r| r.result.clone()));
+        let best = task_recs
+            .iter()
+            .filter(|r| r.result.train_on == "text" && (r.result.adapter == "noise" || r.result.adapter == "none"))
+            .filter(|r| r.val.is_some())
+            .max_by(|a, b| a.val.partial_cmp(&b.val).unwrap_or(std::cmp::Ordering::Equal));
+        if let Some(b) = best {
+            let mut r = b.result.clone();
+            r.label = Some(format!("tuned noise (val): w = {}", r.noise));
+            runs.push(r);
+        }
+    }
+    let results = DemoResults {
+        world: WorldInfo { seed: cfg.seed, images: split_counts(&karpathy) },
+        clip: ClipInfo { r1_image_to_text: retrieval.image_to_text_r1, r1_text_to_image: retrieval.text_to_image_r1, gap },
+        runs,
+        seconds: sw.t.elapsed().as_secs_f64(),
+    };
+    Ok(DemoOutput { results, records, times: sw.times })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_one(
+    cfg: &DemoConfig,
+    plan: &Plan,
+    data: &TaskData,
+    tokenizer: &Path,
+    adapters_dir: &Path,
+    texts: &EmbeddingCache,
+    images: &EmbeddingCache,
+    runs_dir: &Path,
+    device: &Device,
+    progress: &dyn Progress,
+) -> Result<RunRecord> {
+    let task = plan.task;
+    let mut tc = TrainConfig::small(task);
+    tc.train_on = plan.train_on;
+    tc.seed = cfg.seed;
+    tc.adapter.kind = plan.adapter;
+    tc.adapter.noise = plan.noise;
+    if plan.adapter.needs_stats() {
+        tc.adapter_stats = Some(adapters_dir.join(plan.adapter.name()));
+    }
+    if let T5Init::Scratch { tokenizer: t, .. } = &mut tc.t5 {
+        *t = Some(tokenizer.to_path_buf());
+    }
+    tc.epochs = cfg.epochs.get(task.name()).copied().unwrap_or(tc.epochs);
+    tc.max_examples_per_epoch = cfg.max_examples_per_epoch.get(task.name()).copied();
+    let name = format!(
+        "{}-{}-{}-w{}",
+        task.name(),
+        if plan.train_on == TrainOn::Images { "images" } else { "text" },
+        plan.adapter.name(),
+        plan.noise
+    );
+    let dir = runs_dir.join(task.name()).join(&name);
+    tracing::info!("run {name}: {}", plan.label);
+    let summary = close_model::train::train(&tc, data, texts, images, &dir, false, device, progress)?;
+    let run = Run::load(&dir, device)?;
+    let gen = run.generate_config(None, None);
+    let m = close_model::train::evaluate(&run, data, "test", images, &gen, None, progress)?;
+    let state: Option<close_model::train::TrainState> = io::read_json(dir.join("last").join("state.json")).ok();
+    let losses = state.map(|s| s.losses.iter().map(|&(a, b)| (a as f64, b)).collect()).unwrap_or_default();
+    Ok(RunRecord {
+        result: RunResult {
+            task: task.name().to_string(),
+            train_on: if plan.train_on == TrainOn::Images { "images".into() } else { "text".into() },
+            adapter: plan.adapter.name().to_string(),
+            noise: plan.noise,
+            metrics: demo_metrics(task, &m.scores, m.primary),
+            label: Some(plan.label.clone()),
+        },
+        val: summary.best_metric,
+        losses,
+        seconds: summary.seconds,
+        run_dir: dir,
+    })
+}
