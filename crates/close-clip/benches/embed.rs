@@ -47,14 +47,25 @@ for b in (1, 32):
 
 fn torch_rates(seconds: f64) -> Option<HashMap<usize, f64>> {
     let py = std::env::var("CLOSE_PYTHON").unwrap_or_else(|_| "/work/venv/bin/python".into());
-    let ok = Command::new(&py).args(["-c", "import torch, transformers"]).output().map(|o| o.status.success()).unwrap_or(false);
+    let ok = Command::new(&py)
+        .args(["-c", "import torch, transformers"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     if !ok {
         println!("PyTorch comparison skipped: `{py}` cannot import torch and transformers");
         return None;
     }
-    let out = Command::new(&py).args(["-c", PY, &THREADS.to_string(), &seconds.to_string()]).env("OMP_NUM_THREADS", THREADS.to_string()).output().ok()?;
+    let out = Command::new(&py)
+        .args(["-c", PY, &THREADS.to_string(), &seconds.to_string()])
+        .env("OMP_NUM_THREADS", THREADS.to_string())
+        .output()
+        .ok()?;
     if !out.status.success() {
-        println!("PyTorch comparison failed: {}", String::from_utf8_lossy(&out.stderr));
+        println!(
+            "PyTorch comparison failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         return None;
     }
     let mut rates = HashMap::new();
@@ -71,18 +82,40 @@ fn main() -> close_core::Result<()> {
     // Must be set before candle / rayon start their pools.
     std::env::set_var("RAYON_NUM_THREADS", THREADS.to_string());
     std::env::set_var("CANDLE_NUM_THREADS", THREADS.to_string());
-    let seconds: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(4.0);
+    let seconds: f64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4.0);
     let dev = Device::Cpu;
     let cfg = ClipConfig::vit_b32();
     // Random weights (HF initialisation), then frozen plain tensors: the inference path.
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
     ClipVisionTransformer::new(vb.pp("vision_model"), &cfg.vision_config)?;
-    vb.pp("visual_projection").get_with_hints((cfg.projection_dim, cfg.vision_config.hidden_size), "weight", candle_nn::Init::Randn { mean: 0., stdev: 0.03 })?;
-    let tensors: HashMap<String, Tensor> = vm.data().lock().map_err(|_| close_core::Error::invalid("lock"))?.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect();
+    vb.pp("visual_projection").get_with_hints(
+        (cfg.projection_dim, cfg.vision_config.hidden_size),
+        "weight",
+        candle_nn::Init::Randn {
+            mean: 0.,
+            stdev: 0.03,
+        },
+    )?;
+    let tensors: HashMap<String, Tensor> = vm
+        .data()
+        .lock()
+        .map_err(|_| close_core::Error::invalid("lock"))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect();
     let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
     let vision = ClipVisionTransformer::new(vb.pp("vision_model"), &cfg.vision_config)?;
-    let proj = candle_nn::Linear::new(vb.pp("visual_projection").get((cfg.projection_dim, cfg.vision_config.hidden_size), "weight")?, None);
+    let proj = candle_nn::Linear::new(
+        vb.pp("visual_projection").get(
+            (cfg.projection_dim, cfg.vision_config.hidden_size),
+            "weight",
+        )?,
+        None,
+    );
 
     let torch = torch_rates(seconds);
     println!("| batch | close-clip (img/s) | PyTorch HF CLIPVisionModel (img/s) | ratio |");
@@ -90,7 +123,10 @@ fn main() -> close_core::Result<()> {
     for batch in [1usize, 32] {
         let px = Tensor::randn(0f32, 1., (batch, 3, 224, 224), &dev)?;
         let rate = measure(seconds, batch, || {
-            let e = vision.forward(&px).and_then(|h| Ok(proj.forward(&h)?)).and_then(|e| close_clip::model::l2_normalize(&e));
+            let e = vision
+                .forward(&px)
+                .and_then(|h| Ok(proj.forward(&h)?))
+                .and_then(|e| close_clip::model::l2_normalize(&e));
             std::hint::black_box(e.ok());
         });
         match torch.as_ref().and_then(|t| t.get(&batch)) {

@@ -36,24 +36,34 @@ fn read_header(path: &Path) -> Result<HashMap<String, HeaderEntry>> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut n = [0u8; 8];
-    f.read_exact(&mut n).map_err(|_| Error::format(path, None, "not a safetensors file (shorter than 8 bytes)"))?;
+    f.read_exact(&mut n)
+        .map_err(|_| Error::format(path, None, "not a safetensors file (shorter than 8 bytes)"))?;
     let n = u64::from_le_bytes(n);
     if n > 100_000_000 || 8 + n > file_len {
-        return Err(Error::format(path, None, format!("not a safetensors file (header length {n}, file length {file_len})")));
+        return Err(Error::format(
+            path,
+            None,
+            format!("not a safetensors file (header length {n}, file length {file_len})"),
+        ));
     }
     let mut buf = vec![0u8; n as usize];
     f.read_exact(&mut buf).map_err(|e| Error::io(path, e))?;
-    let raw: HashMap<String, serde_json::Value> =
-        serde_json::from_slice(&buf).map_err(|e| Error::format(path, None, format!("bad safetensors header: {e}")))?;
+    let raw: HashMap<String, serde_json::Value> = serde_json::from_slice(&buf)
+        .map_err(|e| Error::format(path, None, format!("bad safetensors header: {e}")))?;
     let data_len = (file_len - 8 - n) as usize;
     let mut out = HashMap::new();
     for (k, v) in raw {
         if k == "__metadata__" {
             continue;
         }
-        let e: HeaderEntry = serde_json::from_value(v).map_err(|e| Error::format(path, None, format!("tensor `{k}`: {e}")))?;
+        let e: HeaderEntry = serde_json::from_value(v)
+            .map_err(|e| Error::format(path, None, format!("tensor `{k}`: {e}")))?;
         if e.data_offsets.1 > data_len || e.data_offsets.0 > e.data_offsets.1 {
-            return Err(Error::format(path, None, format!("tensor `{k}` lies beyond the end of the file (truncated?)")));
+            return Err(Error::format(
+                path,
+                None,
+                format!("tensor `{k}` lies beyond the end of the file (truncated?)"),
+            ));
         }
         out.insert(k, e);
     }
@@ -65,12 +75,26 @@ fn read_header(path: &Path) -> Result<HashMap<String, HeaderEntry>> {
 pub fn check_checkpoint(path: &Path, cfg: &ClipConfig) -> Result<()> {
     let header = read_header(path)?;
     for (key, shape) in expected_tensors(cfg) {
-        let t = header.get(&key).ok_or_else(|| Error::MissingKey { file: path.display().to_string(), key: key.clone() })?;
+        let t = header.get(&key).ok_or_else(|| Error::MissingKey {
+            file: path.display().to_string(),
+            key: key.clone(),
+        })?;
         if t.shape != shape {
-            return Err(Error::Shape { what: format!("{}: tensor `{key}`", path.display()), expected: shape, got: t.shape.clone() });
+            return Err(Error::Shape {
+                what: format!("{}: tensor `{key}`", path.display()),
+                expected: shape,
+                got: t.shape.clone(),
+            });
         }
         if !matches!(t.dtype.as_str(), "F32" | "F16" | "BF16" | "F64") {
-            return Err(Error::format(path, None, format!("tensor `{key}` has dtype {}, expected a float type", t.dtype)));
+            return Err(Error::format(
+                path,
+                None,
+                format!(
+                    "tensor `{key}` has dtype {}, expected a float type",
+                    t.dtype
+                ),
+            ));
         }
     }
     Ok(())
@@ -87,7 +111,10 @@ pub fn load_model(dir: impl AsRef<Path>, device: &Device) -> Result<ClipModel> {
         } else {
             "not found"
         };
-        return Err(Error::io(&weights, std::io::Error::new(std::io::ErrorKind::NotFound, msg)));
+        return Err(Error::io(
+            &weights,
+            std::io::Error::new(std::io::ErrorKind::NotFound, msg),
+        ));
     }
     check_checkpoint(&weights, &cfg)?;
     // SAFETY: the file is memory-mapped read-only; it was just validated as safetensors.
@@ -97,7 +124,11 @@ pub fn load_model(dir: impl AsRef<Path>, device: &Device) -> Result<ClipModel> {
 }
 
 /// Save a model's tensors (HF names) and config into `dir` (atomic writes).
-pub fn save_model(dir: impl AsRef<Path>, cfg: &ClipConfig, tensors: &HashMap<String, Tensor>) -> Result<()> {
+pub fn save_model(
+    dir: impl AsRef<Path>,
+    cfg: &ClipConfig,
+    tensors: &HashMap<String, Tensor>,
+) -> Result<()> {
     let dir = dir.as_ref();
     close_core::io::save_safetensors_atomic(dir.join(WEIGHTS_FILE), tensors)?;
     close_core::io::write_json_atomic(dir.join(CONFIG_FILE), &cfg.to_hf_json())
@@ -118,7 +149,10 @@ impl Clip {
     pub fn load(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let dir = dir.as_ref();
         if !dir.is_dir() {
-            return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found")));
+            return Err(Error::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "model directory not found"),
+            ));
         }
         let model = load_model(dir, device)?;
         let cfg = model.config().clone();
@@ -126,11 +160,24 @@ impl Clip {
         let processor = if pp.exists() {
             ImageProcessor::load(&pp)?
         } else {
-            tracing::warn!("{} missing: using CLIP's default preprocessing", pp.display());
+            tracing::warn!(
+                "{} missing: using CLIP's default preprocessing",
+                pp.display()
+            );
             ImageProcessor::new(ImageProcessorConfig::for_size(cfg.vision_config.image_size))?
         };
-        let tokenizer = ClipTokenizer::load(dir.join(TOKENIZER_FILE), cfg.text_config.max_position_embeddings, cfg.text_config.eos_token_id)?;
-        Ok(Self { model, processor, tokenizer, dir: dir.to_path_buf(), hash: OnceLock::new() })
+        let tokenizer = ClipTokenizer::load(
+            dir.join(TOKENIZER_FILE),
+            cfg.text_config.max_position_embeddings,
+            cfg.text_config.eos_token_id,
+        )?;
+        Ok(Self {
+            model,
+            processor,
+            tokenizer,
+            dir: dir.to_path_buf(),
+            hash: OnceLock::new(),
+        })
     }
 
     pub fn dir(&self) -> &Path {

@@ -82,14 +82,34 @@ impl EmbeddingCache {
         for sh in &index.shards {
             let p = dir.join(&sh.file);
             if sh.keys.len() != sh.fingerprints.len() {
-                return Err(Error::format(&index_path, None, format!("shard {}: {} keys but {} fingerprints", sh.file, sh.keys.len(), sh.fingerprints.len())));
+                return Err(Error::format(
+                    &index_path,
+                    None,
+                    format!(
+                        "shard {}: {} keys but {} fingerprints",
+                        sh.file,
+                        sh.keys.len(),
+                        sh.fingerprints.len()
+                    ),
+                ));
             }
-            let ts = candle_core::safetensors::load(&p, &candle_core::Device::Cpu).map_err(|e| Error::format(&p, None, e.to_string()))?;
-            let t = ts.get(TENSOR_NAME).ok_or_else(|| Error::MissingKey { file: p.display().to_string(), key: TENSOR_NAME.into() })?;
+            let ts = candle_core::safetensors::load(&p, &candle_core::Device::Cpu)
+                .map_err(|e| Error::format(&p, None, e.to_string()))?;
+            let t = ts.get(TENSOR_NAME).ok_or_else(|| Error::MissingKey {
+                file: p.display().to_string(),
+                key: TENSOR_NAME.into(),
+            })?;
             if t.dims() != [sh.keys.len(), index.dim] {
-                return Err(Error::Shape { what: format!("{}: `{TENSOR_NAME}`", p.display()), expected: vec![sh.keys.len(), index.dim], got: t.dims().to_vec() });
+                return Err(Error::Shape {
+                    what: format!("{}: `{TENSOR_NAME}`", p.display()),
+                    expected: vec![sh.keys.len(), index.dim],
+                    got: t.dims().to_vec(),
+                });
             }
-            let rows = t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            let rows = t
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
             for (i, (k, fp)) in sh.keys.iter().zip(&sh.fingerprints).enumerate() {
                 let row = &rows[i * index.dim..(i + 1) * index.dim];
                 c.insert(k.clone(), fp.clone(), row);
@@ -99,7 +119,16 @@ impl EmbeddingCache {
     }
 
     fn empty(dir: &Path, kind: CacheKind, model_hash: &str, dim: usize) -> Self {
-        Self { dir: dir.to_path_buf(), kind, model_hash: model_hash.into(), dim, data: Vec::new(), keys: Vec::new(), fingerprints: Vec::new(), pos: HashMap::new() }
+        Self {
+            dir: dir.to_path_buf(),
+            kind,
+            model_hash: model_hash.into(),
+            dim,
+            data: Vec::new(),
+            keys: Vec::new(),
+            fingerprints: Vec::new(),
+            pos: HashMap::new(),
+        }
     }
 
     fn insert(&mut self, key: String, fp: String, row: &[f32]) {
@@ -140,7 +169,9 @@ impl EmbeddingCache {
     }
     /// The unit-normalised embedding of `key`.
     pub fn get(&self, key: &str) -> Option<&[f32]> {
-        self.pos.get(key).map(|&i| &self.data[i * self.dim..(i + 1) * self.dim])
+        self.pos
+            .get(key)
+            .map(|&i| &self.data[i * self.dim..(i + 1) * self.dim])
     }
     /// Keys in storage order.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
@@ -150,7 +181,10 @@ impl EmbeddingCache {
     pub fn tensor(&self, keys: &[&str], device: &candle_core::Device) -> Result<Tensor> {
         let mut v = Vec::with_capacity(keys.len() * self.dim);
         for k in keys {
-            v.extend_from_slice(self.get(k).ok_or_else(|| Error::MissingKey { file: self.dir.join(INDEX_FILE).display().to_string(), key: k.to_string() })?);
+            v.extend_from_slice(self.get(k).ok_or_else(|| Error::MissingKey {
+                file: self.dir.join(INDEX_FILE).display().to_string(),
+                key: k.to_string(),
+            })?);
         }
         Ok(Tensor::from_vec(v, (keys.len(), self.dim), device)?)
     }
@@ -186,7 +220,12 @@ pub struct EmbedReport {
 fn image_fingerprint(p: &Path) -> String {
     match std::fs::metadata(p) {
         Ok(m) => {
-            let mtime = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+            let mtime = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
             format!("{}:{}", m.len(), mtime)
         }
         Err(_) => "missing".into(),
@@ -200,14 +239,24 @@ fn text_fingerprint(t: &str) -> String {
 
 /// Open `dir` for an incremental build: the existing cache when kind and model match, else
 /// a fresh one (old shards are then dropped when the new index is written).
-fn open_for_build(dir: &Path, kind: CacheKind, hash: &str, dim: usize) -> Result<(EmbeddingCache, Vec<ShardEntry>)> {
+fn open_for_build(
+    dir: &Path,
+    kind: CacheKind,
+    hash: &str,
+    dim: usize,
+) -> Result<(EmbeddingCache, Vec<ShardEntry>)> {
     if dir.join(INDEX_FILE).exists() {
         match EmbeddingCache::open(dir) {
             Ok(c) if c.kind == kind && c.model_hash == hash && c.dim == dim => {
                 let index: Index = close_core::io::read_json(dir.join(INDEX_FILE))?;
                 return Ok((c, index.shards));
             }
-            Ok(c) => tracing::info!("{}: cache of another model or kind ({:?}, {}), rebuilding", dir.display(), c.kind, &c.model_hash[..c.model_hash.len().min(12)]),
+            Ok(c) => tracing::info!(
+                "{}: cache of another model or kind ({:?}, {}), rebuilding",
+                dir.display(),
+                c.kind,
+                &c.model_hash[..c.model_hash.len().min(12)]
+            ),
             Err(e) => tracing::warn!("{}: unreadable cache ({e}), rebuilding", dir.display()),
         }
     }
@@ -215,7 +264,14 @@ fn open_for_build(dir: &Path, kind: CacheKind, hash: &str, dim: usize) -> Result
 }
 
 /// Append `rows` as new shard(s) and rewrite the index atomically.
-fn commit(dir: &Path, kind: CacheKind, hash: &str, dim: usize, mut shards: Vec<ShardEntry>, new: Vec<(String, String, Vec<f32>)>) -> Result<()> {
+fn commit(
+    dir: &Path,
+    kind: CacheKind,
+    hash: &str,
+    dim: usize,
+    mut shards: Vec<ShardEntry>,
+    new: Vec<(String, String, Vec<f32>)>,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut next = shards.len();
     let used: HashSet<String> = shards.iter().map(|s| s.file.clone()).collect();
@@ -226,19 +282,38 @@ fn commit(dir: &Path, kind: CacheKind, hash: &str, dim: usize, mut shards: Vec<S
             file = format!("shard-{next:05}.safetensors");
         }
         next += 1;
-        let data: Vec<f32> = chunk.iter().flat_map(|(_, _, r)| r.iter().copied()).collect();
+        let data: Vec<f32> = chunk
+            .iter()
+            .flat_map(|(_, _, r)| r.iter().copied())
+            .collect();
         let t = Tensor::from_vec(data, (chunk.len(), dim), &candle_core::Device::Cpu)?;
-        close_core::io::save_safetensors_atomic(dir.join(&file), &HashMap::from([(TENSOR_NAME.to_string(), t)]))?;
-        shards.push(ShardEntry { file, keys: chunk.iter().map(|(k, _, _)| k.clone()).collect(), fingerprints: chunk.iter().map(|(_, f, _)| f.clone()).collect() });
+        close_core::io::save_safetensors_atomic(
+            dir.join(&file),
+            &HashMap::from([(TENSOR_NAME.to_string(), t)]),
+        )?;
+        shards.push(ShardEntry {
+            file,
+            keys: chunk.iter().map(|(k, _, _)| k.clone()).collect(),
+            fingerprints: chunk.iter().map(|(_, f, _)| f.clone()).collect(),
+        });
     }
-    let index = Index { version: 1, kind, model_hash: hash.into(), dim, shards };
+    let index = Index {
+        version: 1,
+        kind,
+        model_hash: hash.into(),
+        dim,
+        shards,
+    };
     close_core::io::write_json_atomic(dir.join(INDEX_FILE), &index)?;
     // Remove shard files no longer referenced (e.g. of a previous model).
     let keep: HashSet<&str> = index.shards.iter().map(|s| s.file.as_str()).collect();
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("shard-") && name.ends_with(".safetensors") && !keep.contains(name.as_str()) {
+            if name.starts_with("shard-")
+                && name.ends_with(".safetensors")
+                && !keep.contains(name.as_str())
+            {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -248,11 +323,21 @@ fn commit(dir: &Path, kind: CacheKind, hash: &str, dim: usize, mut shards: Vec<S
 
 fn dedup<T: Clone>(items: &[(String, T)]) -> Vec<(String, T)> {
     let mut seen = HashSet::new();
-    items.iter().filter(|(k, _)| seen.insert(k.clone())).cloned().collect()
+    items
+        .iter()
+        .filter(|(k, _)| seen.insert(k.clone()))
+        .cloned()
+        .collect()
 }
 
 /// Embed images `(key, path)` into the cache at `dir` with `clip`, `batch` images at a time.
-pub fn embed_images(clip: &Clip, items: &[(String, PathBuf)], dir: &Path, batch: usize, progress: &dyn Progress) -> Result<EmbedReport> {
+pub fn embed_images(
+    clip: &Clip,
+    items: &[(String, PathBuf)],
+    dir: &Path,
+    batch: usize,
+    progress: &dyn Progress,
+) -> Result<EmbedReport> {
     let hash = clip.model_hash()?;
     let dim = clip.model.config().projection_dim;
     let items = dedup(items);
@@ -280,7 +365,11 @@ pub fn embed_images(clip: &Clip, items: &[(String, PathBuf)], dir: &Path, batch:
                     imgs.push(img);
                     ok.push((k, fp));
                 }
-                Err(e) => bad.push(BadItem { key: k.clone(), input: p.display().to_string(), reason: e.to_string() }),
+                Err(e) => bad.push(BadItem {
+                    key: k.clone(),
+                    input: p.display().to_string(),
+                    reason: e.to_string(),
+                }),
             }
         }
         if !imgs.is_empty() {
@@ -297,12 +386,28 @@ pub fn embed_images(clip: &Clip, items: &[(String, PathBuf)], dir: &Path, batch:
         commit(dir, CacheKind::Image, &hash, dim, shards, new)?;
     }
     let total = EmbeddingCache::open(dir)?.len();
-    Ok(EmbedReport { dir: dir.to_path_buf(), kind: CacheKind::Image, model_hash: hash, dim, requested: items.len(), reused, computed, bad, total })
+    Ok(EmbedReport {
+        dir: dir.to_path_buf(),
+        kind: CacheKind::Image,
+        model_hash: hash,
+        dim,
+        requested: items.len(),
+        reused,
+        computed,
+        bad,
+        total,
+    })
 }
 
 /// Embed texts `(key, text)` into the cache at `dir` with `clip`, `batch` texts at a time.
 /// Empty texts are skipped and reported.
-pub fn embed_texts(clip: &Clip, items: &[(String, String)], dir: &Path, batch: usize, progress: &dyn Progress) -> Result<EmbedReport> {
+pub fn embed_texts(
+    clip: &Clip,
+    items: &[(String, String)],
+    dir: &Path,
+    batch: usize,
+    progress: &dyn Progress,
+) -> Result<EmbedReport> {
     let hash = clip.model_hash()?;
     let dim = clip.model.config().projection_dim;
     let items = dedup(items);
@@ -313,7 +418,11 @@ pub fn embed_texts(clip: &Clip, items: &[(String, String)], dir: &Path, batch: u
     let mut bad = Vec::new();
     for (k, t) in &items {
         if t.trim().is_empty() {
-            bad.push(BadItem { key: k.clone(), input: t.clone(), reason: "empty text".into() });
+            bad.push(BadItem {
+                key: k.clone(),
+                input: t.clone(),
+                reason: "empty text".into(),
+            });
             continue;
         }
         let fp = text_fingerprint(t);
@@ -338,5 +447,15 @@ pub fn embed_texts(clip: &Clip, items: &[(String, String)], dir: &Path, batch: u
         commit(dir, CacheKind::Text, &hash, dim, shards, new)?;
     }
     let total = EmbeddingCache::open(dir)?.len();
-    Ok(EmbedReport { dir: dir.to_path_buf(), kind: CacheKind::Text, model_hash: hash, dim, requested: items.len(), reused, computed, bad, total })
+    Ok(EmbedReport {
+        dir: dir.to_path_buf(),
+        kind: CacheKind::Text,
+        model_hash: hash,
+        dim,
+        requested: items.len(),
+        reused,
+        computed,
+        bad,
+        total,
+    })
 }

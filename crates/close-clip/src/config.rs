@@ -158,8 +158,9 @@ impl ClipConfig {
         }
     }
 
-    /// The small CLIP trained from scratch on the shapes world (64 px images, 8 px patches,
-    /// 4-layer towers of width 128). `vocab_size` is replaced by the trained tokenizer's size.
+    /// The small CLIP trained from scratch on the shapes world (64 px images, 16 px patches
+    /// so 17 tokens, 4-layer vision / 3-layer text towers of width 128). `vocab_size` is
+    /// replaced by the trained tokenizer's size.
     pub fn shapes() -> Self {
         Self {
             text_config: ClipTextConfig {
@@ -180,7 +181,7 @@ impl ClipConfig {
                 num_hidden_layers: 4,
                 num_attention_heads: 4,
                 image_size: 64,
-                patch_size: 8,
+                patch_size: 16,
                 ..Default::default()
             },
             projection_dim: 128,
@@ -192,35 +193,68 @@ impl ClipConfig {
     pub fn validate(&self) -> Result<()> {
         let t = &self.text_config;
         let v = &self.vision_config;
-        let pos = |k: &str, x: usize| if x == 0 { Err(Error::config(k, "must be > 0")) } else { Ok(()) };
+        let pos = |k: &str, x: usize| {
+            if x == 0 {
+                Err(Error::config(k, "must be > 0"))
+            } else {
+                Ok(())
+            }
+        };
         pos("text_config.vocab_size", t.vocab_size)?;
         pos("text_config.hidden_size", t.hidden_size)?;
         pos("text_config.num_attention_heads", t.num_attention_heads)?;
-        pos("text_config.max_position_embeddings", t.max_position_embeddings)?;
+        pos(
+            "text_config.max_position_embeddings",
+            t.max_position_embeddings,
+        )?;
         pos("vision_config.hidden_size", v.hidden_size)?;
         pos("vision_config.num_attention_heads", v.num_attention_heads)?;
         pos("vision_config.patch_size", v.patch_size)?;
         pos("projection_dim", self.projection_dim)?;
         if t.hidden_size % t.num_attention_heads != 0 {
-            return Err(Error::config("text_config.hidden_size", format!("{} is not a multiple of num_attention_heads {}", t.hidden_size, t.num_attention_heads)));
+            return Err(Error::config(
+                "text_config.hidden_size",
+                format!(
+                    "{} is not a multiple of num_attention_heads {}",
+                    t.hidden_size, t.num_attention_heads
+                ),
+            ));
         }
         if v.hidden_size % v.num_attention_heads != 0 {
-            return Err(Error::config("vision_config.hidden_size", format!("{} is not a multiple of num_attention_heads {}", v.hidden_size, v.num_attention_heads)));
+            return Err(Error::config(
+                "vision_config.hidden_size",
+                format!(
+                    "{} is not a multiple of num_attention_heads {}",
+                    v.hidden_size, v.num_attention_heads
+                ),
+            ));
         }
         if v.image_size < v.patch_size {
-            return Err(Error::config("vision_config.image_size", format!("{} is smaller than patch_size {}", v.image_size, v.patch_size)));
+            return Err(Error::config(
+                "vision_config.image_size",
+                format!(
+                    "{} is smaller than patch_size {}",
+                    v.image_size, v.patch_size
+                ),
+            ));
         }
         Ok(())
     }
 
     /// Parse an HF `config.json` (merging legacy `*_config_dict` entries) and validate it.
     pub fn from_json_str(s: &str, path: &Path) -> Result<Self> {
-        let mut v: serde_json::Value =
-            serde_json::from_str(s).map_err(|e| Error::format(path, Some(e.line()), e.to_string()))?;
-        let obj = v.as_object_mut().ok_or_else(|| Error::format(path, None, "not a JSON object"))?;
+        let mut v: serde_json::Value = serde_json::from_str(s)
+            .map_err(|e| Error::format(path, Some(e.line()), e.to_string()))?;
+        let obj = v
+            .as_object_mut()
+            .ok_or_else(|| Error::format(path, None, "not a JSON object"))?;
         if let Some(mt) = obj.get("model_type").and_then(|m| m.as_str()) {
             if mt != "clip" {
-                return Err(Error::format(path, None, format!("model_type is `{mt}`, expected `clip`")));
+                return Err(Error::format(
+                    path,
+                    None,
+                    format!("model_type is `{mt}`, expected `clip`"),
+                ));
             }
         }
         for side in ["text", "vision"] {
@@ -243,8 +277,10 @@ impl ClipConfig {
             }
         }
         obj.retain(|_, v| !v.is_null());
-        let cfg: ClipConfig = serde_json::from_value(v).map_err(|e| Error::format(path, None, e.to_string()))?;
-        cfg.validate().map_err(|e| Error::format(path, None, e.to_string()))?;
+        let cfg: ClipConfig =
+            serde_json::from_value(v).map_err(|e| Error::format(path, None, e.to_string()))?;
+        cfg.validate()
+            .map_err(|e| Error::format(path, None, e.to_string()))?;
         Ok(cfg)
     }
 
@@ -300,11 +336,22 @@ mod tests {
 
     #[test]
     fn bad_config_names_file_and_key() {
-        let e = ClipConfig::from_json_str(r#"{"vision_config":{"hidden_size":30}}"#, Path::new("m/config.json"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("m/config.json") && e.contains("vision_config.hidden_size"), "{e}");
-        let e = ClipConfig::from_json_str(r#"{"text_config":{"hidden_act":"swish"}}"#, Path::new("c.json")).unwrap_err().to_string();
+        let e = ClipConfig::from_json_str(
+            r#"{"vision_config":{"hidden_size":30}}"#,
+            Path::new("m/config.json"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("m/config.json") && e.contains("vision_config.hidden_size"),
+            "{e}"
+        );
+        let e = ClipConfig::from_json_str(
+            r#"{"text_config":{"hidden_act":"swish"}}"#,
+            Path::new("c.json"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("c.json") && e.contains("swish"), "{e}");
     }
 }

@@ -34,23 +34,40 @@ impl CustomOp3 for LayerNormOp {
     fn name(&self) -> &'static str {
         "clip-layer-norm"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1, "layer_norm x")?;
         let w = f32_slice(s2, l2, "layer_norm weight")?;
         let b = f32_slice(s3, l3, "layer_norm bias")?;
         let d = w.len();
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(yr, xr)| {
-            let mean = xr.iter().sum::<f32>() / d as f32;
-            let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
-            let rstd = 1.0 / (var + self.eps).sqrt();
-            for i in 0..d {
-                yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
-            }
-        });
+        y.par_chunks_mut(d)
+            .zip(x.par_chunks(d))
+            .for_each(|(yr, xr)| {
+                let mean = xr.iter().sum::<f32>() / d as f32;
+                let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+                let rstd = 1.0 / (var + self.eps).sqrt();
+                for i in 0..d {
+                    yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
+                }
+            });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
-    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = w.dim(0)?;
         let n = x.elem_count() / d;
         let out = x.apply_op3_no_bwd(w, &g.contiguous()?, &LayerNormBwd { eps: self.eps })?;
@@ -70,7 +87,15 @@ impl CustomOp3 for LayerNormBwd {
     fn name(&self) -> &'static str {
         "clip-layer-norm-bwd"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(s1, l1, "layer_norm x")?;
         let w = f32_slice(s2, l2, "layer_norm weight")?;
         let g = f32_slice(s3, l3, "layer_norm grad")?;
@@ -131,9 +156,17 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
     }
     let d = weight.dims1()?;
     if x.dim(D::Minus1)? != d || bias.dims1()? != d {
-        return Err(close_core::Error::Shape { what: "layer_norm input".into(), expected: vec![d], got: x.dims().to_vec() });
+        return Err(close_core::Error::Shape {
+            what: "layer_norm input".into(),
+            expected: vec![d],
+            got: x.dims().to_vec(),
+        });
     }
-    Ok(x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNormOp { eps: eps as f32 })?)
+    Ok(x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        LayerNormOp { eps: eps as f32 },
+    )?)
 }
 
 struct SoftmaxOp;
@@ -147,17 +180,23 @@ impl CustomOp1 for SoftmaxOp {
         let d = *l.dims().last().unwrap_or(&1);
         let mut y = vec![0f32; x.len()];
         if d > 0 {
-            y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(yr, xr)| {
-                let m = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut s = 0f32;
-                for i in 0..d {
-                    let e = if m == f32::NEG_INFINITY { 0.0 } else { (xr[i] - m).exp() };
-                    yr[i] = e;
-                    s += e;
-                }
-                let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
-                yr.iter_mut().for_each(|v| *v *= inv);
-            });
+            y.par_chunks_mut(d)
+                .zip(x.par_chunks(d))
+                .for_each(|(yr, xr)| {
+                    let m = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut s = 0f32;
+                    for i in 0..d {
+                        let e = if m == f32::NEG_INFINITY {
+                            0.0
+                        } else {
+                            (xr[i] - m).exp()
+                        };
+                        yr[i] = e;
+                        s += e;
+                    }
+                    let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+                    yr.iter_mut().for_each(|v| *v *= inv);
+                });
         }
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -172,18 +211,26 @@ impl CustomOp2 for SoftmaxBwd {
     fn name(&self) -> &'static str {
         "clip-softmax-bwd"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let y = f32_slice(s1, l1, "softmax output")?;
         let g = f32_slice(s2, l2, "softmax grad")?;
         let d = *l1.dims().last().unwrap_or(&1);
         let mut dx = vec![0f32; y.len()];
         if d > 0 {
-            dx.par_chunks_mut(d).zip(y.par_chunks(d).zip(g.par_chunks(d))).for_each(|(o, (yr, gr))| {
-                let s: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-                for i in 0..d {
-                    o[i] = yr[i] * (gr[i] - s);
-                }
-            });
+            dx.par_chunks_mut(d)
+                .zip(y.par_chunks(d).zip(g.par_chunks(d)))
+                .for_each(|(o, (yr, gr))| {
+                    let s: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                    for i in 0..d {
+                        o[i] = yr[i] * (gr[i] - s);
+                    }
+                });
         }
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
@@ -203,7 +250,16 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn maxdiff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     #[test]
@@ -214,12 +270,16 @@ mod tests {
         let b = Var::randn(0f32, 0.3, 16, &dev)?;
         let t = Tensor::randn(0f32, 1., (3, 5, 16), &dev)?;
         let a = layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)?;
-        let c = close_core::ops::layer_norm(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), 1e-5)?;
+        let c =
+            close_core::ops::layer_norm(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), 1e-5)?;
         assert!(maxdiff(&a, &c) < 1e-5);
         let ga = (a * &t)?.sum_all()?.backward()?;
         let gc = (c * &t)?.sum_all()?.backward()?;
         for v in [&x, &w, &b] {
-            let d = maxdiff(ga.get(v.as_tensor()).unwrap(), gc.get(v.as_tensor()).unwrap());
+            let d = maxdiff(
+                ga.get(v.as_tensor()).unwrap(),
+                gc.get(v.as_tensor()).unwrap(),
+            );
             assert!(d < 1e-4, "{d}");
         }
         Ok(())
@@ -229,7 +289,10 @@ mod tests {
     fn softmax_values_and_gradients_match_composed_ops() -> Result<()> {
         let dev = Device::Cpu;
         let x = Var::randn(0f32, 3., (2, 3, 7), &dev)?;
-        let mask = Tensor::new(&[0f32, 0., f32::NEG_INFINITY, 0., 0., 0., f32::NEG_INFINITY], &dev)?;
+        let mask = Tensor::new(
+            &[0f32, 0., f32::NEG_INFINITY, 0., 0., 0., f32::NEG_INFINITY],
+            &dev,
+        )?;
         let xm = x.as_tensor().broadcast_add(&mask)?;
         let t = Tensor::randn(0f32, 1., (2, 3, 7), &dev)?;
         let a = softmax_last_dim(&xm)?;
@@ -237,7 +300,12 @@ mod tests {
         assert!(maxdiff(&a, &c) < 1e-6);
         let ga = (a * &t)?.sum_all()?.backward()?;
         let gc = (c * &t)?.sum_all()?.backward()?;
-        assert!(maxdiff(ga.get(x.as_tensor()).unwrap(), gc.get(x.as_tensor()).unwrap()) < 1e-5);
+        assert!(
+            maxdiff(
+                ga.get(x.as_tensor()).unwrap(),
+                gc.get(x.as_tensor()).unwrap()
+            ) < 1e-5
+        );
         Ok(())
     }
 }

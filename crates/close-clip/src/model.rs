@@ -17,12 +17,25 @@ use close_core::{Error, Result};
 use crate::config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
 
 fn randn(std: f64) -> Init {
-    Init::Randn { mean: 0.0, stdev: std }
+    Init::Randn {
+        mean: 0.0,
+        stdev: std,
+    }
 }
 
-fn linear(vb: VarBuilder, d_in: usize, d_out: usize, bias: bool, std: f64) -> Result<candle_nn::Linear> {
+fn linear(
+    vb: VarBuilder,
+    d_in: usize,
+    d_out: usize,
+    bias: bool,
+    std: f64,
+) -> Result<candle_nn::Linear> {
     let w = vb.get_with_hints((d_out, d_in), "weight", randn(std))?;
-    let b = if bias { Some(vb.get_with_hints(d_out, "bias", Init::Const(0.0))?) } else { None };
+    let b = if bias {
+        Some(vb.get_with_hints(d_out, "bias", Init::Const(0.0))?)
+    } else {
+        None
+    };
     Ok(candle_nn::Linear::new(w, b))
 }
 
@@ -47,7 +60,12 @@ impl LayerNorm {
         if x.track_op() || self.weight.track_op() {
             crate::fused::layer_norm(x, &self.weight, &self.bias, self.eps)
         } else {
-            Ok(candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)?)
+            Ok(candle_nn::ops::layer_norm(
+                &x.contiguous()?,
+                &self.weight,
+                &self.bias,
+                self.eps as f32,
+            )?)
         }
     }
 }
@@ -100,7 +118,15 @@ impl Attention {
             };
             Some(candle_nn::Linear::new(w, b))
         };
-        Ok(Self { q, k, v, qkv, out, heads, head_dim: d / heads })
+        Ok(Self {
+            q,
+            k,
+            v,
+            qkv,
+            out,
+            heads,
+            head_dim: d / heads,
+        })
     }
 
     /// # Shapes
@@ -112,12 +138,19 @@ impl Attention {
         let (q, k, v) = match &self.qkv {
             Some(qkv) => {
                 // [b, s, 3, h, hd] -> [3, b, h, s, hd]
-                let t = qkv.forward(x)?.reshape((b, s, 3, h, hd))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
+                let t = qkv
+                    .forward(x)?
+                    .reshape((b, s, 3, h, hd))?
+                    .permute((2, 0, 3, 1, 4))?
+                    .contiguous()?;
                 (t.i(0)?, t.i(1)?, t.i(2)?)
             }
             None => {
                 let split = |l: &candle_nn::Linear| -> Result<Tensor> {
-                    Ok(l.forward(x)?.reshape((b, s, h, hd))?.transpose(1, 2)?.contiguous()?)
+                    Ok(l.forward(x)?
+                        .reshape((b, s, h, hd))?
+                        .transpose(1, 2)?
+                        .contiguous()?)
                 };
                 (split(&self.q)?, split(&self.k)?, split(&self.v)?)
             }
@@ -143,7 +176,15 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn new(vb: VarBuilder, d: usize, ff: usize, heads: usize, layers: usize, act: Activation, eps: f64) -> Result<Self> {
+    fn new(
+        vb: VarBuilder,
+        d: usize,
+        ff: usize,
+        heads: usize,
+        layers: usize,
+        act: Activation,
+        eps: f64,
+    ) -> Result<Self> {
         let in_std = (d as f64).powf(-0.5) * ((2 * layers) as f64).powf(-0.5);
         let fc_std = ((2 * d) as f64).powf(-0.5);
         Ok(Self {
@@ -157,7 +198,9 @@ impl EncoderLayer {
     }
 
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let h = self.self_attn.forward(&self.layer_norm1.forward(x)?, mask)?;
+        let h = self
+            .self_attn
+            .forward(&self.layer_norm1.forward(x)?, mask)?;
         let x = (x + h)?;
         let h = self.fc1.forward(&self.layer_norm2.forward(&x)?)?;
         let h = self.fc2.forward(&activate(self.act, &h)?)?;
@@ -171,7 +214,15 @@ struct Encoder {
 }
 
 impl Encoder {
-    fn new(vb: VarBuilder, d: usize, ff: usize, heads: usize, n: usize, act: Activation, eps: f64) -> Result<Self> {
+    fn new(
+        vb: VarBuilder,
+        d: usize,
+        ff: usize,
+        heads: usize,
+        n: usize,
+        act: Activation,
+        eps: f64,
+    ) -> Result<Self> {
         let vb = vb.pp("layers");
         let layers = (0..n)
             .map(|i| EncoderLayer::new(vb.pp(i.to_string()), d, ff, heads, n, act, eps))
@@ -202,12 +253,30 @@ impl ClipTextTransformer {
     pub fn new(vb: VarBuilder, c: &ClipTextConfig) -> Result<Self> {
         let e = vb.pp("embeddings");
         Ok(Self {
-            token_embedding: e.pp("token_embedding").get_with_hints((c.vocab_size, c.hidden_size), "weight", randn(0.02))?,
-            position_embedding: e
-                .pp("position_embedding")
-                .get_with_hints((c.max_position_embeddings, c.hidden_size), "weight", randn(0.02))?,
-            encoder: Encoder::new(vb.pp("encoder"), c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_hidden_layers, c.hidden_act, c.layer_norm_eps)?,
-            final_layer_norm: LayerNorm::new(vb.pp("final_layer_norm"), c.hidden_size, c.layer_norm_eps)?,
+            token_embedding: e.pp("token_embedding").get_with_hints(
+                (c.vocab_size, c.hidden_size),
+                "weight",
+                randn(0.02),
+            )?,
+            position_embedding: e.pp("position_embedding").get_with_hints(
+                (c.max_position_embeddings, c.hidden_size),
+                "weight",
+                randn(0.02),
+            )?,
+            encoder: Encoder::new(
+                vb.pp("encoder"),
+                c.hidden_size,
+                c.intermediate_size,
+                c.num_attention_heads,
+                c.num_hidden_layers,
+                c.hidden_act,
+                c.layer_norm_eps,
+            )?,
+            final_layer_norm: LayerNorm::new(
+                vb.pp("final_layer_norm"),
+                c.hidden_size,
+                c.layer_norm_eps,
+            )?,
             cfg: c.clone(),
         })
     }
@@ -241,20 +310,38 @@ impl ClipTextTransformer {
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         if s > self.cfg.max_position_embeddings {
-            return Err(Error::Shape { what: "text input_ids".into(), expected: vec![b, self.cfg.max_position_embeddings], got: vec![b, s] });
+            return Err(Error::Shape {
+                what: "text input_ids".into(),
+                expected: vec![b, self.cfg.max_position_embeddings],
+                got: vec![b, s],
+            });
         }
         let rows = ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
-        if let Some(bad) = rows.iter().flatten().find(|&&t| t as usize >= self.cfg.vocab_size) {
-            return Err(Error::invalid(format!("token id {bad} out of range for vocab_size {}", self.cfg.vocab_size)));
+        if let Some(bad) = rows
+            .iter()
+            .flatten()
+            .find(|&&t| t as usize >= self.cfg.vocab_size)
+        {
+            return Err(Error::invalid(format!(
+                "token id {bad} out of range for vocab_size {}",
+                self.cfg.vocab_size
+            )));
         }
         let d = self.cfg.hidden_size;
-        let tok = self.token_embedding.embedding(&ids.flatten_all()?)?.reshape((b, s, d))?;
+        let tok = self
+            .token_embedding
+            .embedding(&ids.flatten_all()?)?
+            .reshape((b, s, d))?;
         let x = tok.broadcast_add(&self.position_embedding.narrow(0, 0, s)?.unsqueeze(0)?)?;
         let mask = causal_mask(s, x.device())?;
         let x = self.encoder.forward(&x, Some(&mask))?;
         // LayerNorm is per position: pool first, then normalise only the pooled rows.
         let pos = self.pool_positions(&rows);
-        let idx: Vec<u32> = pos.iter().enumerate().map(|(i, &p)| (i * s + p) as u32).collect();
+        let idx: Vec<u32> = pos
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| (i * s + p) as u32)
+            .collect();
         let idx = Tensor::new(idx.as_slice(), x.device())?;
         let pooled = x.reshape((b * s, d))?.index_select(&idx, 0)?;
         self.final_layer_norm.forward(&pooled)
@@ -262,7 +349,9 @@ impl ClipTextTransformer {
 }
 
 fn causal_mask(s: usize, dev: &Device) -> Result<Tensor> {
-    let m: Vec<f32> = (0..s).flat_map(|i| (0..s).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    let m: Vec<f32> = (0..s)
+        .flat_map(|i| (0..s).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
     Ok(Tensor::from_vec(m, (s, s), dev)?)
 }
 
@@ -284,13 +373,33 @@ impl ClipVisionTransformer {
         let e = vb.pp("embeddings");
         let d = c.hidden_size;
         let p = c.patch_size;
-        let conv = e.pp("patch_embedding").get_with_hints((d, c.num_channels, p, p), "weight", randn(0.02))?;
+        let conv = e.pp("patch_embedding").get_with_hints(
+            (d, c.num_channels, p, p),
+            "weight",
+            randn(0.02),
+        )?;
         Ok(Self {
-            class_embedding: e.get_with_hints(d, "class_embedding", randn((d as f64).powf(-0.5)))?,
+            class_embedding: e.get_with_hints(
+                d,
+                "class_embedding",
+                randn((d as f64).powf(-0.5)),
+            )?,
             patch_embedding: conv.reshape((d, c.num_channels * p * p))?,
-            position_embedding: e.pp("position_embedding").get_with_hints((c.num_positions(), d), "weight", randn(0.02))?,
+            position_embedding: e.pp("position_embedding").get_with_hints(
+                (c.num_positions(), d),
+                "weight",
+                randn(0.02),
+            )?,
             pre_layrnorm: LayerNorm::new(vb.pp("pre_layrnorm"), d, c.layer_norm_eps)?,
-            encoder: Encoder::new(vb.pp("encoder"), d, c.intermediate_size, c.num_attention_heads, c.num_hidden_layers, c.hidden_act, c.layer_norm_eps)?,
+            encoder: Encoder::new(
+                vb.pp("encoder"),
+                d,
+                c.intermediate_size,
+                c.num_attention_heads,
+                c.num_hidden_layers,
+                c.hidden_act,
+                c.layer_norm_eps,
+            )?,
             post_layernorm: LayerNorm::new(vb.pp("post_layernorm"), d, c.layer_norm_eps)?,
             cfg: c.clone(),
         })
@@ -311,18 +420,31 @@ impl ClipVisionTransformer {
             });
         }
         let (g, p, d) = (c.grid(), c.patch_size, c.hidden_size);
+        // A stride-p convolution ignores a remainder of image_size % patch_size pixels.
+        let pixels = if g * p != hh {
+            pixels.narrow(2, 0, g * p)?.narrow(3, 0, g * p)?
+        } else {
+            pixels.clone()
+        };
         // The stride-p convolution as one matmul over flattened patches.
         let patches = pixels
             .reshape((b, ch, g, p, g, p))?
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
             .reshape((b * g * g, ch * p * p))?;
-        let x = patches.matmul(&self.patch_embedding.t()?)?.reshape((b, g * g, d))?;
-        let cls = self.class_embedding.reshape((1, 1, d))?.broadcast_as((b, 1, d))?;
-        let x = Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.position_embedding.unsqueeze(0)?)?;
+        let x = patches
+            .matmul(&self.patch_embedding.t()?)?
+            .reshape((b, g * g, d))?;
+        let cls = self
+            .class_embedding
+            .reshape((1, 1, d))?
+            .broadcast_as((b, 1, d))?;
+        let x =
+            Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.position_embedding.unsqueeze(0)?)?;
         let x = self.pre_layrnorm.forward(&x)?;
         let x = self.encoder.forward(&x, None)?;
-        self.post_layernorm.forward(&x.i((.., 0, ..))?.contiguous()?)
+        self.post_layernorm
+            .forward(&x.i((.., 0, ..))?.contiguous()?)
     }
 }
 
@@ -347,9 +469,25 @@ impl ClipModel {
         Ok(Self {
             text_model: ClipTextTransformer::new(vb.pp("text_model"), t)?,
             vision_model: ClipVisionTransformer::new(vb.pp("vision_model"), v)?,
-            visual_projection: linear(vb.pp("visual_projection"), v.hidden_size, cfg.projection_dim, false, (v.hidden_size as f64).powf(-0.5))?,
-            text_projection: linear(vb.pp("text_projection"), t.hidden_size, cfg.projection_dim, false, (t.hidden_size as f64).powf(-0.5))?,
-            logit_scale: vb.get_with_hints((), "logit_scale", Init::Const(cfg.logit_scale_init_value))?,
+            visual_projection: linear(
+                vb.pp("visual_projection"),
+                v.hidden_size,
+                cfg.projection_dim,
+                false,
+                (v.hidden_size as f64).powf(-0.5),
+            )?,
+            text_projection: linear(
+                vb.pp("text_projection"),
+                t.hidden_size,
+                cfg.projection_dim,
+                false,
+                (t.hidden_size as f64).powf(-0.5),
+            )?,
+            logit_scale: vb.get_with_hints(
+                (),
+                "logit_scale",
+                Init::Const(cfg.logit_scale_init_value),
+            )?,
             cfg: cfg.clone(),
         })
     }
@@ -364,12 +502,16 @@ impl ClipModel {
 
     /// Projected, unnormalised image features (HF `get_image_features`): `[b, projection_dim]`.
     pub fn get_image_features(&self, pixels: &Tensor) -> Result<Tensor> {
-        Ok(self.visual_projection.forward(&self.vision_model.forward(pixels)?)?)
+        Ok(self
+            .visual_projection
+            .forward(&self.vision_model.forward(pixels)?)?)
     }
 
     /// Projected, unnormalised text features (HF `get_text_features`): `[b, projection_dim]`.
     pub fn get_text_features(&self, ids: &Tensor) -> Result<Tensor> {
-        Ok(self.text_projection.forward(&self.text_model.forward(ids)?)?)
+        Ok(self
+            .text_projection
+            .forward(&self.text_model.forward(ids)?)?)
     }
 
     /// Unit-normalised image embeddings `[b, projection_dim]`.
@@ -389,7 +531,11 @@ impl ClipModel {
 
     /// `exp(logit_scale)`.
     pub fn logit_scale(&self) -> Result<f32> {
-        Ok(self.logit_scale.to_dtype(DType::F32)?.to_scalar::<f32>()?.exp())
+        Ok(self
+            .logit_scale
+            .to_dtype(DType::F32)?
+            .to_scalar::<f32>()?
+            .exp())
     }
 
     /// `logits_per_image` `[n_img, n_txt]` (its transpose is `logits_per_text`) and the unit
@@ -397,7 +543,9 @@ impl ClipModel {
     pub fn forward(&self, pixels: &Tensor, ids: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let img = self.image_features(pixels)?;
         let txt = self.text_features(ids)?;
-        let logits = img.matmul(&txt.t()?)?.broadcast_mul(&self.logit_scale.exp()?)?;
+        let logits = img
+            .matmul(&txt.t()?)?
+            .broadcast_mul(&self.logit_scale.exp()?)?;
         Ok((logits, img, txt))
     }
 }
@@ -428,26 +576,63 @@ pub fn expected_tensors(cfg: &ClipConfig) -> Vec<(String, Vec<usize>)> {
         out.push((format!("{pre}.mlp.fc2.weight"), vec![d, ff]));
         out.push((format!("{pre}.mlp.fc2.bias"), vec![d]));
     };
-    out.push(("text_model.embeddings.token_embedding.weight".into(), vec![t.vocab_size, t.hidden_size]));
-    out.push(("text_model.embeddings.position_embedding.weight".into(), vec![t.max_position_embeddings, t.hidden_size]));
+    out.push((
+        "text_model.embeddings.token_embedding.weight".into(),
+        vec![t.vocab_size, t.hidden_size],
+    ));
+    out.push((
+        "text_model.embeddings.position_embedding.weight".into(),
+        vec![t.max_position_embeddings, t.hidden_size],
+    ));
     for i in 0..t.num_hidden_layers {
-        layer(&mut out, &format!("text_model.encoder.layers.{i}"), t.hidden_size, t.intermediate_size);
+        layer(
+            &mut out,
+            &format!("text_model.encoder.layers.{i}"),
+            t.hidden_size,
+            t.intermediate_size,
+        );
     }
-    out.push(("text_model.final_layer_norm.weight".into(), vec![t.hidden_size]));
-    out.push(("text_model.final_layer_norm.bias".into(), vec![t.hidden_size]));
+    out.push((
+        "text_model.final_layer_norm.weight".into(),
+        vec![t.hidden_size],
+    ));
+    out.push((
+        "text_model.final_layer_norm.bias".into(),
+        vec![t.hidden_size],
+    ));
     let p = v.patch_size;
-    out.push(("vision_model.embeddings.class_embedding".into(), vec![v.hidden_size]));
-    out.push(("vision_model.embeddings.patch_embedding.weight".into(), vec![v.hidden_size, v.num_channels, p, p]));
-    out.push(("vision_model.embeddings.position_embedding.weight".into(), vec![v.num_positions(), v.hidden_size]));
+    out.push((
+        "vision_model.embeddings.class_embedding".into(),
+        vec![v.hidden_size],
+    ));
+    out.push((
+        "vision_model.embeddings.patch_embedding.weight".into(),
+        vec![v.hidden_size, v.num_channels, p, p],
+    ));
+    out.push((
+        "vision_model.embeddings.position_embedding.weight".into(),
+        vec![v.num_positions(), v.hidden_size],
+    ));
     for n in ["pre_layrnorm", "post_layernorm"] {
         out.push((format!("vision_model.{n}.weight"), vec![v.hidden_size]));
         out.push((format!("vision_model.{n}.bias"), vec![v.hidden_size]));
     }
     for i in 0..v.num_hidden_layers {
-        layer(&mut out, &format!("vision_model.encoder.layers.{i}"), v.hidden_size, v.intermediate_size);
+        layer(
+            &mut out,
+            &format!("vision_model.encoder.layers.{i}"),
+            v.hidden_size,
+            v.intermediate_size,
+        );
     }
-    out.push(("visual_projection.weight".into(), vec![cfg.projection_dim, v.hidden_size]));
-    out.push(("text_projection.weight".into(), vec![cfg.projection_dim, t.hidden_size]));
+    out.push((
+        "visual_projection.weight".into(),
+        vec![cfg.projection_dim, v.hidden_size],
+    ));
+    out.push((
+        "text_projection.weight".into(),
+        vec![cfg.projection_dim, t.hidden_size],
+    ));
     out.push(("logit_scale".into(), vec![]));
     out
 }
@@ -463,7 +648,10 @@ mod tests {
         let vm = VarMap::new();
         let _m = ClipModel::new(VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu), &cfg)?;
         let data = vm.data().lock().unwrap();
-        let mut got: Vec<(String, Vec<usize>)> = data.iter().map(|(k, v)| (k.clone(), v.dims().to_vec())).collect();
+        let mut got: Vec<(String, Vec<usize>)> = data
+            .iter()
+            .map(|(k, v)| (k.clone(), v.dims().to_vec()))
+            .collect();
         got.sort();
         let mut want = expected_tensors(&cfg);
         want.sort();
@@ -473,11 +661,43 @@ mod tests {
     }
 
     #[test]
+    fn image_size_not_divisible_by_patch_drops_the_remainder_like_conv() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut c32 = ClipConfig::tiny();
+        let vm = VarMap::new();
+        ClipModel::new(VarBuilder::from_varmap(&vm, DType::F32, &dev), &c32)?;
+        let t: std::collections::HashMap<String, Tensor> = vm
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect();
+        let a = ClipModel::new(VarBuilder::from_tensors(t.clone(), DType::F32, &dev), &c32)?;
+        c32.vision_config.image_size = 35;
+        let b = ClipModel::new(VarBuilder::from_tensors(t, DType::F32, &dev), &c32)?;
+        let px = Tensor::randn(0f32, 1., (2, 3, 35, 35), &dev)?;
+        let ya = a.image_features(&px.narrow(2, 0, 32)?.narrow(3, 0, 32)?)?;
+        let yb = b.image_features(&px)?;
+        let d = (ya - yb)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        assert!(d < 1e-6, "{d}");
+        Ok(())
+    }
+
+    #[test]
     fn pooling_follows_hf() {
         let mut cfg = ClipConfig::tiny().text_config;
         let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
         let t = ClipTextTransformer::new(vb.clone(), &cfg).unwrap();
-        let rows = vec![vec![2, 5, 9, 3, 3, 3], vec![2, 3, 0, 0, 0, 0], vec![2, 7, 7, 7, 7, 7]];
+        let rows = vec![
+            vec![2, 5, 9, 3, 3, 3],
+            vec![2, 3, 0, 0, 0, 0],
+            vec![2, 7, 7, 7, 7, 7],
+        ];
         assert_eq!(t.pool_positions(&rows), vec![3, 1, 0]);
         cfg.eos_token_id = 2;
         let t = ClipTextTransformer::new(vb, &cfg).unwrap();

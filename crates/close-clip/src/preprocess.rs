@@ -105,7 +105,10 @@ impl ImageProcessorConfig {
             size: SizeSpec::Shortest { shortest_edge: n },
             resample: Resample::Bicubic,
             do_center_crop: true,
-            crop_size: SizeSpec::HeightWidth { height: n, width: n },
+            crop_size: SizeSpec::HeightWidth {
+                height: n,
+                width: n,
+            },
             do_rescale: true,
             rescale_factor: 1.0 / 255.0,
             do_normalize: true,
@@ -139,8 +142,19 @@ impl ImageProcessor {
         if cfg.image_std.iter().any(|&s| s == 0.0) {
             return Err(Error::config("image_std", "must be non-zero"));
         }
-        if let SizeSpec::HeightWidth { height: 0, .. } | SizeSpec::HeightWidth { width: 0, .. } | SizeSpec::Int(0) | SizeSpec::Shortest { shortest_edge: 0 } = cfg.size {
+        if let SizeSpec::HeightWidth { height: 0, .. }
+        | SizeSpec::HeightWidth { width: 0, .. }
+        | SizeSpec::Int(0)
+        | SizeSpec::Shortest { shortest_edge: 0 } = cfg.size
+        {
             return Err(Error::config("size", "must be > 0"));
+        }
+        if let SizeSpec::HeightWidth { height: 0, .. }
+        | SizeSpec::HeightWidth { width: 0, .. }
+        | SizeSpec::Int(0)
+        | SizeSpec::Shortest { shortest_edge: 0 } = cfg.crop_size
+        {
+            return Err(Error::config("crop_size", "must be > 0"));
         }
         Ok(Self { cfg })
     }
@@ -168,7 +182,11 @@ impl ImageProcessor {
     pub fn preprocess(&self, img: &image::RgbImage) -> Vec<f32> {
         let c = &self.cfg;
         let (w0, h0) = img.dimensions();
-        let mut buf = Rgb8 { w: w0 as usize, h: h0 as usize, data: img.as_raw().clone() };
+        let mut buf = Rgb8 {
+            w: w0 as usize,
+            h: h0 as usize,
+            data: img.as_raw().clone(),
+        };
         if c.do_resize {
             let (th, tw) = resize_target(&c.size, buf.h, buf.w);
             buf = resize(&buf, tw, th, c.resample);
@@ -204,7 +222,9 @@ impl ImageProcessor {
             let (w, h) = img.dimensions();
             let s = self.output_size(w, h);
             if *hw.get_or_insert(s) != s {
-                return Err(Error::invalid("images of different output sizes in one batch (enable center crop)"));
+                return Err(Error::invalid(
+                    "images of different output sizes in one batch (enable center crop)",
+                ));
             }
             data.extend(self.preprocess(img));
         }
@@ -225,7 +245,11 @@ fn resize_target(size: &SizeSpec, h: usize, w: usize) -> (usize, usize) {
             // HF get_resize_output_image_size(default_to_square=False): int() truncation.
             let (short, long) = if w <= h { (w, h) } else { (h, w) };
             let new_long = ((n as f64) * (long as f64) / (short as f64)) as usize;
-            if w <= h { (new_long, n) } else { (n, new_long) }
+            if w <= h {
+                (new_long, n)
+            } else {
+                (n, new_long)
+            }
         }
     }
 }
@@ -267,7 +291,11 @@ fn center_crop(img: &Rgb8, cw: usize, ch: usize) -> Rgb8 {
             }
         }
     }
-    Rgb8 { w: cw, h: ch, data: out }
+    Rgb8 {
+        w: cw,
+        h: ch,
+        data: out,
+    }
 }
 
 // ---- Pillow's resampling (libImaging/Resample.c), 8 bits per channel ----
@@ -296,11 +324,19 @@ fn sinc(x: f64) -> f64 {
 fn filter_eval(f: Resample, x: f64) -> f64 {
     match f {
         Resample::Nearest | Resample::Box => {
-            if x > -0.5 && x <= 0.5 { 1.0 } else { 0.0 }
+            if x > -0.5 && x <= 0.5 {
+                1.0
+            } else {
+                0.0
+            }
         }
         Resample::Bilinear => {
             let x = x.abs();
-            if x < 1.0 { 1.0 - x } else { 0.0 }
+            if x < 1.0 {
+                1.0 - x
+            } else {
+                0.0
+            }
         }
         Resample::Hamming => {
             let x = x.abs();
@@ -325,13 +361,21 @@ fn filter_eval(f: Resample, x: f64) -> f64 {
             }
         }
         Resample::Lanczos => {
-            if -3.0 <= x && x < 3.0 { sinc(x) * sinc(x / 3.0) } else { 0.0 }
+            if -3.0 <= x && x < 3.0 {
+                sinc(x) * sinc(x / 3.0)
+            } else {
+                0.0
+            }
         }
     }
 }
 
 /// Per output pixel: first input index, count, and fixed-point weights.
-fn precompute_coeffs(in_size: usize, out_size: usize, f: Resample) -> (Vec<(usize, usize)>, Vec<i32>, usize) {
+fn precompute_coeffs(
+    in_size: usize,
+    out_size: usize,
+    f: Resample,
+) -> (Vec<(usize, usize)>, Vec<i32>, usize) {
     let (in0, in1) = (0.0f64, in_size as f64);
     let scale = (in1 - in0) / out_size as f64;
     let filterscale = scale.max(1.0);
@@ -362,7 +406,11 @@ fn precompute_coeffs(in_size: usize, out_size: usize, f: Resample) -> (Vec<(usiz
         for x in 0..n {
             let v = if ww != 0.0 { w[x] / ww } else { w[x] };
             let s = v * (1u32 << PRECISION_BITS) as f64;
-            kk[xx * ksize + x] = if v < 0.0 { (-0.5 + s) as i32 } else { (0.5 + s) as i32 };
+            kk[xx * ksize + x] = if v < 0.0 {
+                (-0.5 + s) as i32
+            } else {
+                (0.5 + s) as i32
+            };
         }
         bounds.push((xmin as usize, n));
     }
@@ -411,7 +459,14 @@ fn resize(img: &Rgb8, out_w: usize, out_h: usize, f: Resample) -> Rgb8 {
                 t[d + 2] = clip8(s[2]);
             }
         }
-        (Rgb8 { w: out_w, h: rows, data: t }, y_first)
+        (
+            Rgb8 {
+                w: out_w,
+                h: rows,
+                data: t,
+            },
+            y_first,
+        )
     } else {
         (img.clone(), 0)
     };
@@ -437,7 +492,11 @@ fn resize(img: &Rgb8, out_w: usize, out_h: usize, f: Resample) -> Rgb8 {
             out[d + 2] = clip8(s[2]);
         }
     }
-    Rgb8 { w: out_w, h: out_h, data: out }
+    Rgb8 {
+        w: out_w,
+        h: out_h,
+        data: out,
+    }
 }
 
 fn resize_nearest(img: &Rgb8, out_w: usize, out_h: usize) -> Rgb8 {
@@ -452,7 +511,11 @@ fn resize_nearest(img: &Rgb8, out_w: usize, out_h: usize) -> Rgb8 {
             out[d..d + 3].copy_from_slice(&img.data[s..s + 3]);
         }
     }
-    Rgb8 { w: out_w, h: out_h, data: out }
+    Rgb8 {
+        w: out_w,
+        h: out_h,
+        data: out,
+    }
 }
 
 /// Decode an image file (PNG / JPEG / WebP) with size and allocation limits and convert it
@@ -461,7 +524,10 @@ fn resize_nearest(img: &Rgb8, out_w: usize, out_h: usize) -> Rgb8 {
 pub fn load_image(path: impl AsRef<Path>) -> Result<image::RgbImage> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    decode_image(&bytes).map_err(|msg| Error::Image { path: path.to_path_buf(), msg })
+    decode_image(&bytes).map_err(|msg| Error::Image {
+        path: path.to_path_buf(),
+        msg,
+    })
 }
 
 /// [`load_image`] on bytes; the error is a message without the path.
@@ -478,7 +544,9 @@ pub fn decode_image(bytes: &[u8]) -> std::result::Result<image::RgbImage, String
     limits.max_alloc = Some(MAX_DECODE_ALLOC);
     reader.limits(limits);
     let img = reader.decode().map_err(|e| match e {
-        image::ImageError::Limits(l) => format!("too large (limit {MAX_IMAGE_SIDE} px per side): {l}"),
+        image::ImageError::Limits(l) => {
+            format!("too large (limit {MAX_IMAGE_SIDE} px per side): {l}")
+        }
         e => format!("cannot decode: {e}"),
     })?;
     if img.width() == 0 || img.height() == 0 {
@@ -527,14 +595,24 @@ mod tests {
 
     #[test]
     fn shortest_edge_target_truncates_like_hf() {
-        assert_eq!(resize_target(&SizeSpec::Shortest { shortest_edge: 224 }, 480, 640), (224, 298));
-        assert_eq!(resize_target(&SizeSpec::Shortest { shortest_edge: 24 }, 37, 23), (38, 24));
+        assert_eq!(
+            resize_target(&SizeSpec::Shortest { shortest_edge: 224 }, 480, 640),
+            (224, 298)
+        );
+        assert_eq!(
+            resize_target(&SizeSpec::Shortest { shortest_edge: 24 }, 37, 23),
+            (38, 24)
+        );
         assert_eq!(resize_target(&SizeSpec::Int(24), 1, 1), (24, 24));
     }
 
     #[test]
     fn identity_resize_and_constant_image() {
-        let img = Rgb8 { w: 5, h: 3, data: vec![77; 45] };
+        let img = Rgb8 {
+            w: 5,
+            h: 3,
+            data: vec![77; 45],
+        };
         for f in [Resample::Bicubic, Resample::Bilinear, Resample::Lanczos] {
             let r = resize(&img, 11, 7, f);
             assert!(r.data.iter().all(|&v| v == 77), "{f:?}");
@@ -546,7 +624,11 @@ mod tests {
     #[test]
     fn center_crop_pads_small_images_like_hf() {
         // 1x1 image cropped to 4x4: HF puts it at ceil(3/2) = 2 offset ... then crops.
-        let img = Rgb8 { w: 1, h: 1, data: vec![9, 9, 9] };
+        let img = Rgb8 {
+            w: 1,
+            h: 1,
+            data: vec![9, 9, 9],
+        };
         let c = center_crop(&img, 4, 4);
         let ones: Vec<usize> = (0..16).filter(|&i| c.data[i * 3] == 9).collect();
         assert_eq!(ones, vec![2 * 4 + 2]);
@@ -554,7 +636,9 @@ mod tests {
 
     #[test]
     fn rejects_garbage_and_truncated() {
-        assert!(decode_image(b"definitely not an image").unwrap_err().contains("not a recognised"));
+        assert!(decode_image(b"definitely not an image")
+            .unwrap_err()
+            .contains("not a recognised"));
         let mut png = Vec::new();
         image::RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3]))
             .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)

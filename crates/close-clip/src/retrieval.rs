@@ -26,16 +26,31 @@ pub fn retrieval_metrics(img: &Tensor, txt: &Tensor, text_image: &[usize]) -> Re
     let (ni, _) = img.dims2()?;
     let (nt, _) = txt.dims2()?;
     if text_image.len() != nt {
-        return Err(Error::Shape { what: "text_image".into(), expected: vec![nt], got: vec![text_image.len()] });
+        return Err(Error::Shape {
+            what: "text_image".into(),
+            expected: vec![nt],
+            got: vec![text_image.len()],
+        });
     }
     if let Some(&bad) = text_image.iter().find(|&&i| i >= ni) {
-        return Err(Error::invalid(format!("text_image refers to image {bad} of {ni}")));
+        return Err(Error::invalid(format!(
+            "text_image refers to image {bad} of {ni}"
+        )));
     }
     let sim = img.matmul(&txt.t()?)?.to_vec2::<f32>()?; // [ni, nt]
     let rank_of = |scores: &[f32], is_hit: &dyn Fn(usize) -> bool| -> usize {
         // Rank of the best-scoring hit (0-based): number of non-hits scoring strictly higher.
-        let best = scores.iter().enumerate().filter(|(j, _)| is_hit(*j)).map(|(_, &s)| s).fold(f32::NEG_INFINITY, f32::max);
-        scores.iter().enumerate().filter(|(j, &s)| !is_hit(*j) && s > best).count()
+        let best = scores
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| is_hit(*j))
+            .map(|(_, &s)| s)
+            .fold(f32::NEG_INFINITY, f32::max);
+        scores
+            .iter()
+            .enumerate()
+            .filter(|(j, &s)| !is_hit(*j) && s > best)
+            .count()
     };
     let (mut i1, mut i5, mut i10) = (0usize, 0usize, 0usize);
     for (i, row) in sim.iter().enumerate() {

@@ -11,10 +11,10 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use tokenizers::models::wordlevel::{WordLevel, WordLevelTrainer};
+use tokenizers::models::TrainerWrapper;
 use tokenizers::normalizers::utils::Lowercase;
 use tokenizers::pre_tokenizers::whitespace::Whitespace;
 use tokenizers::processors::template::TemplateProcessing;
-use tokenizers::models::TrainerWrapper;
 use tokenizers::{AddedToken, ModelWrapper, Tokenizer, TruncationParams};
 
 use close_core::{Error, Result};
@@ -35,7 +35,10 @@ pub struct ClipTokenizer {
 
 impl std::fmt::Debug for ClipTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClipTokenizer").field("max_len", &self.max_len).field("pad_id", &self.pad_id).finish()
+        f.debug_struct("ClipTokenizer")
+            .field("max_len", &self.max_len)
+            .field("pad_id", &self.pad_id)
+            .finish()
     }
 }
 
@@ -53,18 +56,29 @@ impl ClipTokenizer {
             .or_else(|| tok.token_to_id(EOS))
             .unwrap_or(eos_id);
         tok.with_padding(None);
-        tok.with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        Ok(Self { tok, max_len, pad_id })
+        tok.with_truncation(Some(TruncationParams {
+            max_length: max_len,
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(Self {
+            tok,
+            max_len,
+            pad_id,
+        })
     }
 
     /// Load an HF `tokenizer.json`.
     pub fn load(path: impl AsRef<Path>, max_len: usize, eos_id: u32) -> Result<Self> {
         let path = path.as_ref();
         if !path.exists() {
-            return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found")));
+            return Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found"),
+            ));
         }
-        let tok = Tokenizer::from_file(path).map_err(|e| Error::format(path, None, e.to_string()))?;
+        let tok =
+            Tokenizer::from_file(path).map_err(|e| Error::format(path, None, e.to_string()))?;
         Self::new(tok, max_len, eos_id)
     }
 
@@ -97,7 +111,10 @@ impl ClipTokenizer {
         let rows = texts
             .iter()
             .enumerate()
-            .map(|(i, t)| self.encode(t.as_ref()).map_err(|e| Error::invalid(format!("text {i}: {e}"))))
+            .map(|(i, t)| {
+                self.encode(t.as_ref())
+                    .map_err(|e| Error::invalid(format!("text {i}: {e}")))
+            })
             .collect::<Result<Vec<_>>>()?;
         self.pad(&rows, device)
     }
@@ -118,8 +135,15 @@ impl ClipTokenizer {
 /// `<|endoftext|>`=3, then words by frequency) on `texts`, wrapping every encoding as
 /// `<|startoftext|> … <|endoftext|>`. Words seen fewer than `min_frequency` times map to
 /// `<unk>`.
-pub fn train_word_level<S: AsRef<str> + Send>(texts: impl Iterator<Item = S> + Send, max_vocab: usize, min_frequency: u64) -> Result<Tokenizer> {
-    let specials: Vec<AddedToken> = [PAD, UNK, BOS, EOS].iter().map(|s| AddedToken::from(s.to_string(), true)).collect();
+pub fn train_word_level<S: AsRef<str> + Send>(
+    texts: impl Iterator<Item = S> + Send,
+    max_vocab: usize,
+    min_frequency: u64,
+) -> Result<Tokenizer> {
+    let specials: Vec<AddedToken> = [PAD, UNK, BOS, EOS]
+        .iter()
+        .map(|s| AddedToken::from(s.to_string(), true))
+        .collect();
     let trainer = WordLevelTrainer::builder()
         .special_tokens(specials)
         .vocab_size(max_vocab)
@@ -127,15 +151,21 @@ pub fn train_word_level<S: AsRef<str> + Send>(texts: impl Iterator<Item = S> + S
         .show_progress(false)
         .build()
         .map_err(|e| Error::Tokenizer(e.to_string()))?;
-    let model = WordLevel::builder().unk_token(UNK.into()).build().map_err(|e| Error::Tokenizer(e.to_string()))?;
+    let model = WordLevel::builder()
+        .unk_token(UNK.into())
+        .build()
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
     let mut tok = Tokenizer::new(ModelWrapper::WordLevel(model));
-    tok.with_normalizer(Some(Lowercase)).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    tok.with_normalizer(Some(Lowercase))
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
     tok.with_pre_tokenizer(Some(Whitespace {}));
     let mut trainer = TrainerWrapper::WordLevelTrainer(trainer);
     tok.train(&mut trainer, texts)?;
     for (i, s) in [PAD, UNK, BOS, EOS].iter().enumerate() {
         if tok.token_to_id(s) != Some(i as u32) {
-            return Err(Error::Tokenizer(format!("special token {s} did not get id {i}")));
+            return Err(Error::Tokenizer(format!(
+                "special token {s} did not get id {i}"
+            )));
         }
     }
     let post = TemplateProcessing::builder()
@@ -170,7 +200,11 @@ mod tests {
 
     #[test]
     fn trained_tokenizer_wraps_truncates_and_pads() -> Result<()> {
-        let texts = ["A red circle.", "a blue square", "A red square left of a blue circle"];
+        let texts = [
+            "A red circle.",
+            "a blue square",
+            "A red square left of a blue circle",
+        ];
         let tok = train_word_level(texts.iter(), 100, 1)?;
         let ct = ClipTokenizer::new(tok, 5, 3)?;
         let ids = ct.encode("a red circle")?;
@@ -183,7 +217,10 @@ mod tests {
         assert!(ct.encode("  ").is_err());
         let t = ct.encode_batch(&["red", "a red circle"], &Device::Cpu)?;
         assert_eq!(t.to_vec2::<u32>()?[0][3..], [0, 0]);
-        let e = ct.encode_batch(&["red", ""], &Device::Cpu).unwrap_err().to_string();
+        let e = ct
+            .encode_batch(&["red", ""], &Device::Cpu)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("text 1"), "{e}");
         Ok(())
     }

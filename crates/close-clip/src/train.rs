@@ -62,7 +62,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             model: ClipConfig::shapes(),
-            epochs: 30,
+            epochs: 10,
             batch_size: 64,
             lr: 1e-3,
             weight_decay: 0.05,
@@ -81,7 +81,10 @@ impl Default for TrainConfig {
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         if self.batch_size < 2 {
-            return Err(Error::config("batch_size", "must be ≥ 2 (contrastive loss needs negatives)"));
+            return Err(Error::config(
+                "batch_size",
+                "must be ≥ 2 (contrastive loss needs negatives)",
+            ));
         }
         if self.epochs == 0 {
             return Err(Error::config("epochs", "must be ≥ 1"));
@@ -129,7 +132,11 @@ pub fn lr_at(step: usize, total: usize, warmup: usize, lr: f64) -> f64 {
 pub fn clip_loss(logits: &Tensor) -> Result<Tensor> {
     let (n, m) = logits.dims2()?;
     if n != m {
-        return Err(Error::Shape { what: "logits".into(), expected: vec![n, n], got: vec![n, m] });
+        return Err(Error::Shape {
+            what: "logits".into(),
+            expected: vec![n, n],
+            got: vec![n, m],
+        });
     }
     let eye = Tensor::eye(n, logits.dtype(), logits.device())?;
     let a = (close_core::ops::log_softmax_last_dim(logits)? * &eye)?.sum_all()?;
@@ -143,7 +150,15 @@ struct Split {
     captions: Vec<Vec<String>>,
 }
 
-fn load_split(data: &Karpathy, root: &Path, split: &str, proc: &ImageProcessor, limit: usize, progress: &dyn Progress, skipped: &mut Vec<(String, String)>) -> Result<Split> {
+fn load_split(
+    data: &Karpathy,
+    root: &Path,
+    split: &str,
+    proc: &ImageProcessor,
+    limit: usize,
+    progress: &dyn Progress,
+    skipped: &mut Vec<(String, String)>,
+) -> Result<Split> {
     let items: Vec<_> = data.split(split).take(limit).collect();
     progress.start(&format!("load {split}"), items.len() as u64);
     let loaded: Vec<_> = items
@@ -156,7 +171,10 @@ fn load_split(data: &Karpathy, root: &Path, split: &str, proc: &ImageProcessor, 
         })
         .collect();
     progress.finish();
-    let mut out = Split { pixels: Vec::new(), captions: Vec::new() };
+    let mut out = Split {
+        pixels: Vec::new(),
+        captions: Vec::new(),
+    };
     for (p, r, caps) in loaded {
         match r {
             Ok(px) => {
@@ -188,36 +206,84 @@ pub fn train_clip(
     let pcfg = ImageProcessorConfig::for_size(mcfg.vision_config.image_size);
     let proc = ImageProcessor::new(pcfg.clone())?;
     let mut skipped = Vec::new();
-    let train = load_split(data, image_root, &cfg.train_split, &proc, usize::MAX, progress, &mut skipped)?;
-    if train.pixels.len() < cfg.batch_size.min(2).max(2) {
-        return Err(Error::invalid(format!("split `{}` has {} usable images; need at least 2", cfg.train_split, train.pixels.len())));
+    let train = load_split(
+        data,
+        image_root,
+        &cfg.train_split,
+        &proc,
+        usize::MAX,
+        progress,
+        &mut skipped,
+    )?;
+    if train.pixels.len() < 2 {
+        return Err(Error::invalid(format!(
+            "split `{}` has {} usable images; need at least 2",
+            cfg.train_split,
+            train.pixels.len()
+        )));
     }
     let tok = match tokenizer {
         Some(t) => t,
-        None => train_word_level(train.captions.iter().flatten(), cfg.max_vocab, cfg.min_word_freq)?,
+        None => train_word_level(
+            train.captions.iter().flatten(),
+            cfg.max_vocab,
+            cfg.min_word_freq,
+        )?,
     };
     mcfg.text_config.vocab_size = tok.get_vocab_size(true);
-    mcfg.text_config.pad_token_id = tok.token_to_id(crate::tokenizer::PAD).or(mcfg.text_config.pad_token_id);
-    mcfg.text_config.bos_token_id = tok.token_to_id(crate::tokenizer::BOS).or(mcfg.text_config.bos_token_id);
+    mcfg.text_config.pad_token_id = tok
+        .token_to_id(crate::tokenizer::PAD)
+        .or(mcfg.text_config.pad_token_id);
+    mcfg.text_config.bos_token_id = tok
+        .token_to_id(crate::tokenizer::BOS)
+        .or(mcfg.text_config.bos_token_id);
     if let Some(eos) = tok.token_to_id(crate::tokenizer::EOS) {
         mcfg.text_config.eos_token_id = eos;
     }
-    let ctok = ClipTokenizer::new(tok.clone(), mcfg.text_config.max_position_embeddings, mcfg.text_config.eos_token_id)?;
+    let ctok = ClipTokenizer::new(
+        tok.clone(),
+        mcfg.text_config.max_position_embeddings,
+        mcfg.text_config.eos_token_id,
+    )?;
     // Tokenize every caption once; drop empty ones.
-    let ids: Vec<Vec<Vec<u32>>> = train.captions.iter().map(|caps| caps.iter().filter_map(|c| ctok.encode(c).ok()).collect()).collect();
+    let ids: Vec<Vec<Vec<u32>>> = train
+        .captions
+        .iter()
+        .map(|caps| caps.iter().filter_map(|c| ctok.encode(c).ok()).collect())
+        .collect();
 
     let varmap = VarMap::new();
     let model = ClipModel::new(VarBuilder::from_varmap(&varmap, DType::F32, device), &mcfg)?;
     let (decay, no_decay): (Vec<(String, Var)>, Vec<(String, Var)>) = {
-        let data = varmap.data().lock().map_err(|_| Error::invalid("varmap lock poisoned"))?;
+        let data = varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::invalid("varmap lock poisoned"))?;
         let mut all: Vec<_> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
-        all.into_iter().partition(|(k, v)| v.rank() >= 2 && !k.contains("embedding"))
+        all.into_iter()
+            .partition(|(k, v)| v.rank() >= 2 && !k.contains("embedding"))
     };
-    let logit_scale_var = no_decay.iter().find(|(k, _)| k == "logit_scale").map(|(_, v)| v.clone());
-    let adam = AdamWConfig { lr: cfg.lr, beta1: 0.9, beta2: 0.98, eps: 1e-6, weight_decay: cfg.weight_decay, max_grad_norm: Some(1.0) };
+    let logit_scale_var = no_decay
+        .iter()
+        .find(|(k, _)| k == "logit_scale")
+        .map(|(_, v)| v.clone());
+    let adam = AdamWConfig {
+        lr: cfg.lr,
+        beta1: 0.9,
+        beta2: 0.98,
+        eps: 1e-6,
+        weight_decay: cfg.weight_decay,
+        max_grad_norm: Some(1.0),
+    };
     let mut opt_decay = AdamW::new(decay, adam)?;
-    let mut opt_plain = AdamW::new(no_decay, AdamWConfig { weight_decay: 0.0, ..adam })?;
+    let mut opt_plain = AdamW::new(
+        no_decay,
+        AdamWConfig {
+            weight_decay: 0.0,
+            ..adam
+        },
+    )?;
 
     let n = train.pixels.len();
     let bs = cfg.batch_size.min(n);
@@ -225,7 +291,10 @@ pub fn train_clip(
     let mut total = steps_per_epoch * cfg.epochs;
     let mut warmup = ((total as f64) * cfg.warmup_frac).ceil() as usize;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let (c, s) = (mcfg.vision_config.num_channels, mcfg.vision_config.image_size);
+    let (c, s) = (
+        mcfg.vision_config.num_channels,
+        mcfg.vision_config.image_size,
+    );
     let start = Instant::now();
     let mut last_loss = f64::NAN;
     let mut ema: Option<f64> = None;
@@ -267,7 +336,9 @@ pub fn train_clip(
             }
             last_loss = loss.to_scalar::<f32>()? as f64;
             if !last_loss.is_finite() {
-                return Err(Error::invalid(format!("loss became {last_loss} at step {step}; lower --lr")));
+                return Err(Error::invalid(format!(
+                    "loss became {last_loss} at step {step}; lower --lr"
+                )));
             }
             let e = ema.map_or(last_loss, |e| 0.95 * e + 0.05 * last_loss);
             ema = Some(e);
@@ -277,11 +348,14 @@ pub fn train_clip(
             if step == CALIBRATE {
                 if let Some(budget) = cfg.max_train_seconds {
                     let per_step = start.elapsed().as_secs_f64() / step as f64;
-                    let fit = step + ((budget - start.elapsed().as_secs_f64()).max(0.0) / per_step) as usize;
+                    let fit = step
+                        + ((budget - start.elapsed().as_secs_f64()).max(0.0) / per_step) as usize;
                     if fit < total {
                         tracing::info!("time budget {budget:.0}s: {fit} of {total} steps ({per_step:.2}s/step)");
                         total = fit.max(step);
-                        warmup = warmup.min(((total as f64) * cfg.warmup_frac).ceil() as usize).max(1);
+                        warmup = warmup
+                            .min(((total as f64) * cfg.warmup_frac).ceil() as usize)
+                            .max(1);
                         progress.start("train clip", total as u64);
                         progress.inc(step as u64);
                     }
@@ -289,7 +363,11 @@ pub fn train_clip(
             }
             if step % 50 == 0 {
                 let el = start.elapsed().as_secs_f64();
-                tracing::info!("step {step}/{total} loss {e:.3} lr {lr:.2e} logit_scale {:.1} ({:.2} s/step)", model.logit_scale()?, el / step as f64);
+                tracing::info!(
+                    "step {step}/{total} loss {e:.3} lr {lr:.2e} logit_scale {:.1} ({:.2} s/step)",
+                    model.logit_scale()?,
+                    el / step as f64
+                );
             }
         }
     }
@@ -298,14 +376,24 @@ pub fn train_clip(
 
     // Save in HF layout.
     let tensors: HashMap<String, Tensor> = {
-        let data = varmap.data().lock().map_err(|_| Error::invalid("varmap lock poisoned"))?;
-        data.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
+        let data = varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::invalid("varmap lock poisoned"))?;
+        data.iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect()
     };
     save_model(out_dir, &mcfg, &tensors)?;
     let tok_path = out_dir.join(TOKENIZER_FILE);
-    let json = tok.to_string(true).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    let json = tok
+        .to_string(true)
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
     close_core::io::write_atomic(&tok_path, json.as_bytes())?;
-    close_core::io::write_json_atomic(out_dir.join("tokenizer_config.json"), &hf_tokenizer_config(mcfg.text_config.max_position_embeddings))?;
+    close_core::io::write_json_atomic(
+        out_dir.join("tokenizer_config.json"),
+        &hf_tokenizer_config(mcfg.text_config.max_position_embeddings),
+    )?;
     close_core::io::write_json_atomic(out_dir.join(PREPROCESSOR_FILE), &pcfg.to_hf_json())?;
     let mut saved_cfg = cfg.clone();
     saved_cfg.model = mcfg.clone();
@@ -314,10 +402,29 @@ pub fn train_clip(
     // Held-out retrieval with the trained (now frozen) weights.
     let retrieval = if data.split(&cfg.eval_split).next().is_some() {
         let frozen = crate::bundle::load_model(out_dir, device)?;
-        let ev = load_split(data, image_root, &cfg.eval_split, &proc, cfg.max_eval_images, progress, &mut skipped)?;
-        Some(evaluate_retrieval(&frozen, &ctok, &ev.pixels, &ev.captions, (c, s), device, progress)?)
+        let ev = load_split(
+            data,
+            image_root,
+            &cfg.eval_split,
+            &proc,
+            cfg.max_eval_images,
+            progress,
+            &mut skipped,
+        )?;
+        Some(evaluate_retrieval(
+            &frozen,
+            &ctok,
+            &ev.pixels,
+            &ev.captions,
+            (c, s),
+            device,
+            progress,
+        )?)
     } else {
-        tracing::warn!("no images in split `{}`: retrieval not measured", cfg.eval_split);
+        tracing::warn!(
+            "no images in split `{}`: retrieval not measured",
+            cfg.eval_split
+        );
         None
     };
     let report = TrainReport {
@@ -371,19 +478,45 @@ pub fn evaluate_retrieval(
         txt.push(model.text_features(&tok.encode_batch(chunk, device)?)?);
     }
     if img.is_empty() || txt.is_empty() {
-        return Err(Error::invalid("no images or captions to evaluate retrieval on"));
+        return Err(Error::invalid(
+            "no images or captions to evaluate retrieval on",
+        ));
     }
     retrieval_metrics(&Tensor::cat(&img, 0)?, &Tensor::cat(&txt, 0)?, &owner)
 }
 
 /// Load a trained model dir plus a dataset split and measure retrieval (for `close clip eval`
 /// style use and tests).
-pub fn evaluate_dir(model_dir: &Path, data: &Karpathy, image_root: &Path, split: &str, limit: usize, device: &Device, progress: &dyn Progress) -> Result<Retrieval> {
+pub fn evaluate_dir(
+    model_dir: &Path,
+    data: &Karpathy,
+    image_root: &Path,
+    split: &str,
+    limit: usize,
+    device: &Device,
+    progress: &dyn Progress,
+) -> Result<Retrieval> {
     let clip = crate::bundle::Clip::load(model_dir, device)?;
     let mut skipped = Vec::new();
-    let ev = load_split(data, image_root, split, &clip.processor, limit, progress, &mut skipped)?;
+    let ev = load_split(
+        data,
+        image_root,
+        split,
+        &clip.processor,
+        limit,
+        progress,
+        &mut skipped,
+    )?;
     let vc = &clip.model.config().vision_config;
-    evaluate_retrieval(&clip.model, &clip.tokenizer, &ev.pixels, &ev.captions, (vc.num_channels, vc.image_size), device, progress)
+    evaluate_retrieval(
+        &clip.model,
+        &clip.tokenizer,
+        &ev.pixels,
+        &ev.captions,
+        (vc.num_channels, vc.image_size),
+        device,
+        progress,
+    )
 }
 
 #[cfg(test)]
@@ -403,7 +536,8 @@ mod tests {
     fn clip_loss_matches_cross_entropy_by_hand() -> Result<()> {
         let l = Tensor::new(&[[2f32, 0.0], [1.0, 3.0]], &Device::Cpu)?;
         let got = clip_loss(&l)?.to_scalar::<f32>()? as f64;
-        let ce = |row: [f64; 2], k: usize| -> f64 { -(row[k] - (row[0].exp() + row[1].exp()).ln()) };
+        let ce =
+            |row: [f64; 2], k: usize| -> f64 { -(row[k] - (row[0].exp() + row[1].exp()).ln()) };
         let want = (ce([2., 0.], 0) + ce([1., 3.], 1) + ce([2., 1.], 0) + ce([0., 3.], 1)) / 4.0;
         assert!((got - want).abs() < 1e-5, "{got} {want}");
         Ok(())

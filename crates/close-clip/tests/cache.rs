@@ -21,7 +21,11 @@ fn image_cache_is_incremental_and_matches_direct_embedding() {
         std::fs::copy(common::fixtures().join("images").join(n), imgs.join(n)).unwrap();
     }
     std::fs::write(imgs.join("bad.png"), b"nope").unwrap();
-    let mut items: Vec<(String, PathBuf)> = names.iter().enumerate().map(|(i, n)| (i.to_string(), imgs.join(n))).collect();
+    let mut items: Vec<(String, PathBuf)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (i.to_string(), imgs.join(n)))
+        .collect();
     items.push(("99".into(), imgs.join("bad.png")));
     let dir = tmp.path().join("cache");
 
@@ -32,11 +36,18 @@ fn image_cache_is_incremental_and_matches_direct_embedding() {
     let c = EmbeddingCache::open(&dir).unwrap();
     assert_eq!((c.len(), c.dim(), c.kind()), (3, 20, CacheKind::Image));
     assert_eq!(c.model_hash(), clip.model_hash().unwrap());
-    let direct = clip.embed_image_files(&[imgs.join(names[1])]).unwrap().to_vec2::<f32>().unwrap();
+    let direct = clip
+        .embed_image_files(&[imgs.join(names[1])])
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
     let cached = c.get("1").unwrap();
     let norm: f32 = cached.iter().map(|v| v * v).sum();
     assert!((norm - 1.0).abs() < 1e-5);
-    assert!(direct[0].iter().zip(cached).all(|(a, b)| (a - b).abs() < 1e-6));
+    assert!(direct[0]
+        .iter()
+        .zip(cached)
+        .all(|(a, b)| (a - b).abs() < 1e-6));
     assert!(c.get("99").is_none());
     let keys: Vec<&str> = c.keys().collect();
     assert_eq!(keys, vec!["0", "1", "2"]);
@@ -47,20 +58,37 @@ fn image_cache_is_incremental_and_matches_direct_embedding() {
 
     // One new key and one changed file: only those are computed.
     std::thread::sleep(std::time::Duration::from_millis(20));
-    std::fs::copy(common::fixtures().join("images/palette_45x90.png"), imgs.join(names[0])).unwrap();
+    std::fs::copy(
+        common::fixtures().join("images/palette_45x90.png"),
+        imgs.join(names[0]),
+    )
+    .unwrap();
     items.truncate(3);
     items.push(("7".into(), common::fixtures().join("images/one_pixel.png")));
     let r = embed_images(&clip, &items, &dir, 8, &NoProgress).unwrap();
     assert_eq!((r.computed, r.reused, r.total), (2, 2, 4));
     let c = EmbeddingCache::open(&dir).unwrap();
-    let now = clip.embed_image_files(&[imgs.join(names[0])]).unwrap().to_vec2::<f32>().unwrap();
-    assert!(now[0].iter().zip(c.get("0").unwrap()).all(|(a, b)| (a - b).abs() < 1e-6), "changed file re-embedded");
+    let now = clip
+        .embed_image_files(&[imgs.join(names[0])])
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    assert!(
+        now[0]
+            .iter()
+            .zip(c.get("0").unwrap())
+            .all(|(a, b)| (a - b).abs() < 1e-6),
+        "changed file re-embedded"
+    );
 
     // Another model: the cache is rebuilt, not mixed.
     let other = Clip::load(common::fixtures().join("gelu"), &Device::Cpu).unwrap();
     let r = embed_images(&other, &items, &dir, 8, &NoProgress).unwrap();
     assert_eq!((r.computed, r.reused, r.total), (4, 0, 4));
-    assert_eq!(EmbeddingCache::open(&dir).unwrap().model_hash(), other.model_hash().unwrap());
+    assert_eq!(
+        EmbeddingCache::open(&dir).unwrap().model_hash(),
+        other.model_hash().unwrap()
+    );
 }
 
 #[test]
@@ -68,13 +96,22 @@ fn text_cache_keys_by_text_and_skips_empty() {
     let tmp = tempfile::tempdir().unwrap();
     let clip = Clip::load(common::fixtures().join("gelu"), &Device::Cpu).unwrap();
     let texts = ["a photo of a cat", "x", "", "a photo of a cat"];
-    let items: Vec<(String, String)> = texts.iter().map(|t| (t.to_string(), t.to_string())).collect();
+    let items: Vec<(String, String)> = texts
+        .iter()
+        .map(|t| (t.to_string(), t.to_string()))
+        .collect();
     let dir = tmp.path().join("t");
     let r = embed_texts(&clip, &items, &dir, 2, &NoProgress).unwrap();
-    assert_eq!((r.requested, r.computed, r.bad.len(), r.total), (3, 2, 1, 2));
+    assert_eq!(
+        (r.requested, r.computed, r.bad.len(), r.total),
+        (3, 2, 1, 2)
+    );
     let c = EmbeddingCache::open(&dir).unwrap();
     let direct = clip.embed_texts(&["x"]).unwrap().to_vec2::<f32>().unwrap();
-    assert!(direct[0].iter().zip(c.get("x").unwrap()).all(|(a, b)| (a - b).abs() < 1e-6));
+    assert!(direct[0]
+        .iter()
+        .zip(c.get("x").unwrap())
+        .all(|(a, b)| (a - b).abs() < 1e-6));
     let r = embed_texts(&clip, &items, &dir, 2, &NoProgress).unwrap();
     assert_eq!((r.computed, r.reused), (0, 2));
     // A corrupt index is reported with its path.

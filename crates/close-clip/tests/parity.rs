@@ -13,7 +13,16 @@ fn fixtures() -> PathBuf {
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 #[derive(serde::Deserialize)]
@@ -26,12 +35,17 @@ fn check(name: &str) {
     let dev = Device::Cpu;
     let dir = fixtures().join(name);
     let clip = Clip::load(&dir, &dev).unwrap();
-    let exp: Expected = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let exp: Expected =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     let t = candle_core::safetensors::load(dir.join("expected.safetensors"), &dev).unwrap();
 
     // Pixels: Pillow-exact resampling, so equal up to float rounding.
     let hf_px = &t["pixel_values"];
-    let imgs: Vec<_> = exp.images.iter().map(|f| load_image(fixtures().join("images").join(f)).unwrap()).collect();
+    let imgs: Vec<_> = exp
+        .images
+        .iter()
+        .map(|f| load_image(fixtures().join("images").join(f)).unwrap())
+        .collect();
     let px = clip.processor.batch(&imgs, &dev).unwrap();
     for (i, f) in exp.images.iter().enumerate() {
         let d = max_abs(&px.get(i).unwrap(), &hf_px.get(i).unwrap());
@@ -40,7 +54,11 @@ fn check(name: &str) {
     }
 
     // Token ids: same as HF up to HF's padding (to 16 with the pad id).
-    let hf_ids = t["input_ids"].to_dtype(DType::U32).unwrap().to_vec2::<u32>().unwrap();
+    let hf_ids = t["input_ids"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .to_vec2::<u32>()
+        .unwrap();
     for (text, want) in exp.texts.iter().zip(&hf_ids) {
         let got = clip.tokenizer.encode(text).unwrap();
         assert_eq!(&got[..], &want[..got.len()], "{name}: ids of {text:?}");
@@ -58,7 +76,10 @@ fn check(name: &str) {
     assert!(d < 1e-4, "{name} text embeds diff {d}");
     // HF's own (max-length padded) ids give the same embeddings.
     let hf_ids_t = t["input_ids"].to_dtype(DType::U32).unwrap();
-    let d = max_abs(&clip.model.text_features(&hf_ids_t).unwrap(), &t["text_embeds"]);
+    let d = max_abs(
+        &clip.model.text_features(&hf_ids_t).unwrap(),
+        &t["text_embeds"],
+    );
     assert!(d < 1e-4, "{name} text embeds (HF ids) diff {d}");
     let (logits, _, _) = clip.model.forward(&px, &ids).unwrap();
     let d = max_abs(&logits, &t["logits_per_image"]);
@@ -88,7 +109,9 @@ fn real_clip_bpe_ids_match_hf() {
         input_ids: Vec<Vec<u32>>,
     }
     let dir = fixtures().join("tokenizer_real");
-    let exp: Tok = serde_json::from_str(&std::fs::read_to_string(dir.join("expected_tokens.json")).unwrap()).unwrap();
+    let exp: Tok =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected_tokens.json")).unwrap())
+            .unwrap();
     let tok = ClipTokenizer::load(dir.join("tokenizer.json"), exp.max_length, 49407).unwrap();
     for (text, want) in exp.texts.iter().zip(&exp.input_ids) {
         assert_eq!(&tok.encode(text).unwrap(), want, "{text:?}");

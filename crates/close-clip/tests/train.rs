@@ -20,7 +20,16 @@ fn every_parameter_gets_a_gradient() {
         let vm = VarMap::new();
         let model = ClipModel::new(VarBuilder::from_varmap(&vm, DType::F32, &dev), &cfg).unwrap();
         let px = Tensor::randn(0f32, 1., (4, 3, 32, 32), &dev).unwrap();
-        let ids = Tensor::new(&[[2u32, 10, 11, 3, 0], [2, 12, 3, 0, 0], [2, 13, 14, 15, 3], [2, 16, 3, 0, 0]], &dev).unwrap();
+        let ids = Tensor::new(
+            &[
+                [2u32, 10, 11, 3, 0],
+                [2, 12, 3, 0, 0],
+                [2, 13, 14, 15, 3],
+                [2, 16, 3, 0, 0],
+            ],
+            &dev,
+        )
+        .unwrap();
         let (logits, _, _) = model.forward(&px, &ids).unwrap();
         let loss = clip_loss(&logits).unwrap();
         let grads = loss.backward().unwrap();
@@ -37,14 +46,28 @@ fn fused_inference_equals_differentiable_training_forward() {
     let cfg = ClipConfig::tiny();
     let vm = VarMap::new();
     let trained = ClipModel::new(VarBuilder::from_varmap(&vm, DType::F32, &dev), &cfg).unwrap();
-    let tensors: std::collections::HashMap<String, Tensor> =
-        vm.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect();
+    let tensors: std::collections::HashMap<String, Tensor> = vm
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect();
     let frozen = ClipModel::new(VarBuilder::from_tensors(tensors, DType::F32, &dev), &cfg).unwrap();
     let px = Tensor::randn(0f32, 1., (3, 3, 32, 32), &dev).unwrap();
     let ids = Tensor::new(&[[2u32, 10, 11, 3], [2, 12, 3, 0], [2, 13, 14, 3]], &dev).unwrap();
     let a = trained.forward(&px, &ids).unwrap().0;
     let b = frozen.forward(&px, &ids).unwrap().0;
-    let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(d < 1e-4, "{d}");
 }
 
@@ -55,13 +78,32 @@ fn short_training_run_learns_and_saves_a_loadable_hf_dir() {
     let data = Karpathy::load(&data_path).unwrap();
     let mut model = ClipConfig::tiny();
     model.text_config.max_position_embeddings = 12;
-    let cfg = TrainConfig { model, epochs: 25, batch_size: 24, lr: 2e-3, ..Default::default() };
+    let cfg = TrainConfig {
+        model,
+        epochs: 25,
+        batch_size: 24,
+        lr: 2e-3,
+        ..Default::default()
+    };
     let out = tmp.path().join("clip");
-    let report = train_clip(&data, tmp.path(), &out, &cfg, None, &Device::Cpu, &NoProgress).unwrap();
+    let report = train_clip(
+        &data,
+        tmp.path(),
+        &out,
+        &cfg,
+        None,
+        &Device::Cpu,
+        &NoProgress,
+    )
+    .unwrap();
     let r = report.retrieval.unwrap();
     eprintln!("{report:?}");
     assert_eq!(r.n_images, 24);
-    assert!(report.final_loss < (24f64).ln() * 0.8, "loss {} did not drop", report.final_loss);
+    assert!(
+        report.final_loss < (24f64).ln() * 0.8,
+        "loss {} did not drop",
+        report.final_loss
+    );
     // Chance R@5 image→text is about 5 / 24 images' captions; a trained model beats it.
     assert!(r.image_to_text_r5 > 0.4, "{r:?}");
     assert!(report.logit_scale <= 100.0 + 1e-3);
@@ -69,7 +111,15 @@ fn short_training_run_learns_and_saves_a_loadable_hf_dir() {
     let clip = Clip::load(&out, &Device::Cpu).unwrap();
     let e = clip.embed_texts(&["a red square on the left"]).unwrap();
     assert_eq!(e.dims(), &[1, clip.model.config().projection_dim]);
-    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json", "clip_train.json", "clip_train_report.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "preprocessor_config.json",
+        "clip_train.json",
+        "clip_train_report.json",
+    ] {
         assert!(out.join(f).exists(), "{f}");
     }
 }

@@ -42,7 +42,7 @@ pub struct TrainArgs {
     /// Image side (overrides the preset; must be a multiple of the patch size).
     #[arg(long)]
     pub image_size: Option<usize>,
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 10)]
     pub epochs: usize,
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
@@ -97,7 +97,11 @@ impl TrainArgs {
             model.vision_config.image_size = s;
         }
         if model.vision_config.image_size % model.vision_config.patch_size != 0 {
-            anyhow::bail!("--image-size {}: must be a multiple of the patch size {}", model.vision_config.image_size, model.vision_config.patch_size);
+            anyhow::bail!(
+                "--image-size {}: must be a multiple of the patch size {}",
+                model.vision_config.image_size,
+                model.vision_config.patch_size
+            );
         }
         Ok(TrainConfig {
             model,
@@ -136,7 +140,10 @@ pub fn run(cmd: ClipCommand, ctx: &Ctx) -> anyhow::Result<()> {
             let clip = Clip::load(&a.clip, &dev)?;
             let cos = clip.score(&a.image, &a.texts)?;
             let scale = clip.model.logit_scale()?;
-            let m = cos.iter().map(|c| c * scale).fold(f32::NEG_INFINITY, f32::max);
+            let m = cos
+                .iter()
+                .map(|c| c * scale)
+                .fold(f32::NEG_INFINITY, f32::max);
             let e: Vec<f32> = cos.iter().map(|c| (c * scale - m).exp()).collect();
             let z: f32 = e.iter().sum();
             let rows: Vec<_> = a
@@ -146,7 +153,12 @@ pub fn run(cmd: ClipCommand, ctx: &Ctx) -> anyhow::Result<()> {
                 .zip(&e)
                 .map(|((t, c), p)| serde_json::json!({"text": t, "cosine": c, "prob": p / z}))
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({"image": a.image, "scores": rows}))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"image": a.image, "scores": rows})
+                )?
+            );
             Ok(())
         }
     }

@@ -47,7 +47,12 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let dev = device(&args.device)?;
     let clip = Clip::load(&args.clip, &dev)?;
     let data = Karpathy::load(&args.data)?;
-    let splits: Vec<&str> = args.splits.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let splits: Vec<&str> = args
+        .splits
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     if splits.is_empty() {
         anyhow::bail!("--splits: no split given");
     }
@@ -55,7 +60,11 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let mut image_items = Vec::new();
     let mut text_items = Vec::new();
     let mut seen_text = HashSet::new();
-    for im in data.images.iter().filter(|im| splits.iter().any(|s| im.in_split(s))) {
+    for im in data
+        .images
+        .iter()
+        .filter(|im| splits.iter().any(|s| im.in_split(s)))
+    {
         if seen.insert(im.image_id()) {
             image_items.push((im.image_id().to_string(), args.images.join(im.rel_path())));
         }
@@ -71,14 +80,26 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let progress = ctx.progress();
     let mut out = serde_json::Map::new();
     if do_images {
-        let r = embed_images(&clip, &image_items, &args.out.join("images"), args.batch_size, progress.as_ref())?;
+        let r = embed_images(
+            &clip,
+            &image_items,
+            &args.out.join("images"),
+            args.batch_size,
+            progress.as_ref(),
+        )?;
         for b in &r.bad {
             tracing::warn!("skipped image {} ({}): {}", b.key, b.input, b.reason);
         }
         out.insert("images".into(), serde_json::to_value(&r)?);
     }
     if do_texts {
-        let r = embed_texts(&clip, &text_items, &args.out.join("texts"), args.batch_size.max(1) * 4, progress.as_ref())?;
+        let r = embed_texts(
+            &clip,
+            &text_items,
+            &args.out.join("texts"),
+            args.batch_size.max(1) * 4,
+            progress.as_ref(),
+        )?;
         out.insert("texts".into(), serde_json::to_value(&r)?);
     }
     println!("{}", serde_json::to_string_pretty(&out)?);

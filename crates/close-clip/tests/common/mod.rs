@@ -16,16 +16,26 @@ pub fn copy_model(name: &str, dst: &Path) {
     }
 }
 
-pub const COLORS: [(&str, [u8; 3]); 6] =
-    [("red", [220, 30, 30]), ("green", [30, 200, 40]), ("blue", [30, 40, 220]), ("yellow", [230, 220, 30]), ("purple", [150, 40, 180]), ("gray", [128, 128, 128])];
+pub const COLORS: [(&str, [u8; 3]); 6] = [
+    ("red", [220, 30, 30]),
+    ("green", [30, 200, 40]),
+    ("blue", [30, 40, 220]),
+    ("yellow", [230, 220, 30]),
+    ("purple", [150, 40, 180]),
+    ("gray", [128, 128, 128]),
+];
 
 /// `n` images (32 px) of one colored square on white at a random place, captioned with its
 /// color and side ("a red square on the left"), as a Karpathy json in `root`. Every
 /// fourth image is in `test`.
 pub fn synthetic_world(root: &Path, n: usize, seed: u64) -> PathBuf {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut next = move || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (s >> 33) as usize
     };
     std::fs::create_dir_all(root.join("images")).unwrap();
@@ -51,6 +61,11 @@ pub fn synthetic_world(root: &Path, n: usize, seed: u64) -> PathBuf {
         }));
     }
     let p = root.join("dataset_coco.json");
-    std::fs::write(&p, serde_json::to_string(&serde_json::json!({"dataset": "synthetic", "images": images})).unwrap()).unwrap();
+    std::fs::write(
+        &p,
+        serde_json::to_string(&serde_json::json!({"dataset": "synthetic", "images": images}))
+            .unwrap(),
+    )
+    .unwrap();
     p
 }
