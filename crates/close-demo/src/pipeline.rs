@@ -31,9 +31,9 @@ pub struct DemoConfig {
     pub clip: ClipTrainConfig,
     /// Tasks to run, in order.
     pub tasks: Vec<Task>,
-    /// Noise sweep for captioning tasks (tuned on val); other tasks use `sweep_other`.
-    pub sweep_caption: Vec<f64>,
-    pub sweep_other: Vec<f64>,
+    /// Noise values w trained per task (0 = the no-noise row); the best on val is the
+    /// "tuned noise" row. w = 0.08 is always run.
+    pub sweep: BTreeMap<String, Vec<f64>>,
     /// Fraction of training pairs given to the `linear` adapter (paper: 1%).
     pub linear_pair_fraction: f64,
     /// Epochs of every CLOSE run (per task).
@@ -44,30 +44,51 @@ pub struct DemoConfig {
     pub adapters: bool,
     /// T5 tokenizer size.
     pub vocab: usize,
+    /// Peak learning rate of the CLOSE runs (tiny from-scratch T5s like it high).
+    pub lr: f64,
+    /// Val items decoded after each epoch.
+    pub max_val_examples: usize,
+    /// CLOSE runs trained side by side.
+    pub jobs: usize,
 }
 
 impl DemoConfig {
     /// The full demo (≤ 15 minutes on 2 cores) or `--quick` (≤ 3 minutes).
     pub fn new(quick: bool, seed: u64) -> Self {
-        let mut clip = ClipTrainConfig { seed, eval_split: "test".into(), ..Default::default() };
-        let world = WorldConfig { seed, images: if quick { 600 } else { 3000 }, ..WorldConfig::default() };
-        clip.epochs = if quick { 4 } else { 12 };
+        let world = WorldConfig { seed, images: if quick { 500 } else { 3000 }, ..WorldConfig::default() };
+        let clip = ClipTrainConfig { seed, eval_split: "test".into(), epochs: if quick { 3 } else { 12 }, ..Default::default() };
         let tasks = vec![Task::SCap, Task::MCap, Task::Vqa, Task::Ve, Task::Style];
-        let epochs = tasks.iter().map(|t| (t.name().to_string(), if quick { 2 } else { 4 })).collect();
-        let cap = tasks.iter().map(|t| (t.name().to_string(), if quick { 1500 } else { 6000 })).collect();
+        let per_task = |f: &dyn Fn(Task) -> usize| tasks.iter().map(|t| (t.name().to_string(), f(*t))).collect::<BTreeMap<_, _>>();
+        let sweep = tasks
+            .iter()
+            .map(|t| {
+                let w = match (quick, t) {
+                    (true, _) => vec![0.0, 0.08],
+                    (false, Task::SCap) => vec![0.0, 0.02, 0.04, 0.08, 0.12, 0.16],
+                    (false, _) => vec![0.0, 0.04, 0.08, 0.16],
+                };
+                (t.name().to_string(), w)
+            })
+            .collect();
         Self {
             seed,
             quick,
             world,
             clip,
+            epochs: per_task(&|_| if quick { 1 } else { 3 }),
+            max_examples_per_epoch: per_task(&|t| match (quick, t) {
+                (true, _) => 1200,
+                (false, Task::MCap) => 1500,
+                (false, _) => 3000,
+            }),
             tasks,
-            sweep_caption: if quick { vec![0.0, 0.04, 0.16] } else { vec![0.0, 0.02, 0.04, 0.08, 0.12, 0.16] },
-            sweep_other: if quick { vec![0.0, 0.08] } else { vec![0.0, 0.04, 0.08, 0.16] },
+            sweep,
             linear_pair_fraction: 0.01,
-            epochs,
-            max_examples_per_epoch: cap,
-            adapters: true,
+            adapters: !quick,
             vocab: 400,
+            lr: 3e-3,
+            max_val_examples: if quick { 50 } else { 150 },
+            jobs: 2,
         }
     }
 }
@@ -101,14 +122,13 @@ struct Plan {
 }
 
 fn plans(cfg: &DemoConfig, task: Task) -> Vec<Plan> {
-    let caption = matches!(task, Task::SCap | Task::MCap | Task::Style);
-    let sweep = if caption { &cfg.sweep_caption } else { &cfg.sweep_other };
+    let sweep = cfg.sweep.get(task.name()).cloned().unwrap_or_else(|| vec![0.0, 0.08]);
     let mut v = Vec::new();
     let p = |train_on, adapter, noise: f64, label: &str| Plan { task, train_on, adapter, noise, label: label.to_string() };
     if task != Task::Style {
         v.push(p(TrainOn::Images, AdapterKind::None, 0.0, "image-trained upper bound"));
     }
-    for &w in sweep {
+    for &w in &sweep {
         let (kind, label) = if w == 0.0 { (AdapterKind::None, "text only, no noise".to_string()) } else { (AdapterKind::Noise, format!("text only, w = {w}")) };
         v.push(p(TrainOn::Text, kind, w, &label));
     }
@@ -167,6 +187,8 @@ pub struct DemoOutput {
     pub results: DemoResults,
     pub records: Vec<RunRecord>,
     pub times: StageTimes,
+    /// Runs that failed (task / label: error); the demo goes on without them.
+    pub failures: Vec<String>,
 }
 
 fn split_counts(k: &Karpathy) -> SplitCounts {
@@ -253,8 +275,10 @@ pub fn run_demo(cfg: &DemoConfig, out: &Path, device: &Device, progress: &dyn Pr
     }
     sw.lap("adapters");
 
-    // 6. CLOSE runs.
-    let mut records = Vec::new();
+    // 6. CLOSE runs: one tokenizer per task shared by all its runs; runs execute on
+    //    `cfg.jobs` worker threads (tiny models are dominated by per-op overhead, so two
+    //    runs side by side use two cores better than one run with two threads).
+    let mut jobs: Vec<(Plan, &TaskData, PathBuf)> = Vec::new();
     for (task, text_data, image_data) in &datas {
         let task = *task;
         let tok_path = out.join("runs").join(task.name()).join("tokenizer.json");
@@ -265,11 +289,41 @@ pub fn run_demo(cfg: &DemoConfig, out: &Path, device: &Device, progress: &dyn Pr
                 TrainOn::Images => image_data.as_ref().ok_or_else(|| Error::invalid("no image data"))?,
                 TrainOn::Text => text_data,
             };
-            let rec = run_one(cfg, &plan, data, &tok_path, &adapters_dir, &tcache, &icache, &out.join("runs"), device, progress)?;
-            records.push(rec);
+            jobs.push((plan, data, tok_path.clone()));
         }
-        sw.lap(task.name());
     }
+    progress.start("CLOSE runs", jobs.len() as u64);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<Result<RunRecord>>>> = jobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let runs_dir = out.join("runs");
+    std::thread::scope(|scope| {
+        for _ in 0..cfg.jobs.max(1) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some((plan, data, tok)) = jobs.get(i) else { break };
+                let r = run_one(cfg, plan, data, tok, &adapters_dir, &tcache, &icache, &runs_dir, device);
+                if let Ok(mut slot) = slots[i].lock() {
+                    *slot = Some(r);
+                }
+                progress.inc(1);
+                progress.message(&format!("{} {}", plan.task.name(), plan.label));
+            });
+        }
+    });
+    progress.finish();
+    let mut records = Vec::new();
+    let mut failures = Vec::new();
+    for ((plan, _, _), slot) in jobs.iter().zip(slots) {
+        match slot.into_inner().ok().flatten() {
+            Some(Ok(r)) => records.push(r),
+            Some(Err(e)) => {
+                tracing::error!("run {} ({}) failed: {e}", plan.task.name(), plan.label);
+                failures.push(format!("{} / {}: {e}", plan.task.name(), plan.label));
+            }
+            None => failures.push(format!("{} / {}: did not run", plan.task.name(), plan.label)),
+        }
+    }
+    sw.lap("runs");
 
     // 7. Tuned noise: the sweep value with the best val metric, reported on test.
     let mut runs: Vec<RunResult> = Vec::new();
@@ -293,7 +347,7 @@ pub fn run_demo(cfg: &DemoConfig, out: &Path, device: &Device, progress: &dyn Pr
         runs,
         seconds: sw.t.elapsed().as_secs_f64(),
     };
-    Ok(DemoOutput { results, records, times: sw.times })
+    Ok(DemoOutput { results, records, times: sw.times, failures })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -307,8 +361,8 @@ fn run_one(
     images: &EmbeddingCache,
     runs_dir: &Path,
     device: &Device,
-    progress: &dyn Progress,
 ) -> Result<RunRecord> {
+    let progress = &close_core::progress::NoProgress;
     let task = plan.task;
     let mut tc = TrainConfig::small(task);
     tc.train_on = plan.train_on;
@@ -323,6 +377,8 @@ fn run_one(
     }
     tc.epochs = cfg.epochs.get(task.name()).copied().unwrap_or(tc.epochs);
     tc.max_examples_per_epoch = cfg.max_examples_per_epoch.get(task.name()).copied();
+    tc.optim.lr = cfg.lr;
+    tc.max_val_examples = Some(cfg.max_val_examples);
     let name = format!(
         "{}-{}-{}-w{}",
         task.name(),

@@ -69,7 +69,7 @@ pub fn write_outputs(cfg: &DemoConfig, output: &DemoOutput, out: &Path, machine:
             config.num_decoder_layers.unwrap_or(config.num_layers),
             config.num_heads,
             cfg.vocab,
-            small.optim.lr,
+            cfg.lr,
             small.batch_size,
             cfg.epochs
         );
@@ -78,6 +78,13 @@ pub fn write_outputs(cfg: &DemoConfig, output: &DemoOutput, out: &Path, machine:
     let _ = writeln!(setup, "- The style task has no image-trained upper bound: its training data is a text corpus only.");
     let _ = writeln!(setup, "\nStage times (s): {}", output.times.0.iter().map(|(n, s)| format!("{n} {s:.0}")).collect::<Vec<_>>().join(", "));
     let mut md = report_markdown(&output.results, &setup);
+    if !output.failures.is_empty() {
+        let _ = writeln!(md, "## Failed runs\n");
+        for f in &output.failures {
+            let _ = writeln!(md, "- {f}");
+        }
+        let _ = writeln!(md);
+    }
     let _ = writeln!(md, "## Figures\n\n![noise sweep](noise_sweep.png)\n\n![loss curves](loss_curves.png)\n");
     io::write_atomic(out.join("REPORT.md"), md.as_bytes())?;
     Ok(md)
