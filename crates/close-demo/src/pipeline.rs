@@ -56,7 +56,7 @@ impl DemoConfig {
     /// The full demo (≤ 15 minutes on 2 cores) or `--quick` (≤ 3 minutes).
     pub fn new(quick: bool, seed: u64) -> Self {
         let world = WorldConfig { seed, images: if quick { 500 } else { 3000 }, ..WorldConfig::default() };
-        let clip = ClipTrainConfig { seed, eval_split: "test".into(), epochs: if quick { 3 } else { 12 }, ..Default::default() };
+        let clip = ClipTrainConfig { seed, eval_split: "test".into(), epochs: if quick { 3 } else { 12 }, lr: 2e-3, ..Default::default() };
         let tasks = vec![Task::SCap, Task::MCap, Task::Vqa, Task::Ve, Task::Style];
         let per_task = |f: &dyn Fn(Task) -> usize| tasks.iter().map(|t| (t.name().to_string(), f(*t))).collect::<BTreeMap<_, _>>();
         let sweep = tasks

@@ -1,7 +1,7 @@
 //! T5-small-shaped benchmark: one training step (forward + backward + AdamW; batch 16,
 //! source 40, target 20, dropout on) and generation of 20 tokens (greedy and 4-beam, batch 16),
 //! compared with HF transformers / PyTorch on the same configuration in the same run when
-//! `/work/venv/bin/python` (or `$CLOSE_BENCH_PYTHON`) can import torch and transformers.
+//! `/work/venv/bin/python` (or `$CLOSE_PYTHON`) can import torch and transformers.
 //! Both sides use 2 threads (`RAYON_NUM_THREADS`, `torch.set_num_threads`); override with
 //! `CLOSE_BENCH_THREADS`. Times are the best of `CLOSE_BENCH_STEPS` / `CLOSE_BENCH_GEN_RUNS`
 //! runs (default 3) after a warm-up. Run: `cargo bench -p close-t5 --bench t5`.
@@ -150,7 +150,7 @@ fn main() -> close_core::Result<()> {
     );
 
     let python =
-        std::env::var("CLOSE_BENCH_PYTHON").unwrap_or_else(|_| "/work/venv/bin/python".into());
+        std::env::var("CLOSE_PYTHON").unwrap_or_else(|_| "/work/venv/bin/python".into());
     let out = Command::new(&python)
         .arg("-c")
         .arg(PY)
