@@ -46,7 +46,7 @@ pub struct TrainArgs {
     pub epochs: usize,
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 5e-4)]
     pub lr: f64,
     #[arg(long, default_value_t = 0.05)]
     pub weight_decay: f64,
