@@ -1,14 +1,14 @@
-//! Fused, differentiable CPU kernels for the two hottest normalisations of training:
-//! LayerNorm (forward + a one-pass backward giving dx, dweight, dbias) and softmax over the
-//! last dimension (backward `y ⊙ (g − Σ g⊙y)`). candle's own fused kernels have no backward
-//! pass; the composed versions in `close_core::ops` are correct but run ~10 separate ops
+//! Fused, differentiable CPU LayerNorm for training (forward + a one-pass backward giving
+//! dx, dweight, dbias); the fused softmax is the shared `close_core::fused` one. candle's
+//! own fused kernels have no backward pass; the composed versions in `close_core::ops` are correct but run ~10 separate ops
 //! (each a full memory pass) forward and ~20 backward. On non-CPU devices or non-f32 dtypes
 //! these functions fall back to `close_core::ops`. Tests check values and gradients against
 //! `close_core::ops`.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
+pub use close_core::fused::softmax_last_dim;
 use close_core::Result;
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
@@ -169,81 +169,6 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
     )?)
 }
 
-struct SoftmaxOp;
-
-impl CustomOp1 for SoftmaxOp {
-    fn name(&self) -> &'static str {
-        "clip-softmax"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, "softmax input")?;
-        let d = *l.dims().last().unwrap_or(&1);
-        let mut y = vec![0f32; x.len()];
-        if d > 0 {
-            y.par_chunks_mut(d)
-                .zip(x.par_chunks(d))
-                .for_each(|(yr, xr)| {
-                    let m = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut s = 0f32;
-                    for i in 0..d {
-                        let e = if m == f32::NEG_INFINITY {
-                            0.0
-                        } else {
-                            (xr[i] - m).exp()
-                        };
-                        yr[i] = e;
-                        s += e;
-                    }
-                    let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
-                    yr.iter_mut().for_each(|v| *v *= inv);
-                });
-        }
-        Ok((CpuStorage::F32(y), l.shape().clone()))
-    }
-    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(y.apply_op2_no_bwd(&g.contiguous()?, &SoftmaxBwd)?))
-    }
-}
-
-struct SoftmaxBwd;
-
-impl CustomOp2 for SoftmaxBwd {
-    fn name(&self) -> &'static str {
-        "clip-softmax-bwd"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y = f32_slice(s1, l1, "softmax output")?;
-        let g = f32_slice(s2, l2, "softmax grad")?;
-        let d = *l1.dims().last().unwrap_or(&1);
-        let mut dx = vec![0f32; y.len()];
-        if d > 0 {
-            dx.par_chunks_mut(d)
-                .zip(y.par_chunks(d).zip(g.par_chunks(d)))
-                .for_each(|(o, (yr, gr))| {
-                    let s: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-                    for i in 0..d {
-                        o[i] = yr[i] * (gr[i] - s);
-                    }
-                });
-        }
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
-    }
-}
-
-/// Softmax over the last dimension, differentiable.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if !use_fused(x) {
-        return close_core::ops::softmax_last_dim(x);
-    }
-    Ok(x.contiguous()?.apply_op1(SoftmaxOp)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,30 +207,6 @@ mod tests {
             );
             assert!(d < 1e-4, "{d}");
         }
-        Ok(())
-    }
-
-    #[test]
-    fn softmax_values_and_gradients_match_composed_ops() -> Result<()> {
-        let dev = Device::Cpu;
-        let x = Var::randn(0f32, 3., (2, 3, 7), &dev)?;
-        let mask = Tensor::new(
-            &[0f32, 0., f32::NEG_INFINITY, 0., 0., 0., f32::NEG_INFINITY],
-            &dev,
-        )?;
-        let xm = x.as_tensor().broadcast_add(&mask)?;
-        let t = Tensor::randn(0f32, 1., (2, 3, 7), &dev)?;
-        let a = softmax_last_dim(&xm)?;
-        let c = close_core::ops::softmax_last_dim(&xm)?;
-        assert!(maxdiff(&a, &c) < 1e-6);
-        let ga = (a * &t)?.sum_all()?.backward()?;
-        let gc = (c * &t)?.sum_all()?.backward()?;
-        assert!(
-            maxdiff(
-                ga.get(x.as_tensor()).unwrap(),
-                gc.get(x.as_tensor()).unwrap()
-            ) < 1e-5
-        );
         Ok(())
     }
 }

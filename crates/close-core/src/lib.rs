@@ -7,6 +7,7 @@
 //! [`progress::Progress`] callback through which long jobs report progress without printing.
 
 pub mod error;
+pub mod fused;
 pub mod io;
 pub mod ops;
 pub mod optim;

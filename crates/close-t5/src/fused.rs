@@ -8,72 +8,11 @@
 use std::sync::Mutex;
 
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Shape, Storage, Tensor, D,
+    CpuStorage, CustomOp2, Layout, Shape, Tensor, D,
 };
+use close_core::fused::{par_rows, slice, use_fused, with_data};
+pub use close_core::fused::softmax_last_dim;
 use close_core::Result;
-
-/// Elements below which a kernel runs on one thread.
-const PAR_MIN: usize = 1 << 14;
-
-fn use_fused(ts: &[&Tensor]) -> bool {
-    ts.iter()
-        .all(|t| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32)
-}
-
-/// Runs `f(first_row, rows_chunk)` over `out` split into whole rows of `row` elements.
-fn par_rows<F>(out: &mut [f32], row: usize, f: F)
-where
-    F: Fn(usize, &mut [f32]) + Sync,
-{
-    let n_rows = out.len() / row.max(1);
-    let threads = candle_core::utils::get_num_threads().max(1);
-    if threads == 1 || out.len() < PAR_MIN || n_rows < 2 {
-        f(0, out);
-        return;
-    }
-    let rows_per = n_rows.div_ceil(threads);
-    std::thread::scope(|s| {
-        let f = &f;
-        for (i, chunk) in out.chunks_mut(rows_per * row).enumerate() {
-            s.spawn(move || f(i * rows_per, chunk));
-        }
-    });
-}
-
-/// The contiguous f32 data of a CPU storage under `layout`.
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("fused op: expected f32")
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("fused op: expected a contiguous tensor"),
-    }
-}
-
-/// Calls `f` with the f32 data of a CPU tensor (made contiguous if needed).
-fn with_data<R>(
-    t: &Tensor,
-    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
-) -> candle_core::Result<R> {
-    let t = t.contiguous()?;
-    let (st, l) = t.storage_and_layout();
-    let Storage::Cpu(s) = &*st else {
-        candle_core::bail!("fused op: expected a CPU tensor")
-    };
-    f(slice(s, l)?)
-}
-
-fn softmax_row(x: &[f32], y: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for (o, &v) in y.iter_mut().zip(x) {
-        *o = (v - max).exp();
-        sum += *o;
-    }
-    let inv = 1.0 / sum;
-    y.iter_mut().for_each(|o| *o *= inv);
-}
 
 // ---------------------------------------------------------------- linear
 
@@ -124,64 +63,6 @@ pub fn linear2d(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         return Ok(x.matmul(&w.t()?)?);
     }
     Ok(x.contiguous()?.apply_op2(&w.contiguous()?, Linear)?)
-}
-
-// ---------------------------------------------------------------- softmax
-
-struct Softmax;
-
-impl CustomOp1 for Softmax {
-    fn name(&self) -> &'static str {
-        "t5-softmax"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = slice(s, l)?;
-        let d = l.dims()[l.dims().len() - 1];
-        let mut y = vec![0f32; x.len()];
-        par_rows(&mut y, d, |r0, ys| {
-            for (i, yr) in ys.chunks_mut(d).enumerate() {
-                let o = (r0 + i) * d;
-                softmax_row(&x[o..o + d], yr);
-            }
-        });
-        Ok((CpuStorage::F32(y), l.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        _arg: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        // dx = y * (g - sum(g * y))
-        let d = res.dim(D::Minus1)?;
-        let out = with_data(res, |y| {
-            with_data(grad, |g| {
-                let mut dx = vec![0f32; y.len()];
-                par_rows(&mut dx, d, |r0, dxs| {
-                    for (i, dr) in dxs.chunks_mut(d).enumerate() {
-                        let o = (r0 + i) * d;
-                        let (yr, gr) = (&y[o..o + d], &g[o..o + d]);
-                        let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-                        for j in 0..d {
-                            dr[j] = yr[j] * (gr[j] - dot);
-                        }
-                    }
-                });
-                Ok(dx)
-            })
-        })?;
-        Ok(Some(Tensor::from_vec(out, res.shape(), res.device())?))
-    }
-}
-
-/// Softmax over the last dimension.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if !use_fused(&[x]) {
-        return close_core::ops::softmax_last_dim(x);
-    }
-    Ok(x.contiguous()?.apply_op1(Softmax)?)
 }
 
 // ---------------------------------------------------------------- RMS norm
@@ -398,7 +279,7 @@ pub fn nll_of_labels(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Var;
+    use candle_core::{Device, Var};
 
     /// max |a - b| / max(1, max |b|)
     fn maxdiff(a: &Tensor, b: &Tensor) -> f32 {
