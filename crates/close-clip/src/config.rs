@@ -158,9 +158,18 @@ impl ClipConfig {
         }
     }
 
-    /// The small CLIP trained from scratch on the shapes world (64 px images, 16 px patches
-    /// so 17 tokens, 4-layer vision / 3-layer text towers of width 128). `vocab_size` is
+    /// The small CLIP trained from scratch on the shapes world: 63 px images in 21 px
+    /// patches, so the 3×3 patch grid lines up with the world's 3×3 object grid (10 tokens);
+    /// 4-layer vision / 3-layer text towers of width 128; `logit_scale` starts at ln 100
+    /// (temperature 0.01, CLIP's clamp), where real CLIP ends its training. `vocab_size` is
     /// replaced by the trained tokenizer's size.
+    ///
+    /// Measured on a 3,000-image world, 4 minutes of training on 2 cores: 64 px / 16 px
+    /// patches with the HF default scale (ln 1/0.07) reached R@1 image→text 0.25 with no
+    /// modality gap (cos(image, own caption) 0.63 > cos(caption, caption) 0.33); aligned
+    /// patches alone 0.25; aligned patches with scale 100 reached 0.40 and a clear gap
+    /// (0.42 < 0.83, centroid distance 1.02), as Liang et al. (2022) predict for a low
+    /// temperature.
     pub fn shapes() -> Self {
         Self {
             text_config: ClipTextConfig {
@@ -180,12 +189,12 @@ impl ClipConfig {
                 intermediate_size: 512,
                 num_hidden_layers: 4,
                 num_attention_heads: 4,
-                image_size: 64,
-                patch_size: 16,
+                image_size: 63,
+                patch_size: 21,
                 ..Default::default()
             },
             projection_dim: 128,
-            logit_scale_init_value: 2.6592,
+            logit_scale_init_value: std::f64::consts::LN_10 * 2.0,
         }
     }
 

@@ -11,11 +11,13 @@
 //! - [`bundle::Clip`]: model + processor + tokenizer of one model dir.
 //! - [`train`]: contrastive training from scratch on a Karpathy json, retrieval metrics.
 //! - [`cache`]: the on-disk embedding cache of images / captions.
+//! - [`gap`]: modality-gap statistics and the 2-D PCA of image and caption vectors.
 
 pub mod bundle;
 pub mod cache;
 pub mod config;
 pub mod fused;
+pub mod gap;
 pub mod model;
 pub mod preprocess;
 pub mod retrieval;
@@ -24,6 +26,7 @@ pub mod train;
 
 pub use bundle::{load_model, Clip};
 pub use cache::{embed_images, embed_texts, EmbedReport, EmbeddingCache};
+pub use gap::{gap_stats, GapStats};
 pub use config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
 pub use model::ClipModel;
 pub use preprocess::{load_image, ImageProcessor, ImageProcessorConfig};

@@ -107,6 +107,12 @@ fn short_training_run_learns_and_saves_a_loadable_hf_dir() {
     // Chance R@5 image→text is about 5 / 24 images' captions; a trained model beats it.
     assert!(r.image_to_text_r5 > 0.4, "{r:?}");
     assert!(report.logit_scale <= 100.0 + 1e-3);
+    // The held-out modality gap is reported with every statistic in range.
+    let g = report.gap.expect("gap statistics on the held-out split");
+    for c in [g.cos_image_own_caption, g.cos_caption_caption, g.cos_image_image] {
+        assert!((-1.0..=1.0).contains(&c), "{g:?}");
+    }
+    assert!((0.0..=2.0).contains(&g.centroid_distance), "{g:?}");
     // The output dir loads with the HF-layout loader unchanged and embeds.
     let clip = Clip::load(&out, &Device::Cpu).unwrap();
     let e = clip.embed_texts(&["a red square on the left"]).unwrap();

@@ -1,8 +1,10 @@
-//! Throughput of the shapes-world generator (render + PNG + all annotation files).
+//! Throughput of the shapes-world generator (render + PNG + all annotation files), then of
+//! loading the generated train split's VQA v2 questions + annotations and Karpathy json.
 //! `cargo bench -p close-data --bench world` (images: env `CLOSE_BENCH_IMAGES`, default 10000).
 
 use close_core::progress::NoProgress;
-use close_data::world::{generate, WorldConfig};
+use close_data::load::LoadOptions;
+use close_data::world::{generate, WorldConfig, WorldPaths};
 
 fn main() {
     let images: usize = std::env::var("CLOSE_BENCH_IMAGES")
@@ -36,6 +38,29 @@ fn main() {
                 eprintln!("error: {e}");
                 std::process::exit(1);
             }
+        }
+    }
+    let wp = WorldPaths::new(dir.path().join("w64"));
+    let t = std::time::Instant::now();
+    let loaded = close_data::vqa::load_vqa(
+        wp.vqa_questions("train"),
+        Some(&wp.vqa_annotations("train")),
+        &LoadOptions::default(),
+    )
+    .and_then(|(qs, _)| {
+        close_data::coco::Karpathy::load(wp.karpathy()).map(|k| (qs.len(), k.images.len()))
+    });
+    match loaded {
+        Ok((q, k)) => {
+            let s = t.elapsed().as_secs_f64();
+            println!(
+                "load {q} VQA questions+annotations and {k} Karpathy images: {s:.2}s ({:.0} questions/s)",
+                q as f64 / s
+            );
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
         }
     }
 }

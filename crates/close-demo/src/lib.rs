@@ -6,7 +6,7 @@
 //! noise, mean-shift, cov, linear) → evaluate on the test images → `results.json`,
 //! `REPORT.md` and PNG figures ([`plot`]).
 
-pub mod gap;
+pub use close_clip::gap;
 pub mod results;
 
 pub mod pipeline;

@@ -55,8 +55,27 @@ pub struct DemoConfig {
 impl DemoConfig {
     /// The full demo (≤ 15 minutes on 2 cores) or `--quick` (≤ 3 minutes).
     pub fn new(quick: bool, seed: u64) -> Self {
-        let world = WorldConfig { seed, images: if quick { 500 } else { 3000 }, ..WorldConfig::default() };
-        let clip = ClipTrainConfig { seed, eval_split: "test".into(), epochs: if quick { 3 } else { 14 }, lr: 5e-4, ..Default::default() };
+        // 6,000 images with 300 each in val and test: measured, a CLIP trained on 4,800
+        // images reached R@1 0.57 on 300 held-out images where one trained on 2,400 reached
+        // 0.47 in the same 4 minutes (it overfits the smaller set).
+        let world = WorldConfig {
+            seed,
+            images: if quick { 500 } else { 6000 },
+            val_fraction: if quick { 0.1 } else { 0.05 },
+            test_fraction: if quick { 0.1 } else { 0.05 },
+            ..WorldConfig::default()
+        };
+        // Batch 32 (measured at equal time: R@1 0.47 vs 0.40 at 64, 0.30 at 128, 0.43 at 16).
+        // 6 epochs are ~1,000 steps, ~4 minutes on 2 cores; the time cap keeps a slower
+        // machine inside the demo's budget.
+        let clip = ClipTrainConfig {
+            seed,
+            eval_split: "test".into(),
+            epochs: if quick { 3 } else { 6 },
+            batch_size: 32,
+            max_train_seconds: Some(if quick { 30.0 } else { 270.0 }),
+            ..Default::default()
+        };
         let tasks = vec![Task::SCap, Task::MCap, Task::Vqa, Task::Ve, Task::Style];
         let per_task = |f: &dyn Fn(Task) -> usize| tasks.iter().map(|t| (t.name().to_string(), f(*t))).collect::<BTreeMap<_, _>>();
         let sweep = tasks
@@ -195,6 +214,19 @@ fn split_counts(k: &Karpathy) -> SplitCounts {
     SplitCounts { train: k.split("train").count(), val: k.split("val").count(), test: k.split("test").count() }
 }
 
+/// What the demo's CLIP stage was asked for (world and CLIP config), beside the model.
+const CLIP_STAGE_FILE: &str = "demo_stage.json";
+
+/// The report of a CLIP already trained into `clip_dir` by this demo with the same world and
+/// CLIP config, if any.
+fn reusable_clip(clip_dir: &Path, cfg: &DemoConfig) -> Option<close_clip::TrainReport> {
+    let (world, clip): (WorldConfig, ClipTrainConfig) = io::read_json(clip_dir.join(CLIP_STAGE_FILE)).ok()?;
+    if world != cfg.world || clip != cfg.clip || !clip_dir.join("model.safetensors").exists() {
+        return None;
+    }
+    io::read_json(clip_dir.join("clip_train_report.json")).ok()
+}
+
 /// Run the whole demo into `out`.
 pub fn run_demo(cfg: &DemoConfig, out: &Path, device: &Device, progress: &dyn Progress) -> Result<DemoOutput> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -208,9 +240,20 @@ pub fn run_demo(cfg: &DemoConfig, out: &Path, device: &Device, progress: &dyn Pr
     let karpathy = Karpathy::load(wp.karpathy())?;
     sw.lap("world");
 
-    // 2. CLIP from scratch.
+    // 2. CLIP from scratch (reused when the same config already trained one into `out`,
+    //    e.g. on a rerun that changes only the CLOSE runs).
     let clip_dir = out.join("clip");
-    let report = train_clip(&karpathy, &wdir, &clip_dir, &cfg.clip, None, device, progress)?;
+    let report = match reusable_clip(&clip_dir, cfg) {
+        Some(r) => {
+            tracing::info!("reusing the CLIP in {} (same world and training config)", clip_dir.display());
+            r
+        }
+        None => {
+            let r = train_clip(&karpathy, &wdir, &clip_dir, &cfg.clip, None, device, progress)?;
+            io::write_json_atomic(clip_dir.join(CLIP_STAGE_FILE), &(&cfg.world, &cfg.clip))?;
+            r
+        }
+    };
     let retrieval = report.retrieval.clone().ok_or_else(|| Error::invalid("CLIP training reported no retrieval"))?;
     sw.lap("clip");
 
@@ -378,9 +421,6 @@ fn run_one(
     tc.epochs = cfg.epochs.get(task.name()).copied().unwrap_or(tc.epochs);
     tc.max_examples_per_epoch = cfg.max_examples_per_epoch.get(task.name()).copied();
     tc.optim.lr = cfg.lr;
-    // A tokenizer trained on the shapes world may split a label word into many pieces
-    // ("contradiction" → 9): give generation room beyond the reference's 8 steps.
-    tc.max_steps = Some(task.default_max_steps().max(16));
     tc.max_val_examples = Some(cfg.max_val_examples);
     let name = format!(
         "{}-{}-{}-w{}",

@@ -7,7 +7,7 @@
 //!   [`T5::loss`], [`T5::repeat_for_targets`], and [`T5::generate`] (greedy / beam search with a
 //!   KV cache, batched).
 //! - [`weights`]: loading HF safetensors checkpoints (errors name file and key), seeded init.
-//! - [`tokenizer`]: HF `tokenizer.json` loading and Unigram training for small corpora.
+//! - [`tokenizer`]: HF `tokenizer.json` loading and BPE training for small corpora.
 //!
 //! Training uses fused CPU kernels with hand-written backward passes (softmax, RMS norm,
 //! label NLL; composed `close_core::ops` on other devices), so every parameter trains.

@@ -30,7 +30,7 @@ pub struct TrainArgs {
     /// Output model dir (HF layout).
     #[arg(long)]
     pub out: PathBuf,
-    /// Model preset: shapes (64 px, small ViT), tiny, vit-b32.
+    /// Model preset: shapes (63 px, 3×3 patches, small ViT), tiny, vit-b32.
     #[arg(long, default_value = "shapes")]
     pub preset: String,
     /// A full training config json (overrides --preset and the flags below).
@@ -44,7 +44,7 @@ pub struct TrainArgs {
     pub image_size: Option<usize>,
     #[arg(long, default_value_t = 10)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 5e-4)]
     pub lr: f64,

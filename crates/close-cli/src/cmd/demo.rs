@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
+
 use crate::common::Ctx;
 
 #[derive(clap::Args, Debug)]
@@ -15,6 +17,10 @@ pub struct Args {
     /// Seed of the world, CLIP and every run.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// A full demo config json (the `demo_config.json` a run writes), edited: overrides
+    /// `--quick` and `--seed`. Stages whose outputs in `--out` match it are reused.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Compute device: cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -22,7 +28,11 @@ pub struct Args {
 
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let device = crate::common::device(&args.device)?;
-    let cfg = close_demo::DemoConfig::new(args.quick, args.seed);
+    let cfg = match &args.config {
+        Some(p) => close_core::io::read_json::<close_demo::DemoConfig>(p)
+            .with_context(|| format!("reading the demo config --config {}", p.display()))?,
+        None => close_demo::DemoConfig::new(args.quick, args.seed),
+    };
     let progress = ctx.progress();
     let output = close_demo::run_demo(&cfg, &args.out, &device, progress.as_ref())?;
     let machine = format!("{} CPU threads ({})", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), args.device);
