@@ -54,7 +54,8 @@ impl Series {
 }
 
 fn palette(i: usize) -> RGBColor {
-    const C: [RGBColor; 8] = [
+    // Ten distinct colours (the demo's sweep plot has ten series: five tasks × val/test).
+    const C: [RGBColor; 10] = [
         RGBColor(31, 119, 180),
         RGBColor(255, 127, 14),
         RGBColor(44, 160, 44),
@@ -63,6 +64,8 @@ fn palette(i: usize) -> RGBColor {
         RGBColor(140, 86, 75),
         RGBColor(227, 119, 194),
         RGBColor(127, 127, 127),
+        RGBColor(188, 189, 34),
+        RGBColor(23, 190, 207),
     ];
     C[i % C.len()]
 }

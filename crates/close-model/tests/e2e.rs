@@ -4,8 +4,9 @@
 //!
 //! The embeddings are synthetic (not a trained CLIP): every colour and shape has a random
 //! direction; a caption's vector is normalize(colour + shape + small jitter + text offset),
-//! an image's vector the same with a different (image) offset — the two modalities occupy
-//! shifted cones, as CLIP's do (cos(image, own caption) < cos(caption, caption)).
+//! an image's vector the same with a different (image) offset and a larger per-image
+//! deviation — the two modalities occupy shifted cones, as CLIP's do (cos(image, own
+//! caption) < cos(caption, caption)).
 
 use candle_core::Device;
 use close_core::progress::NoProgress;
@@ -79,7 +80,7 @@ fn world() -> World {
             }
             for k in 0..4 {
                 id += 1;
-                let v = add(&add(&content, &image_off), &randv(&mut rng, 0.1));
+                let v = add(&add(&content, &image_off), &randv(&mut rng, nuisance()));
                 images.insert(id.to_string(), &v).unwrap();
                 let ex = EvalExample {
                     id: id.to_string(),
@@ -127,9 +128,19 @@ fn config(noise: f64, epochs: usize) -> TrainConfig {
     cfg.log_every = 5;
     cfg.seed = 7;
     if let close_model::config::T5Init::Scratch { vocab, .. } = &mut cfg.t5 {
-        *vocab = 40;
+        *vocab = 80;
     }
     cfg
+}
+
+/// Per-image deviation (std per dimension) of an image vector from its content: real image
+/// vectors vary in directions their captions never do, which is what text-only training
+/// without noise has never seen.
+fn nuisance() -> f32 {
+    std::env::var("E2E_NUISANCE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.25)
 }
 
 fn noise_w() -> f64 {
@@ -162,9 +173,15 @@ fn synthetic_world_has_a_modality_gap() {
 }
 
 // Ignored: the claim does not hold reliably on this synthetic world. Measured on
-// 2026-11-28, mean test CIDEr over seeds 0–2 was 1.75 with noise vs 2.57 without. Seed 7
-// alone gave both outcomes across runs, because multi-threaded reductions make runs
-// differ. Issue 6 stays open for a world and CLIP where the gap is real; run with
+// 2026-11-28, mean test CIDEr over seeds 0–2:
+// - first version: 1.75 with noise vs 2.57 without;
+// - with per-image nuisance 0.25 and a BPE vocabulary of 80: 4.42 vs 3.61, with seed 0
+//   still going the other way (3.89 vs 4.23).
+// Nuisance 0.35 / 0.5 and w 0.2 / 0.3 did not separate the arms more. The real shapes
+// world does show it: in the full demo, s-cap text-only reaches 0.44× the image-trained
+// model without noise and 0.97× with tuned noise (README). A tiny-world version of that
+// (1,000 images, 5-epoch CLIP, 3 T5 epochs, 67 s) was as noisy as this one, so issue 6
+// keeps this acceptance line open. Run with
 // `cargo test -p close-model --test e2e -- --ignored`.
 #[test]
 #[ignore = "not yet reliable: noise does not beat no-noise on the synthetic world (see comment)"]
