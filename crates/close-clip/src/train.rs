@@ -54,8 +54,9 @@ pub struct TrainConfig {
     pub min_word_freq: u64,
     /// Most held-out images used for retrieval.
     pub max_eval_images: usize,
-    /// Wall-clock budget for the optimisation loop in seconds: after a few steps the total
-    /// number of steps (and so the cosine schedule) is shrunk to fit. `None`: run all epochs.
+    /// Wall-clock budget for the optimisation loop in seconds: after 10 steps the total
+    /// number of steps (and so the cosine schedule) is shrunk to fit, and re-fitted every 50
+    /// steps from the measured pace (never beyond `epochs`). `None`: run all epochs.
     pub max_train_seconds: Option<f64>,
 }
 
