@@ -462,3 +462,49 @@ fn run_one(
         run_dir: dir,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(dir: &Path) -> close_clip::TrainReport {
+        close_clip::TrainReport {
+            steps: 3,
+            epochs: 1,
+            train_images: 2,
+            train_captions: 2,
+            final_loss: 0.5,
+            logit_scale: 100.0,
+            train_seconds: 1.0,
+            eval_split: "test".into(),
+            retrieval: None,
+            gap: None,
+            skipped: Vec::new(),
+            out_dir: dir.to_path_buf(),
+        }
+    }
+
+    #[test]
+    fn a_trained_clip_is_reused_only_for_the_same_world_and_config() -> Result<()> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io(Path::new("tempdir"), e))?;
+        let dir = tmp.path();
+        let cfg = DemoConfig::new(true, 0);
+        // Nothing there yet.
+        assert!(reusable_clip(dir, &cfg).is_none());
+        io::write_json_atomic(dir.join("clip_train_report.json"), &report(dir))?;
+        io::write_json_atomic(dir.join(CLIP_STAGE_FILE), &(&cfg.world, &cfg.clip))?;
+        // A stage record without the model is not enough.
+        assert!(reusable_clip(dir, &cfg).is_none());
+        io::write_atomic(dir.join("model.safetensors"), b"x")?;
+        assert_eq!(reusable_clip(dir, &cfg).map(|r| r.steps), Some(3));
+        // Another seed (world and CLIP) or another CLIP config: train again.
+        assert!(reusable_clip(dir, &DemoConfig::new(true, 1)).is_none());
+        let mut other = cfg.clone();
+        other.clip.lr *= 2.0;
+        assert!(reusable_clip(dir, &other).is_none());
+        let mut other = cfg.clone();
+        other.world.images += 1;
+        assert!(reusable_clip(dir, &other).is_none());
+        Ok(())
+    }
+}
