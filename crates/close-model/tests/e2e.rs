@@ -258,7 +258,7 @@ fn resume_reproduces_an_uninterrupted_run() {
     )
     .unwrap();
     // "Killed" after epoch 1: train 1 epoch, then resume asking for 3.
-    // Share the tokenizer (the tokenizers crate's Unigram trainer is not bit-reproducible).
+    // Share the tokenizer, so the comparison is about the weights alone.
     let mut cfg = config(0.3, 3);
     if let close_model::config::T5Init::Scratch { tokenizer, .. } = &mut cfg.t5 {
         *tokenizer = Some(full.join("tokenizer.json"));
