@@ -5,26 +5,12 @@
 //! these functions fall back to `close_core::ops`. Tests check values and gradients against
 //! `close_core::ops`.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
 pub use close_core::fused::softmax_last_dim;
+use close_core::fused::{slice_named, use_fused};
 use close_core::Result;
-
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let v = match s {
-        CpuStorage::F32(v) => v,
-        _ => candle_core::bail!("{what}: expected f32"),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("{what}: expected a contiguous tensor"),
-    }
-}
-
-fn use_fused(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
-}
 
 struct LayerNormOp {
     eps: f32,
@@ -43,9 +29,9 @@ impl CustomOp3 for LayerNormOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, "layer_norm x")?;
-        let w = f32_slice(s2, l2, "layer_norm weight")?;
-        let b = f32_slice(s3, l3, "layer_norm bias")?;
+        let x = slice_named(s1, l1, "layer_norm x")?;
+        let w = slice_named(s2, l2, "layer_norm weight")?;
+        let b = slice_named(s3, l3, "layer_norm bias")?;
         let d = w.len();
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(d)
@@ -96,9 +82,9 @@ impl CustomOp3 for LayerNormBwd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, "layer_norm x")?;
-        let w = f32_slice(s2, l2, "layer_norm weight")?;
-        let g = f32_slice(s3, l3, "layer_norm grad")?;
+        let x = slice_named(s1, l1, "layer_norm x")?;
+        let w = slice_named(s2, l2, "layer_norm weight")?;
+        let g = slice_named(s3, l3, "layer_norm grad")?;
         let d = w.len();
         let n = x.len() / d;
         let mut out = vec![0f32; x.len() + 2 * d];
@@ -151,7 +137,7 @@ impl CustomOp3 for LayerNormBwd {
 /// LayerNorm over the last dimension (biased variance, as PyTorch), differentiable in `x`,
 /// `weight` and `bias`.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    if !use_fused(x) || weight.dtype() != DType::F32 || bias.dtype() != DType::F32 {
+    if !use_fused(&[x, weight, bias]) {
         return close_core::ops::layer_norm(x, weight, Some(bias), eps);
     }
     let d = weight.dims1()?;

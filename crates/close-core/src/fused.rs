@@ -39,12 +39,21 @@ where
 
 /// The contiguous f32 data of a CPU storage under `layout`.
 pub fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    slice_named(s, l, "fused op")
+}
+
+/// [`slice`], with errors naming the operand `what`.
+pub fn slice_named<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
-        candle_core::bail!("fused op: expected f32")
+        candle_core::bail!("{what}: expected f32")
     };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("fused op: expected a contiguous tensor"),
+        None => candle_core::bail!("{what}: expected a contiguous tensor"),
     }
 }
 
