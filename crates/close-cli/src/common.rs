@@ -21,6 +21,16 @@ impl Ctx {
     }
 }
 
+/// Resolve a `--clip` / `--t5` argument (local dir, or hub id: cache first, then download).
+pub fn resolve(
+    spec: &str,
+    kind: close_model::hub::ModelKind,
+    ctx: &Ctx,
+) -> anyhow::Result<std::path::PathBuf> {
+    let progress = ctx.progress();
+    Ok(close_model::hub::Hub::from_env().resolve(spec, kind, progress.as_ref())?)
+}
+
 pub fn init_logging(filter: &str, quiet: bool) {
     let filter = if quiet { "warn" } else { filter };
     let env = tracing_subscriber::EnvFilter::try_new(filter)

@@ -29,7 +29,7 @@
 //! - [`run`]: the run-dir layout and [`run::Run`] (load a run, [`run::Run::predict`] from
 //!   image vectors — what `close predict` and the server call).
 //! - [`import`]: official checkpoints (`model.json` + `state-ep8.pth`) into a run dir.
-//! - [`hub`]: `--clip` / `--t5` as a local dir or a hub id in the local HF cache.
+//! - [`hub`]: `--clip` / `--t5` as a local dir or a hub id (HF cache first, then download).
 //!
 //! # Library use (what `close train` / `close demo` do)
 //!

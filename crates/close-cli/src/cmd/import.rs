@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use crate::common::Ctx;
+use close_model::hub::ModelKind;
+
+use crate::common::{resolve, Ctx};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -30,8 +32,8 @@ pub struct Args {
     pub out: PathBuf,
 }
 
-pub fn run(args: Args, _ctx: &Ctx) -> anyhow::Result<()> {
-    let t5 = close_model::hub::resolve_model(&args.t5)?;
+pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
+    let t5 = resolve(&args.t5, ModelKind::T5, ctx)?;
     let task = args.task.parse()?;
     let rep = close_model::import::import_official(
         &args.model_json,
@@ -42,7 +44,7 @@ pub fn run(args: Args, _ctx: &Ctx) -> anyhow::Result<()> {
         &args.out,
     )?;
     if let Some(c) = &args.clip {
-        let dir = close_model::hub::resolve_model(c)?;
+        let dir = resolve(c, ModelKind::Clip, ctx)?;
         let p = args.out.join("config.json");
         let mut cfg: close_model::config::TrainConfig = close_core::io::read_json(&p)?;
         cfg.clip = Some(dir);

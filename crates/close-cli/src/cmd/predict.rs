@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use close_model::run::Run;
 
-use crate::common::{device, Ctx};
+use close_model::hub::ModelKind;
+
+use crate::common::{device, resolve, Ctx};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -39,7 +41,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let dev = device(&args.device)?;
     let run = Run::load(&args.run, &dev)?;
     let clip_dir = match &args.clip {
-        Some(c) => close_model::hub::resolve_model(c)?,
+        Some(c) => resolve(c, ModelKind::Clip, ctx)?,
         None => run
             .config
             .clip

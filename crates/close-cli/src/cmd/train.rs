@@ -7,7 +7,9 @@ use close_model::adapter::AdapterKind;
 use close_model::config::{T5Init, TrainConfig};
 use close_model::task::{DataPaths, Task, TaskData, TrainOn};
 
-use crate::common::{device, Ctx};
+use close_model::hub::ModelKind;
+
+use crate::common::{device, resolve, Ctx};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -52,8 +54,9 @@ pub struct Args {
     /// Fitted adapter statistics (`close adapter fit --out DIR`).
     #[arg(long)]
     pub adapter_stats: Option<PathBuf>,
-    /// T5: a preset to train from scratch (`small`, `tiny`, `t5-small`, `t5-base` shapes) or a
-    /// pretrained HF dir / hub id.
+    /// T5: a preset to train from scratch (`small`, `tiny`, or a pretrained model's shape:
+    /// `scratch:t5-small`, `scratch:t5-base`), or a pretrained HF dir / hub id (`t5-base`,
+    /// `google/flan-t5-base`; taken from the HF cache, downloaded when missing).
     #[arg(long, default_value = "small")]
     pub t5: String,
     /// Tokenizer size when T5 is trained from scratch.
@@ -112,15 +115,19 @@ pub fn data_paths(
     Ok(paths)
 }
 
-fn t5_init(spec: &str, vocab: Option<usize>, base: &TrainConfig) -> anyhow::Result<T5Init> {
+fn t5_init(
+    spec: &str,
+    vocab: Option<usize>,
+    base: &TrainConfig,
+    ctx: &Ctx,
+) -> anyhow::Result<T5Init> {
     let preset = match spec {
         "small" => match &base.t5 {
             T5Init::Scratch { config, .. } => Some(config.clone()),
             _ => None,
         },
-        "tiny" | "t5-small" | "t5_small" | "t5-base" | "t5_base" => {
-            Some(close_t5::T5Config::preset(spec)?)
-        }
+        "tiny" => Some(close_t5::T5Config::preset(spec)?),
+        s if s.starts_with("scratch:") => Some(close_t5::T5Config::preset(&s["scratch:".len()..])?),
         _ => None,
     };
     match preset {
@@ -137,7 +144,7 @@ fn t5_init(spec: &str, vocab: Option<usize>, base: &TrainConfig) -> anyhow::Resu
             })
         }
         None => Ok(T5Init::Pretrained {
-            dir: close_model::hub::resolve_model(spec)?,
+            dir: resolve(spec, ModelKind::T5, ctx)?,
         }),
     }
 }
@@ -160,7 +167,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     });
     cfg.adapter_stats = args.adapter_stats.clone();
     if args.config.is_none() || args.t5 != "small" {
-        cfg.t5 = t5_init(&args.t5, args.vocab, &cfg)?;
+        cfg.t5 = t5_init(&args.t5, args.vocab, &cfg, ctx)?;
     }
     macro_rules! set {
         ($f:ident, $v:expr) => {
@@ -195,7 +202,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let clip_dir = args
         .clip
         .as_deref()
-        .map(close_model::hub::resolve_model)
+        .map(|c| resolve(c, ModelKind::Clip, ctx))
         .transpose()?;
     cfg.clip = clip_dir.clone();
 
