@@ -56,7 +56,10 @@ enum Command {
     Serve(cmd::serve::Args),
 }
 
+close_core::global_allocator!();
+
 fn main() {
+    close_core::alloc::init();
     let cli = Cli::parse();
     common::init_logging(&cli.log, cli.quiet);
     let ctx = common::Ctx { quiet: cli.quiet };

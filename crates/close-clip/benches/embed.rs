@@ -78,7 +78,10 @@ fn torch_rates(seconds: f64) -> Option<HashMap<usize, f64>> {
     Some(rates)
 }
 
+close_core::global_allocator!();
+
 fn main() -> close_core::Result<()> {
+    close_core::alloc::init();
     // Must be set before candle / rayon start their pools.
     std::env::set_var("RAYON_NUM_THREADS", THREADS.to_string());
     std::env::set_var("CANDLE_NUM_THREADS", THREADS.to_string());

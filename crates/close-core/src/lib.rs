@@ -6,6 +6,8 @@
 //! pass), the [`optim::AdamW`] optimizer, atomic file writes in [`io`], and the
 //! [`progress::Progress`] callback through which long jobs report progress without printing.
 
+#[cfg(feature = "mimalloc")]
+pub mod alloc;
 pub mod error;
 pub mod fused;
 pub mod io;

@@ -6,7 +6,10 @@ use close_core::progress::NoProgress;
 use close_data::load::LoadOptions;
 use close_data::world::{generate, WorldConfig, WorldPaths};
 
+close_core::global_allocator!();
+
 fn main() {
+    close_core::alloc::init();
     let images: usize = std::env::var("CLOSE_BENCH_IMAGES")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -87,7 +87,10 @@ dt = time.perf_counter() - t
 print(json.dumps({"seconds": dt, "Bleu_4": b[3], "ROUGE_L": float(r), "CIDEr": float(c)}))
 "#;
 
+close_core::global_allocator!();
+
 fn main() {
+    close_core::alloc::init();
     const TOPICS: [&[&str]; 6] = [
         &["dog", "frisbee", "grass", "park", "running", "ball"],
         &["pizza", "plate", "table", "slice", "kitchen", "food"],

@@ -86,7 +86,10 @@ fn bench(
     });
 }
 
+close_core::global_allocator!();
+
 fn main() {
+    close_core::alloc::init();
     let small = match TrainConfig::small(Task::SCap).t5 {
         T5Init::Scratch { config, .. } => config,
         _ => unreachable!(),

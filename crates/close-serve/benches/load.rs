@@ -192,7 +192,10 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+close_core::global_allocator!();
+
 fn main() {
+    close_core::alloc::init();
     let args: Vec<String> = std::env::args().collect();
     let clients: usize = arg(&args, "--clients", 200);
     let requests: usize = arg(&args, "--requests", 2000);

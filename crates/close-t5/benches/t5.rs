@@ -69,7 +69,10 @@ fn time<F: FnMut() -> close_core::Result<()>>(runs: usize, mut f: F) -> close_co
     Ok(best)
 }
 
+close_core::global_allocator!();
+
 fn main() -> close_core::Result<()> {
+    close_core::alloc::init();
     let threads = std::env::var("CLOSE_BENCH_THREADS").unwrap_or_else(|_| "2".into());
     std::env::set_var("RAYON_NUM_THREADS", &threads);
     let steps: usize = std::env::var("CLOSE_BENCH_STEPS")
