@@ -9,7 +9,7 @@
 //! (`Tensor::track_op`) the differentiable ops of `close_core::ops` are used, otherwise
 //! candle's fused softmax / layer-norm kernels (no backward pass, but faster).
 
-use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
+use candle_core::{DType, Device, IndexOp, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use close_core::{Error, Result};
@@ -23,20 +23,45 @@ fn randn(std: f64) -> Init {
     }
 }
 
+/// `nn.Linear`: `x wᵀ + b` through the fused [`close_core::fused::linear`].
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        close_core::fused::linear(x, &self.weight, self.bias.as_ref())
+    }
+}
+
 fn linear(
     vb: VarBuilder,
     d_in: usize,
     d_out: usize,
     bias: bool,
     std: f64,
-) -> Result<candle_nn::Linear> {
+) -> Result<Linear> {
     let w = vb.get_with_hints((d_out, d_in), "weight", randn(std))?;
     let b = if bias {
         Some(vb.get_with_hints(d_out, "bias", Init::Const(0.0))?)
     } else {
         None
     };
-    Ok(candle_nn::Linear::new(w, b))
+    Ok(Linear::new(w, b))
 }
 
 /// LayerNorm over the last dimension (HF `nn.LayerNorm`).
@@ -71,16 +96,12 @@ impl LayerNorm {
 }
 
 fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if x.track_op() {
-        crate::fused::softmax_last_dim(x)
-    } else {
-        Ok(candle_nn::ops::softmax_last_dim(x)?)
-    }
+    crate::fused::softmax_last_dim(x)
 }
 
 fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
     Ok(match act {
-        Activation::QuickGelu => (x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?,
+        Activation::QuickGelu => close_core::fused::quick_gelu(x)?,
         Activation::Gelu => x.gelu_erf()?,
         Activation::GeluNew => x.gelu()?,
         Activation::Relu => x.relu()?,
@@ -90,12 +111,12 @@ fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
 /// Multi-head self-attention (`self_attn.{q,k,v,out}_proj`).
 #[derive(Debug, Clone)]
 struct Attention {
-    q: candle_nn::Linear,
-    k: candle_nn::Linear,
-    v: candle_nn::Linear,
+    q: Linear,
+    k: Linear,
+    v: Linear,
     /// q/k/v fused into one matmul for inference (`None` when trainable).
-    qkv: Option<candle_nn::Linear>,
-    out: candle_nn::Linear,
+    qkv: Option<Linear>,
+    out: Linear,
     heads: usize,
     head_dim: usize,
 }
@@ -116,7 +137,7 @@ impl Attention {
                 (Some(a), Some(b), Some(c)) => Some(Tensor::cat(&[a, b, c], 0)?),
                 _ => None,
             };
-            Some(candle_nn::Linear::new(w, b))
+            Some(Linear::new(w, b))
         };
         Ok(Self {
             q,
@@ -146,7 +167,7 @@ impl Attention {
                 (t.i(0)?, t.i(1)?, t.i(2)?)
             }
             None => {
-                let split = |l: &candle_nn::Linear| -> Result<Tensor> {
+                let split = |l: &Linear| -> Result<Tensor> {
                     Ok(l.forward(x)?
                         .reshape((b, s, h, hd))?
                         .transpose(1, 2)?
@@ -169,8 +190,8 @@ impl Attention {
 struct EncoderLayer {
     self_attn: Attention,
     layer_norm1: LayerNorm,
-    fc1: candle_nn::Linear,
-    fc2: candle_nn::Linear,
+    fc1: Linear,
+    fc2: Linear,
     layer_norm2: LayerNorm,
     act: Activation,
 }
@@ -453,8 +474,8 @@ impl ClipVisionTransformer {
 pub struct ClipModel {
     pub text_model: ClipTextTransformer,
     pub vision_model: ClipVisionTransformer,
-    visual_projection: candle_nn::Linear,
-    text_projection: candle_nn::Linear,
+    visual_projection: Linear,
+    text_projection: Linear,
     logit_scale: Tensor,
     cfg: ClipConfig,
 }

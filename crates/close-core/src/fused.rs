@@ -5,7 +5,7 @@
 //! devices or dtypes they fall back to the composed, differentiable [`crate::ops`]. Tests
 //! check values and gradients against those.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Storage, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor, D};
 
 use crate::Result;
 
@@ -17,11 +17,13 @@ pub fn use_fused(ts: &[&Tensor]) -> bool {
         .all(|t| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32)
 }
 
-/// Runs `f(first_row, rows_chunk)` over `out` split into whole rows of `row` elements.
+/// Runs `f(first_row, rows_chunk)` over `out` split into whole rows of `row` elements, on
+/// rayon's pool (candle's own CPU ops run there too).
 pub fn par_rows<F>(out: &mut [f32], row: usize, f: F)
 where
     F: Fn(usize, &mut [f32]) + Sync,
 {
+    use rayon::prelude::*;
     let n_rows = out.len() / row.max(1);
     let threads = candle_core::utils::get_num_threads().max(1);
     if threads == 1 || out.len() < PAR_MIN || n_rows < 2 {
@@ -29,12 +31,9 @@ where
         return;
     }
     let rows_per = n_rows.div_ceil(threads);
-    std::thread::scope(|s| {
-        let f = &f;
-        for (i, chunk) in out.chunks_mut(rows_per * row).enumerate() {
-            s.spawn(move || f(i * rows_per, chunk));
-        }
-    });
+    out.par_chunks_mut(rows_per * row)
+        .enumerate()
+        .for_each(|(i, chunk)| f(i * rows_per, chunk));
 }
 
 /// The contiguous f32 data of a CPU storage under `layout`.
@@ -73,18 +72,7 @@ pub fn with_data<R>(
 /// Softmax of one row into `y`. A row that is entirely `-inf` (fully masked) gives zeros
 /// rather than NaN.
 pub fn softmax_row(x: &[f32], y: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if max == f32::NEG_INFINITY {
-        y.iter_mut().for_each(|o| *o = 0.0);
-        return;
-    }
-    let mut sum = 0f32;
-    for (o, &v) in y.iter_mut().zip(x) {
-        *o = (v - max).exp();
-        sum += *o;
-    }
-    let inv = 1.0 / sum;
-    y.iter_mut().for_each(|o| *o *= inv);
+    crate::simd::softmax_rows(x, y, x.len());
 }
 
 // ---------------------------------------------------------------- softmax
@@ -101,10 +89,8 @@ impl CustomOp1 for Softmax {
         let d = l.dims()[l.dims().len() - 1];
         let mut y = vec![0f32; x.len()];
         par_rows(&mut y, d, |r0, ys| {
-            for (i, yr) in ys.chunks_mut(d).enumerate() {
-                let o = (r0 + i) * d;
-                softmax_row(&x[o..o + d], yr);
-            }
+            let o = r0 * d;
+            crate::simd::softmax_rows(&x[o..o + ys.len()], ys, d);
         });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -121,14 +107,8 @@ impl CustomOp1 for Softmax {
             with_data(grad, |g| {
                 let mut dx = vec![0f32; y.len()];
                 par_rows(&mut dx, d, |r0, dxs| {
-                    for (i, dr) in dxs.chunks_mut(d).enumerate() {
-                        let o = (r0 + i) * d;
-                        let (yr, gr) = (&y[o..o + d], &g[o..o + d]);
-                        let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-                        for j in 0..d {
-                            dr[j] = yr[j] * (gr[j] - dot);
-                        }
-                    }
+                    let (o, n) = (r0 * d, dxs.len());
+                    crate::simd::softmax_bwd_rows(&y[o..o + n], &g[o..o + n], dxs, d);
                 });
                 Ok(dx)
             })
@@ -143,6 +123,287 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
         return crate::ops::softmax_last_dim(x);
     }
     Ok(x.contiguous()?.apply_op1(Softmax)?)
+}
+
+// ---------------------------------------------------------------- quick GELU
+
+struct QuickGelu;
+
+impl CustomOp1 for QuickGelu {
+    fn name(&self) -> &'static str {
+        "close-quick-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(s, l)?;
+        let mut y = vec![0f32; x.len()];
+        par_rows(&mut y, ELEMWISE_CHUNK, |r0, ys| {
+            let o = r0 * ELEMWISE_CHUNK;
+            crate::simd::quick_gelu(&x[o..o + ys.len()], ys);
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let out = with_data(arg, |x| {
+            with_data(grad, |g| {
+                let mut dx = vec![0f32; x.len()];
+                par_rows(&mut dx, ELEMWISE_CHUNK, |r0, ds| {
+                    let (o, n) = (r0 * ELEMWISE_CHUNK, ds.len());
+                    crate::simd::quick_gelu_bwd(&x[o..o + n], &g[o..o + n], ds);
+                });
+                Ok(dx)
+            })
+        })?;
+        Ok(Some(Tensor::from_vec(out, arg.shape(), arg.device())?))
+    }
+}
+
+/// Elementwise kernels split their data into "rows" of this many elements for threading.
+const ELEMWISE_CHUNK: usize = 4096;
+
+/// `x * sigmoid(1.702 x)` (OpenAI CLIP's `quick_gelu`), one pass forward and backward.
+pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
+    if !use_fused(&[x]) {
+        return Ok((x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?);
+    }
+    Ok(x.contiguous()?.apply_op1(QuickGelu)?)
+}
+
+// ---------------------------------------------------------------- linear
+
+/// `y = x wᵀ + b` for `x [M, K]`, `w [N, K]`, `b [N]`: the bias is written into the output
+/// first and the matmul accumulates onto it (one pass less than matmul + broadcast add).
+struct LinearBias;
+
+impl CustomOp3 for LinearBias {
+    fn name(&self) -> &'static str {
+        "close-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice_named(s1, l1, "linear input")?;
+        let w = slice_named(s2, l2, "linear weight")?;
+        let b = slice_named(s3, l3, "linear bias")?;
+        let (m, k) = l1.shape().dims2()?;
+        let (n, k2) = l2.shape().dims2()?;
+        if k != k2 || b.len() != n {
+            candle_core::bail!(
+                "linear: input [{m}, {k}], weight [{n}, {k2}], bias [{}] do not fit",
+                b.len()
+            );
+        }
+        // The output starts as the bias in every row (no zero-fill pass).
+        let mut y = Vec::with_capacity(m * n);
+        for _ in 0..m {
+            y.extend_from_slice(b);
+        }
+        if m == 0 || n == 0 || k == 0 {
+            return Ok((CpuStorage::F32(y), Shape::from((m, n))));
+        }
+        let threads = candle_core::utils::get_num_threads();
+        let parallelism = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: the pointers cover `m·k`, `n·k` and `m·n` contiguous f32 values (checked
+        // above); strides are in elements: x row-major, wᵀ read column-wise from w, y row-major.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                y.as_mut_ptr(),
+                1,
+                n as isize,
+                true,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                k as isize,
+                1,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let dx = g.matmul(&w.detach())?;
+        let dw = g.t()?.matmul(&x.detach())?;
+        let db = g.sum(0)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// `y = x wᵀ` for `x [M, K]`, `w [N, K]` whose backward writes the weight gradient directly
+/// in `[N, K]` layout (`gᵀ x`), instead of candle's `(xᵀ g)ᵀ` plus a strided add.
+struct LinearNoBias;
+
+impl CustomOp2 for LinearNoBias {
+    fn name(&self) -> &'static str {
+        "close-linear-no-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (m, k) = l1.shape().dims2()?;
+        let (n, k2) = l2.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("linear: input width {k} vs weight width {k2}");
+        }
+        let y = s1.matmul(s2, (1, m, n, k), l1, &l2.transpose(0, 1)?)?;
+        Ok((y, Shape::from((m, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let dx = g.matmul(&w.detach())?;
+        let dw = g.t()?.matmul(&x.detach())?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `x wᵀ (+ b)` over the last dimension of `x [.., K]` for `w [N, K]`, `b [N]` (PyTorch's
+/// `nn.Linear`), differentiable. Leading dimensions are flattened into one matmul.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let k = *dims.last().ok_or_else(|| crate::Error::invalid("linear: a scalar input"))?;
+    let (n, k2) = w.dims2()?;
+    if k != k2 {
+        return Err(crate::Error::Shape {
+            what: "linear: input width vs weight".into(),
+            expected: vec![n, k],
+            got: w.dims().to_vec(),
+        });
+    }
+    let m = x.elem_count() / k.max(1);
+    let x2 = x.reshape((m, k))?;
+    let y = match b {
+        Some(b) if use_fused(&[x, w, b]) => {
+            x2.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, LinearBias)?
+        }
+        Some(b) => x2.matmul(&w.t()?)?.broadcast_add(b)?,
+        None if use_fused(&[x, w]) => x2.contiguous()?.apply_op2(&w.contiguous()?, LinearNoBias)?,
+        None => x2.matmul(&w.t()?)?,
+    };
+    let mut out = dims;
+    let last = out.len() - 1; // non-empty: `k` came from it
+    out[last] = n;
+    Ok(y.reshape(out)?)
+}
+
+// ---------------------------------------------------------------- dropout
+
+static DROPOUT_STATE: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0x243f_6a88_85a3_08d3);
+
+/// Seeds the masks of [`dropout`] (each call draws the next seed from this state), so that
+/// training with the same seed drops the same units.
+pub fn seed_dropout(seed: u64) {
+    DROPOUT_STATE.store(splitmix64(seed), std::sync::atomic::Ordering::Relaxed);
+}
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn next_dropout_seed() -> [u32; 2] {
+    let s = DROPOUT_STATE.fetch_add(0x9e37_79b9_7f4a_7c15, std::sync::atomic::Ordering::Relaxed);
+    let z = splitmix64(s);
+    [z as u32, (z >> 32) as u32]
+}
+
+struct Dropout {
+    seed: [u32; 2],
+    threshold: u32,
+    scale: f32,
+}
+
+impl Dropout {
+    fn apply(&self, x: &[f32]) -> Vec<f32> {
+        let mut y = vec![0f32; x.len()];
+        par_rows(&mut y, ELEMWISE_CHUNK, |r0, ys| {
+            let o = r0 * ELEMWISE_CHUNK;
+            crate::simd::dropout(&x[o..o + ys.len()], o as u32, self.seed, self.threshold, self.scale, ys);
+        });
+        y
+    }
+}
+
+impl CustomOp1 for Dropout {
+    fn name(&self) -> &'static str {
+        "close-dropout"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        Ok((CpuStorage::F32(self.apply(slice(s, l)?)), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        // d x = g · mask · scale: the same masked scaling applied to the gradient.
+        let dx = with_data(grad, |g| Ok(self.apply(g)))?;
+        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+    }
+}
+
+/// Inverted dropout with probability `p` (kept units scaled by `1 / (1 - p)`), one pass
+/// forward and backward; masks come from [`seed_dropout`]'s state. Tensors of more than
+/// 2³² elements, other devices and dtypes use candle's dropout.
+pub fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
+    if !(0.0..1.0).contains(&p) {
+        return Err(crate::Error::invalid(format!("dropout probability {p} is not in [0, 1)")));
+    }
+    if p == 0.0 {
+        return Ok(x.clone());
+    }
+    if !use_fused(&[x]) || x.elem_count() > u32::MAX as usize {
+        return Ok(candle_nn::ops::dropout(x, p as f32)?);
+    }
+    let op = Dropout {
+        seed: next_dropout_seed(),
+        threshold: (p * 4_294_967_296.0).min(u32::MAX as f64) as u32,
+        scale: (1.0 / (1.0 - p)) as f32,
+    };
+    Ok(x.contiguous()?.apply_op1(op)?)
 }
 
 #[cfg(test)]
@@ -180,6 +441,70 @@ mod tests {
         let x = Tensor::new(&[[f32::NEG_INFINITY, f32::NEG_INFINITY], [0.0, 0.0]], &Device::Cpu)?;
         let y = softmax_last_dim(&x)?.to_vec2::<f32>()?;
         assert_eq!(y, vec![vec![0.0, 0.0], vec![0.5, 0.5]]);
+        Ok(())
+    }
+
+    #[test]
+    fn quick_gelu_values_and_gradients_match_composed_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        for shape in [(3usize, 5usize), (64, 700)] {
+            let x = Var::randn(0f32, 3., shape, &dev)?;
+            let t = Tensor::randn(0f32, 1., shape, &dev)?;
+            let a = quick_gelu(x.as_tensor())?;
+            let c = (x.as_tensor() * candle_nn::ops::sigmoid(&(x.as_tensor() * 1.702)?)?)?;
+            assert!(maxdiff(&a, &c) < 1e-5);
+            let ga = (a * &t)?.sum_all()?.backward()?;
+            let gc = (c * &t)?.sum_all()?.backward()?;
+            let (ga, gc) = (ga.get(x.as_tensor()).unwrap(), gc.get(x.as_tensor()).unwrap());
+            assert!(maxdiff(ga, gc) < 1e-5, "{}", maxdiff(ga, gc));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn linear_values_and_gradients_match_composed_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 1., (2, 7, 33), &dev)?;
+        let w = Var::randn(0f32, 1., (19, 33), &dev)?;
+        let b = Var::randn(0f32, 1., 19, &dev)?;
+        let t = Tensor::randn(0f32, 1., (2, 7, 19), &dev)?;
+        let a = linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()))?;
+        let c = x.as_tensor().broadcast_matmul(&w.as_tensor().t()?)?.broadcast_add(b.as_tensor())?;
+        assert_eq!(a.dims(), &[2, 7, 19]);
+        assert!(maxdiff(&a, &c) < 1e-4);
+        let ga = (a * &t)?.sum_all()?.backward()?;
+        let gc = (&c * &t)?.sum_all()?.backward()?;
+        for v in [&x, &w, &b] {
+            let d = maxdiff(ga.get(v.as_tensor()).unwrap(), gc.get(v.as_tensor()).unwrap());
+            assert!(d < 1e-4, "{d}");
+        }
+        // Without bias, and a shape error that names the operands.
+        let nb = linear(x.as_tensor(), w.as_tensor(), None)?;
+        assert!(maxdiff(&nb, &(c.broadcast_sub(b.as_tensor())?)) < 1e-4);
+        let e = linear(x.as_tensor(), &Tensor::zeros((4, 5), DType::F32, &dev)?, None).unwrap_err();
+        assert!(e.to_string().contains("linear"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn dropout_drops_the_right_fraction_and_backward_uses_the_same_mask() -> Result<()> {
+        let dev = Device::Cpu;
+        seed_dropout(3);
+        let x = Var::ones((256, 300), DType::F32, &dev)?;
+        let y = dropout(x.as_tensor(), 0.1)?;
+        let v = y.flatten_all()?.to_vec1::<f32>()?;
+        let kept = v.iter().filter(|&&a| a != 0.0).count() as f64 / v.len() as f64;
+        assert!((kept - 0.9).abs() < 0.005, "kept {kept}");
+        assert!(v.iter().all(|&a| a == 0.0 || (a - 1.0 / 0.9).abs() < 1e-6));
+        let g = y.sum_all()?.backward()?;
+        let gv = g.get(x.as_tensor()).unwrap().flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(gv, v, "gradient mask differs from the forward mask");
+        // Another call draws another mask; the same seed replays the same masks.
+        let y2 = dropout(x.as_tensor(), 0.1)?.flatten_all()?.to_vec1::<f32>()?;
+        assert_ne!(y2, v);
+        seed_dropout(3);
+        assert_eq!(dropout(x.as_tensor(), 0.1)?.flatten_all()?.to_vec1::<f32>()?, v);
+        assert!(dropout(x.as_tensor(), 1.0).is_err());
         Ok(())
     }
 }

@@ -15,5 +15,6 @@ pub mod ops;
 pub mod optim;
 pub mod plot;
 pub mod progress;
+pub mod simd;
 
 pub use error::{Error, Result};

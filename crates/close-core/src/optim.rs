@@ -59,6 +59,7 @@ fn par_zip4<F>(theta: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], f: F)
 where
     F: Fn(&mut [f32], &[f32], &mut [f32], &mut [f32]) + Sync,
 {
+    use rayon::prelude::*;
     let n = theta.len();
     let threads = candle_core::utils::get_num_threads().max(1);
     if threads == 1 || n < PAR_MIN {
@@ -66,26 +67,23 @@ where
         return;
     }
     let chunk = n.div_ceil(threads);
-    std::thread::scope(|s| {
-        let f = &f;
-        for (((t, g), m), v) in theta.chunks_mut(chunk).zip(g.chunks(chunk)).zip(m.chunks_mut(chunk)).zip(v.chunks_mut(chunk)) {
-            s.spawn(move || f(t, g, m, v));
-        }
-    });
+    theta
+        .par_chunks_mut(chunk)
+        .zip(g.par_chunks(chunk))
+        .zip(m.par_chunks_mut(chunk))
+        .zip(v.par_chunks_mut(chunk))
+        .for_each(|(((t, g), m), v)| f(t, g, m, v));
 }
 
-/// Sum of squares of a slice, multi-threaded for large slices.
 fn sum_sq(x: &[f32]) -> f64 {
     let seq = |x: &[f32]| x.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>();
     let threads = candle_core::utils::get_num_threads().max(1);
     if threads == 1 || x.len() < PAR_MIN {
         return seq(x);
     }
+    use rayon::prelude::*;
     let chunk = x.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let hs: Vec<_> = x.chunks(chunk).map(|c| s.spawn(move || seq(c))).collect();
-        hs.into_iter().map(|h| h.join().unwrap_or(f64::NAN)).sum()
-    })
+    x.par_chunks(chunk).map(seq).sum()
 }
 
 /// Applies `f` to the contiguous f32 data of a CPU tensor (made contiguous if needed).
@@ -133,17 +131,16 @@ impl InplaceOp2 for HostUpdate<'_> {
         }
         let (scale, b1, b2, decay, step, ib2, eps) =
             (self.scale, self.beta1, self.beta2, self.decay, self.step_size, self.inv_sqrt_bc2, self.eps);
-        par_zip4(theta, g, m, v, |t, g, m, v| {
-            for i in 0..t.len() {
-                let gi = g[i] * scale;
-                let mi = b1 * m[i] + (1.0 - b1) * gi;
-                let vi = b2 * v[i] + (1.0 - b2) * gi * gi;
-                m[i] = mi;
-                v[i] = vi;
-                let denom = vi.sqrt() * ib2 + eps;
-                t[i] = t[i] * decay - step * mi / denom;
-            }
-        });
+        let step = crate::simd::AdamWStep {
+            grad_scale: scale,
+            beta1: b1,
+            beta2: b2,
+            decay,
+            step_size: step,
+            inv_sqrt_bc2: ib2,
+            eps,
+        };
+        par_zip4(theta, g, m, v, |t, g, m, v| crate::simd::adamw(t, g, m, v, step));
         Ok(())
     }
 }

@@ -378,6 +378,8 @@ pub fn train_until(
             lr = sched.lr(state.step);
             opt.set_lr(lr);
             let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, 2, state.step));
+            // Dropout masks follow the step too, so a resumed run replays them.
+            close_core::fused::seed_dropout(derive_seed(cfg.seed, 3, state.step));
             // Stand-in vectors.
             let rows = batch
                 .iter()

@@ -7,62 +7,16 @@
 
 use std::sync::Mutex;
 
-use candle_core::{
-    CpuStorage, CustomOp2, Layout, Shape, Tensor, D,
-};
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, D};
 use close_core::fused::{par_rows, slice, use_fused, with_data};
 pub use close_core::fused::softmax_last_dim;
 use close_core::Result;
 
 // ---------------------------------------------------------------- linear
 
-/// `y = x wᵀ` for `x [M, K]`, `w [N, K]` whose backward writes the weight gradient directly
-/// in `[N, K]` layout (`gᵀ x`), instead of candle's `(xᵀ g)ᵀ` plus a strided add.
-struct Linear;
-
-impl CustomOp2 for Linear {
-    fn name(&self) -> &'static str {
-        "t5-linear"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
-        let (m, k) = l1.shape().dims2()?;
-        let (n, k2) = l2.shape().dims2()?;
-        if k != k2 {
-            candle_core::bail!("t5-linear: input width {k} vs weight width {k2}");
-        }
-        let wt = l2.transpose(0, 1)?;
-        let y = s1.matmul(s2, (1, m, n, k), l1, &wt)?;
-        Ok((y, Shape::from((m, n))))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        g: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = g.contiguous()?;
-        let dx = g.matmul(&w.detach())?;
-        let dw = g.t()?.matmul(&x.detach())?;
-        Ok((Some(dx), Some(dw)))
-    }
-}
-
-/// `x [M, K] · wᵀ` for `w [N, K]` → `[M, N]`.
+/// `x [M, K] · wᵀ` for `w [N, K]` → `[M, N]` (the shared fused linear layer, no bias).
 pub fn linear2d(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if !use_fused(&[x, w]) {
-        return Ok(x.matmul(&w.t()?)?);
-    }
-    Ok(x.contiguous()?.apply_op2(&w.contiguous()?, Linear)?)
+    close_core::fused::linear(x, w, None)
 }
 
 // ---------------------------------------------------------------- RMS norm
@@ -88,15 +42,8 @@ impl CustomOp2 for RmsNorm {
         let mut y = vec![0f32; x.len()];
         let eps = self.eps;
         par_rows(&mut y, d, |r0, ys| {
-            for (i, yr) in ys.chunks_mut(d).enumerate() {
-                let o = (r0 + i) * d;
-                let xr = &x[o..o + d];
-                let ms = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
-                let r = 1.0 / (ms + eps).sqrt();
-                for j in 0..d {
-                    yr[j] = xr[j] * r * w[j];
-                }
-            }
+            let o = r0 * d;
+            close_core::simd::rms_norm_rows(&x[o..o + ys.len()], w, eps, ys);
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -118,22 +65,15 @@ impl CustomOp2 for RmsNorm {
                     let mut dx = vec![0f32; x.len()];
                     par_rows(&mut dx, d, |r0, dxs| {
                         let mut dw = vec![0f32; d];
-                        for (i, dr) in dxs.chunks_mut(d).enumerate() {
-                            let o = (r0 + i) * d;
-                            let (xr, gr) = (&x[o..o + d], &g[o..o + d]);
-                            let ms = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
-                            let r = 1.0 / (ms + eps).sqrt();
-                            let mut dot = 0f32;
-                            for j in 0..d {
-                                let xh = xr[j] * r;
-                                dw[j] += gr[j] * xh;
-                                dot += gr[j] * w[j] * xh;
-                            }
-                            let mean = dot / d as f32;
-                            for j in 0..d {
-                                dr[j] = r * (gr[j] * w[j] - xr[j] * r * mean);
-                            }
-                        }
+                        let (o, n) = (r0 * d, dxs.len());
+                        close_core::simd::rms_norm_bwd_rows(
+                            &x[o..o + n],
+                            w,
+                            &g[o..o + n],
+                            eps,
+                            dxs,
+                            &mut dw,
+                        );
                         if let Ok(mut acc) = partial_dw.lock() {
                             acc.iter_mut().zip(&dw).for_each(|(a, b)| *a += b);
                         }
@@ -197,16 +137,16 @@ impl CustomOp2 for LabelNll {
         if let Some(&bad) = lab.iter().find(|&&t| t as usize >= v) {
             candle_core::bail!("label-nll: label {bad} outside the vocabulary ({v})");
         }
-        // lse per row computed in parallel (rows are independent).
+        // lse per row, rows in parallel (a few hundred rows of a whole vocabulary each).
         let mut lse = vec![0f32; n];
-        par_rows(&mut lse, 1, |r0, out| {
-            for (i, o) in out.iter_mut().enumerate() {
-                let row = &x[(r0 + i) * v..(r0 + i + 1) * v];
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let sum: f32 = row.iter().map(|&t| (t - max).exp()).sum();
-                *o = max + sum.ln();
-            }
-        });
+        {
+            use rayon::prelude::*;
+            let per = n.div_ceil(4 * candle_core::utils::get_num_threads().max(1)).max(1);
+            lse.par_chunks_mut(per).enumerate().for_each(|(c, out)| {
+                let r0 = c * per;
+                close_core::simd::logsumexp_rows(&x[r0 * v..(r0 + out.len()) * v], v, out);
+            });
+        }
         let nll: Vec<f32> = (0..n)
             .map(|r| lse[r] - x[r * v + lab[r] as usize])
             .collect();
@@ -241,10 +181,7 @@ impl CustomOp2 for LabelNll {
                         if gr == 0.0 {
                             continue;
                         }
-                        let xr = &x[r * v..(r + 1) * v];
-                        for j in 0..v {
-                            dr[j] = gr * (xr[j] - l).exp();
-                        }
+                        close_core::simd::scaled_exp(&x[r * v..(r + 1) * v], l, gr, dr);
                         dr[lab[r] as usize] -= gr;
                     }
                 });

@@ -110,7 +110,7 @@ fn merge_heads(x: &Tensor) -> Result<Tensor> {
 
 fn dropout(x: &Tensor, p: f64, training: bool) -> Result<Tensor> {
     if training && p > 0.0 {
-        Ok(candle_nn::ops::dropout(x, p as f32)?)
+        close_core::fused::dropout(x, p)
     } else {
         Ok(x.clone())
     }
