@@ -152,7 +152,9 @@ impl Attention {
 
     /// # Shapes
     /// `x`: `[batch, seq, d]`, `mask`: additive `[seq, seq]` → `[batch, seq, d]`.
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    /// With `first_only`, only the first token attends (the queries of the other tokens are
+    /// dropped): `[batch, 1, d]` out, all the pooled vision output needs from the last layer.
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>, first_only: bool) -> Result<Tensor> {
         let (b, s, d) = x.dims3()?;
         let (h, hd) = (self.heads, self.head_dim);
         let scale = (hd as f64).powf(-0.5);
@@ -176,12 +178,18 @@ impl Attention {
                 (split(&self.q)?, split(&self.k)?, split(&self.v)?)
             }
         };
-        let mut att = (q.matmul(&k.t()?)? * scale)?; // [b, h, s, s]
-        if let Some(m) = mask {
+        let (q, mask, s_q) = if first_only {
+            let m = mask.map(|m| m.narrow(0, 0, 1)).transpose()?;
+            (q.narrow(2, 0, 1)?.contiguous()?, m, 1)
+        } else {
+            (q, mask.cloned(), s)
+        };
+        let mut att = (q.matmul(&k.t()?)? * scale)?; // [b, h, s_q, s]
+        if let Some(m) = &mask {
             att = att.broadcast_add(m)?;
         }
         let att = softmax_last_dim(&att)?;
-        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, s, d))?;
+        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, s_q, d))?;
         Ok(self.out.forward(&y)?)
     }
 }
@@ -218,10 +226,12 @@ impl EncoderLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    /// `first_only`: compute the output of the first token only (`[batch, 1, d]`).
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>, first_only: bool) -> Result<Tensor> {
         let h = self
             .self_attn
-            .forward(&self.layer_norm1.forward(x)?, mask)?;
+            .forward(&self.layer_norm1.forward(x)?, mask, first_only)?;
+        let x = if first_only { x.narrow(1, 0, 1)? } else { x.clone() };
         let x = (x + h)?;
         let h = self.fc1.forward(&self.layer_norm2.forward(&x)?)?;
         let h = self.fc2.forward(&activate(self.act, &h)?)?;
@@ -254,7 +264,22 @@ impl Encoder {
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let mut x = x.clone();
         for l in &self.layers {
-            x = l.forward(&x, mask)?;
+            x = l.forward(&x, mask, false)?;
+        }
+        Ok(x)
+    }
+
+    /// The first token's output of the last layer, `[batch, 1, d]`: the last layer skips the
+    /// queries, output projection and MLP of every other token (HF computes them and the
+    /// pooled output ignores them).
+    fn forward_first_token(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = x.clone();
+        let n = self.layers.len();
+        for (i, l) in self.layers.iter().enumerate() {
+            x = l.forward(&x, None, i + 1 == n)?;
+        }
+        if n == 0 {
+            x = x.narrow(1, 0, 1)?;
         }
         Ok(x)
     }
@@ -463,9 +488,8 @@ impl ClipVisionTransformer {
         let x =
             Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.position_embedding.unsqueeze(0)?)?;
         let x = self.pre_layrnorm.forward(&x)?;
-        let x = self.encoder.forward(&x, None)?;
-        self.post_layernorm
-            .forward(&x.i((.., 0, ..))?.contiguous()?)
+        let x = self.encoder.forward_first_token(&x)?;
+        self.post_layernorm.forward(&x.squeeze(1)?.contiguous()?)
     }
 }
 
