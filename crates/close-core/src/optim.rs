@@ -75,6 +75,7 @@ where
         .for_each(|(((t, g), m), v)| f(t, g, m, v));
 }
 
+/// Sum of squares of a slice, multi-threaded for large slices.
 fn sum_sq(x: &[f32]) -> f64 {
     let seq = |x: &[f32]| x.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>();
     let threads = candle_core::utils::get_num_threads().max(1);
