@@ -15,6 +15,7 @@ use candle_nn::{Init, VarBuilder};
 use close_core::{Error, Result};
 
 use crate::config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
+use crate::fused::softmax_last_dim;
 
 fn randn(std: f64) -> Init {
     Init::Randn {
@@ -95,9 +96,6 @@ impl LayerNorm {
     }
 }
 
-fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    crate::fused::softmax_last_dim(x)
-}
 
 fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
     Ok(match act {
@@ -261,24 +259,16 @@ impl Encoder {
         Ok(Self { layers })
     }
 
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let mut x = x.clone();
-        for l in &self.layers {
-            x = l.forward(&x, mask, false)?;
-        }
-        Ok(x)
-    }
-
-    /// The first token's output of the last layer, `[batch, 1, d]`: the last layer skips the
-    /// queries, output projection and MLP of every other token (HF computes them and the
-    /// pooled output ignores them).
-    fn forward_first_token(&self, x: &Tensor) -> Result<Tensor> {
+    /// With `first_token_only`, the last layer computes only the first token's output
+    /// (`[batch, 1, d]`): it skips the queries, output projection and MLP of every other
+    /// token, which a pooled vision output ignores (HF computes them).
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>, first_token_only: bool) -> Result<Tensor> {
         let mut x = x.clone();
         let n = self.layers.len();
         for (i, l) in self.layers.iter().enumerate() {
-            x = l.forward(&x, None, i + 1 == n)?;
+            x = l.forward(&x, mask, first_token_only && i + 1 == n)?;
         }
-        if n == 0 {
+        if first_token_only && n == 0 {
             x = x.narrow(1, 0, 1)?;
         }
         Ok(x)
@@ -380,7 +370,7 @@ impl ClipTextTransformer {
             .reshape((b, s, d))?;
         let x = tok.broadcast_add(&self.position_embedding.narrow(0, 0, s)?.unsqueeze(0)?)?;
         let mask = causal_mask(s, x.device())?;
-        let x = self.encoder.forward(&x, Some(&mask))?;
+        let x = self.encoder.forward(&x, Some(&mask), false)?;
         // LayerNorm is per position: pool first, then normalise only the pooled rows.
         let pos = self.pool_positions(&rows);
         let idx: Vec<u32> = pos
@@ -488,7 +478,7 @@ impl ClipVisionTransformer {
         let x =
             Tensor::cat(&[&cls, &x], 1)?.broadcast_add(&self.position_embedding.unsqueeze(0)?)?;
         let x = self.pre_layrnorm.forward(&x)?;
-        let x = self.encoder.forward_first_token(&x)?;
+        let x = self.encoder.forward(&x, None, true)?;
         self.post_layernorm.forward(&x.squeeze(1)?.contiguous()?)
     }
 }

@@ -69,12 +69,6 @@ pub fn with_data<R>(
     f(slice(s, l)?)
 }
 
-/// Softmax of one row into `y`. A row that is entirely `-inf` (fully masked) gives zeros
-/// rather than NaN.
-pub fn softmax_row(x: &[f32], y: &mut [f32]) {
-    crate::simd::softmax_rows(x, y, x.len());
-}
-
 // ---------------------------------------------------------------- softmax
 
 struct Softmax;
@@ -172,6 +166,16 @@ pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
 
 // ---------------------------------------------------------------- linear
 
+/// Gradients of `y = x wᵀ` from `g = dL/dy`: `dx = g w`, and `dw = gᵀ x` written directly in
+/// `[N, K]` layout (candle's matmul backward gives `(xᵀ g)ᵀ` plus a strided add). Also
+/// returns the contiguous `g`.
+fn linear_grads(x: &Tensor, w: &Tensor, g: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let g = g.contiguous()?;
+    let dx = g.matmul(&w.detach())?;
+    let dw = g.t()?.matmul(&x.detach())?;
+    Ok((dx, dw, g))
+}
+
 /// `y = x wᵀ + b` for `x [M, K]`, `w [N, K]`, `b [N]`: the bias is written into the output
 /// first and the matmul accumulates onto it (one pass less than matmul + broadcast add).
 struct LinearBias;
@@ -251,16 +255,12 @@ impl CustomOp3 for LinearBias {
         _res: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = g.contiguous()?;
-        let dx = g.matmul(&w.detach())?;
-        let dw = g.t()?.matmul(&x.detach())?;
-        let db = g.sum(0)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        let (dx, dw, g) = linear_grads(x, w, g)?;
+        Ok((Some(dx), Some(dw), Some(g.sum(0)?)))
     }
 }
 
-/// `y = x wᵀ` for `x [M, K]`, `w [N, K]` whose backward writes the weight gradient directly
-/// in `[N, K]` layout (`gᵀ x`), instead of candle's `(xᵀ g)ᵀ` plus a strided add.
+/// `y = x wᵀ` for `x [M, K]`, `w [N, K]` (backward: [`linear_grads`]).
 struct LinearNoBias;
 
 impl CustomOp2 for LinearNoBias {
@@ -292,9 +292,7 @@ impl CustomOp2 for LinearNoBias {
         _res: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = g.contiguous()?;
-        let dx = g.matmul(&w.detach())?;
-        let dw = g.t()?.matmul(&x.detach())?;
+        let (dx, dw, _) = linear_grads(x, w, g)?;
         Ok((Some(dx), Some(dw)))
     }
 }

@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use close_core::progress::{NoProgress, Progress};
+use close_core::progress::Progress;
 use close_core::{Error, Result};
 
 /// What a model directory must hold, by the model it is for.
@@ -160,11 +160,6 @@ impl Hub {
     }
 }
 
-/// Resolve `spec` with [`Hub::from_env`] and no progress output.
-pub fn resolve_model(spec: &str, kind: ModelKind) -> Result<PathBuf> {
-    Hub::from_env().resolve(spec, kind, &NoProgress)
-}
-
 /// The snapshot dir of `spec` in `cache`: the one `refs/main` names, else the newest.
 fn cached_snapshot(cache: &Path, spec: &str) -> Option<PathBuf> {
     let repo = cache.join(format!("models--{}", spec.replace('/', "--")));
@@ -277,6 +272,7 @@ fn download(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use close_core::progress::NoProgress;
     use std::collections::HashMap;
     use std::io::{BufRead, BufReader, Write};
     use std::net::TcpListener;
