@@ -59,6 +59,7 @@ enum Command {
 close_core::global_allocator!();
 
 fn main() {
+    close_core::threads::init();
     close_core::alloc::init();
     let cli = Cli::parse();
     common::init_logging(&cli.log, cli.quiet);

@@ -81,6 +81,7 @@ fn torch_rates(seconds: f64) -> Option<HashMap<usize, f64>> {
 close_core::global_allocator!();
 
 fn main() -> close_core::Result<()> {
+    close_core::threads::init();
     close_core::alloc::init();
     // Must be set before candle / rayon start their pools.
     std::env::set_var("RAYON_NUM_THREADS", THREADS.to_string());

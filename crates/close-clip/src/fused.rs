@@ -90,7 +90,7 @@ impl CustomOp3 for LayerNormBwd {
         let mut out = vec![0f32; x.len() + 2 * d];
         let (dx, rest) = out.split_at_mut(n * d);
         // Per-chunk partial sums of dweight / dbias, reduced afterwards.
-        let rows_per = n.div_ceil(rayon::current_num_threads().max(1) * 4).max(1);
+        let rows_per = n.div_ceil(close_core::fused::num_threads() * 4).max(1);
         let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
             .par_chunks_mut(rows_per * d)
             .enumerate()

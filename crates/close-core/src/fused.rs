@@ -12,6 +12,14 @@ use crate::Result;
 /// Elements below which a kernel runs on one thread.
 const PAR_MIN: usize = 1 << 14;
 
+/// Threads the CPU kernels may use: those of the rayon pool the caller runs in (the global
+/// pool, sized by `RAYON_NUM_THREADS` or the core count, unless the caller is inside a
+/// [`rayon::ThreadPool::install`], e.g. one single-threaded pool per job when several
+/// small trainings run side by side).
+pub fn num_threads() -> usize {
+    rayon::current_num_threads().max(1)
+}
+
 pub fn use_fused(ts: &[&Tensor]) -> bool {
     ts.iter()
         .all(|t| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32)
@@ -25,7 +33,7 @@ where
 {
     use rayon::prelude::*;
     let n_rows = out.len() / row.max(1);
-    let threads = candle_core::utils::get_num_threads().max(1);
+    let threads = num_threads();
     if threads == 1 || out.len() < PAR_MIN || n_rows < 2 {
         f(0, out);
         return;
@@ -213,7 +221,7 @@ impl CustomOp3 for LinearBias {
         if m == 0 || n == 0 || k == 0 {
             return Ok((CpuStorage::F32(y), Shape::from((m, n))));
         }
-        let threads = candle_core::utils::get_num_threads();
+        let threads = num_threads();
         let parallelism = if threads > 1 {
             gemm::Parallelism::Rayon(threads)
         } else {

@@ -16,5 +16,6 @@ pub mod optim;
 pub mod plot;
 pub mod progress;
 pub mod simd;
+pub mod threads;
 
 pub use error::{Error, Result};

@@ -54,14 +54,14 @@ pub struct AdamW {
 /// Elements below which a single thread does the work.
 const PAR_MIN: usize = 1 << 15;
 
-/// Runs `f` over matching chunks of the four buffers on up to `get_num_threads()` threads.
+/// Runs `f` over matching chunks of the four buffers on up to [`crate::fused::num_threads`] threads.
 fn par_zip4<F>(theta: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], f: F)
 where
     F: Fn(&mut [f32], &[f32], &mut [f32], &mut [f32]) + Sync,
 {
     use rayon::prelude::*;
     let n = theta.len();
-    let threads = candle_core::utils::get_num_threads().max(1);
+    let threads = crate::fused::num_threads();
     if threads == 1 || n < PAR_MIN {
         f(theta, g, m, v);
         return;
@@ -78,7 +78,7 @@ where
 /// Sum of squares of a slice, multi-threaded for large slices.
 fn sum_sq(x: &[f32]) -> f64 {
     let seq = |x: &[f32]| x.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>();
-    let threads = candle_core::utils::get_num_threads().max(1);
+    let threads = crate::fused::num_threads();
     if threads == 1 || x.len() < PAR_MIN {
         return seq(x);
     }

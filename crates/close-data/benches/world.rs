@@ -9,6 +9,7 @@ use close_data::world::{generate, WorldConfig, WorldPaths};
 close_core::global_allocator!();
 
 fn main() {
+    close_core::threads::init();
     close_core::alloc::init();
     let images: usize = std::env::var("CLOSE_BENCH_IMAGES")
         .ok()

@@ -90,6 +90,7 @@ print(json.dumps({"seconds": dt, "Bleu_4": b[3], "ROUGE_L": float(r), "CIDEr": f
 close_core::global_allocator!();
 
 fn main() {
+    close_core::threads::init();
     close_core::alloc::init();
     const TOPICS: [&[&str]; 6] = [
         &["dog", "frisbee", "grass", "park", "running", "ball"],

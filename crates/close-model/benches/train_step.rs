@@ -89,6 +89,7 @@ fn bench(
 close_core::global_allocator!();
 
 fn main() {
+    close_core::threads::init();
     close_core::alloc::init();
     let small = match TrainConfig::small(Task::SCap).t5 {
         T5Init::Scratch { config, .. } => config,

@@ -48,6 +48,11 @@ pub struct TrainConfig {
     pub batch_size: usize,
     /// Cap on the examples drawn (reshuffled) per epoch (reference: 200k).
     pub max_examples_per_epoch: Option<usize>,
+    /// Train on at most this many of an example's targets per step, drawn afresh each step
+    /// (None: all, as the reference). An unbiased estimate of the all-targets loss at a
+    /// fraction of the decoder cost, e.g. m-cap's four other captions.
+    #[serde(default)]
+    pub targets_per_step: Option<usize>,
     pub optim: AdamWConfig,
     /// Linear warmup steps (0: none, as the reference).
     pub warmup_steps: u64,
@@ -101,6 +106,7 @@ impl TrainConfig {
             epochs: 8,
             batch_size: task.default_batch_size(),
             max_examples_per_epoch: Some(200_000),
+            targets_per_step: None,
             optim: AdamWConfig {
                 lr: 3e-4,
                 ..Default::default()
@@ -188,6 +194,9 @@ impl TrainConfig {
         }
         if self.max_examples_per_epoch == Some(0) {
             return Err(Error::config("max_examples_per_epoch", "must be positive"));
+        }
+        if self.targets_per_step == Some(0) {
+            return Err(Error::config("targets_per_step", "must be positive"));
         }
         if !(self.optim.lr > 0.0) || !self.optim.lr.is_finite() {
             return Err(Error::config(

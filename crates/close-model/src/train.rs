@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Device;
-use rand::seq::SliceRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -404,10 +404,23 @@ pub fn train_until(
             };
             let mut targets = Vec::new();
             let mut mapping = Vec::new();
+            // Its own stream, so sampling targets leaves the adapter's noise unchanged.
+            let mut target_rng = ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, 4, state.step));
             for (row, &i) in batch.iter().enumerate() {
-                for t in &prepared[i].targets {
-                    targets.push(t.clone());
-                    mapping.push(row);
+                let all = &prepared[i].targets;
+                match cfg.targets_per_step {
+                    Some(k) if k < all.len() => {
+                        for t in all.choose_multiple(&mut target_rng, k) {
+                            targets.push(t.clone());
+                            mapping.push(row);
+                        }
+                    }
+                    _ => {
+                        for t in all {
+                            targets.push(t.clone());
+                            mapping.push(row);
+                        }
+                    }
                 }
             }
             let loss = model.loss(&clip, input.as_ref(), &targets, &mapping)?;

@@ -195,6 +195,7 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
 close_core::global_allocator!();
 
 fn main() {
+    close_core::threads::init();
     close_core::alloc::init();
     let args: Vec<String> = std::env::args().collect();
     let clients: usize = arg(&args, "--clients", 200);

@@ -72,6 +72,7 @@ fn time<F: FnMut() -> close_core::Result<()>>(runs: usize, mut f: F) -> close_co
 close_core::global_allocator!();
 
 fn main() -> close_core::Result<()> {
+    close_core::threads::init();
     close_core::alloc::init();
     let threads = std::env::var("CLOSE_BENCH_THREADS").unwrap_or_else(|_| "2".into());
     std::env::set_var("RAYON_NUM_THREADS", &threads);

@@ -141,7 +141,7 @@ impl CustomOp2 for LabelNll {
         let mut lse = vec![0f32; n];
         {
             use rayon::prelude::*;
-            let per = n.div_ceil(4 * candle_core::utils::get_num_threads().max(1)).max(1);
+            let per = n.div_ceil(4 * close_core::fused::num_threads()).max(1);
             lse.par_chunks_mut(per).enumerate().for_each(|(c, out)| {
                 let r0 = c * per;
                 close_core::simd::logsumexp_rows(&x[r0 * v..(r0 + out.len()) * v], v, out);

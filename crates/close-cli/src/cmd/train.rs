@@ -71,6 +71,10 @@ pub struct Args {
     pub batch_size: Option<usize>,
     #[arg(long)]
     pub max_examples_per_epoch: Option<usize>,
+    /// Train on at most this many of an example's targets per step, drawn afresh each step
+    /// (default: all, as the reference).
+    #[arg(long)]
+    pub targets_per_step: Option<usize>,
     #[arg(long)]
     pub lr: Option<f64>,
     #[arg(long)]
@@ -183,6 +187,9 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     set!(beams, args.beams);
     if args.max_examples_per_epoch.is_some() {
         cfg.max_examples_per_epoch = args.max_examples_per_epoch;
+    }
+    if args.targets_per_step.is_some() {
+        cfg.targets_per_step = args.targets_per_step;
     }
     if args.max_steps.is_some() {
         cfg.max_steps = args.max_steps;
