@@ -10,7 +10,12 @@ use crate::pipeline::{DemoConfig, DemoOutput};
 use crate::results::report_markdown;
 
 /// Write every output file into `out`; returns the markdown report.
-pub fn write_outputs(cfg: &DemoConfig, output: &DemoOutput, out: &Path, machine: &str) -> Result<String> {
+pub fn write_outputs(
+    cfg: &DemoConfig,
+    output: &DemoOutput,
+    out: &Path,
+    machine: &str,
+) -> Result<String> {
     io::write_json_atomic(out.join("results.json"), &output.results)?;
     io::write_json_atomic(out.join("runs.json"), &output.records)?;
 
@@ -19,11 +24,19 @@ pub fn write_outputs(cfg: &DemoConfig, output: &DemoOutput, out: &Path, machine:
     for task in &cfg.tasks {
         let mut val = Vec::new();
         let mut test = Vec::new();
-        for r in output.records.iter().filter(|r| r.result.task == task.name() && r.result.train_on == "text") {
+        for r in output
+            .records
+            .iter()
+            .filter(|r| r.result.task == task.name() && r.result.train_on == "text")
+        {
             if r.result.adapter != "noise" && r.result.adapter != "none" {
                 continue;
             }
-            let scale = if r.result.metrics.contains_key("CIDEr") { 100.0 } else { 1.0 };
+            let scale = if r.result.metrics.contains_key("CIDEr") {
+                100.0
+            } else {
+                1.0
+            };
             if let Some(v) = r.val {
                 val.push((r.result.noise, v * scale));
             }
@@ -36,22 +49,55 @@ pub fn write_outputs(cfg: &DemoConfig, output: &DemoOutput, out: &Path, machine:
         sweep.push(Series::new(format!("{} test", task.name()), test));
         sweep.push(Series::new(format!("{} val", task.name()), val));
     }
-    line_chart(&out.join("noise_sweep.png"), "noise sweep (text-only training, image test)", "noise w", "CIDEr×100 / accuracy", &sweep)?;
+    line_chart(
+        &out.join("noise_sweep.png"),
+        "noise sweep (text-only training, image test)",
+        "noise w",
+        "CIDEr×100 / accuracy",
+        &sweep,
+    )?;
 
     // Training-loss curves of the default-noise text-only run of each task and the upper bound.
     let mut losses = Vec::new();
     for r in &output.records {
-        let default = r.result.train_on == "images" || (r.result.adapter == "noise" && (r.result.noise - 0.08).abs() < 1e-9);
+        let default = r.result.train_on == "images"
+            || (r.result.adapter == "noise" && (r.result.noise - 0.08).abs() < 1e-9);
         if default && !r.losses.is_empty() {
-            losses.push(Series::new(format!("{} {}", r.result.task, if r.result.train_on == "images" { "images" } else { "text w=0.08" }), r.losses.clone()));
+            losses.push(Series::new(
+                format!(
+                    "{} {}",
+                    r.result.task,
+                    if r.result.train_on == "images" {
+                        "images"
+                    } else {
+                        "text w=0.08"
+                    }
+                ),
+                r.losses.clone(),
+            ));
         }
     }
-    line_chart(&out.join("loss_curves.png"), "training loss", "step", "loss", &losses)?;
+    line_chart(
+        &out.join("loss_curves.png"),
+        "training loss",
+        "step",
+        "loss",
+        &losses,
+    )?;
 
     let mut setup = String::new();
     let w = &cfg.world;
-    let _ = writeln!(setup, "Produced by `close demo{}` (seed {}) on {machine}.\n", if cfg.quick { " --quick" } else { "" }, cfg.seed);
-    let _ = writeln!(setup, "- World: {} images of {} px, 1–{} objects per image.", w.images, w.size, w.max_objects);
+    let _ = writeln!(
+        setup,
+        "Produced by `close demo{}` (seed {}) on {machine}.\n",
+        if cfg.quick { " --quick" } else { "" },
+        cfg.seed
+    );
+    let _ = writeln!(
+        setup,
+        "- World: {} images of {} px, 1–{} objects per image.",
+        w.images, w.size, w.max_objects
+    );
     let vc = &cfg.clip.model.vision_config;
     let tc = &cfg.clip.model.text_config;
     let _ = writeln!(
@@ -63,21 +109,41 @@ pub fn write_outputs(cfg: &DemoConfig, output: &DemoOutput, out: &Path, machine:
     if let close_model::config::T5Init::Scratch { config, .. } = &small.t5 {
         let _ = writeln!(
             setup,
-            "- CLOSE: T5 from scratch (d_model {}, {}+{} layers, {} heads), a {}-piece tokenizer per task, prefix 4, AdamW lr {}, batch {}, epochs {:?}, greedy decoding.",
+            "- CLOSE: T5 from scratch (d_model {}, {}+{} layers, {} heads{}), a {}-piece tokenizer per task, prefix 4, AdamW lr {}, batch {}, greedy decoding; epochs {:?} of at most {:?} examples; val items per epoch {:?}.",
             config.d_model,
             config.num_layers,
             config.num_decoder_layers.unwrap_or(config.num_layers),
             config.num_heads,
+            if cfg.t5.is_empty() { String::new() } else { format!("; per task {:?}", cfg.t5.keys().collect::<Vec<_>>()) },
             cfg.vocab,
             cfg.lr,
             small.batch_size,
-            cfg.epochs
+            cfg.epochs,
+            cfg.max_examples_per_epoch,
+            cfg.max_val_examples
+        );
+    }
+    if cfg.adapters {
+        let _ = writeln!(
+            setup,
+            "- Adapters: mean-shift from the unpaired mean image and mean caption vectors; cov and linear fitted on the same {}% of the training (image, caption) pairs; each with the task's default noise.",
+            cfg.paired_fraction * 100.0
         );
     }
     let _ = writeln!(setup, "- Tuned noise: the sweep value with the best **val** metric; its **test** result is reported.");
     let _ = writeln!(setup, "- The style task has no image-trained upper bound: its training data is a text corpus only.");
-    let _ = writeln!(setup, "\nStage times (s): {}", output.times.0.iter().map(|(n, s)| format!("{n} {s:.0}")).collect::<Vec<_>>().join(", "));
-    let mut md = report_markdown(&output.results, &setup);
+    let _ = writeln!(
+        setup,
+        "\nStage times (s): {}",
+        output
+            .times
+            .0
+            .iter()
+            .map(|(n, s)| format!("{n} {s:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut md = report_markdown(&output.results, &setup, &output.priors);
     if !output.failures.is_empty() {
         let _ = writeln!(md, "## Failed runs\n");
         for f in &output.failures {
@@ -85,7 +151,10 @@ pub fn write_outputs(cfg: &DemoConfig, output: &DemoOutput, out: &Path, machine:
         }
         let _ = writeln!(md);
     }
-    let _ = writeln!(md, "## Figures\n\n![noise sweep](noise_sweep.png)\n\n![loss curves](loss_curves.png)\n");
+    let _ = writeln!(
+        md,
+        "## Figures\n\n![noise sweep](noise_sweep.png)\n\n![loss curves](loss_curves.png)\n"
+    );
     io::write_atomic(out.join("REPORT.md"), md.as_bytes())?;
     Ok(md)
 }

@@ -60,6 +60,8 @@ struct World {
     data: TaskData,
     texts: MemEmbeddings,
     images: MemEmbeddings,
+    /// Training images with their captions (for tasks other than s-cap).
+    train_imgs: Vec<(String, Vec<String>)>,
 }
 
 fn world() -> World {
@@ -76,7 +78,10 @@ fn world() -> World {
     let shape_dir: Vec<Vec<f32>> = (0..4).map(|_| unit(randv(&mut rng, 1.0))).collect();
     let mix = |rng: &mut ChaCha8Rng, v: &Vec<f32>| {
         let other = unit(randv(rng, 1.0));
-        unit(add(&scaled(v, align), &scaled(&other, (1.0 - align * align).max(0.0).sqrt())))
+        unit(add(
+            &scaled(v, align),
+            &scaled(&other, (1.0 - align * align).max(0.0).sqrt()),
+        ))
     };
     let color_img: Vec<Vec<f32>> = color_dir.iter().map(|v| mix(&mut rng, v)).collect();
     let shape_img: Vec<Vec<f32>> = shape_dir.iter().map(|v| mix(&mut rng, v)).collect();
@@ -130,6 +135,7 @@ fn world() -> World {
         data: TaskData { train, val, test },
         texts,
         images,
+        train_imgs,
     }
 }
 
@@ -202,43 +208,53 @@ fn text_only_with_noise_beats_no_noise_on_images() {
     let mut cider = vec![0.0f64; 2];
     let seeds = knob("E2E_SEEDS", 3.0) as u64;
     for seed in 0..seeds {
-    for (arm, (name, noise)) in [("none", 0.0), ("noise", noise_w())].into_iter().enumerate() {
-        let out = dir.path().join(format!("{name}-{seed}"));
-        let mut cfg = config(noise, epochs());
-        cfg.seed = seed;
-        let s = close_model::train::train(
-            &cfg,
-            &w.data,
-            &w.texts,
-            &w.images,
-            &out,
-            false,
-            &dev,
-            &NoProgress,
-        )
-        .unwrap();
-        assert!(
-            s.final_train_loss < 1.0,
-            "{name}: training did not fit the text ({})",
-            s.final_train_loss
-        );
-        let run = Run::load(&out, &dev).unwrap();
-        let gen = run.generate_config(None, None);
-        let m =
-            close_model::train::evaluate(&run, &w.data, "test", &w.images, &gen, None, &NoProgress)
-                .unwrap();
-        eprintln!(
-            "{name}: test CIDEr {:.3} (train loss {:.3}, {:.1}s)",
-            m.primary, s.final_train_loss, s.seconds
-        );
-        assert!(out.join("eval/test/captions_results.json").exists());
-        assert!(
-            out.join("loss.png").exists()
-                && out.join("log.jsonl").exists()
-                && out.join("last/optimizer.safetensors").exists()
-        );
-        cider[arm] += m.primary / seeds as f64;
-    }
+        for (arm, (name, noise)) in [("none", 0.0), ("noise", noise_w())]
+            .into_iter()
+            .enumerate()
+        {
+            let out = dir.path().join(format!("{name}-{seed}"));
+            let mut cfg = config(noise, epochs());
+            cfg.seed = seed;
+            let s = close_model::train::train(
+                &cfg,
+                &w.data,
+                &w.texts,
+                &w.images,
+                &out,
+                false,
+                &dev,
+                &NoProgress,
+            )
+            .unwrap();
+            assert!(
+                s.final_train_loss < 1.0,
+                "{name}: training did not fit the text ({})",
+                s.final_train_loss
+            );
+            let run = Run::load(&out, &dev).unwrap();
+            let gen = run.generate_config(None, None);
+            let m = close_model::train::evaluate(
+                &run,
+                &w.data,
+                "test",
+                &w.images,
+                &gen,
+                None,
+                &NoProgress,
+            )
+            .unwrap();
+            eprintln!(
+                "{name}: test CIDEr {:.3} (train loss {:.3}, {:.1}s)",
+                m.primary, s.final_train_loss, s.seconds
+            );
+            assert!(out.join("eval/test/captions_results.json").exists());
+            assert!(
+                out.join("loss.png").exists()
+                    && out.join("log.jsonl").exists()
+                    && out.join("last/optimizer.safetensors").exists()
+            );
+            cider[arm] += m.primary / seeds as f64;
+        }
     }
     eprintln!("MEAN none {:.3} noise {:.3}", cider[0], cider[1]);
     assert!(
@@ -302,4 +318,54 @@ fn resume_reproduces_an_uninterrupted_run() {
     let wa = std::fs::read(full.join("last/model.safetensors")).unwrap();
     let wb = std::fs::read(part.join("last/model.safetensors")).unwrap();
     assert!(wa == wb, "final weights differ after resume");
+}
+
+#[test]
+fn targets_per_step_samples_targets_reproducibly() {
+    // m-cap: every caption predicts the image's two other captions.
+    let w = world();
+    let data = TaskData {
+        train: caption_train_examples(
+            Task::MCap,
+            TrainOn::Text,
+            w.train_imgs.iter().map(|(i, c)| (i.clone(), c.as_slice())),
+        ),
+        val: w.data.val.clone(),
+        test: Vec::new(),
+    };
+    assert!(data.train.iter().all(|e| e.targets.len() == 2));
+    let dev = Device::Cpu;
+    let dir = tempfile::tempdir().unwrap();
+    let run = |k: Option<usize>, name: &str| {
+        let mut cfg = config(0.1, 2);
+        cfg.task = Task::MCap;
+        cfg.targets_per_step = k;
+        close_model::train::train(
+            &cfg,
+            &data,
+            &w.texts,
+            &w.images,
+            &dir.path().join(name),
+            false,
+            &dev,
+            &NoProgress,
+        )
+        .unwrap()
+    };
+    let all = run(None, "all");
+    let one = run(Some(1), "one");
+    let again = run(Some(1), "again");
+    assert_eq!(all.steps, one.steps);
+    assert!(
+        one.final_train_loss.is_finite() && one.final_train_loss != all.final_train_loss,
+        "sampling one target per step trained the same as all targets ({})",
+        all.final_train_loss
+    );
+    assert_eq!(
+        one.final_train_loss, again.final_train_loss,
+        "sampling is not reproducible"
+    );
+    let mut bad = config(0.1, 1);
+    bad.targets_per_step = Some(0);
+    assert!(bad.validate().is_err());
 }
