@@ -109,7 +109,7 @@ pub fn write_outputs(
     if let close_model::config::T5Init::Scratch { config, .. } = &small.t5 {
         let _ = writeln!(
             setup,
-            "- CLOSE: T5 from scratch (d_model {}, {}+{} layers, {} heads{}), a {}-piece tokenizer per task, prefix 4, AdamW lr {}, batch {}, greedy decoding; epochs {:?} of at most {:?} examples; val items per epoch {:?}.",
+            "- CLOSE: T5 from scratch (d_model {}, {}+{} layers, {} heads{}), a {}-piece tokenizer per task, prefix 4, AdamW lr {}, batch {}; epochs {:?} of at most {:?} examples; the best epoch by a greedy val check of {:?} items per epoch; reported val and test metrics with beam {}.",
             config.d_model,
             config.num_layers,
             config.num_decoder_layers.unwrap_or(config.num_layers),
@@ -120,7 +120,8 @@ pub fn write_outputs(
             small.batch_size,
             cfg.epochs,
             cfg.max_examples_per_epoch,
-            cfg.max_val_examples
+            cfg.max_val_examples,
+            cfg.beams
         );
     }
     if cfg.adapters {
@@ -130,7 +131,7 @@ pub fn write_outputs(
             cfg.paired_fraction * 100.0
         );
     }
-    let _ = writeln!(setup, "- Tuned noise: the sweep value with the best **val** metric; its **test** result is reported.");
+    let _ = writeln!(setup, "- Tuned noise: the sweep value with the best **val** metric (all val items); its **test** result is reported.");
     let _ = writeln!(setup, "- The style task has no image-trained upper bound: its training data is a text corpus only.");
     let _ = writeln!(
         setup,

@@ -198,7 +198,7 @@ pub fn report_markdown(res: &DemoResults, setup: &str, priors: &TextPriors) -> S
         }
     }
     let _ = writeln!(s, "## Results on the test images\n");
-    let _ = writeln!(s, "Captioning: CIDEr ×100 (pycocoevalcap scale ×100); VQA: official accuracy; VE: accuracy. Ratio = run / image-trained upper bound.\n");
+    let _ = writeln!(s, "Captioning: CIDEr ×100 (pycocoevalcap scale ×100); VQA: official accuracy; VE: accuracy. Ratio = run / image-trained upper bound. Decoding: beam search at the configured width (the reference's 5).\n");
     for t in tasks {
         let runs: Vec<&RunResult> = res.runs.iter().filter(|r| r.task == t).collect();
         let upper = runs.iter().find(|r| r.train_on == "images").copied();
@@ -230,6 +230,17 @@ pub fn report_markdown(res: &DemoResults, setup: &str, priors: &TextPriors) -> S
             );
         }
         let _ = writeln!(s);
+        let greedy = |r: &RunResult| r.metrics.get("CIDEr_greedy").and_then(|v| v.as_f64());
+        let tuned = runs.iter().find(|r| r.label.as_deref().unwrap_or("").starts_with("tuned"));
+        if let (Some(u), Some(tu)) = (upper.and_then(greedy), tuned.and_then(|r| greedy(r))) {
+            let _ = writeln!(
+                s,
+                "Greedy decoding instead of beam search: upper bound {}, tuned noise {} (ratio {:.2}).\n",
+                fmt_metric(t, Some(u)),
+                fmt_metric(t, Some(tu)),
+                tu / u
+            );
+        }
         if t == "vqa" {
             vqa_types_table(&mut s, &runs, priors);
         }
