@@ -85,11 +85,11 @@ impl DemoConfig {
             ..WorldConfig::default()
         };
         // Batch 32 (measured at equal time: R@1 0.47 vs 0.40 at 64, 0.30 at 128, 0.43 at 16).
-        // 10 epochs are ~1,700 steps, ~3.7 minutes on 2 cores since the fused kernels (6
-        // epochs took 132 s and reached R@1 0.46); the time cap keeps a slower machine inside
-        // the demo's budget. `--quick` (1,000 images, 10 epochs, 31 s)
-        // reached R@1 0.29 on its 100 test images, with the modality gap already in place;
-        // the whole quick demo took 60 s.
+        // 15 epochs are 2,520 steps, 230–265 s on 2 cores, R@1 0.67–0.70 in three runs
+        // (10 epochs: 0.55–0.60; 6: 0.46); the time cap keeps a slower machine inside the
+        // demo's budget. `--quick` (1,000 images, 10 epochs, ~26 s) reached R@1 0.29 on its
+        // 100 test images, with the modality gap already in place; the whole quick demo
+        // takes ~40 s.
         let clip = ClipTrainConfig {
             seed,
             eval_split: "test".into(),
