@@ -714,8 +714,10 @@ fn run_one(
     let greedy_test = if cfg.beams == 1 {
         m.primary
     } else {
+        // Written beside the beam-search outputs (RUN/eval/test), not over them.
         let greedy = run.generate_config(Some(1), None);
-        close_model::train::evaluate(&run, data, "test", images, &greedy, None, progress)?.primary
+        let out = dir.join("eval").join("test-greedy");
+        close_model::train::evaluate(&run, data, "test", images, &greedy, Some(&out), progress)?.primary
     };
     let mut metrics = demo_metrics(task, &m.scores, m.primary);
     if metrics.contains_key("CIDEr") {
