@@ -146,9 +146,7 @@ fn vqa_types_table(s: &mut String, runs: &[&RunResult], priors: &TextPriors) {
     let wanted = |r: &RunResult| {
         r.train_on == "images"
             || r.adapter == "none"
-            || (r.adapter == "noise"
-                && r.noise == 0.08
-                && !r.label.as_deref().unwrap_or("").starts_with("tuned"))
+            || (r.adapter == "noise" && r.noise == 0.08)
             || r.label.as_deref().unwrap_or("").starts_with("tuned")
     };
     for r in runs.iter().filter(|r| wanted(r)) {
