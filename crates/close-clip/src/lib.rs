@@ -10,6 +10,7 @@
 //! - [`tokenizer::ClipTokenizer`]: HF `tokenizer.json`, truncation, EOS pooling inputs.
 //! - [`bundle::Clip`]: model + processor + tokenizer of one model dir.
 //! - [`train`]: contrastive training from scratch on a Karpathy json, retrieval metrics.
+//! - [`negatives`]: NegCLIP-style hard negative captions (word swaps) for training.
 //! - [`cache`]: the on-disk embedding cache of images / captions.
 //! - [`gap`]: modality-gap statistics and the 2-D PCA of image and caption vectors.
 
@@ -19,6 +20,7 @@ pub mod config;
 pub mod fused;
 pub mod gap;
 pub mod model;
+pub mod negatives;
 pub mod preprocess;
 pub mod retrieval;
 pub mod tokenizer;
@@ -29,6 +31,7 @@ pub use cache::{embed_images, embed_texts, EmbedReport, EmbeddingCache};
 pub use gap::{gap_stats, GapStats};
 pub use config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
 pub use model::ClipModel;
+pub use negatives::NegativeMaker;
 pub use preprocess::{load_image, ImageProcessor, ImageProcessorConfig};
 pub use retrieval::{retrieval_metrics, Retrieval};
 pub use tokenizer::ClipTokenizer;

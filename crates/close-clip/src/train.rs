@@ -1,7 +1,8 @@
 //! Training a CLIP from scratch (Radford et al. 2021, §2.5) on image–caption pairs in a COCO
 //! Karpathy json: symmetric InfoNCE over a batch of distinct images (one random caption per
 //! image per epoch), learnable temperature clamped to `[0, ln 100]`, AdamW (weight decay on
-//! matrices only), linear warmup then cosine decay. A word-level tokenizer is trained on the
+//! matrices only), linear warmup then cosine decay. Optionally each caption also brings a
+//! hard negative (a copy with attribute words exchanged, [`crate::negatives`]). A word-level tokenizer is trained on the
 //! training captions when none is given. The output dir is an HF-layout CLIP
 //! (`config.json`, `model.safetensors`, `tokenizer.json`, `tokenizer_config.json`,
 //! `preprocessor_config.json`) plus `clip_train.json` (this config) and
@@ -28,6 +29,7 @@ use crate::bundle::{save_model, PREPROCESSOR_FILE, TOKENIZER_FILE};
 use crate::config::ClipConfig;
 use crate::gap::{gap_stats, GapStats};
 use crate::model::ClipModel;
+use crate::negatives::NegativeMaker;
 use crate::preprocess::{load_image, ImageProcessor, ImageProcessorConfig};
 use crate::retrieval::{retrieval_metrics, Retrieval};
 use crate::tokenizer::{hf_tokenizer_config, train_word_level, ClipTokenizer};
@@ -58,6 +60,17 @@ pub struct TrainConfig {
     /// number of steps (and so the cosine schedule) is shrunk to fit, and re-fitted every 50
     /// steps from the measured pace (never beyond `epochs`). `None`: run all epochs.
     pub max_train_seconds: Option<f64>,
+    /// Groups of mutually exclusive words (colours, shapes, `left`/`right`; never synonyms)
+    /// for hard negatives ([`crate::negatives`]): each training caption also gets a copy with
+    /// two words of a group swapped or one replaced, ranked against the true caption by the
+    /// image→text loss. Costs about one more text-tower pass per step. Empty: off.
+    ///
+    /// Measured on the shapes world (15 epochs): held-out colour binding (a two-object
+    /// caption against its colour-swapped copy) rose from 68% to 89% and R@1 from 0.70 to
+    /// 0.71, but the modality gap widened (cos(image, own caption) 0.37 → 0.32) and the
+    /// text-only CLOSE models transferred worse (s-cap 0.97× → 0.79× of the upper bound), so
+    /// the demo does not use it.
+    pub hard_negative_groups: Vec<Vec<String>>,
 }
 
 impl Default for TrainConfig {
@@ -80,6 +93,7 @@ impl Default for TrainConfig {
             min_word_freq: 1,
             max_eval_images: 1000,
             max_train_seconds: None,
+            hard_negative_groups: Vec::new(),
         }
     }
 }
@@ -101,6 +115,7 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.warmup_frac) {
             return Err(Error::config("warmup_frac", "must be in [0, 1)"));
         }
+        NegativeMaker::new(&self.hard_negative_groups)?;
         self.model.validate()
     }
 }
@@ -137,9 +152,13 @@ pub fn lr_at(step: usize, total: usize, warmup: usize, lr: f64) -> f64 {
 
 /// Symmetric InfoNCE over a square logit matrix whose diagonal holds the positives:
 /// `(CE(logits, diag) + CE(logitsᵀ, diag)) / 2`.
+///
+/// `logits` may have extra columns after the first `n`: texts that are negatives only (hard
+/// negatives). They enter the image→text term; the text→image term uses the paired `n × n`
+/// block.
 pub fn clip_loss(logits: &Tensor) -> Result<Tensor> {
     let (n, m) = logits.dims2()?;
-    if n != m {
+    if m < n {
         return Err(Error::Shape {
             what: "logits".into(),
             expected: vec![n, n],
@@ -147,8 +166,17 @@ pub fn clip_loss(logits: &Tensor) -> Result<Tensor> {
         });
     }
     let eye = Tensor::eye(n, logits.dtype(), logits.device())?;
-    let a = (close_core::ops::log_softmax_last_dim(logits)? * &eye)?.sum_all()?;
-    let b = (close_core::ops::log_softmax_last_dim(&logits.t()?)? * &eye)?.sum_all()?;
+    let eye_wide = if m > n {
+        Tensor::cat(
+            &[&eye, &Tensor::zeros((n, m - n), logits.dtype(), logits.device())?],
+            1,
+        )?
+    } else {
+        eye.clone()
+    };
+    let paired = logits.narrow(1, 0, n)?;
+    let a = (close_core::ops::log_softmax_last_dim(logits)? * &eye_wide)?.sum_all()?;
+    let b = (close_core::ops::log_softmax_last_dim(&paired.t()?)? * &eye)?.sum_all()?;
     Ok(((a + b)? / (-2.0 * n as f64))?)
 }
 
@@ -253,12 +281,17 @@ pub fn train_clip(
         mcfg.text_config.max_position_embeddings,
         mcfg.text_config.eos_token_id,
     )?;
-    // Tokenize every caption once; drop empty ones.
-    let ids: Vec<Vec<Vec<u32>>> = train
+    // Tokenize every caption once (kept with its text, for hard negatives); drop empty ones.
+    let ids: Vec<Vec<(Vec<u32>, &str)>> = train
         .captions
         .iter()
-        .map(|caps| caps.iter().filter_map(|c| ctok.encode(c).ok()).collect())
+        .map(|caps| {
+            caps.iter()
+                .filter_map(|c| ctok.encode(c).ok().map(|t| (t, c.as_str())))
+                .collect()
+        })
         .collect();
+    let negatives = NegativeMaker::new(&cfg.hard_negative_groups)?;
 
     let varmap = VarMap::new();
     let model = ClipModel::new(VarBuilder::from_varmap(&varmap, DType::F32, device), &mcfg)?;
@@ -320,10 +353,28 @@ pub fn train_clip(
                 break 'epochs;
             }
             let mut px = Vec::with_capacity(bs * c * s * s);
-            let mut rows = Vec::with_capacity(bs);
+            let mut rows = Vec::with_capacity(2 * bs);
+            let mut texts = Vec::with_capacity(bs);
             for &i in chunk {
                 px.extend_from_slice(&train.pixels[i]);
-                rows.push(ids[i][rng.random_range(0..ids[i].len())].clone());
+                let (t, text) = &ids[i][rng.random_range(0..ids[i].len())];
+                rows.push(t.clone());
+                texts.push(*text);
+            }
+            if !negatives.is_empty() {
+                for text in texts {
+                    // A caption without exchangeable words gets a random caption instead.
+                    let neg = negatives
+                        .negative(text, &mut rng)
+                        .and_then(|t| ctok.encode(&t).ok());
+                    rows.push(match neg {
+                        Some(t) => t,
+                        None => {
+                            let j = order[rng.random_range(0..order.len())];
+                            ids[j][rng.random_range(0..ids[j].len())].0.clone()
+                        }
+                    });
+                }
             }
             let px = Tensor::from_vec(px, (bs, c, s, s), device)?;
             let tid = ctok.pad(&rows, device)?;
@@ -444,7 +495,7 @@ pub fn train_clip(
         steps: step,
         epochs: cfg.epochs,
         train_images: n,
-        train_captions: ids.iter().map(|v| v.len()).sum(),
+        train_captions: ids.iter().map(Vec::len).sum(),
         final_loss: ema.unwrap_or(last_loss),
         logit_scale: model.logit_scale()? as f64,
         train_seconds,
@@ -572,6 +623,23 @@ mod tests {
             |row: [f64; 2], k: usize| -> f64 { -(row[k] - (row[0].exp() + row[1].exp()).ln()) };
         let want = (ce([2., 0.], 0) + ce([1., 3.], 1) + ce([2., 1.], 0) + ce([0., 3.], 1)) / 4.0;
         assert!((got - want).abs() < 1e-5, "{got} {want}");
+        Ok(())
+    }
+
+    #[test]
+    fn hard_negative_columns_enter_only_the_image_to_text_term() -> Result<()> {
+        // 2 images, 2 paired texts, 1 extra negative text (column 2)
+        let l = Tensor::new(&[[2f32, 0.0, 1.5], [1.0, 3.0, -1.0]], &Device::Cpu)?;
+        let got = clip_loss(&l)?.to_scalar::<f32>()? as f64;
+        let ce = |row: &[f64], k: usize| -> f64 {
+            -(row[k] - row.iter().map(|x| x.exp()).sum::<f64>().ln())
+        };
+        let want = (ce(&[2., 0., 1.5], 0) + ce(&[1., 3., -1.], 1) + ce(&[2., 1.], 0)
+            + ce(&[0., 3.], 1))
+            / 4.0;
+        assert!((got - want).abs() < 1e-5, "{got} {want}");
+        let narrow = Tensor::new(&[[2f32], [1.0]], &Device::Cpu)?;
+        assert!(clip_loss(&narrow).is_err());
         Ok(())
     }
 }

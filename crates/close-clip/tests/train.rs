@@ -86,16 +86,7 @@ fn short_training_run_learns_and_saves_a_loadable_hf_dir() {
         ..Default::default()
     };
     let out = tmp.path().join("clip");
-    let report = train_clip(
-        &data,
-        tmp.path(),
-        &out,
-        &cfg,
-        None,
-        &Device::Cpu,
-        &NoProgress,
-    )
-    .unwrap();
+    let report = train_clip(&data, tmp.path(), &out, &cfg, None, &Device::Cpu, &NoProgress).unwrap();
     let r = report.retrieval.unwrap();
     eprintln!("{report:?}");
     assert_eq!(r.n_images, 24);
@@ -128,4 +119,51 @@ fn short_training_run_learns_and_saves_a_loadable_hf_dir() {
     ] {
         assert!(out.join(f).exists(), "{f}");
     }
+}
+
+#[test]
+fn training_with_hard_negatives_learns_the_side_and_saves_its_groups() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_path = common::synthetic_world(tmp.path(), 192, 7);
+    let data = Karpathy::load(&data_path).unwrap();
+    let mut model = ClipConfig::tiny();
+    model.text_config.max_position_embeddings = 12;
+    let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let colors: Vec<&str> = common::COLORS.iter().map(|(c, _)| *c).collect();
+    let cfg = TrainConfig {
+        model,
+        epochs: 60,
+        batch_size: 36,
+        lr: 2e-3,
+        hard_negative_groups: vec![words(&["left", "right"]), words(&colors)],
+        ..Default::default()
+    };
+    let out = tmp.path().join("clip");
+    let report = train_clip(&data, tmp.path(), &out, &cfg, None, &Device::Cpu, &NoProgress).unwrap();
+    assert!(
+        report.final_loss < (36f64).ln() * 0.8,
+        "loss {} did not drop",
+        report.final_loss
+    );
+    let saved: TrainConfig = close_core::io::read_json(out.join("clip_train.json")).unwrap();
+    assert_eq!(saved.hard_negative_groups, cfg.hard_negative_groups);
+    // Held out: an image's caption scores above the same caption with the other side.
+    let clip = Clip::load(&out, &Device::Cpu).unwrap();
+    let (mut right, mut total) = (0, 0);
+    for im in data.split("test") {
+        let cap = im.captions().next().unwrap().to_string();
+        let swapped = if cap.contains("left") {
+            cap.replace("left", "right")
+        } else {
+            cap.replace("right", "left")
+        };
+        let s = clip
+            .score(tmp.path().join(im.rel_path()), &[cap, swapped])
+            .unwrap();
+        right += usize::from(s[0] > s[1]);
+        total += 1;
+    }
+    assert_eq!(total, 48);
+    // chance is 24 of 48
+    assert!(right >= 40, "{right} of {total} held-out images preferred their own side");
 }

@@ -615,6 +615,22 @@ fn world_validates_against_loaders_and_scenes() {
     let (style, _) = load_text_corpus(p.style_train(), &strict).unwrap();
     assert_eq!(style.len(), summary.splits["train"].images * 5);
     assert!(summary.ve_hypothesis_only_accuracy.is_some());
+
+    // Hard-negative word groups: exclusive words (no synonyms together), of the captions.
+    let groups: Vec<Vec<String>> =
+        serde_json::from_slice(&std::fs::read(p.hard_negatives()).unwrap()).unwrap();
+    assert!(groups.contains(&SHAPES.iter().map(|s| s.0.to_string()).collect()));
+    assert!(groups.contains(&COLORS.iter().map(|s| s.to_string()).collect()));
+    let used: std::collections::HashSet<String> = std::fs::read_to_string(p.karpathy())
+        .unwrap()
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .map(str::to_string)
+        .collect();
+    for g in &groups {
+        assert!(g.len() >= 2, "{g:?}");
+        assert!(!(g.contains(&"large".into()) && g.contains(&"big".into())), "{g:?}");
+        assert!(g.iter().any(|w| used.contains(w)), "no word of {g:?} in a caption");
+    }
 }
 
 #[test]

@@ -57,6 +57,11 @@ pub struct TrainArgs {
     /// Stop the optimisation after this many seconds (the cosine schedule is fitted to it).
     #[arg(long)]
     pub max_seconds: Option<f64>,
+    /// Hard negatives: a json list of word groups, each of mutually exclusive words (e.g.
+    /// `[["red","blue","green"],["left","right"]]`); every training caption also gets a copy
+    /// with two words of a group swapped or one replaced, as an extra negative.
+    #[arg(long, value_name = "JSON")]
+    pub hard_negatives: Option<PathBuf>,
     #[arg(long, default_value = "train")]
     pub train_split: String,
     /// Held-out split for retrieval.
@@ -103,8 +108,14 @@ impl TrainArgs {
                 model.vision_config.patch_size
             );
         }
+        let hard_negative_groups = match &self.hard_negatives {
+            Some(p) => close_core::io::read_json(p)
+                .with_context(|| format!("--hard-negatives {}", p.display()))?,
+            None => Vec::new(),
+        };
         Ok(TrainConfig {
             model,
+            hard_negative_groups,
             epochs: self.epochs,
             batch_size: self.batch_size,
             lr: self.lr,
@@ -161,5 +172,45 @@ pub fn run(cmd: ClipCommand, ctx: &Ctx) -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: TrainArgs,
+    }
+
+    fn args(groups: &std::path::Path) -> TrainArgs {
+        let g = groups.to_str().unwrap();
+        let argv = ["close", "--data", "d.json", "--images", "i", "--out", "o"];
+        Cli::try_parse_from(argv.into_iter().chain(["--hard-negatives", g]))
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn hard_negative_groups_come_from_the_json_file_and_errors_name_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("groups.json");
+        std::fs::write(&good, r#"[["red","blue"],["left","right"]]"#).unwrap();
+        let cfg = args(&good).config().unwrap();
+        assert_eq!(cfg.hard_negative_groups[1], vec!["left", "right"]);
+        assert!(cfg.validate().is_ok());
+
+        let malformed = dir.path().join("bad.json");
+        std::fs::write(&malformed, r#"{"red": 1}"#).unwrap();
+        let e = format!("{:#}", args(&malformed).config().unwrap_err());
+        assert!(e.contains("--hard-negatives") && e.contains("bad.json"), "{e}");
+
+        let lonely = dir.path().join("lonely.json");
+        std::fs::write(&lonely, r#"[["red"]]"#).unwrap();
+        let e = args(&lonely).config().unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("hard_negative_groups"), "{e}");
     }
 }

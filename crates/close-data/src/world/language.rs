@@ -12,6 +12,25 @@ pub const NUMBER_WORDS: [&str; 10] = [
     "no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
 ];
 
+/// Groups of mutually exclusive caption words (shapes, colours, sizes, counts, sides) for
+/// hard-negative CLIP training: exchanging two words of a group, or one for another, makes
+/// a caption false for its image (`large` and `big` are synonyms, so they share no group).
+pub fn hard_negative_groups() -> Vec<Vec<String>> {
+    use super::scene::{Color, Shape};
+    let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    vec![
+        Shape::ALL.iter().map(|s| s.word().to_string()).collect(),
+        Shape::ALL.iter().map(|s| s.plural().to_string()).collect(),
+        Color::ALL.iter().map(|c| c.word().to_string()).collect(),
+        words(&["small", "large"]),
+        words(&["small", "big"]),
+        words(&NUMBER_WORDS[1..4]),
+        words(&["left", "right"]),
+        words(&["top", "bottom"]),
+        words(&["above", "below"]),
+    ]
+}
+
 /// `a` or `an` for the following word.
 pub fn article(next: &str) -> &'static str {
     match next.chars().next() {

@@ -17,6 +17,7 @@
 //!   snli_ve_{split}.jsonl                        SNLI-VE pairs (Flickr30K_ID = image id)
 //!   style_train.txt                              first-person captions of train images, text only
 //!   style_captions_{val,test}.json               first-person references (COCO format)
+//!   hard_negatives.json                          exclusive word groups (`close clip train --hard-negatives`)
 //! ```
 //! Use [`WorldPaths`] (and the `*_FILE` constants / `*_file` functions) rather than
 //! spelling names. Same config (seed included) → byte-identical files.
@@ -59,6 +60,8 @@ pub const SCENES_FILE: &str = "scenes.json";
 pub const SUMMARY_FILE: &str = "world.json";
 /// Style corpus (train images, text only, one caption per line).
 pub const STYLE_TRAIN_FILE: &str = "style_train.txt";
+/// Groups of mutually exclusive caption words, for `close clip train --hard-negatives`.
+pub const HARD_NEGATIVES_FILE: &str = "hard_negatives.json";
 /// Image folder (holds one folder per split).
 pub const IMAGES_DIR: &str = "images";
 
@@ -133,6 +136,9 @@ impl WorldPaths {
     }
     pub fn style_refs(&self, split: &str) -> PathBuf {
         self.root.join(style_refs_file(split))
+    }
+    pub fn hard_negatives(&self) -> PathBuf {
+        self.root.join(HARD_NEGATIVES_FILE)
     }
 }
 
@@ -645,6 +651,7 @@ fn write_world(
         splits.insert(split.to_string(), s);
     }
     crate::text::save_text_corpus(paths.style_train(), &style_train)?;
+    write_json_atomic(paths.hard_negatives(), &language::hard_negative_groups())?;
 
     // shortcut baselines
     let ve = |split: &str| -> Vec<(String, String)> {
