@@ -28,7 +28,7 @@ pub struct NegativeMaker {
 
 /// Characters kept aside when a word is matched (`circle.` matches `circle`).
 fn split_punct(token: &str) -> (&str, &str) {
-    let core = token.trim_end_matches(|c: char| matches!(c, '.' | ',' | ':' | ';' | '!' | '?'));
+    let core = token.trim_end_matches(['.', ',', ':', ';', '!', '?']);
     (core, &token[core.len()..])
 }
 

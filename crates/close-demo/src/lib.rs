@@ -10,6 +10,7 @@ pub use close_clip::gap;
 pub mod results;
 
 pub mod pipeline;
+pub mod probes;
 pub mod report;
 
 pub use pipeline::{run_demo, DemoConfig, DemoOutput};

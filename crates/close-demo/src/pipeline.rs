@@ -21,6 +21,7 @@ use close_model::task::{caption_pairs, DataPaths, Task, TaskData, TrainOn};
 use close_t5::config::T5Config;
 
 use crate::gap::{gap_stats, pca_2d};
+use crate::probes::{run_probes, ProbeResult};
 use crate::results::{ClipInfo, DemoResults, RunResult, SplitCounts, TextPriors, WorldInfo};
 
 /// Everything the demo does, resolved (saved as `demo_config.json` in the output dir).
@@ -325,6 +326,8 @@ pub struct DemoOutput {
     pub failures: Vec<String>,
     /// What the task texts alone score on test (the world's bias probes).
     pub priors: TextPriors,
+    /// Zero-shot probes of the CLIP on the val and test images (also `clip/probes.json`).
+    pub probes: Vec<ProbeResult>,
 }
 
 fn split_counts(k: &Karpathy) -> SplitCounts {
@@ -337,6 +340,8 @@ fn split_counts(k: &Karpathy) -> SplitCounts {
 
 /// What the demo's CLIP stage was asked for (world and CLIP config), beside the model.
 const CLIP_STAGE_FILE: &str = "demo_stage.json";
+/// The CLIP's zero-shot probe results, beside the model.
+const PROBES_FILE: &str = "probes.json";
 
 /// The report of a CLIP already trained into `clip_dir` by this demo with the same world and
 /// CLIP config, if any.
@@ -469,6 +474,18 @@ pub fn run_demo(
             ("caption".into(), pca[1].clone()),
         ],
     )?;
+
+    // Zero-shot probes: what the held-out image vectors hold in a form captions match.
+    let scenes = world::ScenesFile::load(wp.scenes())?;
+    let held: Vec<&world::Scene> = scenes
+        .images
+        .iter()
+        .map(|r| &r.scene)
+        .filter(|s| s.split != "train")
+        .collect();
+    let image_vec = |id: u64| icache.get(&id.to_string()).map(<[f32]>::to_vec);
+    let probes = run_probes(&clip, &held, &image_vec)?;
+    io::write_json_atomic(clip_dir.join(PROBES_FILE), &probes)?;
     sw.lap("gap");
 
     // 5. Adapter statistics from the training split.
@@ -644,6 +661,7 @@ pub fn run_demo(
         times: sw.times,
         failures,
         priors,
+        probes,
     })
 }
 

@@ -144,7 +144,7 @@ pub fn write_outputs(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let mut md = report_markdown(&output.results, &setup, &output.priors);
+    let mut md = report_markdown(&output.results, &setup, &output.priors, &output.probes);
     if !output.failures.is_empty() {
         let _ = writeln!(md, "## Failed runs\n");
         for f in &output.failures {

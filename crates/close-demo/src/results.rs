@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::gap::GapStats;
+use crate::probes::ProbeResult;
 
 /// Images per split of the generated world.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -164,7 +165,12 @@ fn vqa_types_table(s: &mut String, runs: &[&RunResult], priors: &TextPriors) {
 
 /// The markdown report: setup, CLIP and gap, one table per task with ratios to the
 /// image-trained upper bound, and the text-only priors as a floor.
-pub fn report_markdown(res: &DemoResults, setup: &str, priors: &TextPriors) -> String {
+pub fn report_markdown(
+    res: &DemoResults,
+    setup: &str,
+    priors: &TextPriors,
+    probes: &[ProbeResult],
+) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# CLOSE on the shapes world\n");
     let _ = writeln!(s, "{setup}\n");
@@ -189,6 +195,23 @@ pub fn report_markdown(res: &DemoResults, setup: &str, priors: &TextPriors) -> S
         c.gap.centroid_distance
     );
     let _ = writeln!(s, "![modality gap](gap_pca.png)\n");
+    if !probes.is_empty() {
+        let _ = writeln!(s, "### What the image vectors hold (zero-shot probes, val and test images)\n");
+        let _ = writeln!(s, "Each probe ranks captions of an image that differ in one respect only; right = the true caption is the image vector's nearest. A CLOSE model can read from an image vector only what it holds, and learns from text only what text and image vectors agree on.\n");
+        let _ = writeln!(s, "| probe | images | right | chance |");
+        let _ = writeln!(s, "|---|---|---|---|");
+        for p in probes {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.0}% | {:.0}% |",
+                p.kind,
+                p.images,
+                p.accuracy * 100.0,
+                p.chance * 100.0
+            );
+        }
+        let _ = writeln!(s);
+    }
     let mut tasks: Vec<&str> = Vec::new();
     for r in &res.runs {
         if !tasks.contains(&r.task.as_str()) {
@@ -299,7 +322,14 @@ mod tests {
         assert!(v["clip"]["gap"]["centroid_distance"].is_number());
         assert_eq!(v["runs"][1]["metrics"]["CIDEr"], 0.9);
         assert!(v["runs"][0].get("label").is_none());
-        let md = report_markdown(&res, "setup", &TextPriors::default());
+        let probes = [ProbeResult {
+            kind: "shape of a lone small object".into(),
+            images: 90,
+            accuracy: 0.44,
+            chance: 1.0 / 6.0,
+        }];
+        let md = report_markdown(&res, "setup", &TextPriors::default(), &probes);
+        assert!(md.contains("| shape of a lone small object | 90 | 44% | 17% |"), "{md}");
         assert!(md.contains("| 0.90 |"), "{md}");
     }
 
@@ -343,7 +373,8 @@ mod tests {
                 .into_iter()
                 .collect(),
         };
-        let md = report_markdown(&res, "setup", &priors);
+        let md = report_markdown(&res, "setup", &priors, &[]);
+        assert!(!md.contains("zero-shot probes"), "{md}");
         // The prior row with its ratio to the upper bound (40 / 50).
         assert!(
             md.contains("| question only (answer prior, no image) | – | – | – | 40.0 | 0.80 |"),

@@ -25,6 +25,7 @@
 pub mod bias;
 pub mod entail;
 pub mod language;
+pub mod probe;
 pub mod questions;
 pub mod render;
 pub mod scene;
