@@ -167,3 +167,32 @@ fn training_with_hard_negatives_learns_the_side_and_saves_its_groups() {
     // chance is 24 of 48
     assert!(right >= 40, "{right} of {total} held-out images preferred their own side");
 }
+
+#[test]
+fn vision_position_init_std_sets_the_initial_position_embeddings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = Karpathy::load(common::synthetic_world(tmp.path(), 48, 3)).unwrap();
+    let std_of = |init: Option<f64>| -> f64 {
+        let cfg = TrainConfig {
+            model: ClipConfig::tiny(),
+            epochs: 1,
+            batch_size: 12,
+            lr: 1e-9, // the weights stay at their initial values
+            vision_position_init_std: init,
+            ..Default::default()
+        };
+        let out = tmp.path().join(format!("clip-{init:?}"));
+        train_clip(&data, tmp.path(), &out, &cfg, None, &Device::Cpu, &NoProgress).unwrap();
+        let w = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu)
+            .unwrap()
+            .remove("vision_model.embeddings.position_embedding.weight")
+            .unwrap();
+        let v: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+        let m = v.iter().sum::<f32>() / v.len() as f32;
+        (v.iter().map(|x| (x - m) * (x - m)).sum::<f32>() / v.len() as f32).sqrt() as f64
+    };
+    let hf = std_of(None);
+    let wide = std_of(Some(0.5));
+    assert!((0.01..0.03).contains(&hf), "HF init std {hf}");
+    assert!((0.4..0.6).contains(&wide), "std {wide}");
+}
