@@ -132,7 +132,7 @@ fn training_with_hard_negatives_learns_the_side_and_saves_its_groups() {
     let colors: Vec<&str> = common::COLORS.iter().map(|(c, _)| *c).collect();
     let cfg = TrainConfig {
         model,
-        epochs: 60,
+        epochs: 150,
         batch_size: 36,
         lr: 2e-3,
         hard_negative_groups: vec![words(&["left", "right"]), words(&colors)],
