@@ -13,13 +13,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::{Init, VarBuilder, VarMap};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use close_core::init::{init_tensor, name_seed, SeededInit};
 use close_core::optim::{AdamW, AdamWConfig};
 use close_core::progress::Progress;
 use close_core::{Error, Result};
@@ -306,7 +307,13 @@ pub fn train_clip(
     let negatives = NegativeMaker::new(&cfg.hard_negative_groups)?;
 
     let varmap = VarMap::new();
-    let model = ClipModel::new(VarBuilder::from_varmap(&varmap, DType::F32, device), &mcfg)?;
+    // Initial weights from (seed, variable name): candle's CPU generator cannot be seeded.
+    let vb = VarBuilder::from_backend(
+        Box::new(SeededInit::new(varmap.clone(), cfg.seed)),
+        DType::F32,
+        device.clone(),
+    );
+    let model = ClipModel::new(vb, &mcfg)?;
     if let Some(std) = cfg.vision_position_init_std {
         let key = "vision_model.embeddings.position_embedding.weight";
         let data = varmap
@@ -316,7 +323,13 @@ pub fn train_clip(
         let v = data
             .get(key)
             .ok_or_else(|| Error::invalid(format!("no `{key}` to initialise")))?;
-        v.set(&(v.as_tensor().randn_like(0.0, 1.0)? * std)?)?;
+        let t = v.as_tensor();
+        let init = Init::Randn {
+            mean: 0.0,
+            stdev: std,
+        };
+        let seed = name_seed(cfg.seed, "vision_position_init_std");
+        v.set(&init_tensor(init, t.shape(), seed, t.dtype(), t.device())?)?;
     }
     let (decay, no_decay): (Vec<(String, Var)>, Vec<(String, Var)>) = {
         let data = varmap

@@ -196,3 +196,32 @@ fn vision_position_init_std_sets_the_initial_position_embeddings() {
     assert!((0.01..0.03).contains(&hf), "HF init std {hf}");
     assert!((0.4..0.6).contains(&wide), "std {wide}");
 }
+
+#[test]
+fn the_same_seed_trains_the_same_clip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = Karpathy::load(common::synthetic_world(tmp.path(), 48, 5)).unwrap();
+    let train = |seed: u64, dir: &str| {
+        let cfg = TrainConfig {
+            model: ClipConfig::tiny(),
+            epochs: 3,
+            batch_size: 12,
+            lr: 2e-3,
+            seed,
+            ..Default::default()
+        };
+        let out = tmp.path().join(dir);
+        train_clip(&data, tmp.path(), &out, &cfg, None, &Device::Cpu, &NoProgress).unwrap();
+        let mut t: Vec<(String, Vec<f32>)> =
+            candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu)
+                .unwrap()
+                .into_iter()
+                .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1().unwrap()))
+                .collect();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    };
+    let (a, b, c) = (train(1, "a"), train(1, "b"), train(2, "c"));
+    assert_eq!(a, b, "same seed, different weights");
+    assert_ne!(a, c);
+}

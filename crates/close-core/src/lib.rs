@@ -10,6 +10,7 @@
 pub mod alloc;
 pub mod error;
 pub mod fused;
+pub mod init;
 pub mod io;
 pub mod ops;
 pub mod optim;

@@ -14,15 +14,13 @@
 //! are handled by running the encoder once and repeating its rows (`target_mapping`).
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::path::Path;
 
-use candle_core::{DType, Device, Shape, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{Init, VarBuilder, VarMap};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use close_core::init::SeededInit;
 use close_core::{Error, Result};
 use close_t5::{GenerateConfig, Hypothesis, T5Config, T5};
 
@@ -66,97 +64,6 @@ pub struct TextInput {
     pub mask: Tensor,
 }
 
-/// A deterministic parameter initialiser: every variable is drawn from a ChaCha stream
-/// seeded by (seed, name), so the same seed gives the same initial model whatever the
-/// construction order (candle's CPU RNG cannot be seeded).
-struct SeededInit {
-    varmap: VarMap,
-    seed: u64,
-}
-
-fn name_seed(seed: u64, name: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    name.hash(&mut h);
-    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ h.finish()
-}
-
-fn init_tensor(
-    init: Init,
-    shape: &Shape,
-    seed: u64,
-    dtype: DType,
-    dev: &Device,
-) -> candle_core::Result<Tensor> {
-    let n = shape.elem_count();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let data: Vec<f32> = match init {
-        Init::Const(c) => vec![c as f32; n],
-        Init::Randn { mean, stdev } => (0..n)
-            .map(|_| (mean + stdev * rng.sample::<f64, _>(rand_distr::StandardNormal)) as f32)
-            .collect(),
-        Init::Uniform { lo, up } => (0..n).map(|_| rng.random_range(lo..up) as f32).collect(),
-        Init::Kaiming {
-            dist,
-            fan,
-            non_linearity,
-        } => {
-            let std = non_linearity.gain() / (fan.for_shape(shape) as f64).sqrt();
-            match dist {
-                candle_nn::init::NormalOrUniform::Uniform => {
-                    let b = 3f64.sqrt() * std;
-                    (0..n).map(|_| rng.random_range(-b..b) as f32).collect()
-                }
-                candle_nn::init::NormalOrUniform::Normal => (0..n)
-                    .map(|_| (std * rng.sample::<f64, _>(rand_distr::StandardNormal)) as f32)
-                    .collect(),
-            }
-        }
-    };
-    Tensor::from_vec(data, shape.clone(), dev)?.to_dtype(dtype)
-}
-
-impl candle_nn::var_builder::SimpleBackend for SeededInit {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        h: Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let mut data = self
-            .varmap
-            .data()
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("varmap lock poisoned".into()))?;
-        if let Some(v) = data.get(name) {
-            if v.shape() != &s {
-                candle_core::bail!("shape mismatch for {name}: {:?} vs {:?}", v.shape(), s);
-            }
-            return Ok(v.as_tensor().clone());
-        }
-        let t = init_tensor(h, &s, name_seed(self.seed, name), dtype, dev)?;
-        let var = Var::from_tensor(&t)?;
-        let out = var.as_tensor().clone();
-        data.insert(name.to_string(), var);
-        Ok(out)
-    }
-    fn get_unchecked(
-        &self,
-        name: &str,
-        _dtype: DType,
-        _dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        candle_core::bail!("no tensor `{name}` before initialisation")
-    }
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.varmap
-            .data()
-            .lock()
-            .map(|d| d.contains_key(name))
-            .unwrap_or(false)
-    }
-}
 
 /// The CLOSE model: prefix mapping + T5 (CLIP is not part of it).
 pub struct CloseModel {
@@ -178,10 +85,7 @@ impl CloseModel {
     pub fn new(cfg: ModelConfig, seed: u64, device: &Device) -> Result<Self> {
         cfg.validate()?;
         let varmap = VarMap::new();
-        let backend = SeededInit {
-            varmap: varmap.clone(),
-            seed,
-        };
+        let backend = SeededInit::new(varmap.clone(), seed);
         let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
         Self::build(cfg, vb, varmap)
     }
