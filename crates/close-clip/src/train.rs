@@ -2,8 +2,9 @@
 //! Karpathy json: symmetric InfoNCE over a batch of distinct images (one random caption per
 //! image per epoch), learnable temperature clamped to `[0, ln 100]`, AdamW (weight decay on
 //! matrices only), linear warmup then cosine decay. Optionally each caption also brings a
-//! hard negative (a copy with attribute words exchanged, [`crate::negatives`]). A word-level tokenizer is trained on the
-//! training captions when none is given. The output dir is an HF-layout CLIP
+//! hard negative (a copy with attribute words exchanged, [`crate::negatives`]). A word-level
+//! tokenizer is trained on the training captions when none is given. The output dir is an
+//! HF-layout CLIP
 //! (`config.json`, `model.safetensors`, `tokenizer.json`, `tokenizer_config.json`,
 //! `preprocessor_config.json`) plus `clip_train.json` (this config) and
 //! `clip_train_report.json`.

@@ -71,15 +71,20 @@ fn fused_inference_equals_differentiable_training_forward() {
     assert!(d < 1e-4, "{d}");
 }
 
+/// The tiny CLIP with a 12-token text context (the synthetic captions are short).
+fn tiny_short_text() -> ClipConfig {
+    let mut model = ClipConfig::tiny();
+    model.text_config.max_position_embeddings = 12;
+    model
+}
+
 #[test]
 fn short_training_run_learns_and_saves_a_loadable_hf_dir() {
     let tmp = tempfile::tempdir().unwrap();
     let data_path = common::synthetic_world(tmp.path(), 96, 7);
     let data = Karpathy::load(&data_path).unwrap();
-    let mut model = ClipConfig::tiny();
-    model.text_config.max_position_embeddings = 12;
     let cfg = TrainConfig {
-        model,
+        model: tiny_short_text(),
         epochs: 25,
         batch_size: 24,
         lr: 2e-3,
@@ -126,12 +131,10 @@ fn training_with_hard_negatives_learns_the_side_and_saves_its_groups() {
     let tmp = tempfile::tempdir().unwrap();
     let data_path = common::synthetic_world(tmp.path(), 192, 7);
     let data = Karpathy::load(&data_path).unwrap();
-    let mut model = ClipConfig::tiny();
-    model.text_config.max_position_embeddings = 12;
     let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let colors: Vec<&str> = common::COLORS.iter().map(|(c, _)| *c).collect();
     let cfg = TrainConfig {
-        model,
+        model: tiny_short_text(),
         epochs: 150,
         batch_size: 36,
         lr: 2e-3,

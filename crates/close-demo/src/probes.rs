@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use close_clip::Clip;
+use close_core::simd::dot;
 use close_core::Result;
 use close_data::world::probe::{probes, Probe, PROBE_KINDS};
 use close_data::world::Scene;
@@ -30,7 +31,6 @@ pub fn score_probes(
     image: &dyn Fn(u64) -> Option<Vec<f32>>,
     text: &HashMap<String, Vec<f32>>,
 ) -> Vec<ProbeResult> {
-    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
     // kind → (right, total, sum of 1/candidates)
     let mut acc: HashMap<&str, (usize, usize, f64)> = HashMap::new();
     for p in probes {

@@ -27,18 +27,11 @@ pub struct Probe {
     pub answer: usize,
 }
 
-fn size_word(s: Size) -> &'static str {
-    match s {
-        Size::Small => "small",
-        Size::Large => "large",
-    }
-}
-
 /// `a small red star` with the given colour and shape.
 fn phrase(o: &Object, color: Color, shape: Shape) -> String {
     indefinite(&format!(
         "{} {} {}",
-        size_word(o.size),
+        o.size.word(),
         color.word(),
         shape.word()
     ))
@@ -145,7 +138,7 @@ mod tests {
             let ps = probes(&scene(objs));
             assert_eq!(ps.len(), 3);
             let truth = |p: &Probe| p.candidates[p.answer].clone();
-            let np = format!("{} {} {}", size_word(o.size), o.color.word(), o.shape.word());
+            let np = format!("{} {} {}", o.size.word(), o.color.word(), o.shape.word());
             assert_eq!(ps[0].candidates.len(), 8);
             assert_eq!(truth(&ps[0]), format!("a picture of {}.", indefinite(&np)));
             assert_eq!(ps[1].candidates.len(), 6);
