@@ -78,25 +78,7 @@ fn caption_a_folder_vqa_refusal_and_serve() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("use `close caption`"), "{}", String::from_utf8_lossy(&out.stderr));
 
     // `close serve` on an ephemeral port: healthz, then a graceful exit on SIGTERM.
-    let mut child = close()
-        .args(["serve", "--addr", "127.0.0.1:0", "--run"])
-        .arg(&s.run)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let start = Instant::now();
-    let url = loop {
-        let mut line = String::new();
-        if err.read_line(&mut line).unwrap() == 0 || start.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("server did not report its address");
-        }
-        if let Some(i) = line.find("http://") {
-            break line[i..].trim().to_string();
-        }
-    };
+    let (mut child, url) = spawn_server(&s.run);
     let addr = url.trim_start_matches("http://");
     let mut conn = std::net::TcpStream::connect(addr).unwrap();
     use std::io::{Read, Write};
@@ -104,6 +86,40 @@ fn caption_a_folder_vqa_refusal_and_serve() {
     let mut resp = String::new();
     conn.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 200") && resp.contains("\"status\":\"ok\""), "{resp}");
+    terminate_gracefully(&mut child);
+    // A SIGTERM sent the moment the address is logged is a graceful stop too (the handler
+    // is installed before the port is bound; CI once caught the server killed here).
+    let (mut child, _) = spawn_server(&s.run);
+    terminate_gracefully(&mut child);
+}
+
+/// Start `close serve` on an ephemeral port; return it and the URL it logged.
+fn spawn_server(run: &std::path::Path) -> (std::process::Child, String) {
+    let mut child = close()
+        .args(["serve", "--addr", "127.0.0.1:0", "--run"])
+        .arg(run)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let start = Instant::now();
+    loop {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap() == 0 || start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("server did not report its address");
+        }
+        if let Some(i) = line.find("http://") {
+            // Keep draining stderr so the server never blocks on a full pipe.
+            std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+            return (child, line[i..].trim().to_string());
+        }
+    }
+}
+
+/// SIGTERM the server and require a clean exit within 20 s.
+fn terminate_gracefully(child: &mut std::process::Child) {
     let pid = child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let t = Instant::now();

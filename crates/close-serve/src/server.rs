@@ -624,36 +624,48 @@ impl RunningServer {
 
 /// Run the server on its own multi-threaded tokio runtime until Ctrl-C (or SIGTERM on
 /// Unix), then shut down gracefully. For programs without a runtime of their own (the CLI).
+///
+/// The signal handlers are installed before the port is bound, so a signal sent as soon as
+/// the address is logged already means "shut down gracefully" (before, a SIGTERM arriving
+/// before the shutdown future was first polled killed the process).
 pub fn serve_blocking(cfg: ServeConfig, predictors: Vec<Box<dyn Predictor>>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("close-serve-http")
         .build()
         .map_err(|e| Error::invalid(format!("cannot start the async runtime: {e}")))?;
-    rt.block_on(serve(cfg, predictors, shutdown_signal()))
+    rt.block_on(async move {
+        let signal = shutdown_signal()?;
+        serve(cfg, predictors, signal).await
+    })
 }
 
-/// Resolves on Ctrl-C, or SIGTERM on Unix.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Install handlers for Ctrl-C and (on Unix) SIGTERM now, and return a future that
+/// resolves when either arrives. Must be called inside a tokio runtime.
+pub fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static> {
+    #[cfg(unix)]
+    let fut = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let handler = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| Error::invalid(format!("cannot install the {name} handler: {e}")))
+        };
+        let mut int = handler(SignalKind::interrupt(), "SIGINT")?;
+        let mut term = handler(SignalKind::terminate(), "SIGTERM")?;
+        async move {
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let fut = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
     };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down: finishing in-flight requests");
+    Ok(async move {
+        fut.await;
+        tracing::info!("shutting down: finishing in-flight requests");
+    })
 }
