@@ -124,6 +124,12 @@ pub fn write_outputs(
             cfg.beams
         );
     }
+    if cfg.equal_targets {
+        let _ = writeln!(
+            setup,
+            "- Equal training in targets: the caps above count the image-trained run's examples; a text-only run of the same task trains on as many targets an epoch (s-cap: an image example carries its 5 captions, a text example 1, so s-cap text runs draw 5× the examples; m-cap text examples carry 4, so 1.25×)."
+        );
+    }
     if cfg.adapters {
         let _ = writeln!(
             setup,
