@@ -480,7 +480,7 @@ pub fn train_clip(
                             "time budget {budget:.0}s: {fit} of {total} steps ({:.2}s/step)",
                             elapsed / step as f64
                         );
-                        total = fit.max(step);
+                        total = fit;
                         warmup = planned_warmup
                             .min(((total as f64) * cfg.warmup_frac).ceil() as usize)
                             .max(1);

@@ -391,6 +391,9 @@ pub struct DemoOutput {
     pub priors: TextPriors,
     /// Zero-shot probes of the CLIP on the val and test images (also `clip/probes.json`).
     pub probes: Vec<ProbeResult>,
+    /// Per task, the factor on its text-only runs' examples per epoch
+    /// ([`DemoConfig::equal_targets`]; tasks at 1 are left out).
+    pub text_run_scales: BTreeMap<String, f64>,
 }
 
 fn split_counts(k: &Karpathy) -> SplitCounts {
@@ -586,6 +589,7 @@ pub fn run_demo(
     //    `cfg.jobs` worker threads (tiny models are dominated by per-op overhead, so two
     //    runs side by side use two cores better than one run with two threads).
     let mut jobs: Vec<(Plan, &TaskData, PathBuf, f64)> = Vec::new();
+    let mut text_run_scales = BTreeMap::new();
     for (task, text_data, image_data) in &datas {
         let task = *task;
         let scale = text_run_scale(cfg, task, text_data, image_data.as_ref());
@@ -594,6 +598,7 @@ pub fn run_demo(
                 "{}: text-only runs get {scale:.2}x the image run's examples per epoch (equal targets)",
                 task.name()
             );
+            text_run_scales.insert(task.name().to_string(), scale);
         }
         let tok_path = out.join("runs").join(task.name()).join("tokenizer.json");
         let tok = close_t5::tokenizer::train_tokenizer(text_data.tokenizer_corpus(), cfg.vocab)?;
@@ -736,6 +741,7 @@ pub fn run_demo(
         failures,
         priors,
         probes,
+        text_run_scales,
     })
 }
 
@@ -774,11 +780,11 @@ fn run_one(
         }
     }
     tc.epochs = cfg.epochs.get(task.name()).copied().unwrap_or(tc.epochs);
-    tc.max_examples_per_epoch = cfg.max_examples_per_epoch.get(task.name()).copied();
-    tc.targets_per_step = cfg.targets_per_step.get(task.name()).copied();
-    tc.max_examples_per_epoch = tc
+    tc.max_examples_per_epoch = cfg
         .max_examples_per_epoch
-        .map(|n| ((n as f64 * scale).round() as usize).max(1));
+        .get(task.name())
+        .map(|&n| ((n as f64 * scale).round() as usize).max(1));
+    tc.targets_per_step = cfg.targets_per_step.get(task.name()).copied();
     tc.optim.lr = cfg.lr;
     tc.max_val_examples = cfg
         .max_val_examples

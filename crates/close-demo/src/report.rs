@@ -125,9 +125,16 @@ pub fn write_outputs(
         );
     }
     if cfg.equal_targets {
+        let scales = output
+            .text_run_scales
+            .iter()
+            .map(|(t, x)| format!("{t} {x:.2}×"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let _ = writeln!(
             setup,
-            "- Equal training in targets: the caps above count the image-trained run's examples; a text-only run of the same task trains on as many targets an epoch (s-cap: an image example carries its 5 captions, a text example 1, so s-cap text runs draw 5× the examples; m-cap text examples carry 4, so 1.25×)."
+            "- Equal training in targets: the caps above count the image-trained run's examples; a text-only run of the same task trains on as many targets an epoch (an image example carries all its captions, an s-cap text example one), so text-only runs draw more examples: {}.",
+            if scales.is_empty() { "none here".to_string() } else { scales }
         );
     }
     if cfg.adapters {
