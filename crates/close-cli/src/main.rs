@@ -44,6 +44,8 @@ enum Command {
     Predict(cmd::predict::Args),
     /// Import an official CLOSE checkpoint (model.json + state-ep8.pth) into a run dir.
     Import(cmd::import::Args),
+    /// The paper's experiment (upper bound, noise sweep tuned on val, adapters) on a dataset.
+    Experiment(cmd::experiment::Args),
     /// The whole method end-to-end on the shapes world, with the paper's ablations.
     Demo(cmd::demo::Args),
     /// Caption images (files or folders) with a trained run.
@@ -78,6 +80,7 @@ fn run(command: Command, ctx: &common::Ctx) -> anyhow::Result<()> {
         Command::Embed(a) => cmd::embed::run(a, ctx),
         Command::Adapter(a) => cmd::adapter::run(a, ctx),
         Command::Train(a) => cmd::train::run(a, ctx),
+        Command::Experiment(a) => cmd::experiment::run(a, ctx),
         Command::Eval(a) => cmd::eval::run(a, ctx),
         Command::Predict(a) => cmd::predict::run(a, ctx),
         Command::Import(a) => cmd::import::run(a, ctx),

@@ -378,6 +378,7 @@ pub fn embed_images(
                 new.push((k.clone(), fp.clone(), row));
             }
         }
+        close_core::pace::step();
         progress.inc(chunk.len() as u64);
     }
     progress.finish();
@@ -439,6 +440,7 @@ pub fn embed_texts(
         for ((k, _, fp), row) in chunk.iter().zip(emb) {
             new.push((k.clone(), fp.clone(), row));
         }
+        close_core::pace::step();
         progress.inc(chunk.len() as u64);
     }
     progress.finish();

@@ -58,11 +58,10 @@ pub struct TrainConfig {
     pub min_word_freq: u64,
     /// Most held-out images used for retrieval.
     pub max_eval_images: usize,
-    /// Wall-clock budget for the optimisation loop in seconds: checked after 10 steps and
-    /// every 50 after; when the measured pace misses it by more than 10%, the total number
-    /// of steps (and so the cosine schedule) is shrunk to fit and then follows the pace
-    /// (never beyond `epochs`). Within 10% the schedule is the planned one, so runs of one
-    /// config agree. `None`: run all epochs.
+    /// Wall-clock limit for the optimisation loop in seconds. The schedule never depends
+    /// on it: when the limit is reached, training stops at that step (the learning rate
+    /// where the planned schedule had it), the model is saved and the report's
+    /// `stopped_early` says so. `None`: run all epochs.
     pub max_train_seconds: Option<f64>,
     /// Groups of mutually exclusive words (colours, shapes, `left`/`right`; never synonyms)
     /// for hard negatives ([`crate::negatives`]): each training caption also gets a copy with
@@ -154,6 +153,9 @@ pub struct TrainReport {
     /// Images that could not be used: (path, reason).
     pub skipped: Vec<(String, String)>,
     pub out_dir: PathBuf,
+    /// Why training ended before its planned steps (`max_train_seconds`), if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_early: Option<String>,
 }
 
 /// Learning rate at `step` (0-based): linear warmup to `lr`, then cosine decay to 0.
@@ -240,27 +242,6 @@ fn load_split(
         }
     }
     Ok(out)
-}
-
-/// How far past its time budget a CLIP run's pace may project before the schedule is cut.
-const BUDGET_SLACK: f64 = 0.1;
-
-/// The new total step count when `step` steps took `elapsed` of `budget` seconds, or None
-/// to keep `total`. The planned schedule (`total == planned`) is only cut when the pace
-/// projects fewer than 90% of its steps; a cut schedule follows the pace (re-fitted when it
-/// moves by more than 2%), never beyond `planned` and never below `step`.
-fn budget_refit(step: usize, elapsed: f64, budget: f64, total: usize, planned: usize) -> Option<usize> {
-    if step == 0 {
-        return None;
-    }
-    let per_step = elapsed / step as f64;
-    let fit = (step + ((budget - elapsed).max(0.0) / per_step) as usize).min(planned);
-    let refit = if total < planned {
-        (fit as f64 - total as f64).abs() > 0.02 * total as f64
-    } else {
-        (fit as f64) < (1.0 - BUDGET_SLACK) * planned as f64
-    };
-    refit.then_some(fit.max(step))
 }
 
 /// Train a CLIP from scratch on `data` (images under `image_root`) and write it to
@@ -389,10 +370,9 @@ pub fn train_clip(
     let n = train.pixels.len();
     let bs = cfg.batch_size.min(n);
     let steps_per_epoch = n / bs;
-    let planned = steps_per_epoch * cfg.epochs;
-    let planned_warmup = ((planned as f64) * cfg.warmup_frac).ceil() as usize;
-    let mut total = planned;
-    let mut warmup = planned_warmup;
+    let total = steps_per_epoch * cfg.epochs;
+    let warmup = ((total as f64) * cfg.warmup_frac).ceil() as usize;
+    let mut stopped_early = None;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let (c, s) = (
         mcfg.vision_config.num_channels,
@@ -403,7 +383,6 @@ pub fn train_clip(
     let mut ema: Option<f64> = None;
     progress.start("train clip", total as u64);
     let mut step = 0;
-    const CALIBRATE: usize = 10;
     'epochs: for _epoch in 0..cfg.epochs {
         let mut order: Vec<usize> = (0..n).filter(|&i| !ids[i].is_empty()).collect();
         order.shuffle(&mut rng);
@@ -466,27 +445,14 @@ pub fn train_clip(
             step += 1;
             progress.inc(1);
             progress.message(&format!("loss {e:.3} lr {lr:.1e}"));
-            // Fit the schedule to the time budget after a few steps, then refine it as the
-            // per-step time settles (the first steps are slower). The planned schedule is
-            // only cut when the pace misses the budget by more than BUDGET_SLACK: a cut that
-            // a few slow first steps triggered and a later re-fit undid left two runs of one
-            // config with different schedules (warmup 120 vs 126 steps, CLIP R@1 0.70 vs
-            // 0.68). Once cut, the schedule follows the pace, up to the planned total.
-            if step == CALIBRATE || (step > CALIBRATE && step % 50 == 0) {
-                if let Some(budget) = cfg.max_train_seconds {
-                    let elapsed = start.elapsed().as_secs_f64();
-                    if let Some(fit) = budget_refit(step, elapsed, budget, total, planned) {
-                        tracing::info!(
-                            "time budget {budget:.0}s: {fit} of {total} steps ({:.2}s/step)",
-                            elapsed / step as f64
-                        );
-                        total = fit;
-                        warmup = planned_warmup
-                            .min(((total as f64) * cfg.warmup_frac).ceil() as usize)
-                            .max(1);
-                        progress.start("train clip", total as u64);
-                        progress.inc(step as u64);
-                    }
+            close_core::pace::step();
+            if let Some(limit) = cfg.max_train_seconds {
+                if start.elapsed().as_secs_f64() >= limit && step < total {
+                    stopped_early = Some(format!(
+                        "stopped by the time limit of {limit:.0} s after {step} of {total} planned steps"
+                    ));
+                    tracing::warn!("CLIP training {}", stopped_early.as_deref().unwrap_or(""));
+                    break 'epochs;
                 }
             }
             if step % 50 == 0 {
@@ -569,6 +535,7 @@ pub fn train_clip(
         gap,
         skipped,
         out_dir: out_dir.to_path_buf(),
+        stopped_early,
     };
     close_core::io::write_json_atomic(out_dir.join("clip_train_report.json"), &report)?;
     Ok(report)
@@ -678,22 +645,6 @@ mod tests {
         assert!((lr_at(10, 100, 10, 1.0) - 1.0).abs() < 1e-12);
         assert!(lr_at(99, 100, 10, 1.0) < 0.001);
         assert!(lr_at(55, 100, 10, 1.0) < lr_at(30, 100, 10, 1.0));
-    }
-
-    #[test]
-    fn time_budget_cuts_the_schedule_only_when_clearly_missed() {
-        // Demo 11's case: slow first steps project 2,381 of 2,520 steps (94%): keep the plan.
-        assert_eq!(budget_refit(10, 1.26, 300.0, 2520, 2520), None);
-        // On pace, or no steps yet: keep it.
-        assert_eq!(budget_refit(500, 50.0, 300.0, 2520, 2520), None);
-        assert_eq!(budget_refit(0, 0.0, 300.0, 2520, 2520), None);
-        // Twice too slow: cut to what fits.
-        assert_eq!(budget_refit(100, 20.0, 300.0, 2520, 2520), Some(1500));
-        // Once cut, follow the pace both ways, never past the plan nor below the step.
-        assert_eq!(budget_refit(200, 20.0, 300.0, 1500, 2520), Some(2520));
-        assert_eq!(budget_refit(200, 30.0, 300.0, 1500, 2520), Some(2000));
-        assert_eq!(budget_refit(200, 30.3, 300.0, 2000, 2520), None);
-        assert_eq!(budget_refit(400, 300.0, 300.0, 1500, 2520), Some(400));
     }
 
     #[test]

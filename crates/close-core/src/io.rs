@@ -85,6 +85,62 @@ pub fn sha256_file(path: impl AsRef<Path>) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
+
+/// The marker written last into a directory being committed by [`replace_dir_atomic`].
+const COMPLETE_MARKER: &str = ".complete";
+
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "dir".into());
+    dir.with_file_name(format!("{name}.{suffix}"))
+}
+
+fn remove_dir_if_present(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(dir, e)),
+    }
+}
+
+/// Replace the directory `dir` as one unit: `fill` writes the new contents into
+/// `DIR.new/`, a marker is written last, then renames swap it in (`DIR` → `DIR.old`,
+/// `DIR.new` → `DIR`). A kill at any moment leaves either the old or the new contents,
+/// which [`recover_dir`] restores to `dir`. Used for checkpoints whose files must agree.
+pub fn replace_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    recover_dir(dir)?;
+    let new = sibling(dir, "new");
+    let old = sibling(dir, "old");
+    remove_dir_if_present(&new)?;
+    std::fs::create_dir_all(&new).map_err(|e| Error::io(&new, e))?;
+    fill(&new)?;
+    write_atomic(new.join(COMPLETE_MARKER), b"")?;
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::rename(&new, dir).map_err(|e| Error::io(&new, e))?;
+    remove_dir_if_present(&old)
+}
+
+/// Finish or undo a [`replace_dir_atomic`] that was interrupted: afterwards `dir` holds the
+/// newest complete contents (or does not exist if none was ever completed) and no
+/// `DIR.new` / `DIR.old` is left.
+pub fn recover_dir(dir: &Path) -> Result<()> {
+    let new = sibling(dir, "new");
+    let old = sibling(dir, "old");
+    if !dir.exists() {
+        if new.join(COMPLETE_MARKER).exists() {
+            std::fs::rename(&new, dir).map_err(|e| Error::io(&new, e))?;
+        } else if old.exists() {
+            std::fs::rename(&old, dir).map_err(|e| Error::io(&old, e))?;
+        }
+    }
+    remove_dir_if_present(&new)?;
+    remove_dir_if_present(&old)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +163,35 @@ mod tests {
         std::fs::write(&p, "{\n \"a\": 1,\n oops }").unwrap();
         let e = read_json::<serde_json::Value>(&p).unwrap_err().to_string();
         assert!(e.contains("bad.json:3"), "{e}");
+    }
+
+    #[test]
+    fn a_directory_is_replaced_whole_or_not_at_all() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("last");
+        let put = |d: &Path, v: &str| write_atomic(d.join("a"), v.as_bytes());
+        replace_dir_atomic(&dir, |d| put(d, "1")).unwrap();
+        replace_dir_atomic(&dir, |d| put(d, "2")).unwrap();
+        assert_eq!(std::fs::read(dir.join("a")).unwrap(), b"2");
+        // Killed while filling DIR.new: the old contents stay.
+        std::fs::create_dir_all(sibling(&dir, "new")).unwrap();
+        put(&sibling(&dir, "new"), "3").unwrap();
+        recover_dir(&dir).unwrap();
+        assert_eq!(std::fs::read(dir.join("a")).unwrap(), b"2");
+        assert!(!sibling(&dir, "new").exists());
+        // Killed between the two renames: the complete new contents win.
+        replace_dir_atomic(&dir, |d| put(d, "4")).unwrap();
+        std::fs::rename(&dir, sibling(&dir, "old")).unwrap();
+        std::fs::create_dir_all(sibling(&dir, "new")).unwrap();
+        put(&sibling(&dir, "new"), "5").unwrap();
+        write_atomic(sibling(&dir, "new").join(COMPLETE_MARKER), b"").unwrap();
+        recover_dir(&dir).unwrap();
+        assert_eq!(std::fs::read(dir.join("a")).unwrap(), b"5");
+        assert!(!sibling(&dir, "old").exists());
+        // A failed fill leaves the previous contents in place.
+        let e = replace_dir_atomic(&dir, |_| Err(Error::invalid("disk full")));
+        assert!(e.is_err());
+        recover_dir(&dir).unwrap();
+        assert_eq!(std::fs::read(dir.join("a")).unwrap(), b"5");
     }
 }

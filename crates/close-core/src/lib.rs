@@ -14,6 +14,7 @@ pub mod init;
 pub mod io;
 pub mod ops;
 pub mod optim;
+pub mod pace;
 pub mod plot;
 pub mod progress;
 pub mod simd;

@@ -11,6 +11,7 @@
 //!
 //! [`world`] generates the shapes world (images + all of the above formats) from a seed.
 
+pub mod bias;
 pub mod coco;
 pub mod load;
 pub mod news;

@@ -110,8 +110,8 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         let image = |id: u64| match id {
-            1 => Some(vec![0.9, 0.1]),  // nearest red
-            2 => Some(vec![0.2, 0.8]),  // nearest blue
+            1 => Some(vec![0.9, 0.1]), // nearest red
+            2 => Some(vec![0.2, 0.8]), // nearest blue
             _ => None,
         };
         let probes = [

@@ -24,7 +24,7 @@ use close_core::{Error, Result};
 use close_data::load::LoadOptions;
 
 /// A CLOSE task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Task {
     /// Captioning, each caption its own stand-in and target (`1to1`).

@@ -309,6 +309,7 @@ pub fn train_until(
     };
     let last = out.join(run::LAST_DIR);
     if resume {
+        io::recover_dir(&last)?;
         model.load_weights(&last.join(run::MODEL_FILE))?;
         let opt_path = last.join(run::OPTIMIZER_FILE);
         let t = candle_core::safetensors::load(&opt_path, device)
@@ -432,6 +433,7 @@ pub fn train_until(
                 )));
             }
             opt.backward_step(&loss)?;
+            close_core::pace::step();
             state.step += 1;
             loss_sum += lv;
             loss_n += 1;
@@ -505,11 +507,14 @@ pub fn train_until(
                 .unwrap_or_default()
         );
         state.history.push(rec);
-        // Last checkpoint: weights, optimizer, counters.
-        model.save(&last.join(run::MODEL_FILE))?;
+        // Last checkpoint: weights, optimizer and counters as one unit, so a kill at any
+        // moment leaves a checkpoint whose three files belong to the same epoch.
         let (ost, _) = opt.state();
-        io::save_safetensors_atomic(last.join(run::OPTIMIZER_FILE), &ost)?;
-        io::write_json_atomic(last.join(run::STATE_FILE), &state)?;
+        io::replace_dir_atomic(&last, |dir| {
+            model.save(&dir.join(run::MODEL_FILE))?;
+            io::save_safetensors_atomic(dir.join(run::OPTIMIZER_FILE), &ost)?;
+            io::write_json_atomic(dir.join(run::STATE_FILE), &state)
+        })?;
         write_loss_plot(out, &state);
     }
     let summary = RunSummary {

@@ -54,7 +54,8 @@ pub struct TrainArgs {
     pub warmup_frac: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Stop the optimisation after this many seconds (the cosine schedule is fitted to it).
+    /// Stop the optimisation after this many seconds. The schedule stays the one planned for
+    /// --epochs; the model is saved where it stopped and the report says so.
     #[arg(long)]
     pub max_seconds: Option<f64>,
     /// Hard negatives: a json list of word groups, each of mutually exclusive words (e.g.

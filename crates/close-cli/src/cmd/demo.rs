@@ -11,7 +11,7 @@ pub struct Args {
     /// Output directory (world, CLIP, caches, runs, results.json, REPORT.md, PNGs).
     #[arg(long, default_value = "demo-out")]
     out: PathBuf,
-    /// A smaller world, fewer epochs and a shorter sweep (≤ 3 minutes on 2 cores).
+    /// A smaller world, fewer epochs and a shorter sweep (≤ 2 minutes on 2 cores).
     #[arg(long)]
     quick: bool,
     /// Seed of the world, CLIP and every run.
@@ -36,9 +36,9 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let progress = ctx.progress();
     let output = close_demo::run_demo(&cfg, &args.out, &device, progress.as_ref())?;
     let machine = format!("{} CPU threads ({})", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), args.device);
-    let md = close_demo::report::write_outputs(&cfg, &output, &args.out, &machine)?;
+    close_demo::report::write_demo_outputs(&cfg, &output, &args.out, &machine)?;
     if !ctx.quiet {
-        println!("{md}");
+        println!("{}", close_experiment::report::summary_table(&output.experiment.results.runs));
         println!("Wrote {}/results.json, REPORT.md and PNGs.", args.out.display());
     }
     Ok(())

@@ -5,6 +5,7 @@ pub mod clip;
 pub mod demo;
 pub mod embed;
 pub mod eval;
+pub mod experiment;
 pub mod import;
 pub mod infer;
 pub mod predict;

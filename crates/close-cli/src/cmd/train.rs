@@ -119,7 +119,7 @@ pub fn data_paths(
     Ok(paths)
 }
 
-fn t5_init(
+pub(crate) fn t5_init(
     spec: &str,
     vocab: Option<usize>,
     base: &TrainConfig,

@@ -22,7 +22,7 @@
 //! Use [`WorldPaths`] (and the `*_FILE` constants / `*_file` functions) rather than
 //! spelling names. Same config (seed included) → byte-identical files.
 
-pub mod bias;
+pub use crate::bias;
 pub mod entail;
 pub mod language;
 pub mod probe;

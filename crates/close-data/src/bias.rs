@@ -6,8 +6,16 @@
 
 use std::collections::HashMap;
 
+/// Lowercased words, split at white space and `, . : ?`.
+fn tokens(s: &str) -> Vec<String> {
+    s.split(|c: char| c.is_whitespace() || c == ',' || c == '.' || c == ':' || c == '?')
+        .filter(|t| !t.is_empty())
+        .map(|t| t.to_lowercase())
+        .collect()
+}
+
 fn features(s: &str) -> Vec<String> {
-    let toks = super::language::tokens(s);
+    let toks = tokens(s);
     let mut f: Vec<String> = toks.clone();
     for w in toks.windows(2) {
         f.push(format!("{} {}", w[0], w[1]));

@@ -1,0 +1,119 @@
+//! `close demo`: make a world → train a CLIP on it → run the experiment on it → probe the
+//! CLIP on held-out scenes.
+
+use std::path::Path;
+
+use candle_core::Device;
+
+use close_clip::train::{train_clip, TrainConfig as ClipTrainConfig, TrainReport};
+use close_core::progress::Progress;
+use close_core::{io, Error, Result};
+use close_data::coco::Karpathy;
+use close_data::world::{self, WorldConfig, WorldPaths};
+use close_experiment::{ExperimentInputs, ExperimentOutput, Stopwatch};
+use close_model::task::DataPaths;
+
+use crate::config::DemoConfig;
+use crate::probes::{run_probes, ProbeResult};
+
+/// What the demo's CLIP stage was asked for (world and CLIP config), beside the model.
+const CLIP_STAGE_FILE: &str = "demo_stage.json";
+/// The CLIP's zero-shot probe results, beside the model.
+const PROBES_FILE: &str = "probes.json";
+
+/// Everything the demo produced.
+pub struct DemoOutput {
+    pub experiment: ExperimentOutput,
+    /// Zero-shot probes of the CLIP on the val and test images (also `clip/probes.json`).
+    pub probes: Vec<ProbeResult>,
+}
+
+/// The report of a CLIP already trained into `clip_dir` by this demo with the same world and
+/// CLIP config, if any.
+fn reusable_clip(clip_dir: &Path, cfg: &DemoConfig) -> Option<TrainReport> {
+    let (world, clip): (WorldConfig, ClipTrainConfig) =
+        io::read_json(clip_dir.join(CLIP_STAGE_FILE)).ok()?;
+    if world != cfg.world || clip != cfg.clip || !clip_dir.join("model.safetensors").exists() {
+        return None;
+    }
+    io::read_json(clip_dir.join("clip_train_report.json")).ok()
+}
+
+/// Train the demo's CLIP into `clip_dir`, or reuse the one a run with the same world and CLIP
+/// config left there.
+fn clip_stage(
+    cfg: &DemoConfig,
+    wdir: &Path,
+    clip_dir: &Path,
+    device: &Device,
+    progress: &dyn Progress,
+) -> Result<()> {
+    if reusable_clip(clip_dir, cfg).is_some() {
+        tracing::info!(
+            "reusing the CLIP in {} (same world and training config)",
+            clip_dir.display()
+        );
+        return Ok(());
+    }
+    let karpathy = Karpathy::load(WorldPaths::new(wdir).karpathy())?;
+    let report = train_clip(&karpathy, wdir, clip_dir, &cfg.clip, None, device, progress)?;
+    if let Some(why) = report.stopped_early {
+        return Err(Error::invalid(format!("the demo's CLIP training {why}")));
+    }
+    io::write_json_atomic(clip_dir.join(CLIP_STAGE_FILE), &(&cfg.world, &cfg.clip))
+}
+
+/// Zero-shot probes of the CLIP on the held-out scenes, from the experiment's image cache.
+fn probe_stage(
+    wdir: &Path,
+    clip_dir: &Path,
+    exp: &ExperimentOutput,
+    device: &Device,
+) -> Result<Vec<ProbeResult>> {
+    let clip = close_clip::Clip::load(clip_dir, device)?;
+    let scenes = world::ScenesFile::load(WorldPaths::new(wdir).scenes())?;
+    let held: Vec<&world::Scene> = scenes
+        .images
+        .iter()
+        .map(|r| &r.scene)
+        .filter(|s| s.split != "train")
+        .collect();
+    let images = &exp.caches.images;
+    let image_vec = |id: u64| images.get(&id.to_string()).map(<[f32]>::to_vec);
+    let probes = run_probes(&clip, &held, &image_vec)?;
+    io::write_json_atomic(clip_dir.join(PROBES_FILE), &probes)?;
+    Ok(probes)
+}
+
+/// Run the whole demo into `out`.
+pub fn run_demo(
+    cfg: &DemoConfig,
+    out: &Path,
+    device: &Device,
+    progress: &dyn Progress,
+) -> Result<DemoOutput> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    io::write_json_atomic(out.join("demo_config.json"), cfg)?;
+    let mut sw = Stopwatch::start();
+    let wdir = out.join("world");
+    world::generate(&cfg.world, &wdir, progress)?;
+    sw.lap("world");
+    let clip_dir = out.join("clip");
+    clip_stage(cfg, &wdir, &clip_dir, device, progress)?;
+    sw.lap("clip training");
+    let inputs = ExperimentInputs {
+        data: DataPaths::new(&wdir),
+        images: wdir.clone(),
+        clip: clip_dir.clone(),
+        explicit_tasks: true,
+    };
+    let mut experiment =
+        close_experiment::run_experiment(&cfg.experiment, &inputs, out, device, progress, sw)?;
+    let t = std::time::Instant::now();
+    let probes = probe_stage(&wdir, &clip_dir, &experiment, device)?;
+    experiment
+        .stages
+        .0
+        .push(("probes".into(), t.elapsed().as_secs_f64()));
+    Ok(DemoOutput { experiment, probes })
+}

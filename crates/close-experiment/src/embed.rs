@@ -1,0 +1,56 @@
+//! Stage: embed every image of the Karpathy file and every text any task needs into the
+//! caches under `OUT/cache`. Incremental: a rerun computes only what is missing.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use close_clip::cache::{embed_images, embed_texts, BadItem, EmbeddingCache};
+use close_clip::Clip;
+use close_core::progress::Progress;
+use close_core::Result;
+use close_data::coco::Karpathy;
+
+use crate::data::TaskInputs;
+
+/// The embedding caches, and what could not be embedded.
+pub struct Caches {
+    pub images: EmbeddingCache,
+    pub texts: EmbeddingCache,
+    pub bad: Vec<BadItem>,
+}
+
+/// Embed into `dir/images` and `dir/texts` (batch sizes: images, texts).
+pub fn embed_all(
+    clip: &Clip,
+    karpathy: &Karpathy,
+    image_root: &Path,
+    inputs: &[TaskInputs],
+    dir: &Path,
+    batch: (usize, usize),
+    progress: &dyn Progress,
+) -> Result<Caches> {
+    let mut texts: BTreeSet<String> = BTreeSet::new();
+    for input in inputs {
+        texts.extend(input.text.clip_texts());
+    }
+    for im in &karpathy.images {
+        texts.extend(im.captions().map(str::to_string));
+    }
+    let image_items: Vec<(String, PathBuf)> = karpathy
+        .images
+        .iter()
+        .map(|im| (im.image_id().to_string(), image_root.join(im.rel_path())))
+        .collect();
+    let text_items: Vec<(String, String)> = texts.into_iter().map(|t| (t.clone(), t)).collect();
+    let irep = embed_images(clip, &image_items, &dir.join("images"), batch.0, progress)?;
+    let trep = embed_texts(clip, &text_items, &dir.join("texts"), batch.1, progress)?;
+    let bad: Vec<BadItem> = irep.bad.into_iter().chain(trep.bad).collect();
+    for b in &bad {
+        tracing::warn!("not embedded: {} ({}): {}", b.key, b.input, b.reason);
+    }
+    Ok(Caches {
+        images: EmbeddingCache::open(dir.join("images"))?,
+        texts: EmbeddingCache::open(dir.join("texts"))?,
+        bad,
+    })
+}

@@ -1,0 +1,385 @@
+//! Stage: the outputs for machines and people: `results.json`, `runs.json`, `stages.json`,
+//! `REPORT.md`, `noise_sweep.png` and `loss_curves.png`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use close_core::plot::{line_chart, Series};
+use close_core::{io, Result};
+use close_model::adapter::AdapterKind;
+use close_model::config::T5Init;
+use close_model::task::{MetricKind, Task, TrainOn};
+
+use crate::config::{per_task, ExperimentConfig};
+use crate::priors::TextPriors;
+use crate::results::{ratio, ClipInfo, RunRecord, RunResult};
+use crate::ExperimentOutput;
+
+/// What a caller adds to the report: its title, setup lines before the experiment's, and
+/// sections after the CLIP table (e.g. the demo's probes).
+#[derive(Debug, Clone, Default)]
+pub struct ReportHeader {
+    pub title: String,
+    pub setup: String,
+    pub clip_sections: String,
+}
+
+fn on_name(on: TrainOn) -> &'static str {
+    match on {
+        TrainOn::Text => "text",
+        TrainOn::Images => "images",
+    }
+}
+
+fn fmt_metric(task: Task, v: Option<f64>) -> String {
+    match v {
+        Some(v) if task.metric() == MetricKind::Caption => format!("{:.1}", v * 100.0),
+        Some(v) => format!("{v:.1}"),
+        None => "–".into(),
+    }
+}
+
+/// Write every output file into `out`; returns the markdown report.
+pub fn write_outputs(
+    cfg: &ExperimentConfig,
+    output: &ExperimentOutput,
+    out: &Path,
+    header: &ReportHeader,
+) -> Result<String> {
+    io::write_json_atomic(out.join("results.json"), &output.results)?;
+    io::write_json_atomic(out.join("runs.json"), &output.records)?;
+    io::write_json_atomic(out.join("stages.json"), &output.stages)?;
+    sweep_plot(cfg, &output.records, &out.join("noise_sweep.png"))?;
+    loss_plot(&output.records, &out.join("loss_curves.png"))?;
+    let md = report_markdown(cfg, output, header);
+    io::write_atomic(out.join("REPORT.md"), md.as_bytes())?;
+    Ok(md)
+}
+
+/// Val and test metric against w, per task (the text-only sweep points).
+fn sweep_plot(cfg: &ExperimentConfig, records: &[RunRecord], png: &Path) -> Result<()> {
+    let mut series = Vec::new();
+    for task in cfg.tasks.keys() {
+        let (mut val, mut test) = (Vec::new(), Vec::new());
+        for r in records
+            .iter()
+            .filter(|r| r.result.task == *task && r.result.is_sweep_point())
+        {
+            let scale = if task.metric() == MetricKind::Caption {
+                100.0
+            } else {
+                1.0
+            };
+            if let Some(v) = r.val {
+                val.push((r.result.noise, v * scale));
+            }
+            if let Some(t) = r.result.headline() {
+                test.push((r.result.noise, t * scale));
+            }
+        }
+        val.sort_by(|a, b| a.0.total_cmp(&b.0));
+        test.sort_by(|a, b| a.0.total_cmp(&b.0));
+        series.push(Series::new(format!("{task} test"), test));
+        series.push(Series::new(format!("{task} val"), val));
+    }
+    line_chart(
+        png,
+        "noise sweep (text-only training, image test)",
+        "noise w",
+        "CIDEr×100 / accuracy",
+        &series,
+    )
+}
+
+/// Training loss of each task's upper bound and its w = 0.08 text-only run.
+fn loss_plot(records: &[RunRecord], png: &Path) -> Result<()> {
+    let mut series = Vec::new();
+    for r in records {
+        let on_images = r.result.train_on == TrainOn::Images;
+        let default = on_images
+            || (r.result.adapter == AdapterKind::Noise && (r.result.noise - 0.08).abs() < 1e-9);
+        if default && !r.losses.is_empty() {
+            let what = if on_images { "images" } else { "text w=0.08" };
+            series.push(Series::new(
+                format!("{} {what}", r.result.task),
+                r.losses.clone(),
+            ));
+        }
+    }
+    line_chart(png, "training loss", "step", "loss", &series)
+}
+
+/// The experiment's settings, one bullet each.
+fn setup_lines(cfg: &ExperimentConfig, output: &ExperimentOutput) -> String {
+    let mut s = String::new();
+    let t5 = match &cfg.t5 {
+        T5Init::Scratch { config, vocab, .. } => format!(
+            "T5 from scratch (d_model {}, {}+{} layers, {} heads), a {vocab}-piece tokenizer per task",
+            config.d_model,
+            config.num_layers,
+            config.num_decoder_layers.unwrap_or(config.num_layers),
+            config.num_heads
+        ),
+        T5Init::Pretrained { dir } => format!("pretrained T5 from {}", dir.display()),
+    };
+    let _ = writeln!(s, "- CLOSE: {t5}, prefix 4; per task: epochs {:?}, batch {:?}, lr {:?}, at most {:?} examples an epoch; the best epoch by a val check (beam {}) of {:?} items; reported val and test metrics with beam {}.",
+        per_task(&cfg.tasks, |t| t.epochs), per_task(&cfg.tasks, |t| t.batch_size), per_task(&cfg.tasks, |t| t.lr),
+        per_task(&cfg.tasks, |t| t.max_examples_per_epoch), cfg.val_beams, per_task(&cfg.tasks, |t| t.max_val_examples), cfg.beams);
+    if cfg.equal_targets {
+        let scales: Vec<String> = output
+            .text_run_scales
+            .iter()
+            .map(|(t, x)| format!("{t} {x:.2}×"))
+            .collect();
+        let scales = if scales.is_empty() {
+            "none here".to_string()
+        } else {
+            scales.join(", ")
+        };
+        let _ = writeln!(s, "- Equal training in targets: the caps count the image-trained run's examples; a text-only run of the same task trains on as many targets an epoch (an image example carries all its captions, an s-cap text example one), so text-only runs draw more examples: {scales}.");
+    }
+    if !cfg.adapters.is_empty() {
+        let _ = writeln!(s, "- Adapters: mean-shift from the unpaired mean image and mean caption vectors; cov and linear fitted on the same {}% of the training (image, caption) pairs; each with the task's default noise.", cfg.paired_fraction * 100.0);
+    }
+    let _ = writeln!(s, "- Tuned noise: the sweep value with the best **val** metric; its **test** result is reported.");
+    for sk in &output.skipped {
+        let _ = writeln!(
+            s,
+            "- Skipped task {}: no {}.",
+            sk.task,
+            sk.missing.display()
+        );
+    }
+    for d in output.dropped.iter().filter(|d| d.any()) {
+        let _ = writeln!(s, "- {}: items without a CLIP vector left out: {} text and {} image training examples, {} val and {} test items.",
+            d.task.map(|t| t.to_string()).unwrap_or_default(), d.train_text, d.train_images, d.val, d.test);
+    }
+    let times: Vec<String> = output
+        .stages
+        .0
+        .iter()
+        .map(|(n, s)| format!("{n} {s:.0}"))
+        .collect();
+    let _ = writeln!(s, "\nStage times (s, this machine): {}", times.join(", "));
+    s
+}
+
+fn clip_table(s: &mut String, c: &ClipInfo) {
+    let _ = writeln!(s, "## CLIP and the modality gap\n");
+    let _ = writeln!(s, "| R@1 image→text | R@1 text→image | cos(image, own caption) | cos(caption, caption) | cos(image, image) | centroid distance |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    let g = &c.gap;
+    let _ = writeln!(
+        s,
+        "| {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+        c.r1_image_to_text,
+        c.r1_text_to_image,
+        g.cos_image_own_caption,
+        g.cos_caption_caption,
+        g.cos_image_image,
+        g.centroid_distance
+    );
+    let _ = writeln!(s, "![modality gap](gap_pca.png)\n");
+}
+
+/// The markdown report: setup, CLIP and gap, one table per task with ratios to the
+/// image-trained upper bound, the text-only priors as a floor, failures and figures.
+pub fn report_markdown(
+    cfg: &ExperimentConfig,
+    output: &ExperimentOutput,
+    header: &ReportHeader,
+) -> String {
+    let mut s = String::new();
+    let res = &output.results;
+    let _ = writeln!(s, "# {}\n", header.title);
+    let _ = writeln!(s, "{}{}", header.setup, setup_lines(cfg, output));
+    let i = &res.data.images;
+    let _ = writeln!(
+        s,
+        "Seed {}: {} train / {} val / {} test images.\n",
+        res.data.seed, i.train, i.val, i.test
+    );
+    clip_table(&mut s, &res.clip);
+    s.push_str(&header.clip_sections);
+    let _ = writeln!(s, "## Results on the test images\n");
+    let _ = writeln!(s, "Captioning: CIDEr ×100 (pycocoevalcap scale ×100); VQA: official accuracy; VE: accuracy. Ratio = run / image-trained upper bound. Decoding: beam search at the configured width (the reference's 5).\n");
+    for &task in cfg.tasks.keys() {
+        let runs: Vec<&RunResult> = res.runs.iter().filter(|r| r.task == task).collect();
+        if !runs.is_empty() {
+            task_table(&mut s, task, &runs, &output.priors);
+            val_picks(&mut s, task, &output.records);
+        }
+    }
+    if !output.failures.is_empty() {
+        let _ = writeln!(s, "## Failed runs\n");
+        for f in &output.failures {
+            let _ = writeln!(s, "- {f}");
+        }
+        let _ = writeln!(s);
+    }
+    let _ = writeln!(
+        s,
+        "## Figures\n\n![noise sweep](noise_sweep.png)\n\n![loss curves](loss_curves.png)\n"
+    );
+    s
+}
+
+fn task_table(s: &mut String, task: Task, runs: &[&RunResult], priors: &TextPriors) {
+    let upper = runs.iter().find(|r| r.train_on == TrainOn::Images).copied();
+    let _ = writeln!(s, "### {task}\n");
+    let _ = writeln!(s, "| run | train on | adapter | noise | metric | ratio |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    let fmt_ratio = |x: Option<f64>| x.map(|x| format!("{x:.2}")).unwrap_or_else(|| "–".into());
+    if let Some((label, v)) = priors.row(task) {
+        let r = upper
+            .and_then(|u| u.headline())
+            .filter(|&u| u > 0.0)
+            .map(|u| v / u);
+        let _ = writeln!(s, "| {label} | – | – | – | {v:.1} | {} |", fmt_ratio(r));
+    }
+    for r in runs {
+        let x = upper.and_then(|u| ratio(r, u));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            r.label.as_deref().unwrap_or(""),
+            on_name(r.train_on),
+            r.adapter.name(),
+            r.noise,
+            fmt_metric(task, r.headline()),
+            fmt_ratio(x)
+        );
+    }
+    let _ = writeln!(s);
+    let greedy = |r: &RunResult| r.metrics.get("CIDEr_greedy").and_then(|v| v.as_f64());
+    let tuned = runs.iter().find(|r| r.is_tuned());
+    if let (Some(u), Some(tu)) = (upper.and_then(greedy), tuned.and_then(|r| greedy(r))) {
+        let _ = writeln!(s, "Greedy decoding instead of beam search: upper bound {}, tuned noise {} (ratio {:.2}).\n",
+            fmt_metric(task, Some(u)), fmt_metric(task, Some(tu)), tu / u);
+    }
+    if task == Task::Vqa {
+        vqa_types_table(s, runs, priors);
+    }
+}
+
+/// The val metric of each sweep point (with its standard error where known): what the
+/// tuned row was picked from.
+fn val_picks(s: &mut String, task: Task, records: &[RunRecord]) {
+    let points: Vec<String> = records
+        .iter()
+        .filter(|r| r.result.task == task && r.result.is_sweep_point())
+        .filter_map(|r| {
+            let v = fmt_metric(task, Some(r.val?));
+            let se = r
+                .val_stderr
+                .map(|e| format!(" ± {e:.1}"))
+                .unwrap_or_default();
+            Some(format!("w = {}: {v}{se}", r.result.noise))
+        })
+        .collect();
+    if !points.is_empty() {
+        let _ = writeln!(
+            s,
+            "Val metric of the sweep (the tuned row is its best): {}.\n",
+            points.join("; ")
+        );
+    }
+}
+
+/// VQA accuracy per question type: the prior, the upper bound, and the text-only runs
+/// without noise, at w = 0.08 and with tuned noise.
+fn vqa_types_table(s: &mut String, runs: &[&RunResult], priors: &TextPriors) {
+    let per_type = |r: &RunResult| -> BTreeMap<String, f64> {
+        r.metrics
+            .get("perQuestionType")
+            .and_then(|v| v.as_object())
+            .map(|o| {
+                o.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut types: Vec<String> = runs.iter().flat_map(|r| per_type(r).into_keys()).collect();
+    types.sort();
+    types.dedup();
+    if types.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "VQA accuracy per question type:\n");
+    let _ = writeln!(s, "| run | {} |", types.join(" | "));
+    let _ = writeln!(s, "|---|{}", "---|".repeat(types.len()));
+    let cell = |m: &BTreeMap<String, f64>, t: &str| {
+        m.get(t)
+            .map(|v| format!("{v:.1}"))
+            .unwrap_or_else(|| "–".into())
+    };
+    let row = |s: &mut String, label: &str, m: &BTreeMap<String, f64>| {
+        let cells: Vec<String> = types.iter().map(|t| cell(m, t)).collect();
+        let _ = writeln!(s, "| {label} | {} |", cells.join(" | "));
+    };
+    if !priors.vqa_question_only_by_type.is_empty() {
+        row(
+            s,
+            "question only (no image)",
+            &priors.vqa_question_only_by_type,
+        );
+    }
+    let wanted = |r: &RunResult| {
+        r.train_on == TrainOn::Images
+            || r.adapter == AdapterKind::None
+            || (r.adapter == AdapterKind::Noise && r.noise == 0.08)
+            || r.is_tuned()
+    };
+    for r in runs.iter().filter(|r| wanted(r)) {
+        row(
+            s,
+            r.label.as_deref().unwrap_or(r.adapter.name()),
+            &per_type(r),
+        );
+    }
+    let _ = writeln!(s);
+}
+
+/// A short table for the terminal: per task the upper bound, no noise, w = 0.08 and the
+/// tuned row, with ratios.
+pub fn summary_table(rows: &[RunResult]) -> String {
+    let mut s = String::from(
+        "| task | upper bound | no noise | w = 0.08 | tuned (val) |\n|---|---|---|---|---|\n",
+    );
+    let mut tasks: Vec<Task> = rows.iter().map(|r| r.task).collect();
+    tasks.dedup();
+    for task in tasks {
+        let of: Vec<&RunResult> = rows.iter().filter(|r| r.task == task).collect();
+        let upper = of.iter().find(|r| r.train_on == TrainOn::Images).copied();
+        let cell = |r: Option<&&RunResult>| match r {
+            Some(r) => {
+                let x = upper
+                    .and_then(|u| ratio(r, u))
+                    .map(|x| format!(" · {x:.2}×"))
+                    .unwrap_or_default();
+                format!("{}{x}", fmt_metric(task, r.headline()))
+            }
+            None => "–".into(),
+        };
+        let none = of.iter().find(|r| {
+            r.adapter == AdapterKind::None && r.train_on == TrainOn::Text && !r.is_tuned()
+        });
+        let w08 = of
+            .iter()
+            .find(|r| r.adapter == AdapterKind::Noise && r.noise == 0.08 && !r.is_tuned());
+        let tuned = of.iter().find(|r| r.is_tuned());
+        let up = upper
+            .map(|u| fmt_metric(task, u.headline()))
+            .unwrap_or_else(|| "–".into());
+        let _ = writeln!(
+            s,
+            "| {task} | {up} | {} | {} | {} |",
+            cell(none),
+            cell(w08),
+            cell(tuned)
+        );
+    }
+    s
+}
