@@ -100,3 +100,33 @@ impl DemoConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_config_validates_and_reads_back() {
+        for quick in [true, false] {
+            let cfg = DemoConfig::new(quick, 2);
+            cfg.experiment.validate().unwrap();
+            assert_eq!(
+                cfg.clip.max_train_seconds, None,
+                "the CLIP's work must not depend on the machine's speed"
+            );
+            let back: DemoConfig =
+                serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
+            assert_eq!(back, cfg);
+            assert_eq!(cfg.experiment.adapters.is_empty(), quick);
+        }
+        let full = DemoConfig::new(false, 0);
+        assert_eq!(full.experiment.settings(Task::Vqa).unwrap().epochs, 14);
+        assert_eq!(
+            full.experiment
+                .settings(Task::SCap)
+                .unwrap()
+                .max_examples_per_epoch,
+            Some(1600)
+        );
+    }
+}

@@ -67,7 +67,7 @@ fn clip_stage(
 fn probe_stage(
     wdir: &Path,
     clip_dir: &Path,
-    exp: &ExperimentOutput,
+    out: &Path,
     device: &Device,
 ) -> Result<Vec<ProbeResult>> {
     let clip = close_clip::Clip::load(clip_dir, device)?;
@@ -78,7 +78,7 @@ fn probe_stage(
         .map(|r| &r.scene)
         .filter(|s| s.split != "train")
         .collect();
-    let images = &exp.caches.images;
+    let images = close_clip::EmbeddingCache::open(close_experiment::cache_dir(out).join("images"))?;
     let image_vec = |id: u64| images.get(&id.to_string()).map(<[f32]>::to_vec);
     let probes = run_probes(&clip, &held, &image_vec)?;
     io::write_json_atomic(clip_dir.join(PROBES_FILE), &probes)?;
@@ -110,10 +110,55 @@ pub fn run_demo(
     let mut experiment =
         close_experiment::run_experiment(&cfg.experiment, &inputs, out, device, progress, sw)?;
     let t = std::time::Instant::now();
-    let probes = probe_stage(&wdir, &clip_dir, &experiment, device)?;
+    let probes = probe_stage(&wdir, &clip_dir, out, device)?;
     experiment
         .stages
         .0
         .push(("probes".into(), t.elapsed().as_secs_f64()));
     Ok(DemoOutput { experiment, probes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(dir: &Path) -> TrainReport {
+        TrainReport {
+            steps: 3,
+            epochs: 1,
+            train_images: 2,
+            train_captions: 2,
+            final_loss: 0.5,
+            logit_scale: 100.0,
+            train_seconds: 1.0,
+            eval_split: "test".into(),
+            retrieval: None,
+            gap: None,
+            skipped: Vec::new(),
+            out_dir: dir.to_path_buf(),
+            stopped_early: None,
+        }
+    }
+
+    #[test]
+    fn a_trained_clip_is_reused_only_for_the_same_world_and_config() -> Result<()> {
+        let tmp = tempfile::tempdir().map_err(|e| Error::io(Path::new("tempdir"), e))?;
+        let dir = tmp.path();
+        let cfg = DemoConfig::new(true, 0);
+        assert!(reusable_clip(dir, &cfg).is_none());
+        io::write_json_atomic(dir.join("clip_train_report.json"), &report(dir))?;
+        io::write_json_atomic(dir.join(CLIP_STAGE_FILE), &(&cfg.world, &cfg.clip))?;
+        // A stage record without the model is not enough.
+        assert!(reusable_clip(dir, &cfg).is_none());
+        io::write_atomic(dir.join("model.safetensors"), b"x")?;
+        assert_eq!(reusable_clip(dir, &cfg).map(|r| r.steps), Some(3));
+        assert!(reusable_clip(dir, &DemoConfig::new(true, 1)).is_none());
+        let mut other = cfg.clone();
+        other.clip.lr *= 2.0;
+        assert!(reusable_clip(dir, &other).is_none());
+        let mut other = cfg.clone();
+        other.world.images += 1;
+        assert!(reusable_clip(dir, &other).is_none());
+        Ok(())
+    }
 }

@@ -212,14 +212,6 @@ fn base_train_config(task: Task, t5: &T5Init) -> TrainConfig {
     }
 }
 
-/// The per-task values of `settings` as a map (for reports).
-pub fn per_task<T>(
-    tasks: &BTreeMap<Task, TaskSettings>,
-    f: impl Fn(&TaskSettings) -> T,
-) -> BTreeMap<String, T> {
-    tasks.iter().map(|(t, s)| (t.to_string(), f(s))).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -101,8 +101,13 @@ pub struct ExperimentOutput {
     pub dropped: Vec<Dropped>,
     /// Per task, the factor on its text-only runs' examples per epoch (tasks at 1 left out).
     pub text_run_scales: BTreeMap<String, f64>,
-    /// The image and text caches (for callers' own probes).
-    pub caches: Caches,
+    /// The tasks that ran, in order.
+    pub tasks: Vec<Task>,
+}
+
+/// The embedding caches' directory under OUT (`images/`, `texts/`).
+pub fn cache_dir(out: &Path) -> PathBuf {
+    out.join("cache")
 }
 
 fn split_counts(k: &Karpathy) -> SplitCounts {
@@ -144,7 +149,7 @@ pub fn run_experiment(
         &karpathy,
         &inputs.images,
         &tasks,
-        &out.join("cache"),
+        &cache_dir(out),
         cfg.embed_batch,
         progress,
     )?;
@@ -178,7 +183,7 @@ pub fn run_experiment(
         skipped,
         dropped,
         text_run_scales,
-        caches,
+        tasks: found,
     })
 }
 

@@ -134,3 +134,118 @@ pub fn text_run_scale(
         i / t
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use close_model::config::TrainConfig;
+    use close_model::task::{ClipSource, TrainExample};
+
+    fn cfg(quick: bool) -> ExperimentConfig {
+        let tasks = [Task::SCap, Task::MCap, Task::Vqa, Task::Ve, Task::Style];
+        ExperimentConfig::new(TrainConfig::small(Task::SCap).t5, &tasks, quick, 0)
+    }
+
+    fn uppers(cfg: &ExperimentConfig, t: Task) -> usize {
+        plans(cfg, t, true)
+            .iter()
+            .filter(|p| p.train_on == TrainOn::Images)
+            .count()
+    }
+
+    #[test]
+    fn mcap_reuses_the_scap_upper_bound_only_with_the_same_recipe() {
+        for quick in [false, true] {
+            let c = cfg(quick);
+            assert!(mcap_shares_scap_upper(&c));
+            assert_eq!((uppers(&c, Task::SCap), uppers(&c, Task::MCap)), (1, 0));
+        }
+        let mut c = cfg(false);
+        c.tasks.get_mut(&Task::MCap).unwrap().epochs = 3;
+        assert_eq!(uppers(&c, Task::MCap), 1);
+        let mut c = cfg(false);
+        c.tasks.get_mut(&Task::MCap).unwrap().targets_per_step = Some(1);
+        assert_eq!(uppers(&c, Task::MCap), 1);
+        let mut c = cfg(false);
+        c.tasks.remove(&Task::SCap);
+        assert_eq!(uppers(&c, Task::MCap), 1);
+        // No image data (style, or no training image embedded): no upper bound.
+        assert_eq!(
+            plans(&cfg(false), Task::Vqa, false)
+                .iter()
+                .filter(|p| p.train_on == TrainOn::Images)
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn the_sweep_always_has_no_noise_and_w_008_then_the_adapter_rows() {
+        let c = cfg(false);
+        let ws = |c: &ExperimentConfig, t| -> Vec<f64> {
+            plans(c, t, true)
+                .iter()
+                .filter(|p| {
+                    p.train_on == TrainOn::Text
+                        && matches!(p.adapter, AdapterKind::None | AdapterKind::Noise)
+                })
+                .map(|p| p.noise)
+                .collect()
+        };
+        assert_eq!(ws(&c, Task::SCap), vec![0.0, 0.02, 0.04, 0.08, 0.12, 0.16]);
+        assert_eq!(ws(&c, Task::Ve).last(), Some(&0.24));
+        let mut c2 = c.clone();
+        c2.tasks.get_mut(&Task::SCap).unwrap().sweep = vec![0.0, 0.3];
+        assert_eq!(ws(&c2, Task::SCap), vec![0.0, 0.3, 0.08]);
+        let adapters: Vec<(AdapterKind, f64)> = plans(&c, Task::Vqa, true)
+            .iter()
+            .filter(|p| p.adapter.needs_stats())
+            .map(|p| (p.adapter, p.noise))
+            .collect();
+        assert_eq!(
+            adapters,
+            vec![
+                (AdapterKind::MeanShift, 0.04),
+                (AdapterKind::Cov, 0.04),
+                (AdapterKind::Linear, 0.04)
+            ]
+        );
+        assert!(plans(&cfg(true), Task::SCap, true)
+            .iter()
+            .all(|p| !p.adapter.needs_stats()));
+    }
+
+    fn data(clip: impl Fn(usize) -> ClipSource, targets: &[usize]) -> TaskData {
+        TaskData {
+            train: targets
+                .iter()
+                .enumerate()
+                .map(|(i, &k)| TrainExample {
+                    clip: clip(i),
+                    input_text: None,
+                    targets: (0..k).map(|j| format!("caption {j}")).collect(),
+                })
+                .collect(),
+            val: Vec::new(),
+            test: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn text_runs_get_as_many_targets_an_epoch_as_the_image_run() {
+        let images = data(|i| ClipSource::Image(i.to_string()), &[5, 5, 5, 5]);
+        let scap = data(|i| ClipSource::Texts(vec![i.to_string()]), &[1; 20]);
+        let mcap = data(|i| ClipSource::Texts(vec![i.to_string()]), &[4; 20]);
+        let mut c = cfg(false);
+        assert_eq!(targets_per_example(&images, None), 5.0);
+        assert_eq!(targets_per_example(&images, Some(2)), 2.0);
+        assert_eq!(text_run_scale(&c, Task::SCap, &scap, Some(&images)), 5.0);
+        assert_eq!(text_run_scale(&c, Task::MCap, &mcap, Some(&images)), 1.25);
+        assert_eq!(text_run_scale(&c, Task::Style, &scap, None), 1.0);
+        assert_eq!(text_run_scale(&c, Task::SCap, &images, Some(&images)), 1.0);
+        c.tasks.get_mut(&Task::SCap).unwrap().targets_per_step = Some(1);
+        assert_eq!(text_run_scale(&c, Task::SCap, &scap, Some(&images)), 1.0);
+        c.equal_targets = false;
+        assert_eq!(text_run_scale(&c, Task::MCap, &mcap, Some(&images)), 1.0);
+    }
+}

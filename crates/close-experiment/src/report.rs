@@ -11,7 +11,7 @@ use close_model::adapter::AdapterKind;
 use close_model::config::T5Init;
 use close_model::task::{MetricKind, Task, TrainOn};
 
-use crate::config::{per_task, ExperimentConfig};
+use crate::config::ExperimentConfig;
 use crate::priors::TextPriors;
 use crate::results::{ratio, ClipInfo, RunRecord, RunResult};
 use crate::ExperimentOutput;
@@ -123,9 +123,23 @@ fn setup_lines(cfg: &ExperimentConfig, output: &ExperimentOutput) -> String {
         ),
         T5Init::Pretrained { dir } => format!("pretrained T5 from {}", dir.display()),
     };
-    let _ = writeln!(s, "- CLOSE: {t5}, prefix 4; per task: epochs {:?}, batch {:?}, lr {:?}, at most {:?} examples an epoch; the best epoch by a val check (beam {}) of {:?} items; reported val and test metrics with beam {}.",
-        per_task(&cfg.tasks, |t| t.epochs), per_task(&cfg.tasks, |t| t.batch_size), per_task(&cfg.tasks, |t| t.lr),
-        per_task(&cfg.tasks, |t| t.max_examples_per_epoch), cfg.val_beams, per_task(&cfg.tasks, |t| t.max_val_examples), cfg.beams);
+    let _ = writeln!(s, "- CLOSE: {t5}, prefix 4; the best epoch by a val check (beam {}); reported val and test metrics with beam {}.", cfg.val_beams, cfg.beams);
+    let _ = writeln!(s, "\n| task | epochs | batch | lr | examples an epoch (at most) | val items per check | sweep w |\n|---|---|---|---|---|---|---|");
+    let all = |n: Option<usize>| n.map_or("all".to_string(), |n| n.to_string());
+    for (task, t) in cfg.tasks.iter().filter(|(t, _)| output.tasks.contains(t)) {
+        let sweep: Vec<String> = t.sweep.iter().map(|w| w.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "| {task} | {} | {} | {} | {} | {} | {} |",
+            t.epochs,
+            t.batch_size,
+            t.lr,
+            all(t.max_examples_per_epoch),
+            all(t.max_val_examples),
+            sweep.join(", ")
+        );
+    }
+    let _ = writeln!(s);
     if cfg.equal_targets {
         let scales: Vec<String> = output
             .text_run_scales
@@ -382,4 +396,168 @@ pub fn summary_table(rows: &[RunResult]) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::{DataInfo, Results, SplitCounts};
+    use crate::StageTimes;
+    use close_clip::gap::GapStats;
+    use close_model::config::TrainConfig;
+
+    fn vqa(
+        on: TrainOn,
+        adapter: AdapterKind,
+        w: f64,
+        acc: f64,
+        color: f64,
+        label: &str,
+    ) -> RunRecord {
+        RunRecord {
+            result: RunResult {
+                task: Task::Vqa,
+                train_on: on,
+                adapter,
+                noise: w,
+                metrics: [
+                    ("accuracy".to_string(), serde_json::json!(acc)),
+                    (
+                        "perQuestionType".to_string(),
+                        serde_json::json!({"color": color, "exists": 50.0}),
+                    ),
+                ]
+                .into_iter()
+                .collect(),
+                label: Some(label.into()),
+            },
+            val: Some(acc + 1.0),
+            val_stderr: Some(1.25),
+            losses: Vec::new(),
+            seconds: 1.0,
+            run_dir: "r".into(),
+        }
+    }
+
+    fn output(records: Vec<RunRecord>, priors: TextPriors) -> ExperimentOutput {
+        let gap = GapStats {
+            cos_image_own_caption: 0.2,
+            cos_caption_caption: 0.4,
+            cos_image_image: 0.5,
+            centroid_distance: 0.8,
+        };
+        ExperimentOutput {
+            results: Results {
+                data: DataInfo {
+                    seed: 1,
+                    images: SplitCounts {
+                        train: 10,
+                        val: 2,
+                        test: 2,
+                    },
+                },
+                clip: ClipInfo {
+                    r1_image_to_text: 0.5,
+                    r1_text_to_image: 0.4,
+                    gap,
+                },
+                runs: records.iter().map(|r| r.result.clone()).collect(),
+            },
+            records,
+            failures: vec!["vqa / linear: out of memory".into()],
+            priors,
+            stages: StageTimes(vec![("runs".into(), 3.0)]),
+            skipped: Vec::new(),
+            dropped: Vec::new(),
+            text_run_scales: BTreeMap::new(),
+            tasks: vec![Task::Vqa],
+        }
+    }
+
+    #[test]
+    fn report_has_ratios_the_prior_floor_per_type_accuracy_and_val_picks() {
+        let cfg = ExperimentConfig::new(
+            TrainConfig::small(Task::Vqa).t5,
+            &[Task::Vqa, Task::Ve],
+            false,
+            1,
+        );
+        let priors = TextPriors {
+            ve_hypothesis_only: Some(61.0),
+            vqa_question_only: Some(40.0),
+            vqa_question_only_by_type: [("color".to_string(), 10.0), ("exists".to_string(), 50.8)]
+                .into_iter()
+                .collect(),
+        };
+        let out = output(
+            vec![
+                vqa(
+                    TrainOn::Images,
+                    AdapterKind::None,
+                    0.0,
+                    50.0,
+                    70.0,
+                    "image-trained upper bound",
+                ),
+                vqa(
+                    TrainOn::Text,
+                    AdapterKind::None,
+                    0.0,
+                    45.0,
+                    50.0,
+                    "text only, no noise",
+                ),
+                vqa(
+                    TrainOn::Text,
+                    AdapterKind::MeanShift,
+                    0.04,
+                    49.0,
+                    66.0,
+                    "mean-shift + noise",
+                ),
+            ],
+            priors,
+        );
+        let md = report_markdown(
+            &cfg,
+            &out,
+            &ReportHeader {
+                title: "T".into(),
+                ..Default::default()
+            },
+        );
+        assert!(
+            md.contains("| question only (answer prior, no image) | – | – | – | 40.0 | 0.80 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| text only, no noise | text | none | 0 | 45.0 | 0.90 |"),
+            "{md}"
+        );
+        assert!(
+            !md.contains("hypothesis only"),
+            "no VE runs, so no VE prior row:\n{md}"
+        );
+        assert!(
+            md.contains("| question only (no image) | 10.0 | 50.8 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| image-trained upper bound | 70.0 | 50.0 |"),
+            "{md}"
+        );
+        assert!(!md.contains("| mean-shift + noise | 66.0"), "{md}");
+        assert!(md.contains("w = 0: 46.0 ± 1.2"), "{md}");
+        assert!(
+            md.contains("| vqa | 14 |") || md.contains("| vqa | 4 |"),
+            "settings table:\n{md}"
+        );
+        assert!(!md.contains("| ve |"), "VE did not run:\n{md}");
+        assert!(md.contains("- vqa / linear: out of memory"), "{md}");
+        let table = summary_table(&out.results.runs);
+        assert!(
+            table.contains("| vqa | 50.0 | 45.0 · 0.90× | – | – |"),
+            "{table}"
+        );
+    }
 }
