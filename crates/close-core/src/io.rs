@@ -54,8 +54,7 @@ pub fn write_json_atomic<T: serde::Serialize>(path: impl AsRef<Path>, value: &T)
 pub fn read_json<T: serde::de::DeserializeOwned>(path: impl AsRef<Path>) -> Result<T> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| Error::format(path, Some(e.line()), format!("{e}")))
+    serde_json::from_slice(&bytes).map_err(|e| Error::format(path, Some(e.line()), format!("{e}")))
 }
 
 /// Atomically save named tensors as safetensors.
@@ -84,7 +83,6 @@ pub fn sha256_file(path: impl AsRef<Path>) -> Result<String> {
     std::io::copy(&mut f, &mut h).map_err(|e| Error::io(path, e))?;
     Ok(hex::encode(h.finalize()))
 }
-
 
 /// The marker written last into a directory being committed by [`replace_dir_atomic`].
 const COMPLETE_MARKER: &str = ".complete";

@@ -35,11 +35,23 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     };
     let progress = ctx.progress();
     let output = close_demo::run_demo(&cfg, &args.out, &device, progress.as_ref())?;
-    let machine = format!("{} CPU threads ({})", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), args.device);
+    let machine = format!(
+        "{} CPU threads ({})",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        args.device
+    );
     close_demo::report::write_demo_outputs(&cfg, &output, &args.out, &machine)?;
     if !ctx.quiet {
-        println!("{}", close_experiment::report::summary_table(&output.experiment.results.runs));
-        println!("Wrote {}/results.json, REPORT.md and PNGs.", args.out.display());
+        println!(
+            "{}",
+            close_experiment::report::summary_table(&output.experiment.results.runs)
+        );
+        println!(
+            "Wrote {}/results.json, REPORT.md and PNGs.",
+            args.out.display()
+        );
     }
     Ok(())
 }
