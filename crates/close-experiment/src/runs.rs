@@ -67,9 +67,23 @@ pub struct JobInputs<'a> {
     pub runs_dir: &'a Path,
 }
 
+/// An `io::Write` that hashes what is written (JSON is streamed into it, never held whole).
+struct Hasher(sha2::Sha256);
+
+impl std::io::Write for Hasher {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        sha2::Digest::update(&mut self.0, buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn sha256_json<T: Serialize>(v: &T) -> Result<String> {
-    use sha2::Digest;
-    Ok(hex::encode(sha2::Sha256::digest(serde_json::to_vec(v)?)))
+    let mut h = Hasher(<sha2::Sha256 as sha2::Digest>::new());
+    serde_json::to_writer(&mut h, v)?;
+    Ok(hex::encode(sha2::Digest::finalize(h.0)))
 }
 
 /// Hash of a task's examples (part of every run key).
@@ -129,16 +143,57 @@ pub fn job<'a>(plan: Plan, data: &'a TaskData, scale: f64, inp: &JobInputs) -> R
     })
 }
 
-/// Run `jobs` on `cfg.jobs` workers, each with its own rayon pool (a tiny model's kernels
-/// are too small to split across threads, so runs side by side use the cores better).
-/// Returns the records in job order and the failures (`task / label: error`).
-pub fn run_jobs(
+/// A progress sink that names the run in every stage it reports (`run 3/19 s-cap ep 1/7`).
+struct RunProgress<'a> {
+    inner: &'a dyn Progress,
+    prefix: String,
+}
+
+impl Progress for RunProgress<'_> {
+    fn start(&self, stage: &str, total: u64) {
+        self.inner.start(&format!("{} {stage}", self.prefix), total);
+    }
+    fn inc(&self, n: u64) {
+        self.inner.inc(n);
+    }
+    fn message(&self, msg: &str) {
+        self.inner.message(msg);
+    }
+    fn finish(&self) {
+        self.inner.finish();
+    }
+}
+
+/// Run `jobs` one after the other, each run's epochs and evaluations on their own bars.
+fn run_sequentially(
     cfg: &ExperimentConfig,
     jobs: &[Job],
     caches: &Caches,
     device: &Device,
     progress: &dyn Progress,
-) -> Result<(Vec<RunRecord>, Vec<String>)> {
+) -> Vec<Option<Result<RunRecord>>> {
+    jobs.iter()
+        .enumerate()
+        .map(|(i, job)| {
+            let p = RunProgress {
+                inner: progress,
+                prefix: format!("run {}/{}", i + 1, jobs.len()),
+            };
+            Some(run_one(cfg, job, caches, device, &p))
+        })
+        .collect()
+}
+
+/// Run `jobs` on `cfg.jobs` workers, each with its own rayon pool (a tiny model's kernels
+/// are too small to split across threads, so runs side by side use the cores better), under
+/// one bar that counts finished runs.
+fn run_in_parallel(
+    cfg: &ExperimentConfig,
+    jobs: &[Job],
+    caches: &Caches,
+    device: &Device,
+    progress: &dyn Progress,
+) -> Result<Vec<Option<Result<RunRecord>>>> {
     progress.start("CLOSE runs", jobs.len() as u64);
     let next = AtomicUsize::new(0);
     let slots: Vec<Mutex<Option<Result<RunRecord>>>> =
@@ -160,7 +215,7 @@ pub fn run_jobs(
             let worker = || loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 let Some(job) = jobs.get(i) else { break };
-                let r = run_one(cfg, job, caches, device);
+                let r = run_one(cfg, job, caches, device, &NoProgress);
                 if let Ok(mut slot) = slots[i].lock() {
                     *slot = Some(r);
                 }
@@ -171,10 +226,30 @@ pub fn run_jobs(
         }
     });
     progress.finish();
+    Ok(slots
+        .into_iter()
+        .map(|s| s.into_inner().ok().flatten())
+        .collect())
+}
+
+/// Run every job (side by side when `cfg.jobs` > 1). Returns the records in job order and
+/// the failures (`task / label: error`); a failed run does not stop the others.
+pub fn run_jobs(
+    cfg: &ExperimentConfig,
+    jobs: &[Job],
+    caches: &Caches,
+    device: &Device,
+    progress: &dyn Progress,
+) -> Result<(Vec<RunRecord>, Vec<String>)> {
+    let outcomes = if cfg.jobs <= 1 {
+        run_sequentially(cfg, jobs, caches, device, progress)
+    } else {
+        run_in_parallel(cfg, jobs, caches, device, progress)?
+    };
     let (mut records, mut failures) = (Vec::new(), Vec::new());
-    for (job, slot) in jobs.iter().zip(slots) {
+    for (job, outcome) in jobs.iter().zip(outcomes) {
         let what = format!("{} / {}", job.plan.task, job.plan.label);
-        match slot.into_inner().ok().flatten() {
+        match outcome {
             Some(Ok(r)) => records.push(r),
             Some(Err(e)) => {
                 tracing::error!("run {what} failed: {e}");
@@ -205,6 +280,7 @@ fn run_one(
     job: &Job,
     caches: &Caches,
     device: &Device,
+    progress: &dyn Progress,
 ) -> Result<RunRecord> {
     if let Ok(saved) = io::read_json::<SavedResult>(job.dir.join(RESULT_FILE)) {
         if saved.key == job.key {
@@ -220,27 +296,26 @@ fn run_one(
     );
     let (texts, images) = (&caches.texts, &caches.images);
     let summary = close_model::train::train(
-        &job.train,
-        job.data,
-        texts,
-        images,
-        &job.dir,
-        resume,
-        device,
-        &NoProgress,
+        &job.train, job.data, texts, images, &job.dir, resume, device, progress,
     )?;
     let run = Run::load(&job.dir, device)?;
     let val = if job.data.val.is_empty() {
         None
     } else {
-        Some(scored(&run, job, "val", cfg.beams, "val", caches)?)
+        Some(scored(
+            &run,
+            job,
+            ("val", cfg.beams, "val"),
+            caches,
+            progress,
+        )?)
     };
-    let test = scored(&run, job, "test", cfg.beams, "test", caches)?;
+    let test = scored(&run, job, ("test", cfg.beams, "test"), caches, progress)?;
     let mut metrics = result_metrics(job.plan.task, &test);
     if metrics.contains_key("CIDEr") {
         let greedy = match cfg.beams {
             1 => test.primary,
-            _ => scored(&run, job, "test", 1, "test-greedy", caches)?.primary,
+            _ => scored(&run, job, ("test", 1, "test-greedy"), caches, progress)?.primary,
         };
         metrics.insert("CIDEr_greedy".into(), serde_json::json!(greedy));
     }
@@ -273,15 +348,14 @@ fn run_one(
     Ok(record)
 }
 
-/// The metrics of `run` on `split` at `beams`, from `eval/<name>/score.json` when an earlier
-/// attempt already scored it.
+/// The metrics of `run` on `split` at `beams` (`what`: split, beams, output name), from
+/// `eval/<name>/score.json` when an earlier attempt already scored it.
 fn scored(
     run: &Run,
     job: &Job,
-    split: &str,
-    beams: usize,
-    name: &str,
+    (split, beams, name): (&str, usize, &str),
     caches: &Caches,
+    progress: &dyn Progress,
 ) -> Result<Metrics> {
     let dir = job.dir.join("eval").join(name);
     if let Ok(m) = io::read_json::<Metrics>(dir.join(SCORE_FILE)) {
@@ -295,7 +369,7 @@ fn scored(
         &caches.images,
         &gen,
         Some(&dir),
-        &NoProgress,
+        progress,
     )?;
     io::write_json_atomic(dir.join(SCORE_FILE), &m)?;
     Ok(m)

@@ -30,24 +30,26 @@ pub struct Args {
     /// CLIP model dir or hub id (e.g. openai/clip-vit-large-patch14).
     #[arg(long)]
     clip: String,
-    /// T5: `small`, `tiny`, `scratch:t5-base` (from scratch) or a pretrained HF dir / hub id.
-    #[arg(long, default_value = "small")]
-    t5: String,
+    /// T5: `small`, `tiny`, `scratch:t5-base` (from scratch) or a pretrained HF dir / hub id
+    /// [default: small].
+    #[arg(long)]
+    t5: Option<String>,
     /// Output dir; a rerun into it skips finished runs and resumes interrupted ones.
     #[arg(long)]
     out: PathBuf,
     /// Comma-separated tasks (default: every task whose files are in --data).
     #[arg(long, value_delimiter = ',')]
     tasks: Vec<String>,
-    /// An experiment.json (as a run writes it) with every setting; overrides --t5, --quick
-    /// and --seed.
+    /// An experiment.json (as a run writes it) with every setting, T5 and seed included
+    /// (so it does not go with --t5, --quick or --seed).
     #[arg(long)]
     config: Option<PathBuf>,
     /// One epoch of ≤ 1,200 examples per run, w ∈ {0, 0.08}, no adapter rows.
     #[arg(long)]
     quick: bool,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Seed of every run [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
     /// Compute device: cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -55,6 +57,9 @@ pub struct Args {
 
 fn config(args: &Args, tasks: &[Task], ctx: &Ctx) -> anyhow::Result<ExperimentConfig> {
     if let Some(p) = &args.config {
+        if args.t5.is_some() || args.quick || args.seed.is_some() {
+            anyhow::bail!("--config {} holds the T5, the amounts of work and the seed: leave out --t5, --quick and --seed (or edit the file)", p.display());
+        }
         let mut cfg: ExperimentConfig = close_core::io::read_json(p)
             .with_context(|| format!("reading the experiment config --config {}", p.display()))?;
         if !args.tasks.is_empty() {
@@ -62,8 +67,14 @@ fn config(args: &Args, tasks: &[Task], ctx: &Ctx) -> anyhow::Result<ExperimentCo
         }
         return Ok(cfg);
     }
-    let t5 = crate::cmd::train::t5_init(&args.t5, None, &TrainConfig::small(Task::SCap), ctx)?;
-    Ok(ExperimentConfig::new(t5, tasks, args.quick, args.seed))
+    let spec = args.t5.as_deref().unwrap_or("small");
+    let t5 = crate::cmd::train::t5_init(spec, None, &TrainConfig::small(Task::SCap), ctx)?;
+    Ok(ExperimentConfig::new(
+        t5,
+        tasks,
+        args.quick,
+        args.seed.unwrap_or(0),
+    ))
 }
 
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
