@@ -12,6 +12,9 @@ use close_data::coco::Karpathy;
 
 use crate::data::TaskInputs;
 
+/// Items that could not be embedded, logged one by one before a count of the rest.
+const SHOWN_BAD: usize = 10;
+
 /// The embedding caches, and what could not be embedded.
 pub struct Caches {
     pub images: EmbeddingCache,
@@ -44,9 +47,24 @@ pub fn embed_all(
     let text_items: Vec<(String, String)> = texts.into_iter().map(|t| (t.clone(), t)).collect();
     let irep = embed_images(clip, &image_items, &dir.join("images"), batch.0, progress)?;
     let trep = embed_texts(clip, &text_items, &dir.join("texts"), batch.1, progress)?;
+    if irep.bad.len() == image_items.len() && !image_items.is_empty() {
+        let first = &irep.bad[0];
+        return Err(close_core::Error::invalid(format!(
+            "none of the {} images could be read (first: {}: {}); is --images the root of the Karpathy file's `filepath/filename`?",
+            image_items.len(),
+            first.input,
+            first.reason
+        )));
+    }
     let bad: Vec<BadItem> = irep.bad.into_iter().chain(trep.bad).collect();
-    for b in &bad {
+    for b in bad.iter().take(SHOWN_BAD) {
         tracing::warn!("not embedded: {} ({}): {}", b.key, b.input, b.reason);
+    }
+    if bad.len() > SHOWN_BAD {
+        tracing::warn!(
+            "{} more items not embedded; the examples that need them are left out and counted per task in REPORT.md",
+            bad.len() - SHOWN_BAD
+        );
     }
     Ok(Caches {
         images: EmbeddingCache::open(dir.join("images"))?,
