@@ -199,9 +199,9 @@ fn run_in_parallel(
     let slots: Vec<Mutex<Option<Result<RunRecord>>>> =
         jobs.iter().map(|_| Mutex::new(None)).collect();
     let workers = cfg.jobs.max(1);
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    // The global pool's size (`RAYON_NUM_THREADS`, the one thread knob): matmuls split their
+    // work by thread count, so the float rounding, and the results, follow it.
+    let cores = rayon::current_num_threads();
     let pools = (0..workers)
         .map(|_| {
             rayon::ThreadPoolBuilder::new()
