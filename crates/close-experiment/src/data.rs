@@ -181,3 +181,90 @@ pub fn retain_embedded(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use close_model::embeddings::MemEmbeddings;
+    use close_model::task::{EvalExample, TrainExample};
+
+    #[test]
+    fn tasks_without_their_files_are_skipped_and_named_or_refused_when_asked_for() {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = DataPaths::new(tmp.path());
+        std::fs::write(tmp.path().join("dataset_coco.json"), "{}").unwrap();
+        let (found, skipped) = discover(&Task::ALL, &paths, false).unwrap();
+        assert_eq!(found, vec![Task::SCap, Task::MCap]);
+        let vqa = skipped.iter().find(|s| s.task == Task::Vqa).unwrap();
+        assert!(
+            vqa.missing
+                .ends_with("v2_OpenEnded_mscoco_train_questions.json"),
+            "{vqa:?}"
+        );
+        let e = discover(&[Task::SCap, Task::Ve], &paths, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("snli_ve_train.jsonl") && e.contains("--file"),
+            "{e}"
+        );
+        std::fs::remove_file(tmp.path().join("dataset_coco.json")).unwrap();
+        let e = discover(&Task::ALL, &paths, false).unwrap_err().to_string();
+        assert!(e.contains("dataset_coco.json"), "{e}");
+    }
+
+    fn eval(image: &str) -> EvalExample {
+        EvalExample {
+            id: image.into(),
+            image: image.into(),
+            input_text: None,
+            references: vec!["a cat".into()],
+            answer_type: None,
+            question_type: None,
+        }
+    }
+
+    #[test]
+    fn items_without_vectors_are_dropped_and_counted() {
+        let (mut texts, mut images) = (MemEmbeddings::new(2), MemEmbeddings::new(2));
+        texts.insert("a cat", &[1.0, 0.0]).unwrap();
+        images.insert("1", &[0.0, 1.0]).unwrap();
+        let train = |clip| TrainExample {
+            clip,
+            input_text: None,
+            targets: vec!["a cat".into()],
+        };
+        let text = TaskData {
+            train: vec![
+                train(ClipSource::Texts(vec!["a cat".into()])),
+                train(ClipSource::Texts(vec!["a dog".into()])),
+            ],
+            val: vec![eval("1"), eval("2")],
+            test: vec![eval("1")],
+        };
+        let images_data = TaskData {
+            train: vec![train(ClipSource::Image("2".into()))],
+            ..text.clone()
+        };
+        let mut inputs = vec![TaskInputs {
+            task: Task::SCap,
+            text,
+            images: Some(images_data),
+        }];
+        let d = retain_embedded(&mut inputs, &texts, &images).unwrap();
+        assert_eq!(
+            (d[0].train_text, d[0].train_images, d[0].val, d[0].test),
+            (1, 1, 1, 0)
+        );
+        assert!(
+            inputs[0].images.is_none(),
+            "an upper bound without training images is dropped"
+        );
+        assert_eq!(inputs[0].text.val.len(), 1);
+        inputs[0].text.test[0].image = "3".into();
+        let e = retain_embedded(&mut inputs, &texts, &images)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no test item"), "{e}");
+    }
+}
