@@ -188,13 +188,13 @@ pub fn run_experiment(
 }
 
 /// A from-scratch T5's tokenizer for `input`'s task, trained on its text and written to
-/// `runs_dir/<task>/tokenizer.json` (rewritten only when it changes); None for a pretrained
-/// T5, whose own tokenizer is used.
+/// `runs_dir/<task>/tokenizer.json` (rewritten only when it changes), with the SHA-256 of
+/// that file; None for a pretrained T5, whose own tokenizer is used.
 fn task_tokenizer(
     cfg: &ExperimentConfig,
     input: &TaskInputs,
     runs_dir: &Path,
-) -> Result<Option<PathBuf>> {
+) -> Result<Option<(PathBuf, String)>> {
     let T5Init::Scratch { vocab, .. } = &cfg.t5 else {
         return Ok(None);
     };
@@ -206,7 +206,8 @@ fn task_tokenizer(
     if std::fs::read_to_string(&path).ok().as_deref() != Some(json.as_str()) {
         io::write_atomic(&path, json.as_bytes())?;
     }
-    Ok(Some(path))
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(json.as_bytes()));
+    Ok(Some((path, hash)))
 }
 
 /// Every task's runs as jobs, and the equal-targets factors that are not 1.
@@ -242,7 +243,7 @@ fn build_jobs<'a>(
                 cfg,
                 data_hash: hash,
                 clip_hash: &clip_hash,
-                tokenizer: tokenizer.as_deref(),
+                tokenizer: tokenizer.as_ref().map(|(p, h)| (p.as_path(), h.as_str())),
                 adapter: adapters.get(p.adapter),
                 runs_dir,
             };

@@ -25,13 +25,6 @@ pub struct ReportHeader {
     pub clip_sections: String,
 }
 
-fn on_name(on: TrainOn) -> &'static str {
-    match on {
-        TrainOn::Text => "text",
-        TrainOn::Images => "images",
-    }
-}
-
 fn fmt_metric(task: Task, v: Option<f64>) -> String {
     match v {
         Some(v) if task.metric() == MetricKind::Caption => format!("{:.1}", v * 100.0),
@@ -258,7 +251,7 @@ fn task_table(s: &mut String, task: Task, runs: &[&RunResult], priors: &TextPrio
             s,
             "| {} | {} | {} | {} | {} | {} |",
             r.label.as_deref().unwrap_or(""),
-            on_name(r.train_on),
+            r.train_on.name(),
             r.adapter.name(),
             r.noise,
             fmt_metric(task, r.headline()),

@@ -21,7 +21,7 @@ use close_model::adapter::FitSpec;
 use close_model::config::{T5Init, TrainConfig};
 use close_model::eval::Metrics;
 use close_model::run::{self, Run};
-use close_model::task::{MetricKind, Task, TaskData, TrainOn};
+use close_model::task::{MetricKind, Task, TaskData};
 
 use crate::config::ExperimentConfig;
 use crate::embed::Caches;
@@ -52,7 +52,7 @@ struct RunKey<'a> {
     data: &'a str,
     clip: &'a str,
     adapter_fit: Option<&'a FitSpec>,
-    tokenizer: Option<String>,
+    tokenizer: Option<&'a str>,
 }
 
 /// The inputs a job is built from besides its plan.
@@ -62,7 +62,8 @@ pub struct JobInputs<'a> {
     pub data_hash: &'a str,
     /// The CLIP's model hash (of the caches).
     pub clip_hash: &'a str,
-    pub tokenizer: Option<&'a Path>,
+    /// A from-scratch T5's tokenizer file and its SHA-256.
+    pub tokenizer: Option<(&'a Path, &'a str)>,
     pub adapter: Option<&'a (PathBuf, FitSpec)>,
     pub runs_dir: &'a Path,
 }
@@ -110,25 +111,21 @@ pub fn job<'a>(plan: Plan, data: &'a TaskData, scale: f64, inp: &JobInputs) -> R
     } else {
         None
     };
-    let tokenizer = inp.tokenizer.map(io::sha256_file).transpose()?;
     let key = sha256_json(&RunKey {
         train: &tc,
         beams: inp.cfg.beams,
         data: inp.data_hash,
         clip: inp.clip_hash,
         adapter_fit: adapter.map(|a| &a.1),
-        tokenizer,
+        tokenizer: inp.tokenizer.map(|(_, hash)| hash),
     })?;
     tc.adapter_stats = adapter.map(|a| a.0.clone());
-    if let (T5Init::Scratch { tokenizer: t, .. }, Some(p)) = (&mut tc.t5, inp.tokenizer) {
+    if let (T5Init::Scratch { tokenizer: t, .. }, Some((p, _))) = (&mut tc.t5, inp.tokenizer) {
         *t = Some(p.to_path_buf());
     }
-    let on = match plan.train_on {
-        TrainOn::Images => "images",
-        TrainOn::Text => "text",
-    };
     let name = format!(
-        "{on}-{}-w{}-{}",
+        "{}-{}-w{}-{}",
+        plan.train_on.name(),
         plan.adapter.name(),
         plan.noise,
         &key[..10]

@@ -153,6 +153,16 @@ pub enum TrainOn {
     Images,
 }
 
+impl TrainOn {
+    /// The name used in flags, configs and results (`text`, `images`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            TrainOn::Text => "text",
+            TrainOn::Images => "images",
+        }
+    }
+}
+
 impl std::str::FromStr for TrainOn {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
