@@ -65,7 +65,11 @@ pub struct Bars {
 
 impl Progress for Bars {
     fn start(&self, stage: &str, total: u64) {
-        let bar = if total > 0 { ProgressBar::new(total) } else { ProgressBar::new_spinner() };
+        let bar = if total > 0 {
+            ProgressBar::new(total)
+        } else {
+            ProgressBar::new_spinner()
+        };
         let style = ProgressStyle::with_template(
             "{prefix:>12.cyan.bold} [{bar:30}] {pos}/{len} {elapsed}<{eta} {msg}",
         )

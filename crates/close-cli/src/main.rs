@@ -9,7 +9,11 @@ mod common;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "close", version, about = "Train vision-language models from text alone (CLOSE)")]
+#[command(
+    name = "close",
+    version,
+    about = "Train vision-language models from text alone (CLOSE)"
+)]
 struct Cli {
     /// Hide progress bars and informational logs.
     #[arg(long, short, global = true)]

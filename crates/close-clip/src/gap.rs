@@ -22,13 +22,20 @@ pub struct GapStats {
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (*x as f64) * (*y as f64)).sum()
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64) * (*y as f64))
+        .sum()
 }
 
 fn check_dims(what: &str, vs: &[Vec<f32>], dim: usize) -> Result<()> {
     for (i, v) in vs.iter().enumerate() {
         if v.len() != dim {
-            return Err(Error::Shape { what: format!("{what}[{i}]"), expected: vec![dim], got: vec![v.len()] });
+            return Err(Error::Shape {
+                what: format!("{what}[{i}]"),
+                expected: vec![dim],
+                got: vec![v.len()],
+            });
         }
     }
     Ok(())
@@ -51,7 +58,12 @@ pub fn centroid(vs: &[Vec<f32>]) -> Vec<f64> {
 /// Gap statistics from paired data: `images[i]` is the (unit) vector of image i and
 /// `captions[i]` the (unit) vector of one of its captions. Unrelated pairs are drawn with a
 /// seeded RNG as a random derangement of the indices (`pairs` pairs at most).
-pub fn gap_stats(images: &[Vec<f32>], captions: &[Vec<f32>], pairs: usize, seed: u64) -> Result<GapStats> {
+pub fn gap_stats(
+    images: &[Vec<f32>],
+    captions: &[Vec<f32>],
+    pairs: usize,
+    seed: u64,
+) -> Result<GapStats> {
     let n = images.len();
     if n < 2 || captions.len() != n {
         return Err(Error::invalid(format!(
@@ -76,7 +88,12 @@ pub fn gap_stats(images: &[Vec<f32>], captions: &[Vec<f32>], pairs: usize, seed:
     }
     let ci = centroid(images);
     let ct = centroid(captions);
-    let dist = ci.iter().zip(&ct).map(|(a, b)| (a - b) * (a - b)).sum::<f64>().sqrt();
+    let dist = ci
+        .iter()
+        .zip(&ct)
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum::<f64>()
+        .sqrt();
     Ok(GapStats {
         cos_image_own_caption: own,
         cos_caption_caption: cc / m as f64,
@@ -89,7 +106,9 @@ pub fn gap_stats(images: &[Vec<f32>], captions: &[Vec<f32>], pairs: usize, seed:
 /// with deflation on the covariance, f64). Returns one list of 2-D points per input set.
 pub fn pca_2d(sets: &[&[Vec<f32>]]) -> Result<Vec<Vec<[f64; 2]>>> {
     let all: Vec<&Vec<f32>> = sets.iter().flat_map(|s| s.iter()).collect();
-    let Some(first) = all.first() else { return Ok(sets.iter().map(|_| Vec::new()).collect()) };
+    let Some(first) = all.first() else {
+        return Ok(sets.iter().map(|_| Vec::new()).collect());
+    };
     let dim = first.len();
     if all.iter().any(|v| v.len() != dim) {
         return Err(Error::invalid("pca_2d: vectors of different dimensions"));
@@ -101,7 +120,10 @@ pub fn pca_2d(sets: &[&[Vec<f32>]]) -> Result<Vec<Vec<[f64; 2]>>> {
             *m += *x as f64 / n;
         }
     }
-    let centred: Vec<Vec<f64>> = all.iter().map(|v| v.iter().zip(&mean).map(|(x, m)| *x as f64 - m).collect()).collect();
+    let centred: Vec<Vec<f64>> = all
+        .iter()
+        .map(|v| v.iter().zip(&mean).map(|(x, m)| *x as f64 - m).collect())
+        .collect();
     // C·u = Xᵀ(X u)/n without forming C.
     let cov_mul = |u: &[f64]| -> Vec<f64> {
         let mut out = vec![0f64; dim];
@@ -115,7 +137,9 @@ pub fn pca_2d(sets: &[&[Vec<f32>]]) -> Result<Vec<Vec<[f64; 2]>>> {
     };
     let mut comps: Vec<Vec<f64>> = Vec::new();
     for c in 0..2 {
-        let mut u: Vec<f64> = (0..dim).map(|i| ((i * 7 + c * 13) % 11) as f64 - 5.0 + 0.1).collect();
+        let mut u: Vec<f64> = (0..dim)
+            .map(|i| ((i * 7 + c * 13) % 11) as f64 - 5.0 + 0.1)
+            .collect();
         for _ in 0..200 {
             let mut w = cov_mul(&u);
             for prev in &comps {

@@ -28,8 +28,8 @@ pub mod train;
 
 pub use bundle::{load_model, Clip};
 pub use cache::{embed_images, embed_texts, EmbedReport, EmbeddingCache};
-pub use gap::{gap_stats, GapStats};
 pub use config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
+pub use gap::{gap_stats, GapStats};
 pub use model::ClipModel;
 pub use negatives::NegativeMaker;
 pub use preprocess::{load_image, ImageProcessor, ImageProcessorConfig};

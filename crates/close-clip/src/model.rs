@@ -49,13 +49,7 @@ impl Linear {
     }
 }
 
-fn linear(
-    vb: VarBuilder,
-    d_in: usize,
-    d_out: usize,
-    bias: bool,
-    std: f64,
-) -> Result<Linear> {
+fn linear(vb: VarBuilder, d_in: usize, d_out: usize, bias: bool, std: f64) -> Result<Linear> {
     let w = vb.get_with_hints((d_out, d_in), "weight", randn(std))?;
     let b = if bias {
         Some(vb.get_with_hints(d_out, "bias", Init::Const(0.0))?)
@@ -95,7 +89,6 @@ impl LayerNorm {
         }
     }
 }
-
 
 fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
     Ok(match act {
@@ -229,7 +222,11 @@ impl EncoderLayer {
         let h = self
             .self_attn
             .forward(&self.layer_norm1.forward(x)?, mask, first_only)?;
-        let x = if first_only { x.narrow(1, 0, 1)? } else { x.clone() };
+        let x = if first_only {
+            x.narrow(1, 0, 1)?
+        } else {
+            x.clone()
+        };
         let x = (x + h)?;
         let h = self.fc1.forward(&self.layer_norm2.forward(&x)?)?;
         let h = self.fc2.forward(&activate(self.act, &h)?)?;

@@ -161,7 +161,10 @@ mod tests {
                 _ => panic!("{neg}"),
             }
         }
-        assert!(swaps > 50 && replaces > 50, "{swaps} swaps, {replaces} replaces");
+        assert!(
+            swaps > 50 && replaces > 50,
+            "{swaps} swaps, {replaces} replaces"
+        );
         Ok(())
     }
 
@@ -173,14 +176,20 @@ mod tests {
         for _ in 0..100 {
             seen.insert(m.negative("one small shape", &mut rng).expect("small"));
             // `large` and `big` are not exchanged for each other
-            assert_eq!(m.negative("a big shape", &mut rng).as_deref(), Some("a small shape"));
+            assert_eq!(
+                m.negative("a big shape", &mut rng).as_deref(),
+                Some("a small shape")
+            );
         }
         let want: std::collections::HashSet<String> = ["one large shape", "one big shape"]
             .iter()
             .map(|s| s.to_string())
             .collect();
         assert_eq!(seen, want);
-        assert_eq!(m.negative("three shapes on a light background", &mut rng), None);
+        assert_eq!(
+            m.negative("three shapes on a light background", &mut rng),
+            None
+        );
         Ok(())
     }
 
@@ -188,9 +197,14 @@ mod tests {
     fn bad_groups_are_rejected_with_the_flag_name() {
         let one = vec![vec!["red".to_string(), "Red".to_string()]];
         let e = NegativeMaker::new(&one).unwrap_err().to_string();
-        assert!(e.contains("hard_negative_groups") && e.contains("two distinct"), "{e}");
+        assert!(
+            e.contains("hard_negative_groups") && e.contains("two distinct"),
+            "{e}"
+        );
         let phrase = vec![vec!["to the left".to_string(), "right".to_string()]];
         assert!(NegativeMaker::new(&phrase).is_err());
-        assert!(NegativeMaker::new(&[]).map(|m| m.is_empty()).unwrap_or(false));
+        assert!(NegativeMaker::new(&[])
+            .map(|m| m.is_empty())
+            .unwrap_or(false));
     }
 }

@@ -186,7 +186,10 @@ pub fn clip_loss(logits: &Tensor) -> Result<Tensor> {
     let eye = Tensor::eye(n, logits.dtype(), logits.device())?;
     let eye_wide = if m > n {
         Tensor::cat(
-            &[&eye, &Tensor::zeros((n, m - n), logits.dtype(), logits.device())?],
+            &[
+                &eye,
+                &Tensor::zeros((n, m - n), logits.dtype(), logits.device())?,
+            ],
             1,
         )?
     } else {
@@ -666,9 +669,9 @@ mod tests {
         let ce = |row: &[f64], k: usize| -> f64 {
             -(row[k] - row.iter().map(|x| x.exp()).sum::<f64>().ln())
         };
-        let want = (ce(&[2., 0., 1.5], 0) + ce(&[1., 3., -1.], 1) + ce(&[2., 1.], 0)
-            + ce(&[0., 3.], 1))
-            / 4.0;
+        let want =
+            (ce(&[2., 0., 1.5], 0) + ce(&[1., 3., -1.], 1) + ce(&[2., 1.], 0) + ce(&[0., 3.], 1))
+                / 4.0;
         assert!((got - want).abs() < 1e-5, "{got} {want}");
         let narrow = Tensor::new(&[[2f32], [1.0]], &Device::Cpu)?;
         assert!(clip_loss(&narrow).is_err());

@@ -91,7 +91,16 @@ fn short_training_run_learns_and_saves_a_loadable_hf_dir() {
         ..Default::default()
     };
     let out = tmp.path().join("clip");
-    let report = train_clip(&data, tmp.path(), &out, &cfg, None, &Device::Cpu, &NoProgress).unwrap();
+    let report = train_clip(
+        &data,
+        tmp.path(),
+        &out,
+        &cfg,
+        None,
+        &Device::Cpu,
+        &NoProgress,
+    )
+    .unwrap();
     let r = report.retrieval.unwrap();
     eprintln!("{report:?}");
     assert_eq!(r.n_images, 24);
@@ -105,7 +114,11 @@ fn short_training_run_learns_and_saves_a_loadable_hf_dir() {
     assert!(report.logit_scale <= 100.0 + 1e-3);
     // The held-out modality gap is reported with every statistic in range.
     let g = report.gap.expect("gap statistics on the held-out split");
-    for c in [g.cos_image_own_caption, g.cos_caption_caption, g.cos_image_image] {
+    for c in [
+        g.cos_image_own_caption,
+        g.cos_caption_caption,
+        g.cos_image_image,
+    ] {
         assert!((-1.0..=1.0).contains(&c), "{g:?}");
     }
     assert!((0.0..=2.0).contains(&g.centroid_distance), "{g:?}");
@@ -142,7 +155,16 @@ fn training_with_hard_negatives_learns_the_side_and_saves_its_groups() {
         ..Default::default()
     };
     let out = tmp.path().join("clip");
-    let report = train_clip(&data, tmp.path(), &out, &cfg, None, &Device::Cpu, &NoProgress).unwrap();
+    let report = train_clip(
+        &data,
+        tmp.path(),
+        &out,
+        &cfg,
+        None,
+        &Device::Cpu,
+        &NoProgress,
+    )
+    .unwrap();
     assert!(
         report.final_loss < (36f64).ln() * 0.8,
         "loss {} did not drop",
@@ -168,7 +190,10 @@ fn training_with_hard_negatives_learns_the_side_and_saves_its_groups() {
     }
     assert_eq!(total, 48);
     // chance is 24 of 48
-    assert!(right >= 40, "{right} of {total} held-out images preferred their own side");
+    assert!(
+        right >= 40,
+        "{right} of {total} held-out images preferred their own side"
+    );
 }
 
 #[test]
@@ -185,7 +210,16 @@ fn vision_position_init_std_sets_the_initial_position_embeddings() {
             ..Default::default()
         };
         let out = tmp.path().join(format!("clip-{init:?}"));
-        train_clip(&data, tmp.path(), &out, &cfg, None, &Device::Cpu, &NoProgress).unwrap();
+        train_clip(
+            &data,
+            tmp.path(),
+            &out,
+            &cfg,
+            None,
+            &Device::Cpu,
+            &NoProgress,
+        )
+        .unwrap();
         let w = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu)
             .unwrap()
             .remove("vision_model.embeddings.position_embedding.weight")
@@ -214,7 +248,16 @@ fn the_same_seed_trains_the_same_clip() {
             ..Default::default()
         };
         let out = tmp.path().join(dir);
-        train_clip(&data, tmp.path(), &out, &cfg, None, &Device::Cpu, &NoProgress).unwrap();
+        train_clip(
+            &data,
+            tmp.path(),
+            &out,
+            &cfg,
+            None,
+            &Device::Cpu,
+            &NoProgress,
+        )
+        .unwrap();
         let mut t: Vec<(String, Vec<f32>)> =
             candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu)
                 .unwrap()

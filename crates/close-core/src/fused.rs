@@ -5,7 +5,9 @@
 //! devices or dtypes they fall back to the composed, differentiable [`crate::ops`]. Tests
 //! check values and gradients against those.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor, D};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor, D,
+};
 
 use crate::Result;
 
@@ -146,7 +148,12 @@ impl CustomOp1 for QuickGelu {
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         let out = with_data(arg, |x| {
             with_data(grad, |g| {
                 let mut dx = vec![0f32; x.len()];
@@ -177,7 +184,11 @@ pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
 /// Gradients of `y = x wᵀ` from `g = dL/dy`: `dx = g w`, and `dw = gᵀ x` written directly in
 /// `[N, K]` layout (candle's matmul backward gives `(xᵀ g)ᵀ` plus a strided add). Also
 /// returns the contiguous `g`.
-fn linear_grads(x: &Tensor, w: &Tensor, g: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+fn linear_grads(
+    x: &Tensor,
+    w: &Tensor,
+    g: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
     let g = g.contiguous()?;
     let dx = g.matmul(&w.detach())?;
     let dw = g.t()?.matmul(&x.detach())?;
@@ -309,7 +320,9 @@ impl CustomOp2 for LinearNoBias {
 /// `nn.Linear`), differentiable. Leading dimensions are flattened into one matmul.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims().to_vec();
-    let k = *dims.last().ok_or_else(|| crate::Error::invalid("linear: a scalar input"))?;
+    let k = *dims
+        .last()
+        .ok_or_else(|| crate::Error::invalid("linear: a scalar input"))?;
     let (n, k2) = w.dims2()?;
     if k != k2 {
         return Err(crate::Error::Shape {
@@ -322,7 +335,8 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let x2 = x.reshape((m, k))?;
     let y = match b {
         Some(b) if use_fused(&[x, w, b]) => {
-            x2.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, LinearBias)?
+            x2.contiguous()?
+                .apply_op3(&w.contiguous()?, &b.contiguous()?, LinearBias)?
         }
         Some(b) => x2.matmul(&w.t()?)?.broadcast_add(b)?,
         None if use_fused(&[x, w]) => x2.contiguous()?.apply_op2(&w.contiguous()?, LinearNoBias)?,
@@ -369,7 +383,14 @@ impl Dropout {
         let mut y = vec![0f32; x.len()];
         par_rows(&mut y, ELEMWISE_CHUNK, |r0, ys| {
             let o = r0 * ELEMWISE_CHUNK;
-            crate::simd::dropout(&x[o..o + ys.len()], o as u32, self.seed, self.threshold, self.scale, ys);
+            crate::simd::dropout(
+                &x[o..o + ys.len()],
+                o as u32,
+                self.seed,
+                self.threshold,
+                self.scale,
+                ys,
+            );
         });
         y
     }
@@ -384,7 +405,12 @@ impl CustomOp1 for Dropout {
         Ok((CpuStorage::F32(self.apply(slice(s, l)?)), l.shape().clone()))
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         // d x = g · mask · scale: the same masked scaling applied to the gradient.
         let dx = with_data(grad, |g| Ok(self.apply(g)))?;
         Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
@@ -396,7 +422,9 @@ impl CustomOp1 for Dropout {
 /// 2³² elements, other devices and dtypes use candle's dropout.
 pub fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
     if !(0.0..1.0).contains(&p) {
-        return Err(crate::Error::invalid(format!("dropout probability {p} is not in [0, 1)")));
+        return Err(crate::Error::invalid(format!(
+            "dropout probability {p} is not in [0, 1)"
+        )));
     }
     if p == 0.0 {
         return Ok(x.clone());
@@ -418,7 +446,16 @@ mod tests {
     use candle_core::Var;
 
     fn maxdiff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     #[test]
@@ -430,21 +467,31 @@ mod tests {
             let mut m = vec![0f32; shape.2];
             m[2] = f32::NEG_INFINITY;
             m[shape.2 - 1] = f32::NEG_INFINITY;
-            let xm = x.as_tensor().broadcast_add(&Tensor::new(m.as_slice(), &dev)?)?;
+            let xm = x
+                .as_tensor()
+                .broadcast_add(&Tensor::new(m.as_slice(), &dev)?)?;
             let t = Tensor::randn(0f32, 1., shape, &dev)?;
             let a = softmax_last_dim(&xm)?;
             let c = crate::ops::softmax_last_dim(&xm)?;
             assert!(maxdiff(&a, &c) < 1e-6);
             let ga = (a * &t)?.sum_all()?.backward()?;
             let gc = (c * &t)?.sum_all()?.backward()?;
-            assert!(maxdiff(ga.get(x.as_tensor()).unwrap(), gc.get(x.as_tensor()).unwrap()) < 1e-5);
+            assert!(
+                maxdiff(
+                    ga.get(x.as_tensor()).unwrap(),
+                    gc.get(x.as_tensor()).unwrap()
+                ) < 1e-5
+            );
         }
         Ok(())
     }
 
     #[test]
     fn fully_masked_row_gives_zeros_not_nan() -> Result<()> {
-        let x = Tensor::new(&[[f32::NEG_INFINITY, f32::NEG_INFINITY], [0.0, 0.0]], &Device::Cpu)?;
+        let x = Tensor::new(
+            &[[f32::NEG_INFINITY, f32::NEG_INFINITY], [0.0, 0.0]],
+            &Device::Cpu,
+        )?;
         let y = softmax_last_dim(&x)?.to_vec2::<f32>()?;
         assert_eq!(y, vec![vec![0.0, 0.0], vec![0.5, 0.5]]);
         Ok(())
@@ -461,7 +508,10 @@ mod tests {
             assert!(maxdiff(&a, &c) < 1e-5);
             let ga = (a * &t)?.sum_all()?.backward()?;
             let gc = (c * &t)?.sum_all()?.backward()?;
-            let (ga, gc) = (ga.get(x.as_tensor()).unwrap(), gc.get(x.as_tensor()).unwrap());
+            let (ga, gc) = (
+                ga.get(x.as_tensor()).unwrap(),
+                gc.get(x.as_tensor()).unwrap(),
+            );
             assert!(maxdiff(ga, gc) < 1e-5, "{}", maxdiff(ga, gc));
         }
         Ok(())
@@ -475,19 +525,30 @@ mod tests {
         let b = Var::randn(0f32, 1., 19, &dev)?;
         let t = Tensor::randn(0f32, 1., (2, 7, 19), &dev)?;
         let a = linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()))?;
-        let c = x.as_tensor().broadcast_matmul(&w.as_tensor().t()?)?.broadcast_add(b.as_tensor())?;
+        let c = x
+            .as_tensor()
+            .broadcast_matmul(&w.as_tensor().t()?)?
+            .broadcast_add(b.as_tensor())?;
         assert_eq!(a.dims(), &[2, 7, 19]);
         assert!(maxdiff(&a, &c) < 1e-4);
         let ga = (a * &t)?.sum_all()?.backward()?;
         let gc = (&c * &t)?.sum_all()?.backward()?;
         for v in [&x, &w, &b] {
-            let d = maxdiff(ga.get(v.as_tensor()).unwrap(), gc.get(v.as_tensor()).unwrap());
+            let d = maxdiff(
+                ga.get(v.as_tensor()).unwrap(),
+                gc.get(v.as_tensor()).unwrap(),
+            );
             assert!(d < 1e-4, "{d}");
         }
         // Without bias, and a shape error that names the operands.
         let nb = linear(x.as_tensor(), w.as_tensor(), None)?;
         assert!(maxdiff(&nb, &(c.broadcast_sub(b.as_tensor())?)) < 1e-4);
-        let e = linear(x.as_tensor(), &Tensor::zeros((4, 5), DType::F32, &dev)?, None).unwrap_err();
+        let e = linear(
+            x.as_tensor(),
+            &Tensor::zeros((4, 5), DType::F32, &dev)?,
+            None,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("linear"), "{e}");
         Ok(())
     }
@@ -503,13 +564,24 @@ mod tests {
         assert!((kept - 0.9).abs() < 0.005, "kept {kept}");
         assert!(v.iter().all(|&a| a == 0.0 || (a - 1.0 / 0.9).abs() < 1e-6));
         let g = y.sum_all()?.backward()?;
-        let gv = g.get(x.as_tensor()).unwrap().flatten_all()?.to_vec1::<f32>()?;
+        let gv = g
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         assert_eq!(gv, v, "gradient mask differs from the forward mask");
         // Another call draws another mask; the same seed replays the same masks.
-        let y2 = dropout(x.as_tensor(), 0.1)?.flatten_all()?.to_vec1::<f32>()?;
+        let y2 = dropout(x.as_tensor(), 0.1)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         assert_ne!(y2, v);
         seed_dropout(3);
-        assert_eq!(dropout(x.as_tensor(), 0.1)?.flatten_all()?.to_vec1::<f32>()?, v);
+        assert_eq!(
+            dropout(x.as_tensor(), 0.1)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+            v
+        );
         assert!(dropout(x.as_tensor(), 1.0).is_err());
         Ok(())
     }

@@ -121,9 +121,17 @@ mod tests {
             DType::F32,
             Device::Cpu,
         );
-        let w = vb.get_with_hints((64, 32), "a.weight", Init::Randn { mean: 0.0, stdev: 0.02 });
+        let w = vb.get_with_hints(
+            (64, 32),
+            "a.weight",
+            Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
+        );
         let b = vb.get_with_hints(32, "a.bias", Init::Const(1.0));
-        let v = |t: candle_core::Result<Tensor>| t.unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let v =
+            |t: candle_core::Result<Tensor>| t.unwrap().flatten_all().unwrap().to_vec1().unwrap();
         (v(w), v(b), vm)
     }
 

@@ -30,7 +30,11 @@ pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 /// (biased variance, as PyTorch). Computed in f32 when the input is half precision.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
-    let x = if dtype == DType::F32 || dtype == DType::F64 { x.clone() } else { x.to_dtype(DType::F32)? };
+    let x = if dtype == DType::F32 || dtype == DType::F64 {
+        x.clone()
+    } else {
+        x.to_dtype(DType::F32)?
+    };
     let mean = x.mean_keepdim(D::Minus1)?;
     let xc = x.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
@@ -46,7 +50,11 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, eps: f64) 
 /// subtraction, no bias; the variance is computed in f32.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
-    let xf = if dtype == DType::F32 || dtype == DType::F64 { x.clone() } else { x.to_dtype(DType::F32)? };
+    let xf = if dtype == DType::F32 || dtype == DType::F64 {
+        x.clone()
+    } else {
+        x.to_dtype(DType::F32)?
+    };
     let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
     let y = xf.broadcast_div(&(var + eps)?.sqrt()?)?.to_dtype(dtype)?;
     Ok(y.broadcast_mul(weight)?)
@@ -58,13 +66,20 @@ pub fn vars_without_gradient(
     varmap: &candle_nn::VarMap,
     grads: &candle_core::backprop::GradStore,
 ) -> Result<Vec<String>> {
-    let data = varmap.data().lock().map_err(|_| crate::Error::invalid("varmap lock poisoned"))?;
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| crate::Error::invalid("varmap lock poisoned"))?;
     let mut missing = Vec::new();
     for (name, var) in data.iter() {
         match grads.get(var.as_tensor()) {
             None => missing.push(name.clone()),
             Some(g) => {
-                let nz = g.abs()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                let nz = g
+                    .abs()?
+                    .sum_all()?
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()?;
                 if nz == 0.0 || !nz.is_finite() {
                     missing.push(name.clone());
                 }
@@ -81,7 +96,14 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn close(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     #[test]
@@ -90,9 +112,24 @@ mod tests {
         let x = Tensor::randn(0f32, 3., (2, 5, 7), &dev)?;
         let w = Tensor::randn(1f32, 0.1, 7, &dev)?;
         let b = Tensor::randn(0f32, 0.1, 7, &dev)?;
-        assert!(close(&softmax_last_dim(&x)?, &candle_nn::ops::softmax_last_dim(&x)?) < 1e-6);
-        assert!(close(&layer_norm(&x, &w, Some(&b), 1e-5)?, &candle_nn::ops::layer_norm(&x, &w, &b, 1e-5)?) < 1e-5);
-        assert!(close(&rms_norm(&x, &w, 1e-6)?, &candle_nn::ops::rms_norm(&x, &w, 1e-6)?) < 1e-5);
+        assert!(
+            close(
+                &softmax_last_dim(&x)?,
+                &candle_nn::ops::softmax_last_dim(&x)?
+            ) < 1e-6
+        );
+        assert!(
+            close(
+                &layer_norm(&x, &w, Some(&b), 1e-5)?,
+                &candle_nn::ops::layer_norm(&x, &w, &b, 1e-5)?
+            ) < 1e-5
+        );
+        assert!(
+            close(
+                &rms_norm(&x, &w, 1e-6)?,
+                &candle_nn::ops::rms_norm(&x, &w, 1e-6)?
+            ) < 1e-5
+        );
         let lsm = log_softmax_last_dim(&x)?;
         assert!(close(&lsm.exp()?, &softmax_last_dim(&x)?) < 1e-6);
         Ok(())
@@ -111,7 +148,12 @@ mod tests {
         let loss = (y * &t)?.sum_all()?;
         let g = loss.backward()?;
         for v in [&x, &w, &b] {
-            let s = g.get(v.as_tensor()).expect("grad").abs()?.sum_all()?.to_scalar::<f32>()?;
+            let s = g
+                .get(v.as_tensor())
+                .expect("grad")
+                .abs()?
+                .sum_all()?
+                .to_scalar::<f32>()?;
             assert!(s > 0.0);
         }
         Ok(())

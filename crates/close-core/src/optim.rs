@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use candle_core::{backprop::GradStore, CpuStorage, DType, Device, InplaceOp2, Layout, Storage, Tensor, Var};
+use candle_core::{
+    backprop::GradStore, CpuStorage, DType, Device, InplaceOp2, Layout, Storage, Tensor, Var,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -27,7 +29,14 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { lr: 3e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, max_grad_norm: None }
+        Self {
+            lr: 3e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            max_grad_norm: None,
+        }
     }
 }
 
@@ -40,7 +49,9 @@ enum Moments {
 }
 
 fn host_eligible(var: &Var) -> bool {
-    matches!(var.device(), Device::Cpu) && var.dtype() == DType::F32 && var.as_tensor().is_contiguous()
+    matches!(var.device(), Device::Cpu)
+        && var.dtype() == DType::F32
+        && var.as_tensor().is_contiguous()
 }
 
 /// AdamW over a fixed list of named variables.
@@ -89,13 +100,23 @@ fn sum_sq(x: &[f32]) -> f64 {
 
 /// Applies `f` to the contiguous f32 data of a CPU tensor (made contiguous if needed).
 fn with_host_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let t = if t.is_contiguous() { t.clone() } else { t.contiguous()? };
-    let t = if t.dtype() == DType::F32 { t } else { t.to_dtype(DType::F32)? };
+    let t = if t.is_contiguous() {
+        t.clone()
+    } else {
+        t.contiguous()?
+    };
+    let t = if t.dtype() == DType::F32 {
+        t
+    } else {
+        t.to_dtype(DType::F32)?
+    };
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
         return Err(Error::invalid("optimizer: expected a CPU f32 gradient"));
     };
-    let (a, b) = layout.contiguous_offsets().ok_or_else(|| Error::invalid("optimizer: non-contiguous gradient"))?;
+    let (a, b) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| Error::invalid("optimizer: non-contiguous gradient"))?;
     Ok(f(&data[a..b]))
 }
 
@@ -116,22 +137,39 @@ impl InplaceOp2 for HostUpdate<'_> {
         "adamw-host"
     }
 
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
         let (CpuStorage::F32(theta), CpuStorage::F32(g)) = (s1, s2) else {
             candle_core::bail!("adamw-host: expected f32 storages");
         };
-        let (Some((t0, t1)), Some((g0, g1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+        let (Some((t0, t1)), Some((g0, g1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
             candle_core::bail!("adamw-host: expected contiguous tensors");
         };
-        let mut guard = self.moments.lock().map_err(|_| candle_core::Error::Msg("adamw-host: poisoned".into()))?;
+        let mut guard = self
+            .moments
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("adamw-host: poisoned".into()))?;
         let (m, v) = &mut *guard;
         let theta = &mut theta[t0..t1];
         let g = &g[g0..g1];
         if theta.len() != g.len() || m.len() != g.len() || v.len() != g.len() {
             candle_core::bail!("adamw-host: size mismatch");
         }
-        let (scale, b1, b2, decay, step, ib2, eps) =
-            (self.scale, self.beta1, self.beta2, self.decay, self.step_size, self.inv_sqrt_bc2, self.eps);
+        let (scale, b1, b2, decay, step, ib2, eps) = (
+            self.scale,
+            self.beta1,
+            self.beta2,
+            self.decay,
+            self.step_size,
+            self.inv_sqrt_bc2,
+            self.eps,
+        );
         let step = crate::simd::AdamWStep {
             grad_scale: scale,
             beta1: b1,
@@ -141,7 +179,9 @@ impl InplaceOp2 for HostUpdate<'_> {
             inv_sqrt_bc2: ib2,
             eps,
         };
-        par_zip4(theta, g, m, v, |t, g, m, v| crate::simd::adamw(t, g, m, v, step));
+        par_zip4(theta, g, m, v, |t, g, m, v| {
+            crate::simd::adamw(t, g, m, v, step)
+        });
         Ok(())
     }
 }
@@ -153,28 +193,51 @@ impl AdamW {
             .iter()
             .map(|(_, v)| {
                 Ok(if host_eligible(v) {
-                    Moments::Host { m: vec![0f32; v.elem_count()], v: vec![0f32; v.elem_count()] }
+                    Moments::Host {
+                        m: vec![0f32; v.elem_count()],
+                        v: vec![0f32; v.elem_count()],
+                    }
                 } else {
-                    Moments::Tensors { m: v.zeros_like()?, v: v.zeros_like()? }
+                    Moments::Tensors {
+                        m: v.zeros_like()?,
+                        v: v.zeros_like()?,
+                    }
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { cfg, vars, moments, step: 0 })
+        Ok(Self {
+            cfg,
+            vars,
+            moments,
+            step: 0,
+        })
     }
 
     /// All variables of a `VarMap`, sorted by name.
     pub fn from_varmap(varmap: &candle_nn::VarMap, cfg: AdamWConfig) -> Result<Self> {
-        let data = varmap.data().lock().map_err(|_| Error::invalid("varmap lock poisoned"))?;
-        let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let data = varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::invalid("varmap lock poisoned"))?;
+        let mut vars: Vec<(String, Var)> =
+            data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         drop(data);
         Self::new(vars, cfg)
     }
 
-    pub fn config(&self) -> &AdamWConfig { &self.cfg }
-    pub fn lr(&self) -> f64 { self.cfg.lr }
-    pub fn set_lr(&mut self, lr: f64) { self.cfg.lr = lr; }
-    pub fn step_count(&self) -> u64 { self.step }
+    pub fn config(&self) -> &AdamWConfig {
+        &self.cfg
+    }
+    pub fn lr(&self) -> f64 {
+        self.cfg.lr
+    }
+    pub fn set_lr(&mut self, lr: f64) {
+        self.cfg.lr = lr;
+    }
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
 
     /// Global L2 norm of the gradients of the optimizer's variables.
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
@@ -184,7 +247,11 @@ impl AdamW {
                 total += if matches!(g.device(), Device::Cpu) && g.dtype() == DType::F32 {
                     with_host_f32(g, sum_sq)?
                 } else {
-                    g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?
+                    g.to_dtype(DType::F32)?
+                        .sqr()?
+                        .sum_all()?
+                        .to_dtype(DType::F64)?
+                        .to_scalar::<f64>()?
                 };
             }
         }
@@ -198,17 +265,27 @@ impl AdamW {
         let scale = match c.max_grad_norm {
             Some(max) => {
                 let n = self.grad_norm(grads)?;
-                if n > max { max / (n + 1e-6) } else { 1.0 }
+                if n > max {
+                    max / (n + 1e-6)
+                } else {
+                    1.0
+                }
             }
             None => 1.0,
         };
         let bc1 = 1.0 - c.beta1.powi(self.step as i32);
         let bc2 = 1.0 - c.beta2.powi(self.step as i32);
         for (i, (_, var)) in self.vars.iter().enumerate() {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
             match &mut self.moments[i] {
                 Moments::Host { m, v } => {
-                    let g = if g.dtype() == DType::F32 && g.is_contiguous() { g.clone() } else { g.to_dtype(DType::F32)?.contiguous()? };
+                    let g = if g.dtype() == DType::F32 && g.is_contiguous() {
+                        g.clone()
+                    } else {
+                        g.to_dtype(DType::F32)?.contiguous()?
+                    };
                     let op = HostUpdate {
                         moments: Mutex::new((m.as_mut_slice(), v.as_mut_slice())),
                         scale: scale as f32,
@@ -222,11 +299,19 @@ impl AdamW {
                     var.as_tensor().inplace_op2(&g, &op)?;
                 }
                 Moments::Tensors { m, v } => {
-                    let g = if scale != 1.0 { (g * scale)? } else { g.clone() };
+                    let g = if scale != 1.0 {
+                        (g * scale)?
+                    } else {
+                        g.clone()
+                    };
                     let m_new = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
                     let v_new = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
                     let theta = var.as_tensor();
-                    let theta = if c.weight_decay != 0.0 { (theta * (1.0 - c.lr * c.weight_decay))? } else { theta.clone() };
+                    let theta = if c.weight_decay != 0.0 {
+                        (theta * (1.0 - c.lr * c.weight_decay))?
+                    } else {
+                        theta.clone()
+                    };
                     let denom = ((v_new.sqrt()? / bc2.sqrt())? + c.eps)?;
                     let upd = ((&m_new / denom)? * (c.lr / bc1))?;
                     var.set(&(theta - upd)?)?;
@@ -271,16 +356,29 @@ impl AdamW {
             let mut pair = Vec::with_capacity(2);
             for suffix in ["exp_avg", "exp_avg_sq"] {
                 let key = format!("{name}.{suffix}");
-                let t = state.get(&key).ok_or_else(|| Error::MissingKey { file: "optimizer state".into(), key: key.clone() })?;
+                let t = state.get(&key).ok_or_else(|| Error::MissingKey {
+                    file: "optimizer state".into(),
+                    key: key.clone(),
+                })?;
                 if t.dims() != var.dims() {
-                    return Err(Error::Shape { what: key, expected: var.dims().to_vec(), got: t.dims().to_vec() });
+                    return Err(Error::Shape {
+                        what: key,
+                        expected: var.dims().to_vec(),
+                        got: t.dims().to_vec(),
+                    });
                 }
                 pair.push(t);
             }
             restored.push(if host_eligible(var) {
                 Moments::Host {
-                    m: pair[0].to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
-                    v: pair[1].to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+                    m: pair[0]
+                        .to_dtype(DType::F32)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?,
+                    v: pair[1]
+                        .to_dtype(DType::F32)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?,
                 }
             } else {
                 Moments::Tensors {
@@ -305,7 +403,11 @@ mod tests {
         // One parameter, two steps, checked against the closed-form AdamW recurrence.
         let dev = Device::Cpu;
         let w = Var::new(&[1.0f32, -2.0], &dev)?;
-        let cfg = AdamWConfig { lr: 0.1, weight_decay: 0.01, ..Default::default() };
+        let cfg = AdamWConfig {
+            lr: 0.1,
+            weight_decay: 0.01,
+            ..Default::default()
+        };
         let mut opt = AdamW::new(vec![("w".into(), w.clone())], cfg)?;
         let (mut m, mut v, mut th) = ([0f64; 2], [0f64; 2], [1.0f64, -2.0]);
         for t in 1..=2 {
@@ -333,41 +435,79 @@ mod tests {
     #[test]
     fn host_path_matches_tensor_path() -> Result<()> {
         let dev = Device::Cpu;
-        let cfg = AdamWConfig { lr: 1e-2, weight_decay: 0.1, max_grad_norm: Some(0.5), ..Default::default() };
+        let cfg = AdamWConfig {
+            lr: 1e-2,
+            weight_decay: 0.1,
+            max_grad_norm: Some(0.5),
+            ..Default::default()
+        };
         let init_big = Tensor::randn(0f32, 1., (300, 257), &dev)?;
         let init_small = Tensor::randn(0f32, 1., (7,), &dev)?;
-        let mk = || -> Result<(Var, Var)> { Ok((Var::from_tensor(&init_big.copy()?)?, Var::from_tensor(&init_small.copy()?)?)) };
+        let mk = || -> Result<(Var, Var)> {
+            Ok((
+                Var::from_tensor(&init_big.copy()?)?,
+                Var::from_tensor(&init_small.copy()?)?,
+            ))
+        };
         let (a1, a2) = mk()?;
         let (b1, b2) = mk()?;
-        let mut fast = AdamW::new(vec![("a".into(), a1.clone()), ("b".into(), a2.clone())], cfg)?;
-        let mut slow = AdamW::new(vec![("a".into(), b1.clone()), ("b".into(), b2.clone())], cfg)?;
+        let mut fast = AdamW::new(
+            vec![("a".into(), a1.clone()), ("b".into(), a2.clone())],
+            cfg,
+        )?;
+        let mut slow = AdamW::new(
+            vec![("a".into(), b1.clone()), ("b".into(), b2.clone())],
+            cfg,
+        )?;
         // Force the tensor-op path on the reference optimizer.
         for (i, (_, var)) in slow.vars.iter().enumerate() {
-            slow.moments[i] = Moments::Tensors { m: var.zeros_like()?, v: var.zeros_like()? };
+            slow.moments[i] = Moments::Tensors {
+                m: var.zeros_like()?,
+                v: var.zeros_like()?,
+            };
         }
         assert!(matches!(fast.moments[0], Moments::Host { .. }));
         let target = Tensor::randn(0f32, 1., (300, 257), &dev)?;
         for _ in 0..3 {
             for (x, y, opt) in [(&a1, &a2, &mut fast), (&b1, &b2, &mut slow)] {
-                let loss = ((x.as_tensor() - &target)?.sqr()?.sum_all()? + y.as_tensor().powf(3.0)?.sum_all()?)?;
+                let loss = ((x.as_tensor() - &target)?.sqr()?.sum_all()?
+                    + y.as_tensor().powf(3.0)?.sum_all()?)?;
                 opt.backward_step(&loss)?;
             }
         }
-        let d1 = (a1.as_tensor() - b1.as_tensor())?.abs()?.max_all()?.to_scalar::<f32>()?;
-        let d2 = (a2.as_tensor() - b2.as_tensor())?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let d1 = (a1.as_tensor() - b1.as_tensor())?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        let d2 = (a2.as_tensor() - b2.as_tensor())?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
         assert!(d1 < 1e-5 && d2 < 1e-5, "{d1} {d2}");
-        let moved = (a1.as_tensor() - &init_big)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let moved = (a1.as_tensor() - &init_big)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
         assert!(moved > 1e-3);
         // state round trip
         let (st, step) = fast.state();
         let (st2, _) = slow.state();
-        let dm = (&st["a.exp_avg_sq"] - &st2["a.exp_avg_sq"])?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let dm = (&st["a.exp_avg_sq"] - &st2["a.exp_avg_sq"])?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
         assert!(dm < 1e-5);
-        let mut again = AdamW::new(vec![("a".into(), a1.clone()), ("b".into(), a2.clone())], cfg)?;
+        let mut again = AdamW::new(
+            vec![("a".into(), a1.clone()), ("b".into(), a2.clone())],
+            cfg,
+        )?;
         again.load_state(&st, step)?;
         assert_eq!(again.step_count(), 3);
         let (st3, _) = again.state();
-        assert_eq!(st3["b.exp_avg"].to_vec1::<f32>()?, st["b.exp_avg"].to_vec1::<f32>()?);
+        assert_eq!(
+            st3["b.exp_avg"].to_vec1::<f32>()?,
+            st["b.exp_avg"].to_vec1::<f32>()?
+        );
         Ok(())
     }
 }

@@ -49,7 +49,10 @@ pub struct Series {
 
 impl Series {
     pub fn new(name: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
-        Self { name: name.into(), points }
+        Self {
+            name: name.into(),
+            points,
+        }
     }
 }
 
@@ -86,14 +89,24 @@ fn bounds(points: impl Iterator<Item = (f64, f64)>) -> ((f64, f64), (f64, f64)) 
         return ((0.0, 1.0), (0.0, 1.0));
     }
     let pad = |a: f64, b: f64| {
-        let d = if (b - a).abs() < 1e-12 { 1.0 } else { (b - a) * 0.05 };
+        let d = if (b - a).abs() < 1e-12 {
+            1.0
+        } else {
+            (b - a) * 0.05
+        };
         (a - d, b + d)
     };
     (pad(x0, x1), pad(y0, y1))
 }
 
 /// Draw a line chart (one line with markers per series) to a PNG at `path`.
-pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<()> {
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> Result<()> {
     let text = have_font();
     let tmp = path.with_extension("tmp.png");
     {
@@ -103,9 +116,13 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
         let mut b = ChartBuilder::on(&root);
         b.margin(15);
         if text {
-            b.caption(title, ("sans-serif", 22)).x_label_area_size(40).y_label_area_size(60);
+            b.caption(title, ("sans-serif", 22))
+                .x_label_area_size(40)
+                .y_label_area_size(60);
         }
-        let mut chart = b.build_cartesian_2d(x0..x1, y0..y1).map_err(|e| plot_err(path, e))?;
+        let mut chart = b
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(|e| plot_err(path, e))?;
         let mut mesh = chart.configure_mesh();
         if text {
             mesh.x_desc(x_label).y_desc(y_label);
@@ -115,15 +132,24 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
         mesh.draw().map_err(|e| plot_err(path, e))?;
         for (i, s) in series.iter().enumerate() {
             let c = palette(i);
-            let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+            let pts: Vec<(f64, f64)> = s
+                .points
+                .iter()
+                .copied()
+                .filter(|(x, y)| x.is_finite() && y.is_finite())
+                .collect();
             let drawn = chart
                 .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
                 .map_err(|e| plot_err(path, e))?;
             if text {
-                drawn.label(s.name.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+                drawn.label(s.name.clone()).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                });
             }
             if pts.len() <= 40 {
-                chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, c.filled()))).map_err(|e| plot_err(path, e))?;
+                chart
+                    .draw_series(pts.iter().map(|p| Circle::new(*p, 3, c.filled())))
+                    .map_err(|e| plot_err(path, e))?;
             }
         }
         if text && !series.is_empty() {
@@ -146,13 +172,20 @@ pub fn scatter(path: &Path, title: &str, sets: &[(String, Vec<[f64; 2]>)]) -> Re
     {
         let root = BitMapBackend::new(&tmp, (700, 600)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
-        let ((x0, x1), (y0, y1)) = bounds(sets.iter().flat_map(|(_, p)| p.iter().map(|q| (q[0], q[1]))));
+        let ((x0, x1), (y0, y1)) = bounds(
+            sets.iter()
+                .flat_map(|(_, p)| p.iter().map(|q| (q[0], q[1]))),
+        );
         let mut b = ChartBuilder::on(&root);
         b.margin(15);
         if text {
-            b.caption(title, ("sans-serif", 22)).x_label_area_size(35).y_label_area_size(50);
+            b.caption(title, ("sans-serif", 22))
+                .x_label_area_size(35)
+                .y_label_area_size(50);
         }
-        let mut chart = b.build_cartesian_2d(x0..x1, y0..y1).map_err(|e| plot_err(path, e))?;
+        let mut chart = b
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(|e| plot_err(path, e))?;
         let mut mesh = chart.configure_mesh();
         if text {
             mesh.x_desc("PC 1").y_desc("PC 2");
@@ -163,10 +196,15 @@ pub fn scatter(path: &Path, title: &str, sets: &[(String, Vec<[f64; 2]>)]) -> Re
         for (i, (name, pts)) in sets.iter().enumerate() {
             let c = palette(i);
             let drawn = chart
-                .draw_series(pts.iter().map(|p| Circle::new((p[0], p[1]), 3, c.mix(0.6).filled())))
+                .draw_series(
+                    pts.iter()
+                        .map(|p| Circle::new((p[0], p[1]), 3, c.mix(0.6).filled())),
+                )
                 .map_err(|e| plot_err(path, e))?;
             if text {
-                drawn.label(name.clone()).legend(move |(x, y)| Circle::new((x + 6, y), 4, c.filled()));
+                drawn
+                    .label(name.clone())
+                    .legend(move |(x, y)| Circle::new((x + 6, y), 4, c.filled()));
             }
         }
         if text && !sets.is_empty() {
@@ -190,12 +228,25 @@ mod tests {
     fn draws_line_and_scatter_pngs() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("loss.png");
-        let s = vec![Series::new("train", (0..20).map(|i| (i as f64, 1.0 / (1.0 + i as f64))).collect())];
+        let s = vec![Series::new(
+            "train",
+            (0..20)
+                .map(|i| (i as f64, 1.0 / (1.0 + i as f64)))
+                .collect(),
+        )];
         line_chart(&p, "loss", "step", "loss", &s).unwrap();
         let img = image::open(&p).unwrap();
         assert_eq!((img.width(), img.height()), (800, 500));
         let q = dir.path().join("pca.png");
-        scatter(&q, "gap", &[("image".into(), vec![[0.0, 0.0], [1.0, 1.0]]), ("text".into(), vec![[2.0, 0.5]])]).unwrap();
+        scatter(
+            &q,
+            "gap",
+            &[
+                ("image".into(), vec![[0.0, 0.0], [1.0, 1.0]]),
+                ("text".into(), vec![[2.0, 0.5]]),
+            ],
+        )
+        .unwrap();
         assert!(q.exists());
         // Empty input still gives a valid (blank) chart rather than an error.
         line_chart(&dir.path().join("empty.png"), "e", "x", "y", &[]).unwrap();

@@ -332,7 +332,9 @@ mod tests {
 
     #[test]
     fn reductions_match_serial() {
-        let x: Vec<f32> = (0..37).map(|i| ((i * 7919) % 113) as f32 / 10.0 - 5.0).collect();
+        let x: Vec<f32> = (0..37)
+            .map(|i| ((i * 7919) % 113) as f32 / 10.0 - 5.0)
+            .collect();
         let y: Vec<f32> = (0..37).map(|i| ((i * 31) % 17) as f32 / 3.0).collect();
         assert!((sum(&x) - x.iter().sum::<f32>()).abs() < 1e-4);
         assert!((dot(&x, &y) - x.iter().zip(&y).map(|(a, b)| a * b).sum::<f32>()).abs() < 1e-3);
@@ -352,7 +354,11 @@ mod tests {
             let v = v as f64;
             assert!((y[i] as f64 - f(v)).abs() < 1e-5 * (1.0 + f(v).abs()));
             let num = (f(v + 1e-4) - f(v - 1e-4)) / 2e-4;
-            assert!((dx[i] as f64 - num).abs() < 1e-4, "x {v}: {} vs {num}", dx[i]);
+            assert!(
+                (dx[i] as f64 - num).abs() < 1e-4,
+                "x {v}: {} vs {num}",
+                dx[i]
+            );
         }
     }
 }

@@ -628,8 +628,14 @@ fn world_validates_against_loaders_and_scenes() {
         .collect();
     for g in &groups {
         assert!(g.len() >= 2, "{g:?}");
-        assert!(!(g.contains(&"large".into()) && g.contains(&"big".into())), "{g:?}");
-        assert!(g.iter().any(|w| used.contains(w)), "no word of {g:?} in a caption");
+        assert!(
+            !(g.contains(&"large".into()) && g.contains(&"big".into())),
+            "{g:?}"
+        );
+        assert!(
+            g.iter().any(|w| used.contains(w)),
+            "no word of {g:?} in a caption"
+        );
     }
 }
 

@@ -99,7 +99,12 @@ impl Hub {
                     .filter(|t| !t.is_empty())
             });
         let offline = std::env::var("HF_HUB_OFFLINE")
-            .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+            .map(|v| {
+                matches!(
+                    v.trim().to_ascii_lowercase().as_str(),
+                    "1" | "true" | "yes" | "on"
+                )
+            })
             .unwrap_or(false);
         Hub {
             cache,
@@ -154,7 +159,9 @@ impl Hub {
             )
         };
         if self.offline {
-            return Err(missing("HF_HUB_OFFLINE is set, so nothing is downloaded".into()));
+            return Err(missing(
+                "HF_HUB_OFFLINE is set, so nothing is downloaded".into(),
+            ));
         }
         download(self, spec, kind, progress).map_err(|e| missing(e))
     }
@@ -228,9 +235,8 @@ fn download(
     };
     let mut dir: Option<PathBuf> = None;
     for &file in kind.required() {
-        let path = fetch(file).map_err(|e| {
-            format!("downloading {file} from {} failed: {e}", repo.url(file))
-        })?;
+        let path = fetch(file)
+            .map_err(|e| format!("downloading {file} from {} failed: {e}", repo.url(file)))?;
         let parent = path.parent().map(Path::to_path_buf).unwrap_or_default();
         match &dir {
             None => dir = Some(parent),
@@ -312,16 +318,25 @@ mod tests {
         assert_eq!(h.resolve(id, ModelKind::Clip, &NoProgress).unwrap(), snap);
         // A local directory is taken as is.
         let local = dir.path().to_str().unwrap();
-        assert_eq!(h.resolve(local, ModelKind::T5, &NoProgress).unwrap(), dir.path());
+        assert_eq!(
+            h.resolve(local, ModelKind::T5, &NoProgress).unwrap(),
+            dir.path()
+        );
         // Offline and missing: the error names the flag, the cache path and the fix.
-        let e = h.resolve("t5-base", ModelKind::T5, &NoProgress).unwrap_err().to_string();
+        let e = h
+            .resolve("t5-base", ModelKind::T5, &NoProgress)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("--t5") && e.contains("models--t5-base") && e.contains("HF_HUB_OFFLINE"),
             "{e}"
         );
         // An incomplete snapshot is not accepted.
         std::fs::remove_file(snap.join("tokenizer.json")).unwrap();
-        let e = h.resolve(id, ModelKind::Clip, &NoProgress).unwrap_err().to_string();
+        let e = h
+            .resolve(id, ModelKind::Clip, &NoProgress)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not complete"), "{e}");
         assert!(h.resolve("../x/y/z", ModelKind::T5, &NoProgress).is_err());
         assert!(h.resolve("a/../b", ModelKind::T5, &NoProgress).is_err());
@@ -374,8 +389,10 @@ mod tests {
                         head.extend_from_slice(part);
                         head
                     }
-                    None => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                        .to_vec(),
+                    None => {
+                        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                            .to_vec()
+                    }
                 };
                 let _ = stream.write_all(&resp);
             }
@@ -390,18 +407,25 @@ mod tests {
         let cache = dir.path().join("hub");
         let mut files = HashMap::new();
         for f in ModelKind::T5.required() {
-            files.insert(format!("/org/tiny-t5/resolve/main/{f}"), format!("{f} bytes").into_bytes());
+            files.insert(
+                format!("/org/tiny-t5/resolve/main/{f}"),
+                format!("{f} bytes").into_bytes(),
+            );
         }
         let (endpoint, hits) = serve(files);
         let h = hub(&cache, &endpoint, false);
-        let d = h.resolve("org/tiny-t5", ModelKind::T5, &NoProgress).unwrap();
+        let d = h
+            .resolve("org/tiny-t5", ModelKind::T5, &NoProgress)
+            .unwrap();
         assert_eq!(d, cache.join("models--org--tiny-t5/snapshots/0123abcd"));
         assert_eq!(
             std::fs::read_to_string(d.join("model.safetensors")).unwrap(),
             "model.safetensors bytes"
         );
         assert_eq!(
-            std::fs::read_to_string(cache.join("models--org--tiny-t5/refs/main")).unwrap().trim(),
+            std::fs::read_to_string(cache.join("models--org--tiny-t5/refs/main"))
+                .unwrap()
+                .trim(),
             "0123abcd"
         );
         // tokenizer.json is optional: the 404 did not fail the download.
@@ -409,7 +433,12 @@ mod tests {
         // Second time: everything comes from the cache, even offline.
         let before = hits.load(Ordering::SeqCst);
         let offline = hub(&cache, "http://127.0.0.1:9", true);
-        assert_eq!(offline.resolve("org/tiny-t5", ModelKind::T5, &NoProgress).unwrap(), d);
+        assert_eq!(
+            offline
+                .resolve("org/tiny-t5", ModelKind::T5, &NoProgress)
+                .unwrap(),
+            d
+        );
         assert_eq!(hits.load(Ordering::SeqCst), before);
         // A repository without a required file: the error names the file, URL and cache.
         let e = h
@@ -417,7 +446,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("config.json") && e.contains("/org/other/resolve/main/") && e.contains("models--org--other"),
+            e.contains("config.json")
+                && e.contains("/org/other/resolve/main/")
+                && e.contains("models--org--other"),
             "{e}"
         );
     }
@@ -428,7 +459,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = dir.path().join("hub");
         // Nothing listens on a port that was just released.
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let h = hub(&cache, &format!("http://127.0.0.1:{port}"), false);
         let e = h
             .resolve("openai/clip-vit-base-patch32", ModelKind::Clip, &NoProgress)

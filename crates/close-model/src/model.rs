@@ -64,7 +64,6 @@ pub struct TextInput {
     pub mask: Tensor,
 }
 
-
 /// The CLOSE model: prefix mapping + T5 (CLIP is not part of it).
 pub struct CloseModel {
     cfg: ModelConfig,

@@ -545,7 +545,13 @@ fn write_loss_plot(out: &Path, state: &TrainState) {
         "train loss",
         state.losses.iter().map(|&(s, l)| (s as f64, l)).collect(),
     );
-    if let Err(e) = close_core::plot::line_chart(&out.join(run::LOSS_PNG), "training loss", "step", "loss", &[s]) {
+    if let Err(e) = close_core::plot::line_chart(
+        &out.join(run::LOSS_PNG),
+        "training loss",
+        "step",
+        "loss",
+        &[s],
+    ) {
         tracing::warn!("loss plot: {e}");
     }
 }

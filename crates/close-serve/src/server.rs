@@ -647,7 +647,8 @@ pub fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static> {
     let fut = {
         use tokio::signal::unix::{signal, SignalKind};
         let handler = |kind: SignalKind, name: &str| {
-            signal(kind).map_err(|e| Error::invalid(format!("cannot install the {name} handler: {e}")))
+            signal(kind)
+                .map_err(|e| Error::invalid(format!("cannot install the {name} handler: {e}")))
         };
         let mut int = handler(SignalKind::interrupt(), "SIGINT")?;
         let mut term = handler(SignalKind::terminate(), "SIGTERM")?;

@@ -153,8 +153,7 @@ fn main() -> close_core::Result<()> {
         gen[0].1, gen[1].1
     );
 
-    let python =
-        std::env::var("CLOSE_PYTHON").unwrap_or_else(|_| "/work/venv/bin/python".into());
+    let python = std::env::var("CLOSE_PYTHON").unwrap_or_else(|_| "/work/venv/bin/python".into());
     let out = Command::new(&python)
         .arg("-c")
         .arg(PY)

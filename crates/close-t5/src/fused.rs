@@ -8,8 +8,8 @@
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, D};
-use close_core::fused::{par_rows, slice, use_fused, with_data};
 pub use close_core::fused::softmax_last_dim;
+use close_core::fused::{par_rows, slice, use_fused, with_data};
 use close_core::Result;
 
 // ---------------------------------------------------------------- linear

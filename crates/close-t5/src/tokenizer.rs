@@ -166,13 +166,25 @@ mod tests {
         // words frequent. The old Unigram trainer split "contradiction" into 9 pieces here.
         let mut lines = corpus();
         for i in 0..300 {
-            lines.push(format!("entailment neutral contradiction yes no w{i}x{}", i * 7));
+            lines.push(format!(
+                "entailment neutral contradiction yes no w{i}x{}",
+                i * 7
+            ));
         }
         let tok = train_tokenizer(lines, 400).unwrap();
-        assert!(tok.get_vocab_size(true) > 300, "{}", tok.get_vocab_size(true));
+        assert!(
+            tok.get_vocab_size(true) > 300,
+            "{}",
+            tok.get_vocab_size(true)
+        );
         for w in ["contradiction", "entailment", "neutral", "red", "triangle"] {
             let ids = encode(&tok, w).unwrap();
-            assert_eq!(ids.len(), 2, "{w} → {:?}", tok.encode(w, true).unwrap().get_tokens());
+            assert_eq!(
+                ids.len(),
+                2,
+                "{w} → {:?}",
+                tok.encode(w, true).unwrap().get_tokens()
+            );
         }
         // Unseen characters map to <unk> instead of failing.
         let ids = encode(&tok, "a red ☃").unwrap();

@@ -207,11 +207,19 @@ mod tests {
         let malformed = dir.path().join("bad.json");
         std::fs::write(&malformed, r#"{"red": 1}"#).unwrap();
         let e = format!("{:#}", args(&malformed).config().unwrap_err());
-        assert!(e.contains("--hard-negatives") && e.contains("bad.json"), "{e}");
+        assert!(
+            e.contains("--hard-negatives") && e.contains("bad.json"),
+            "{e}"
+        );
 
         let lonely = dir.path().join("lonely.json");
         std::fs::write(&lonely, r#"[["red"]]"#).unwrap();
-        let e = args(&lonely).config().unwrap().validate().unwrap_err().to_string();
+        let e = args(&lonely)
+            .config()
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("hard_negative_groups"), "{e}");
     }
 }

@@ -87,11 +87,29 @@ pub struct EntailArgs {
 fn load(m: &ModelArgs, want: Task) -> anyhow::Result<(RunPredictor, DecodeOptions)> {
     let dev = device(&m.device)?;
     // The corpus is only loaded when neighbours are asked for.
-    let corpus = if m.neighbors > 0 { m.corpus.clone() } else { None };
-    let p = RunPredictor::load(&m.run, &LoadOptions { clip: m.clip.clone(), corpus, name: None }, &dev)?;
+    let corpus = if m.neighbors > 0 {
+        m.corpus.clone()
+    } else {
+        None
+    };
+    let p = RunPredictor::load(
+        &m.run,
+        &LoadOptions {
+            clip: m.clip.clone(),
+            corpus,
+            name: None,
+        },
+        &dev,
+    )?;
     let info = p.info();
     if info.task != want {
-        anyhow::bail!("--run {}: a {} model (trained for `{}`); use `close {}`", m.run.display(), info.task, p.run().config.task, info.task);
+        anyhow::bail!(
+            "--run {}: a {} model (trained for `{}`); use `close {}`",
+            m.run.display(),
+            info.task,
+            p.run().config.task,
+            info.task
+        );
     }
     if m.neighbors > 0 && info.corpus_size == 0 {
         anyhow::bail!("--neighbors {}: the run records no usable text cache; pass --corpus (a text cache dir or a captions file)", m.neighbors);
@@ -105,7 +123,11 @@ fn load(m: &ModelArgs, want: Task) -> anyhow::Result<(RunPredictor, DecodeOption
         anyhow::bail!("--beam 0: must be at least 1");
     }
     if opts.max_tokens == 0 || opts.max_tokens > info.max_tokens_limit {
-        anyhow::bail!("--max-tokens {}: must be in 1..={}", opts.max_tokens, info.max_tokens_limit);
+        anyhow::bail!(
+            "--max-tokens {}: must be in 1..={}",
+            opts.max_tokens,
+            info.max_tokens_limit
+        );
     }
     Ok((p, opts))
 }
@@ -114,23 +136,35 @@ pub fn caption(a: CaptionArgs, ctx: &Ctx) -> anyhow::Result<()> {
     let (p, opts) = load(&a.model, Task::Caption)?;
     let files = collect_images(&a.inputs)?;
     if files.is_empty() {
-        anyhow::bail!("no image files (.png, .jpg, .jpeg, .webp) in {:?}", a.inputs);
+        anyhow::bail!(
+            "no image files (.png, .jpg, .jpeg, .webp) in {:?}",
+            a.inputs
+        );
     }
     let mut buf: Vec<u8> = Vec::new();
     let stdout = std::io::stdout();
     let progress = ctx.progress();
-    let report = caption_files(&p, &files, &opts, a.batch, a.all_beams, progress.as_ref(), |line| {
-        let s = serde_json::to_string(line)?;
-        if a.out.is_some() {
-            buf.extend_from_slice(s.as_bytes());
-            buf.push(b'\n');
-        } else {
-            let mut out = stdout.lock();
-            writeln!(out, "{s}").map_err(|e| close_core::Error::io("<stdout>", e))?;
-            out.flush().map_err(|e| close_core::Error::io("<stdout>", e))?;
-        }
-        Ok(())
-    })?;
+    let report = caption_files(
+        &p,
+        &files,
+        &opts,
+        a.batch,
+        a.all_beams,
+        progress.as_ref(),
+        |line| {
+            let s = serde_json::to_string(line)?;
+            if a.out.is_some() {
+                buf.extend_from_slice(s.as_bytes());
+                buf.push(b'\n');
+            } else {
+                let mut out = stdout.lock();
+                writeln!(out, "{s}").map_err(|e| close_core::Error::io("<stdout>", e))?;
+                out.flush()
+                    .map_err(|e| close_core::Error::io("<stdout>", e))?;
+            }
+            Ok(())
+        },
+    )?;
     if let Some(out) = &a.out {
         close_core::io::write_atomic(out, &buf)?;
     }
@@ -140,22 +174,38 @@ pub fn caption(a: CaptionArgs, ctx: &Ctx) -> anyhow::Result<()> {
     if a.json {
         eprintln!("{}", serde_json::to_string(&report)?);
     } else if !ctx.quiet {
-        eprintln!("captioned {} image(s), skipped {}", report.captioned, report.skipped.len());
+        eprintln!(
+            "captioned {} image(s), skipped {}",
+            report.captioned,
+            report.skipped.len()
+        );
     }
     if report.captioned == 0 {
-        anyhow::bail!("no image could be captioned ({} skipped)", report.skipped.len());
+        anyhow::bail!(
+            "no image could be captioned ({} skipped)",
+            report.skipped.len()
+        );
     }
     Ok(())
 }
 
-fn one(m: &ModelArgs, task: Task, image: &PathBuf, text: &str, json: bool, quiet: bool) -> anyhow::Result<()> {
+fn one(
+    m: &ModelArgs,
+    task: Task,
+    image: &PathBuf,
+    text: &str,
+    json: bool,
+    quiet: bool,
+) -> anyhow::Result<()> {
     let text = text.trim();
     if text.is_empty() {
         anyhow::bail!("--{}: empty text", task.text_field().unwrap_or("text"));
     }
     let (p, opts) = load(m, task)?;
     let img = close_clip::load_image(image)?;
-    let pred = p.predict_images(std::slice::from_ref(&img), Some(&[text.to_string()]), &opts)?.remove(0);
+    let pred = p
+        .predict_images(std::slice::from_ref(&img), Some(&[text.to_string()]), &opts)?
+        .remove(0);
     if json {
         let v = serde_json::json!({
             "file": image.display().to_string(),
@@ -181,9 +231,23 @@ fn one(m: &ModelArgs, task: Task, image: &PathBuf, text: &str, json: bool, quiet
 }
 
 pub fn vqa(a: VqaArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    one(&a.model, Task::Vqa, &a.image, &a.question, a.json, ctx.quiet)
+    one(
+        &a.model,
+        Task::Vqa,
+        &a.image,
+        &a.question,
+        a.json,
+        ctx.quiet,
+    )
 }
 
 pub fn entail(a: EntailArgs, ctx: &Ctx) -> anyhow::Result<()> {
-    one(&a.model, Task::Entail, &a.image, &a.hypothesis, a.json, ctx.quiet)
+    one(
+        &a.model,
+        Task::Entail,
+        &a.image,
+        &a.hypothesis,
+        a.json,
+        ctx.quiet,
+    )
 }

@@ -45,7 +45,10 @@ pub struct Args {
 
 pub fn run(args: Args, _ctx: &Ctx) -> anyhow::Result<()> {
     if !(args.timeout > 0.0 && args.timeout.is_finite()) {
-        anyhow::bail!("--timeout {}: must be a positive number of seconds", args.timeout);
+        anyhow::bail!(
+            "--timeout {}: must be a positive number of seconds",
+            args.timeout
+        );
     }
     if !(args.max_upload_mb > 0.0 && args.max_upload_mb.is_finite()) {
         anyhow::bail!("--max-upload-mb {}: must be positive", args.max_upload_mb);
@@ -60,14 +63,29 @@ pub fn run(args: Args, _ctx: &Ctx) -> anyhow::Result<()> {
     };
     cfg.validate()?;
     if !args.addr.ip().is_loopback() {
-        tracing::warn!("listening on {} — reachable from other machines (there is no authentication)", args.addr);
+        tracing::warn!(
+            "listening on {} — reachable from other machines (there is no authentication)",
+            args.addr
+        );
     }
     let dev = device(&args.device)?;
-    let opts = LoadOptions { clip: args.clip, corpus: args.corpus, name: None };
-    let predictors: Vec<Box<dyn Predictor>> = load_runs(&args.runs, &opts, &dev)?.into_iter().map(|p| Box::new(p) as Box<dyn Predictor>).collect();
+    let opts = LoadOptions {
+        clip: args.clip,
+        corpus: args.corpus,
+        name: None,
+    };
+    let predictors: Vec<Box<dyn Predictor>> = load_runs(&args.runs, &opts, &dev)?
+        .into_iter()
+        .map(|p| Box::new(p) as Box<dyn Predictor>)
+        .collect();
     for p in &predictors {
         let i = p.info();
-        tracing::info!("model `{}`: {} ({} captions for nearest-caption lookup)", i.name, i.task, i.corpus_size);
+        tracing::info!(
+            "model `{}`: {} ({} captions for nearest-caption lookup)",
+            i.name,
+            i.task,
+            i.corpus_size
+        );
     }
     close_serve::serve_blocking(cfg, predictors)?;
     Ok(())

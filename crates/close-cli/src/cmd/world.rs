@@ -65,12 +65,26 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
     }
-    println!("shapes world → {} ({:.1}s, seed {})", args.out.display(), s.seconds, cfg.seed);
-    println!("{:<6} {:>7} {:>9} {:>10} {:>7} {:>9}", "split", "images", "captions", "questions", "vqa-e", "ve pairs");
+    println!(
+        "shapes world → {} ({:.1}s, seed {})",
+        args.out.display(),
+        s.seconds,
+        cfg.seed
+    );
+    println!(
+        "{:<6} {:>7} {:>9} {:>10} {:>7} {:>9}",
+        "split", "images", "captions", "questions", "vqa-e", "ve pairs"
+    );
     for (name, sp) in &s.splits {
-        println!("{name:<6} {:>7} {:>9} {:>10} {:>7} {:>9}", sp.images, sp.captions, sp.questions, sp.vqae, sp.ve_pairs);
+        println!(
+            "{name:<6} {:>7} {:>9} {:>10} {:>7} {:>9}",
+            sp.images, sp.captions, sp.questions, sp.vqae, sp.ve_pairs
+        );
     }
-    let pct = |x: Option<f64>| x.map(|v| format!("{:.1}%", 100.0 * v)).unwrap_or_else(|| "n/a".into());
+    let pct = |x: Option<f64>| {
+        x.map(|v| format!("{:.1}%", 100.0 * v))
+            .unwrap_or_else(|| "n/a".into())
+    };
     println!(
         "shortcut baselines (test): hypothesis-only VE {} (chance 33.3%), question-only VQA {}",
         pct(s.ve_hypothesis_only_accuracy),

@@ -146,7 +146,10 @@ mod tests {
             assert_eq!(ps[1].kind == PROBE_KINDS[1], o.size == Size::Large);
             seen_small_and_large[usize::from(o.size == Size::Large)] = true;
             assert_eq!(ps[2].candidates.len(), 9);
-            assert_eq!(truth(&ps[2]), format!("{} in the {}.", indefinite(&np), o.cell_name()));
+            assert_eq!(
+                truth(&ps[2]),
+                format!("{} in the {}.", indefinite(&np), o.cell_name())
+            );
             for p in &ps {
                 let mut c = p.candidates.clone();
                 c.sort();
