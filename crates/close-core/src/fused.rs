@@ -9,6 +9,7 @@ use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Storage, Tensor, D,
 };
 
+use crate::matmul::Operand;
 use crate::Result;
 
 /// Elements below which a kernel runs on one thread.
@@ -181,18 +182,43 @@ pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
 
 // ---------------------------------------------------------------- linear
 
-/// Gradients of `y = x wᵀ` from `g = dL/dy`: `dx = g w`, and `dw = gᵀ x` written directly in
-/// `[N, K]` layout (candle's matmul backward gives `(xᵀ g)ᵀ` plus a strided add). Also
-/// returns the contiguous `g`.
+/// Gradients of `y = x wᵀ` from `g = dL/dy` for `x [M, K]`, `w [N, K]`: `dx = g w`, and
+/// `dw = gᵀ x` written directly in `[N, K]` layout (candle's matmul backward gives
+/// `(xᵀ g)ᵀ` plus a strided add). Also returns the contiguous `g`.
 fn linear_grads(
     x: &Tensor,
     w: &Tensor,
     g: &Tensor,
 ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
     let g = g.contiguous()?;
-    let dx = g.matmul(&w.detach())?;
-    let dw = g.t()?.matmul(&x.detach())?;
-    Ok((dx, dw, g))
+    if !use_fused(&[x, w, &g]) {
+        let dx = g.matmul(&w.detach())?;
+        let dw = g.t()?.matmul(&x.detach())?;
+        return Ok((dx, dw, g));
+    }
+    let ((m, k), (n, _)) = (x.dims2()?, w.dims2()?);
+    let (dx, dw) = with_data(x, |xs| {
+        with_data(w, |ws| {
+            with_data(&g, |gs| {
+                let mut dx = vec![0f32; m * k];
+                let mut dw = vec![0f32; n * k];
+                let (gm, gt) = (Operand::row_major(gs, n), Operand::transposed(gs, n));
+                crate::matmul::matmul((m, k, n), gm, Operand::row_major(ws, k), &mut dx, false)
+                    .and_then(|()| {
+                        let xm = Operand::row_major(xs, k);
+                        crate::matmul::matmul((n, k, m), gt, xm, &mut dw, false)
+                    })
+                    .map_err(candle_core::Error::wrap)?;
+                Ok((dx, dw))
+            })
+        })
+    })?;
+    let dev = x.device();
+    Ok((
+        Tensor::from_vec(dx, (m, k), dev)?,
+        Tensor::from_vec(dw, (n, k), dev)?,
+        g,
+    ))
 }
 
 /// `y = x wᵀ + b` for `x [M, K]`, `w [N, K]`, `b [N]`: the bias is written into the output
@@ -229,40 +255,14 @@ impl CustomOp3 for LinearBias {
         for _ in 0..m {
             y.extend_from_slice(b);
         }
-        if m == 0 || n == 0 || k == 0 {
-            return Ok((CpuStorage::F32(y), Shape::from((m, n))));
-        }
-        let threads = num_threads();
-        let parallelism = if threads > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
-        // SAFETY: the pointers cover `m·k`, `n·k` and `m·n` contiguous f32 values (checked
-        // above); strides are in elements: x row-major, wᵀ read column-wise from w, y row-major.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                y.as_mut_ptr(),
-                1,
-                n as isize,
-                true,
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr(),
-                k as isize,
-                1,
-                1.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
+        crate::matmul::matmul(
+            (m, n, k),
+            Operand::row_major(x, k),
+            Operand::transposed(w, k),
+            &mut y,
+            true,
+        )
+        .map_err(candle_core::Error::wrap)?;
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 
@@ -294,14 +294,23 @@ impl CustomOp2 for LinearNoBias {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
+        let x = slice_named(s1, l1, "linear input")?;
+        let w = slice_named(s2, l2, "linear weight")?;
         let (m, k) = l1.shape().dims2()?;
         let (n, k2) = l2.shape().dims2()?;
         if k != k2 {
             candle_core::bail!("linear: input width {k} vs weight width {k2}");
         }
-        let y = s1.matmul(s2, (1, m, n, k), l1, &l2.transpose(0, 1)?)?;
-        Ok((y, Shape::from((m, n))))
+        let mut y = vec![0f32; m * n];
+        crate::matmul::matmul(
+            (m, n, k),
+            Operand::row_major(x, k),
+            Operand::transposed(w, k),
+            &mut y,
+            false,
+        )
+        .map_err(candle_core::Error::wrap)?;
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 
     fn bwd(

@@ -12,6 +12,7 @@ pub mod error;
 pub mod fused;
 pub mod init;
 pub mod io;
+pub mod matmul;
 pub mod ops;
 pub mod optim;
 pub mod pace;
