@@ -1,15 +1,107 @@
-//! Vectorizable inner loops for the fused CPU kernels.
+//! Vectorizable inner loops for the fused CPU kernels, and the choice of instruction set.
 //!
 //! The workspace builds for baseline x86-64 (SSE2), so plain loops get 4-wide SSE at best and
-//! `f32::exp` is a scalar libm call per element. [`multiversion!`] compiles a loop a second
-//! time with AVX2 + FMA and picks that copy at run time when the CPU has them; [`exp`] is an
-//! `f32` exponential written without branches or calls, so that LLVM vectorizes loops that
-//! use it. Kernels take whole slices (a chunk of rows) so that the dispatch check runs once
-//! per chunk, not per element.
+//! `f32::exp` is a scalar libm call per element. [`multiversion!`] compiles a loop three
+//! times, for AVX-512, for AVX2 + FMA and for the baseline, and picks one at run time
+//! ([`level`]): the best the CPU has, or the one named by `CLOSE_SIMD`. [`exp`] is an `f32`
+//! exponential written without branches or calls, so that LLVM vectorizes loops that use
+//! it. Kernels take whole slices (a chunk of rows) so that the choice is made once per
+//! chunk, not per element.
+//!
+//! The bodies fix their order of floating-point operations (explicit accumulator lanes, no
+//! `mul_add`), and LLVM does not reorder floating-point arithmetic, so every level gives
+//! the same bits; only the speed differs. The matrix products are `gemm`'s, which makes
+//! its own run-time choice (`crate::matmul`).
 
-/// Defines `fn NAME(args)` whose body is compiled twice: for AVX2 + FMA (used when the CPU
-/// has them) and for the baseline target. Closures inside the body that are not inlined do
-/// not inherit the features, so bodies should be plain loops over slices.
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// An instruction set the fused kernels are compiled for, in increasing order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Level {
+    /// The build target's baseline (SSE2 on x86-64).
+    Baseline,
+    /// AVX2 with FMA.
+    Avx2,
+    /// AVX-512 (F, BW, DQ, VL) with AVX2 and FMA.
+    Avx512,
+}
+
+impl Level {
+    /// Every level, in increasing order.
+    pub const ALL: [Level; 3] = [Level::Baseline, Level::Avx2, Level::Avx512];
+
+    /// The name `CLOSE_SIMD` takes: `baseline`, `avx2` or `avx512`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Baseline => "baseline",
+            Level::Avx2 => "avx2",
+            Level::Avx512 => "avx512",
+        }
+    }
+
+    /// Parses a [`Level::name`].
+    pub fn from_name(name: &str) -> Option<Level> {
+        Level::ALL.into_iter().find(|l| l.name() == name)
+    }
+
+    /// The best level this CPU can run.
+    pub fn detected() -> Level {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            let avx2 = has!("avx2") && has!("fma");
+            if avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl")
+            {
+                return Level::Avx512;
+            }
+            if avx2 {
+                return Level::Avx2;
+            }
+        }
+        Level::Baseline
+    }
+
+    fn code(self) -> u8 {
+        self as u8 + 1
+    }
+
+    fn from_code(code: u8) -> Option<Level> {
+        Level::ALL.get(usize::from(code).checked_sub(1)?).copied()
+    }
+}
+
+/// The level in use; 0 until first read.
+static LEVEL: AtomicU8 = AtomicU8::new(0);
+
+/// The level the kernels run at: the one `CLOSE_SIMD` names (`baseline`, `avx2`,
+/// `avx512`), lowered to what the CPU can run, or else the best the CPU has. Read once.
+pub fn level() -> Level {
+    if let Some(l) = Level::from_code(LEVEL.load(Ordering::Relaxed)) {
+        return l;
+    }
+    let detected = Level::detected();
+    let wanted = std::env::var("CLOSE_SIMD")
+        .ok()
+        .and_then(|v| Level::from_name(v.trim()));
+    let l = wanted.map_or(detected, |w| w.min(detected));
+    LEVEL.store(l.code(), Ordering::Relaxed);
+    l
+}
+
+/// Makes the kernels run at `wanted` from now on (for tests and benches); `Err` with the
+/// best level when this CPU cannot run `wanted`.
+pub fn set_level(wanted: Level) -> Result<(), Level> {
+    let detected = Level::detected();
+    if wanted > detected {
+        return Err(detected);
+    }
+    LEVEL.store(wanted.code(), Ordering::Relaxed);
+    Ok(())
+}
+
+/// Defines `fn NAME(args)` whose body is compiled for each [`Level`] and runs at
+/// [`level`]. Closures inside the body that are not inlined do not inherit the features,
+/// so bodies should be plain loops over slices.
 #[macro_export]
 macro_rules! multiversion {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $body:block) => {
@@ -19,15 +111,20 @@ macro_rules! multiversion {
             fn inner($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    inner($($arg),*)
+                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) {
                     inner($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the running CPU has the features `avx2` was compiled for.
-                    return unsafe { avx2($($arg),*) };
+                match $crate::simd::level() {
+                    // SAFETY: `level` never exceeds what the running CPU has.
+                    $crate::simd::Level::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: as above.
+                    $crate::simd::Level::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::simd::Level::Baseline => {}
                 }
             }
             inner($($arg),*)
@@ -312,6 +409,112 @@ multiversion! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every multiversioned kernel on awkward sizes (rows of 67, a fully masked row), at
+    /// the current level.
+    fn all_kernel_outputs() -> Vec<(&'static str, Vec<f32>)> {
+        let (d, rows) = (67, 13);
+        let x: Vec<f32> = (0..d * rows)
+            .map(|i| ((i as u32).wrapping_mul(2_654_435_761) % 2000) as f32 / 250.0 - 4.0)
+            .collect();
+        let mut masked = x.clone();
+        masked[..d].fill(f32::NEG_INFINITY);
+        let g: Vec<f32> = x.iter().map(|v| (v * 1.3).sin()).collect();
+        let w: Vec<f32> = (0..d).map(|i| 0.5 + i as f32 / d as f32).collect();
+        let zeros = || vec![0f32; d * rows];
+        let mut out = Vec::new();
+        let mut y = zeros();
+        softmax_rows(&masked, &mut y, d);
+        let mut dx = zeros();
+        softmax_bwd_rows(&y, &g, &mut dx, d);
+        out.extend([("softmax", y), ("softmax_bwd", dx)]);
+        let (mut y, mut dx) = (zeros(), zeros());
+        quick_gelu(&x, &mut y);
+        quick_gelu_bwd(&x, &g, &mut dx);
+        out.extend([("quick_gelu", y), ("quick_gelu_bwd", dx)]);
+        let mut lse = vec![0f32; rows];
+        logsumexp_rows(&x, d, &mut lse);
+        let mut e = zeros();
+        scaled_exp(&x, 1.5, 0.25, &mut e);
+        out.extend([("logsumexp", lse), ("scaled_exp", e)]);
+        let (mut y, mut dx, mut dw) = (zeros(), zeros(), vec![0f32; d]);
+        rms_norm_rows(&x, &w, 1e-6, &mut y);
+        rms_norm_bwd_rows(&x, &w, &g, 1e-6, &mut dx, &mut dw);
+        out.extend([("rms_norm", y), ("rms_norm_bwd dx", dx), ("rms_norm_bwd dw", dw)]);
+        let mut y = zeros();
+        dropout(&x, 7, [11, 13], u32::MAX / 10, 1.0 / 0.9, &mut y);
+        out.push(("dropout", y));
+        let (mut t, mut m) = (x.clone(), g.clone());
+        let mut v: Vec<f32> = x.iter().map(|a| a * a).collect();
+        let c = AdamWStep {
+            grad_scale: 0.5,
+            beta1: 0.9,
+            beta2: 0.999,
+            decay: 0.99,
+            step_size: 1e-3,
+            inv_sqrt_bc2: 1.2,
+            eps: 1e-8,
+        };
+        adamw(&mut t, &g, &mut m, &mut v, c);
+        out.extend([("adamw t", t), ("adamw m", m), ("adamw v", v)]);
+        out
+    }
+
+    fn bits(outputs: &[(&'static str, Vec<f32>)]) -> Vec<(&'static str, Vec<u32>)> {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        outputs.iter().map(|(n, v)| (*n, bits(v))).collect()
+    }
+
+    #[test]
+    fn every_level_gives_the_same_bits() {
+        let before = level();
+        set_level(Level::Baseline).unwrap();
+        let baseline = bits(&all_kernel_outputs());
+        for l in Level::ALL.into_iter().filter(|&l| l <= Level::detected()) {
+            set_level(l).unwrap();
+            assert_eq!(level(), l);
+            for (a, b) in bits(&all_kernel_outputs()).iter().zip(&baseline) {
+                assert_eq!(a, b, "{} differs at {l:?}", a.0);
+            }
+        }
+        set_level(before).unwrap();
+        if Level::detected() < Level::Avx512 {
+            assert_eq!(set_level(Level::Avx512), Err(Level::detected()));
+        }
+    }
+
+    /// Run by [`close_simd_env_picks_the_level`] in a child process.
+    #[test]
+    #[ignore = "run in a child process with CLOSE_SIMD set"]
+    fn child_reports_level_and_outputs() {
+        let digest = bits(&all_kernel_outputs())
+            .iter()
+            .flat_map(|(_, b)| b.iter())
+            .fold(0u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        println!("LEVEL={} DIGEST={digest:016x}", level().name());
+    }
+
+    #[test]
+    fn close_simd_env_picks_the_level() {
+        let exe = std::env::current_exe().unwrap();
+        let mut digests = Vec::new();
+        for wanted in Level::ALL {
+            let out = std::process::Command::new(&exe)
+                .args(["--ignored", "--exact", "--nocapture", "--test-threads=1"])
+                .arg("simd::tests::child_reports_level_and_outputs")
+                .env("CLOSE_SIMD", wanted.name())
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            // libtest prints "test NAME ... " before the child's own output.
+            let at = text.find("LEVEL=").unwrap_or_else(|| panic!("no LEVEL in {text}"));
+            let line = text[at..].lines().next().unwrap();
+            let expected = wanted.min(Level::detected());
+            assert!(line.starts_with(&format!("LEVEL={} ", expected.name())), "{line}");
+            digests.push(line.split("DIGEST=").nth(1).unwrap().to_string());
+        }
+        assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
+    }
 
     #[test]
     fn exp_matches_libm() {
