@@ -3,7 +3,9 @@
 //! `CLIPVisionModel` in PyTorch (`torch.set_num_threads(2)`) in the same run when
 //! `/work/venv/bin/python` (or `$CLOSE_PYTHON`) can import torch and transformers.
 //!
-//! Run: `cargo bench -p close-clip --bench embed` (env `BENCH_SECONDS` per case, default 4).
+//! Prints the CPU and the kernels chosen on each side. Run:
+//! `cargo bench -p close-clip --bench embed` (env `BENCH_SECONDS` per case, default 4;
+//! `CLOSE_BENCH_SMOKE=1` embeds each batch once, without PyTorch).
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -16,7 +18,14 @@ use close_clip::ClipConfig;
 
 const THREADS: usize = 2;
 
+/// Images per second over `seconds` (at least 3 calls) after 2 warm-up calls; one call
+/// and no warm-up in a smoke run.
 fn measure(seconds: f64, batch: usize, mut f: impl FnMut()) -> f64 {
+    if close_core::bench::smoke() {
+        let start = Instant::now();
+        f();
+        return batch as f64 / start.elapsed().as_secs_f64();
+    }
     for _ in 0..2 {
         f();
     }
@@ -30,8 +39,9 @@ fn measure(seconds: f64, batch: usize, mut f: impl FnMut()) -> f64 {
 }
 
 const PY: &str = r#"
-import sys, time, torch
+import json, sys, time, torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
+print(json.dumps({"torch": torch.__version__, "capability": torch.backends.cpu.get_cpu_capability()}), flush=True)
 torch.set_num_threads(int(sys.argv[1])); torch.manual_seed(0)
 secs = float(sys.argv[2])
 m = CLIPVisionModel(CLIPVisionConfig()).eval()
@@ -46,7 +56,7 @@ for b in (1, 32):
 "#;
 
 fn torch_rates(seconds: f64) -> Option<HashMap<usize, f64>> {
-    let py = std::env::var("CLOSE_PYTHON").unwrap_or_else(|_| "/work/venv/bin/python".into());
+    let py = close_core::bench::python()?;
     let ok = Command::new(&py)
         .args(["-c", "import torch, transformers"])
         .output()
@@ -70,6 +80,10 @@ fn torch_rates(seconds: f64) -> Option<HashMap<usize, f64>> {
     }
     let mut rates = HashMap::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Ok(meta) = serde_json::from_str::<serde_json::Value>(line) {
+            println!("{}", close_core::bench::torch_line(&meta));
+            continue;
+        }
         let parts: Vec<&str> = line.split_whitespace().collect();
         if let [_, b, r] = parts[..] {
             rates.insert(b.parse().ok()?, r.parse().ok()?);
@@ -90,6 +104,7 @@ fn main() -> close_core::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(4.0);
+    println!("{}", close_core::bench::CpuInfo::detect());
     let dev = Device::Cpu;
     let cfg = ClipConfig::vit_b32();
     // Random weights (HF initialisation), then frozen plain tensors: the inference path.

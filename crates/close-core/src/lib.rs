@@ -8,6 +8,7 @@
 
 #[cfg(feature = "mimalloc")]
 pub mod alloc;
+pub mod bench;
 pub mod error;
 pub mod fused;
 pub mod init;

@@ -1,6 +1,7 @@
 //! Throughput of the shapes-world generator (render + PNG + all annotation files), then of
 //! loading the generated train split's VQA v2 questions + annotations and Karpathy json.
-//! `cargo bench -p close-data --bench world` (images: env `CLOSE_BENCH_IMAGES`, default 10000).
+//! `cargo bench -p close-data --bench world` (images: env `CLOSE_BENCH_IMAGES`, default 10000;
+//! 50 with `CLOSE_BENCH_SMOKE=1`).
 
 use close_core::progress::NoProgress;
 use close_data::load::LoadOptions;
@@ -14,7 +15,11 @@ fn main() {
     let images: usize = std::env::var("CLOSE_BENCH_IMAGES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000);
+        .unwrap_or(if close_core::bench::smoke() {
+            50
+        } else {
+            10_000
+        });
     let dir = match tempfile::tempdir() {
         Ok(d) => d,
         Err(e) => {

@@ -58,6 +58,9 @@ fn caption(rng: &mut Lcg, topic: &[&str]) -> String {
 }
 
 fn find_python() -> Option<String> {
+    if close_core::bench::smoke() {
+        return None;
+    }
     let cands: Vec<String> = std::env::var("CLOSE_PYTHON")
         .ok()
         .into_iter()
@@ -111,7 +114,7 @@ fn main() {
 
     // Ours, including PTB tokenization (warm-up builds the lexer's lazy DFAs).
     let _ = caption::score(&refs, &hyps);
-    let reps = 5;
+    let reps = if close_core::bench::smoke() { 1 } else { 5 };
     let t = Instant::now();
     for _ in 0..reps {
         std::hint::black_box(caption::score(&refs, &hyps).expect("score"));

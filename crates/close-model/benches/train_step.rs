@@ -2,7 +2,8 @@
 //! (d_model 64, 2+2 layers) — the shapes-world / demo setting — and optionally a
 //! t5-small-shaped model (`CLOSE_BENCH_T5_SMALL=1`).
 //!
-//! Run: `cargo bench -p close-model --bench train_step`. Prints milliseconds per phase.
+//! Run: `cargo bench -p close-model --bench train_step`. Prints the CPU and milliseconds per
+//! phase; `CLOSE_BENCH_SMOKE=1` runs each phase once without warm-up.
 
 use std::time::Instant;
 
@@ -14,7 +15,10 @@ use close_model::task::Task;
 use close_t5::GenerateConfig;
 
 fn time<T>(label: &str, reps: usize, mut f: impl FnMut() -> T) -> f64 {
-    f(); // warm-up
+    let reps = if close_core::bench::smoke() { 1 } else { reps };
+    if !close_core::bench::smoke() {
+        f(); // warm-up
+    }
     let t = Instant::now();
     for _ in 0..reps {
         std::hint::black_box(f());
@@ -91,6 +95,7 @@ close_core::global_allocator!();
 fn main() {
     close_core::threads::init();
     close_core::alloc::init();
+    println!("{}", close_core::bench::CpuInfo::detect());
     let small = match TrainConfig::small(Task::SCap).t5 {
         T5Init::Scratch { config, .. } => config,
         _ => unreachable!(),

@@ -198,10 +198,12 @@ fn main() {
     close_core::threads::init();
     close_core::alloc::init();
     let args: Vec<String> = std::env::args().collect();
-    let clients: usize = arg(&args, "--clients", 200);
-    let requests: usize = arg(&args, "--requests", 2000);
-    let overload_inflight: usize = arg(&args, "--overload-inflight", 32);
-    let rounds: usize = arg(&args, "--rounds", 4);
+    // A smoke run (`CLOSE_BENCH_SMOKE=1`) keeps every scenario but few requests.
+    let smoke = close_core::bench::smoke();
+    let clients: usize = arg(&args, "--clients", if smoke { 8 } else { 200 });
+    let requests: usize = arg(&args, "--requests", if smoke { 40 } else { 2000 });
+    let overload_inflight: usize = arg(&args, "--overload-inflight", if smoke { 2 } else { 32 });
+    let rounds: usize = arg(&args, "--rounds", if smoke { 1 } else { 4 });
     let run_dir: Option<String> = args
         .iter()
         .position(|a| a == "--run")

@@ -1,10 +1,12 @@
 //! T5-small-shaped benchmark: one training step (forward + backward + AdamW; batch 16,
 //! source 40, target 20, dropout on) and generation of 20 tokens (greedy and 4-beam, batch 16),
 //! compared with HF transformers / PyTorch on the same configuration in the same run when
-//! `/work/venv/bin/python` (or `$CLOSE_PYTHON`) can import torch and transformers.
+//! `/work/venv/bin/python` (or `$CLOSE_PYTHON`) can import torch and transformers. Prints
+//! the CPU, the kernels chosen on each side, and the ratios.
 //! Both sides use 2 threads (`RAYON_NUM_THREADS`, `torch.set_num_threads`); override with
 //! `CLOSE_BENCH_THREADS`. Times are the best of `CLOSE_BENCH_STEPS` / `CLOSE_BENCH_GEN_RUNS`
-//! runs (default 3) after a warm-up. Run: `cargo bench -p close-t5 --bench t5`.
+//! runs (default 3) after a warm-up; `CLOSE_BENCH_SMOKE=1` runs each case once, without
+//! PyTorch. Run: `cargo bench -p close-t5 --bench t5`.
 
 use std::process::Command;
 use std::time::Instant;
@@ -53,12 +55,18 @@ with torch.no_grad():
                                  do_sample=False, length_penalty=0.0)
             assert out.shape[1] == GEN + 1, out.shape
         res[name] = best(gen, GEN_RUNS)
+res["torch"] = torch.__version__; res["capability"] = torch.backends.cpu.get_cpu_capability()
 print(json.dumps(res))
 "#;
 
 /// Best of `runs` timed runs after one warm-up (the minimum is the least disturbed by other
-/// processes on a shared machine).
+/// processes on a shared machine); with `runs == 0`, one run without warm-up (smoke runs).
 fn time<F: FnMut() -> close_core::Result<()>>(runs: usize, mut f: F) -> close_core::Result<f64> {
+    if runs == 0 {
+        let t = Instant::now();
+        f()?;
+        return Ok(t.elapsed().as_secs_f64());
+    }
     f()?; // warm-up
     let mut best = f64::INFINITY;
     for _ in 0..runs.max(1) {
@@ -76,14 +84,16 @@ fn main() -> close_core::Result<()> {
     close_core::alloc::init();
     let threads = std::env::var("CLOSE_BENCH_THREADS").unwrap_or_else(|_| "2".into());
     std::env::set_var("RAYON_NUM_THREADS", &threads);
-    let steps: usize = std::env::var("CLOSE_BENCH_STEPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
-    let gen_runs: usize = std::env::var("CLOSE_BENCH_GEN_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let runs = |var: &str| match close_core::bench::smoke() {
+        true => 0,
+        false => std::env::var(var)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3usize)
+            .max(1),
+    };
+    let (steps, gen_runs) = (runs("CLOSE_BENCH_STEPS"), runs("CLOSE_BENCH_GEN_RUNS"));
+    println!("{}", close_core::bench::CpuInfo::detect());
     println!("T5-small shape, batch {B}, source {SRC}, target {TGT}, generate {GEN} tokens, {threads} threads");
 
     let dev = Device::Cpu;
@@ -123,7 +133,7 @@ fn main() -> close_core::Result<()> {
         t_opt += t2.elapsed().as_secs_f64();
         Ok(())
     })?;
-    let n = (steps.max(1) + 1) as f64;
+    let n = (steps + 1) as f64; // the warm-up and the timed runs, or the one smoke run
     println!(
         "close-t5 train step breakdown (mean): forward {:.3} s, backward {:.3} s, AdamW {:.3} s",
         t_fwd / n,
@@ -153,7 +163,9 @@ fn main() -> close_core::Result<()> {
         gen[0].1, gen[1].1
     );
 
-    let python = std::env::var("CLOSE_PYTHON").unwrap_or_else(|_| "/work/venv/bin/python".into());
+    let Some(python) = close_core::bench::python() else {
+        return Ok(());
+    };
     let out = Command::new(&python)
         .arg("-c")
         .arg(PY)
@@ -181,6 +193,7 @@ fn main() -> close_core::Result<()> {
     };
     if let Some(t) = torch {
         let get = |k: &str| t.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        println!("{}", close_core::bench::torch_line(&t));
         println!(
             "PyTorch (HF transformers): train step {:.3} s, greedy {:.3} s, beam4 {:.3} s",
             get("train_step"),
