@@ -5,7 +5,14 @@
 //! maps fresh zero pages on the next allocation, so each step pays page faults and, with
 //! several threads, TLB shootdowns. Measured on the T5-small train-step bench (2 threads):
 //! 1.66–1.88 s per step with glibc, 1.50–1.56 s with mimalloc keeping freed memory
-//! ([`init`]). A library cannot choose the process allocator, so binaries opt in:
+//! ([`init`]).
+//!
+//! [`init`] also turns transparent huge pages off for the process. mimalloc asks for them
+//! (`MADV_HUGEPAGE`), and on virtual machines the first touch of each 2 MiB page can stall
+//! for milliseconds, which made short commands several times slower than their steady
+//! state (`docs/performance.md`). `CLOSE_THP=1` keeps them on.
+//!
+//! A library cannot choose the process allocator, so binaries opt in:
 //!
 //! ```ignore
 //! close_core::global_allocator!();
@@ -37,6 +44,12 @@ pub fn init() {
         // SAFETY: sets a process-wide integer option; mimalloc reads it atomically.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     }
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("CLOSE_THP").is_none_or(|v| v != "1") {
+        // SAFETY: integer arguments; the flag applies to this process's future page faults,
+        // including those in regions already advised for huge pages.
+        unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    }
 }
 
 #[cfg(test)]
@@ -51,5 +64,14 @@ mod tests {
         // SAFETY: reads a process-wide option.
         let eager_commit_delay = unsafe { libmimalloc_sys::mi_option_get(14) };
         assert_ne!(eager_commit_delay, -1);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn huge_pages_are_off_after_init() {
+        super::init();
+        // SAFETY: reads this process's flag.
+        let off = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
+        assert_eq!(off, 1);
     }
 }

@@ -50,8 +50,7 @@ impl Level {
         {
             use std::arch::is_x86_feature_detected as has;
             let avx2 = has!("avx2") && has!("fma");
-            if avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl")
-            {
+            if avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512dq") && has!("avx512vl") {
                 return Level::Avx512;
             }
             if avx2 {
@@ -440,7 +439,11 @@ mod tests {
         let (mut y, mut dx, mut dw) = (zeros(), zeros(), vec![0f32; d]);
         rms_norm_rows(&x, &w, 1e-6, &mut y);
         rms_norm_bwd_rows(&x, &w, &g, 1e-6, &mut dx, &mut dw);
-        out.extend([("rms_norm", y), ("rms_norm_bwd dx", dx), ("rms_norm_bwd dw", dw)]);
+        out.extend([
+            ("rms_norm", y),
+            ("rms_norm_bwd dx", dx),
+            ("rms_norm_bwd dw", dw),
+        ]);
         let mut y = zeros();
         dropout(&x, 7, [11, 13], u32::MAX / 10, 1.0 / 0.9, &mut y);
         out.push(("dropout", y));
@@ -490,7 +493,9 @@ mod tests {
         let digest = bits(&all_kernel_outputs())
             .iter()
             .flat_map(|(_, b)| b.iter())
-            .fold(0u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+            .fold(0u64, |h, &b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            });
         println!("LEVEL={} DIGEST={digest:016x}", level().name());
     }
 
@@ -507,10 +512,15 @@ mod tests {
                 .unwrap();
             let text = String::from_utf8_lossy(&out.stdout);
             // libtest prints "test NAME ... " before the child's own output.
-            let at = text.find("LEVEL=").unwrap_or_else(|| panic!("no LEVEL in {text}"));
+            let at = text
+                .find("LEVEL=")
+                .unwrap_or_else(|| panic!("no LEVEL in {text}"));
             let line = text[at..].lines().next().unwrap();
             let expected = wanted.min(Level::detected());
-            assert!(line.starts_with(&format!("LEVEL={} ", expected.name())), "{line}");
+            assert!(
+                line.starts_with(&format!("LEVEL={} ", expected.name())),
+                "{line}"
+            );
             digests.push(line.split("DIGEST=").nth(1).unwrap().to_string());
         }
         assert!(digests.windows(2).all(|w| w[0] == w[1]), "{digests:?}");
