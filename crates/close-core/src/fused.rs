@@ -130,6 +130,64 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op1(Softmax)?)
 }
 
+// ---------------------------------------------------------------- log-softmax
+
+struct LogSoftmax;
+
+impl CustomOp1 for LogSoftmax {
+    fn name(&self) -> &'static str {
+        "close-log-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(s, l)?;
+        let d = l.dims()[l.dims().len() - 1];
+        let mut y = vec![0f32; x.len()];
+        par_rows(&mut y, d, |r0, ys| {
+            let xs = &x[r0 * d..r0 * d + ys.len()];
+            let mut lse = vec![0f32; ys.len() / d];
+            crate::simd::logsumexp_rows(xs, d, &mut lse);
+            for ((yr, xr), l) in ys.chunks_exact_mut(d).zip(xs.chunks_exact(d)).zip(lse) {
+                yr.iter_mut().zip(xr).for_each(|(y, x)| *y = x - l);
+            }
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        // dx = g - exp(y) · sum(g)
+        let d = res.dim(D::Minus1)?;
+        let out = with_data(res, |y| {
+            with_data(grad, |g| {
+                let mut dx = vec![0f32; y.len()];
+                par_rows(&mut dx, d, |r0, ds| {
+                    for (i, dr) in ds.chunks_exact_mut(d).enumerate() {
+                        let o = (r0 + i) * d;
+                        let gr = &g[o..o + d];
+                        crate::simd::scaled_exp(&y[o..o + d], 0.0, crate::simd::sum(gr), dr);
+                        dr.iter_mut().zip(gr).for_each(|(v, g)| *v = g - *v);
+                    }
+                });
+                Ok(dx)
+            })
+        })?;
+        Ok(Some(Tensor::from_vec(out, res.shape(), res.device())?))
+    }
+}
+
+/// Log-softmax over the last dimension, differentiable; one pass per row on the CPU.
+pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if !use_fused(&[x]) {
+        return crate::ops::log_softmax_last_dim(x);
+    }
+    Ok(x.contiguous()?.apply_op1(LogSoftmax)?)
+}
+
 // ---------------------------------------------------------------- quick GELU
 
 struct QuickGelu;
@@ -491,6 +549,23 @@ mod tests {
                     gc.get(x.as_tensor()).unwrap()
                 ) < 1e-5
             );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn log_softmax_values_and_gradients_match_composed_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        for shape in [(2usize, 3usize, 7usize), (8, 64, 96)] {
+            let x = Var::randn(0f32, 3., shape, &dev)?;
+            let t = Tensor::randn(0f32, 1., shape, &dev)?;
+            let a = log_softmax_last_dim(x.as_tensor())?;
+            let c = crate::ops::log_softmax_last_dim(x.as_tensor())?;
+            assert!(maxdiff(&a, &c) < 1e-5);
+            let ga = (a * &t)?.sum_all()?.backward()?;
+            let gc = (c * &t)?.sum_all()?.backward()?;
+            let (ga, gc) = (ga.get(x.as_tensor()), gc.get(x.as_tensor()));
+            assert!(maxdiff(ga.unwrap(), gc.unwrap()) < 1e-5);
         }
         Ok(())
     }

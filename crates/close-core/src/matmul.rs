@@ -13,7 +13,10 @@
 //! Products with few output rows whose operands are both contiguous along `k` (a linear
 //! layer's `x wᵀ` while decoding) go to `gemm` in tiles of at most 256 outputs, which it
 //! computes with its dot-product kernels. A single large call would first copy (pack) the
-//! whole weight for only a handful of rows. `docs/performance.md` has the measurements.
+//! whole weight for only a handful of rows. With a few dozen rows (batched beams, one
+//! image's patches) the same operands go to `gemm` with a column-major output instead,
+//! which lets it read the weight in place, and the block is transposed into the row-major
+//! output afterwards. `docs/performance.md` has the measurements.
 
 use crate::fused::num_threads;
 
@@ -25,6 +28,10 @@ const PAR_MIN_MACS: usize = 1 << 18;
 const DOT_TILE: usize = 256;
 /// Products with at most this many rows are computed in dot-product tiles.
 const DOT_MAX_ROWS: usize = 16;
+/// Products with at most this many rows (beyond the dot-product tiles) are computed into
+/// column-major blocks of at most `COL_MAJOR_WIDTH` columns.
+const COL_MAJOR_MAX_ROWS: usize = 96;
+const COL_MAJOR_WIDTH: usize = 2048;
 
 /// A read-only strided matrix: element `(i, j)` is `data[i * row_stride + j * col_stride]`.
 #[derive(Clone, Copy, Debug)]
@@ -72,6 +79,14 @@ struct OutPtr(*mut f32);
 // SAFETY: each thread writes a disjoint block of rows or columns (see `matmul`).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The element `offset` places in (a method, so that closures capture the whole
+    /// `OutPtr` rather than its raw-pointer field).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
 
 /// How the output is divided among threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,8 +138,13 @@ pub fn matmul(
         return Ok(());
     }
     let dst = OutPtr(out.as_mut_ptr());
-    if m <= DOT_MAX_ROWS && lhs.col_stride == 1 && rhs.row_stride == 1 {
+    let along_k = lhs.col_stride == 1 && rhs.row_stride == 1;
+    if along_k && m <= DOT_MAX_ROWS {
         dot_tiles(dst, (m, n, k), lhs, rhs, accumulate);
+        return Ok(());
+    }
+    if along_k && m <= COL_MAJOR_MAX_ROWS {
+        column_major_blocks(dst, (m, n, k), lhs, rhs, accumulate);
         return Ok(());
     }
     match split_for(m, n, k, num_threads()) {
@@ -169,6 +189,69 @@ fn dot_tiles(
         (0..tiles).for_each(tile);
     } else {
         (0..tiles).into_par_iter().for_each(tile);
+    }
+}
+
+/// The product in blocks of whole columns (at least one per thread, at most
+/// `COL_MAJOR_WIDTH` wide), each computed column-major into a scratch buffer and then
+/// written into its columns of the row-major output.
+fn column_major_blocks(
+    dst: OutPtr,
+    (m, n, k): (usize, usize, usize),
+    lhs: Operand<'_>,
+    rhs: Operand<'_>,
+    accumulate: bool,
+) {
+    let threads = if m * n * k < PAR_MIN_MACS {
+        1
+    } else {
+        num_threads().min(n)
+    };
+    let width = n.div_ceil(threads).min(COL_MAJOR_WIDTH);
+    let run = move |c0: usize| {
+        let c1 = (c0 + width).min(n);
+        let mut scratch = vec![0f32; m * (c1 - c0)];
+        // SAFETY: as in `block`; the scratch holds the `m × (c1 - c0)` block column-major.
+        unsafe {
+            gemm::gemm(
+                m,
+                c1 - c0,
+                k,
+                scratch.as_mut_ptr(),
+                m as isize,
+                1,
+                false,
+                lhs.data.as_ptr(),
+                lhs.col_stride as isize,
+                lhs.row_stride as isize,
+                rhs.data.as_ptr().add(c0 * rhs.col_stride),
+                rhs.col_stride as isize,
+                rhs.row_stride as isize,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        for i in 0..m {
+            // SAFETY: row `i`, columns `[c0, c1)` of the `m × n` output: this thread's block.
+            let row = unsafe { std::slice::from_raw_parts_mut(dst.at(i * n + c0), c1 - c0) };
+            let col = scratch[i..].iter().step_by(m);
+            if accumulate {
+                row.iter_mut().zip(col).for_each(|(o, v)| *o += v);
+            } else {
+                row.iter_mut().zip(col).for_each(|(o, v)| *o = *v);
+            }
+        }
+    };
+    if threads == 1 {
+        (0..n).step_by(width).for_each(run);
+    } else {
+        use rayon::prelude::*;
+        let starts: Vec<usize> = (0..n).step_by(width).collect();
+        starts.into_par_iter().for_each(run);
     }
 }
 
@@ -267,6 +350,8 @@ mod tests {
         for (m, n, k) in [
             (16, 700, 96),
             (17, 700, 96),
+            (50, 5000, 40),
+            (97, 700, 96),
             (300, 40, 64),
             (1, 1, 5),
             (3, 2000, 200),

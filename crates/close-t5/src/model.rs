@@ -14,7 +14,7 @@
 //! `d_model^-0.5` (candle's multiplies by `sqrt(d_model)`), and the decoder uses causal
 //! (unidirectional) buckets (candle's uses bidirectional ones).
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{Init, VarBuilder};
 use close_core::{Error, Result};
 
@@ -790,7 +790,7 @@ impl T5 {
         cache.step += 1;
         let x = candle_nn::ops::rms_norm(&x, &self.decoder.final_layer_norm, eps as f32)?;
         let logits = self.lm_logits(&x.squeeze(1)?)?.to_dtype(DType::F32)?;
-        Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
+        close_core::fused::log_softmax_last_dim(&logits)
     }
 
     /// Reorders cache rows (beam search): row `i` becomes old row `rows[i]`. Cross-attention
