@@ -2,10 +2,9 @@
 //! threads here rather than inside `gemm`.
 //!
 //! `gemm` picks its kernels at run time from the CPU's features (AVX-512 when the CPU has
-//! it, else AVX2 + FMA). Its own threading divides each product finely and pays for it
-//! on the small products of decoding and of narrow layers: on the AVX-512 kernels a
-//! `16 × 512 × 512` product ran 2–4× slower on 2 threads than two independent halves on
-//! one thread each. [`matmul`] therefore cuts the output into one block of whole rows or
+//! it, else AVX2 + FMA). Its own threading divides each product finely, which on the small
+//! products of decoding and of narrow layers costs more than it gains. [`matmul`]
+//! therefore cuts the output into one block of whole rows or
 //! whole columns per thread and runs `gemm` single-threaded on each block. Every output
 //! element is computed by the same kernel over the same `k` order whatever the split, so
 //! results do not depend on the thread count.
@@ -353,6 +352,8 @@ mod tests {
             (50, 5000, 40),
             (97, 700, 96),
             (300, 40, 64),
+            (40, 600, 2048),
+            (300, 64, 1500),
             (1, 1, 5),
             (3, 2000, 200),
         ] {

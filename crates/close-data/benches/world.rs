@@ -12,6 +12,7 @@ close_core::global_allocator!();
 fn main() {
     close_core::threads::init();
     close_core::alloc::init();
+    println!("{}", close_core::bench::CpuInfo::detect());
     let images: usize = std::env::var("CLOSE_BENCH_IMAGES")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -95,6 +95,7 @@ close_core::global_allocator!();
 fn main() {
     close_core::threads::init();
     close_core::alloc::init();
+    println!("{}", close_core::bench::CpuInfo::detect());
     const TOPICS: [&[&str]; 6] = [
         &["dog", "frisbee", "grass", "park", "running", "ball"],
         &["pizza", "plate", "table", "slice", "kitchen", "food"],

@@ -197,6 +197,7 @@ close_core::global_allocator!();
 fn main() {
     close_core::threads::init();
     close_core::alloc::init();
+    println!("{}", close_core::bench::CpuInfo::detect());
     let args: Vec<String> = std::env::args().collect();
     // A smoke run (`CLOSE_BENCH_SMOKE=1`) keeps every scenario but few requests.
     let smoke = close_core::bench::smoke();
