@@ -564,8 +564,15 @@ mod tests {
             assert!(maxdiff(&a, &c) < 1e-5);
             let ga = (a * &t)?.sum_all()?.backward()?;
             let gc = (c * &t)?.sum_all()?.backward()?;
-            let (ga, gc) = (ga.get(x.as_tensor()), gc.get(x.as_tensor()));
-            assert!(maxdiff(ga.unwrap(), gc.unwrap()) < 1e-5);
+            let (ga, gc) = (
+                ga.get(x.as_tensor()).unwrap(),
+                gc.get(x.as_tensor()).unwrap(),
+            );
+            // dx = g - softmax · Σg: entries reach |Σg| (about 10 here), so the tolerance
+            // is relative to the largest one.
+            let scale = gc.abs()?.max_all()?.to_scalar::<f32>()?;
+            let diff = maxdiff(ga, gc);
+            assert!(diff < 2e-6 * (1.0 + scale), "{diff} at scale {scale}");
         }
         Ok(())
     }
