@@ -220,7 +220,7 @@ impl ClipConfig {
         pos("vision_config.num_attention_heads", v.num_attention_heads)?;
         pos("vision_config.patch_size", v.patch_size)?;
         pos("projection_dim", self.projection_dim)?;
-        if t.hidden_size % t.num_attention_heads != 0 {
+        if !t.hidden_size.is_multiple_of(t.num_attention_heads) {
             return Err(Error::config(
                 "text_config.hidden_size",
                 format!(
@@ -229,7 +229,7 @@ impl ClipConfig {
                 ),
             ));
         }
-        if v.hidden_size % v.num_attention_heads != 0 {
+        if !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return Err(Error::config(
                 "vision_config.hidden_size",
                 format!(

@@ -181,7 +181,7 @@ impl Attention {
         }
         let att = softmax_last_dim(&att)?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, s_q, d))?;
-        Ok(self.out.forward(&y)?)
+        self.out.forward(&y)
     }
 }
 
@@ -534,16 +534,13 @@ impl ClipModel {
 
     /// Projected, unnormalised image features (HF `get_image_features`): `[b, projection_dim]`.
     pub fn get_image_features(&self, pixels: &Tensor) -> Result<Tensor> {
-        Ok(self
-            .visual_projection
-            .forward(&self.vision_model.forward(pixels)?)?)
+        self.visual_projection
+            .forward(&self.vision_model.forward(pixels)?)
     }
 
     /// Projected, unnormalised text features (HF `get_text_features`): `[b, projection_dim]`.
     pub fn get_text_features(&self, ids: &Tensor) -> Result<Tensor> {
-        Ok(self
-            .text_projection
-            .forward(&self.text_model.forward(ids)?)?)
+        self.text_projection.forward(&self.text_model.forward(ids)?)
     }
 
     /// Unit-normalised image embeddings `[b, projection_dim]`.

@@ -89,7 +89,7 @@ pub struct ImageProcessorConfig {
 
 /// OpenAI CLIP's normalisation constants.
 pub const OPENAI_CLIP_MEAN: [f32; 3] = [0.48145466, 0.4578275, 0.40821073];
-pub const OPENAI_CLIP_STD: [f32; 3] = [0.26862954, 0.26130258, 0.27577711];
+pub const OPENAI_CLIP_STD: [f32; 3] = [0.26862954, 0.261_302_6, 0.275_777_1];
 
 impl Default for ImageProcessorConfig {
     fn default() -> Self {
@@ -139,7 +139,7 @@ impl ImageProcessor {
         if cfg.image_mean.len() != 3 || cfg.image_std.len() != 3 {
             return Err(Error::config("image_mean/image_std", "need 3 values (RGB)"));
         }
-        if cfg.image_std.iter().any(|&s| s == 0.0) {
+        if cfg.image_std.contains(&0.0) {
             return Err(Error::config("image_std", "must be non-zero"));
         }
         if let SizeSpec::HeightWidth { height: 0, .. }
@@ -361,7 +361,7 @@ fn filter_eval(f: Resample, x: f64) -> f64 {
             }
         }
         Resample::Lanczos => {
-            if -3.0 <= x && x < 3.0 {
+            if (-3.0..3.0).contains(&x) {
                 sinc(x) * sinc(x / 3.0)
             } else {
                 0.0

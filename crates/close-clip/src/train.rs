@@ -124,7 +124,7 @@ impl TrainConfig {
         if self.epochs == 0 {
             return Err(Error::config("epochs", "must be ≥ 1"));
         }
-        if !(self.lr > 0.0) {
+        if self.lr.is_nan() || self.lr <= 0.0 {
             return Err(Error::config("lr", "must be > 0"));
         }
         if !(0.0..1.0).contains(&self.warmup_frac) {
@@ -339,7 +339,8 @@ pub fn train_clip(
         let seed = name_seed(cfg.seed, "vision_position_init_std");
         v.set(&init_tensor(init, t.shape(), seed, t.dtype(), t.device())?)?;
     }
-    let (decay, no_decay): (Vec<(String, Var)>, Vec<(String, Var)>) = {
+    type Named = Vec<(String, Var)>;
+    let (decay, no_decay): (Named, Named) = {
         let data = varmap
             .data()
             .lock()

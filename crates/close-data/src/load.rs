@@ -237,6 +237,13 @@ impl std::fmt::Display for FlexId {
     }
 }
 
+/// Atomically write `value` as compact JSON (the official dataset files are compact).
+pub fn write_json_compact<T: Serialize>(path: impl AsRef<Path>, value: &T) -> Result<()> {
+    close_core::io::write_atomic_with(path, |w| {
+        serde_json::to_writer(w, value).map_err(std::io::Error::other)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,11 +275,4 @@ mod tests {
         assert_eq!(rep.skipped.len(), 1);
         assert_eq!(rep.skipped[0].line, Some(3));
     }
-}
-
-/// Atomically write `value` as compact JSON (the official dataset files are compact).
-pub fn write_json_compact<T: Serialize>(path: impl AsRef<Path>, value: &T) -> Result<()> {
-    close_core::io::write_atomic_with(path, |w| {
-        serde_json::to_writer(w, value).map_err(std::io::Error::other)
-    })
 }

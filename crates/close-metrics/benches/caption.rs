@@ -41,14 +41,14 @@ fn caption(rng: &mut Lcg, topic: &[&str]) -> String {
     let n = 8 + (rng.next() % 8) as usize;
     let mut words: Vec<&str> = Vec::with_capacity(n);
     for _ in 0..n {
-        words.push(if rng.next() % 3 == 0 {
+        words.push(if rng.next().is_multiple_of(3) {
             rng.pick(topic)
         } else {
             rng.pick(&COMMON)
         });
     }
     let mut s = words.join(" ");
-    if rng.next() % 2 == 0 {
+    if rng.next().is_multiple_of(2) {
         s.push('.');
     }
     if let Some(f) = s.get(..1) {

@@ -264,7 +264,7 @@ fn rules() -> Vec<Rule> {
         rc(sword, &sredaux, Keep),
         r(&word, Keep),
         r(&apoword, Keep),
-        rc(&ci("y"), &format!("{apos}"), Keep), // placeholder replaced below
+        rc(&ci("y"), &apos.to_string(), Keep), // placeholder replaced below
         r(&fullurl, Keep),
         r(&likelyurl, Keep),
         r(email, Keep),

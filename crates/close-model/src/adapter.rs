@@ -125,7 +125,7 @@ impl AdapterConfig {
                 format!("must be ≥ 0, got {}", self.noise),
             ));
         }
-        if !self.shift_scale.is_finite() || !(self.cov_scale >= 0.0) {
+        if !self.shift_scale.is_finite() || self.cov_scale.is_nan() || self.cov_scale < 0.0 {
             return Err(Error::config(
                 "adapter",
                 "shift_scale must be finite and cov_scale ≥ 0",
@@ -394,7 +394,7 @@ pub fn fit_linear<A: AsRef<[f32]>, B: AsRef<[f32]>>(
             texts.len()
         )));
     }
-    if !(ridge >= 0.0) {
+    if ridge.is_nan() || ridge < 0.0 {
         return Err(Error::config("ridge", format!("must be ≥ 0, got {ridge}")));
     }
     let d = check_dims("pairs", images, 2)?;
@@ -502,7 +502,8 @@ pub fn fit_adapter(
         sel.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(spec.seed));
         sel.truncate(n);
     }
-    let unpaired = |sel: &[&(String, String)]| -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    type Vectors = Vec<Vec<f32>>;
+    let unpaired = |sel: &[&(String, String)]| -> Result<(Vectors, Vectors)> {
         let mut ik: Vec<&str> = sel.iter().map(|p| p.0.as_str()).collect();
         let mut tk: Vec<&str> = sel.iter().map(|p| p.1.as_str()).collect();
         ik.sort();
@@ -519,7 +520,7 @@ pub fn fit_adapter(
             .collect::<Result<Vec<_>>>()?;
         Ok((i, t))
     };
-    let paired = |sel: &[&(String, String)]| -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    let paired = |sel: &[&(String, String)]| -> Result<(Vectors, Vectors)> {
         let i = sel
             .iter()
             .map(|p| lookup(images, "image", &p.0).map(|v| v.to_vec()))
@@ -947,9 +948,7 @@ mod tests {
             Some(s),
             &Device::Cpu,
         )?;
-        let out = a
-            .eval_forward(&to_tensor(&texts[..3].to_vec()))?
-            .to_vec2::<f32>()?;
+        let out = a.eval_forward(&to_tensor(&texts[..3]))?.to_vec2::<f32>()?;
         for r in 0..3 {
             for c in 0..d {
                 assert!((out[r][c] - images[r][c]).abs() < 1e-3);

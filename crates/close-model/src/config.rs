@@ -198,7 +198,7 @@ impl TrainConfig {
         if self.targets_per_step == Some(0) {
             return Err(Error::config("targets_per_step", "must be positive"));
         }
-        if !(self.optim.lr > 0.0) || !self.optim.lr.is_finite() {
+        if !self.optim.lr.is_finite() || self.optim.lr <= 0.0 {
             return Err(Error::config(
                 "lr",
                 format!("must be positive, got {}", self.optim.lr),

@@ -90,7 +90,7 @@ pub fn normalized(v: &[f32]) -> Result<Vec<f32>> {
         .map(|&x| (x as f64) * (x as f64))
         .sum::<f64>()
         .sqrt();
-    if !(n > 0.0) || !n.is_finite() {
+    if !n.is_finite() || n <= 0.0 {
         return Err(Error::invalid(
             "cannot normalize a zero or non-finite vector",
         ));

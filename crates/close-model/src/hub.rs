@@ -163,7 +163,7 @@ impl Hub {
                 "HF_HUB_OFFLINE is set, so nothing is downloaded".into(),
             ));
         }
-        download(self, spec, kind, progress).map_err(|e| missing(e))
+        download(self, spec, kind, progress).map_err(missing)
     }
 }
 

@@ -190,7 +190,7 @@ impl Mat {
             for k in 0..j {
                 d -= l.data[j * n + k] * l.data[j * n + k];
             }
-            if !(d > 0.0) || !d.is_finite() {
+            if !d.is_finite() || d <= 0.0 {
                 return Err(Error::invalid(format!(
                     "matrix is not positive definite (pivot {j} = {d:e}); add a ridge / jitter"
                 )));

@@ -438,7 +438,7 @@ pub fn train_until(
             loss_sum += lv;
             loss_n += 1;
             last_loss = lv;
-            if state.step % cfg.log_every.max(1) == 0 || state.step == 1 {
+            if state.step.is_multiple_of(cfg.log_every.max(1)) || state.step == 1 {
                 state.losses.push((state.step, lv));
                 log_line(
                     serde_json::json!({"step": state.step, "epoch": epoch + 1, "loss": lv, "lr": lr}),

@@ -205,7 +205,7 @@ fn text_only_with_noise_beats_no_noise_on_images() {
     // One seed's comparison is noisy (multi-threaded float reductions make runs differ
     // slightly and the small test set amplifies it), so the claim is made on the mean of
     // three seeds per arm.
-    let mut cider = vec![0.0f64; 2];
+    let mut cider = [0.0f64; 2];
     let seeds = knob("E2E_SEEDS", 3.0) as u64;
     for seed in 0..seeds {
         for (arm, (name, noise)) in [("none", 0.0), ("noise", noise_w())]

@@ -30,7 +30,7 @@ fn every_task_loads_from_a_generated_world() {
     assert!(m
         .train
         .iter()
-        .all(|e| e.targets.len() >= 1 && e.targets.iter().all(|t| *t == t.to_lowercase())));
+        .all(|e| !e.targets.is_empty() && e.targets.iter().all(|t| *t == t.to_lowercase())));
 
     let img = TaskData::load(Task::SCap, TrainOn::Images, &paths).unwrap();
     assert_eq!(img.train.len(), k.split("train").count());

@@ -349,15 +349,12 @@ impl Predictor for RunPredictor {
 
     fn predict(&mut self, queries: &[Query], opts: &DecodeOptions) -> Result<Vec<Prediction>> {
         let images: Vec<image::RgbImage> = queries.iter().map(|q| q.image.clone()).collect();
-        let texts: Option<Vec<String>> = match self.info.task.text_field() {
-            Some(_) => Some(
-                queries
-                    .iter()
-                    .map(|q| q.text.clone().unwrap_or_default())
-                    .collect(),
-            ),
-            None => None,
-        };
+        let texts: Option<Vec<String>> = self.info.task.text_field().map(|_| {
+            queries
+                .iter()
+                .map(|q| q.text.clone().unwrap_or_default())
+                .collect()
+        });
         self.predict_images(&images, texts.as_deref(), opts)
     }
 }

@@ -226,7 +226,7 @@ async fn examples(State(s): State<Arc<AppState>>) -> impl IntoResponse {
 
 async fn example_file(State(s): State<Arc<AppState>>, UrlPath(name): UrlPath<String>) -> Response {
     // Only names listed at startup: no path traversal.
-    let (Some(dir), true) = (&s.cfg.examples_dir, s.examples.iter().any(|n| *n == name)) else {
+    let (Some(dir), true) = (&s.cfg.examples_dir, s.examples.contains(&name)) else {
         return ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",

@@ -229,7 +229,7 @@ impl T5Config {
                 format!("{} is not in [0, 1)", self.dropout_rate),
             ));
         }
-        if !(self.layer_norm_epsilon > 0.0) {
+        if self.layer_norm_epsilon.is_nan() || self.layer_norm_epsilon <= 0.0 {
             return Err(Error::config("layer_norm_epsilon", "must be positive"));
         }
         for (key, id) in [

@@ -187,8 +187,8 @@ impl T5 {
             .collect();
         let mut ids = vec![self.config().decoder_start_token_id; n];
         // Finished hypotheses per item: (score, logprob, tokens, ended_with_eos); NEG = empty slot.
-        let mut fin: Vec<Vec<(f32, f32, Vec<u32>, bool)>> =
-            vec![vec![(NEG, NEG, Vec::new(), false); nb]; b];
+        type Finished = (f32, f32, Vec<u32>, bool);
+        let mut fin: Vec<Vec<Finished>> = vec![vec![(NEG, NEG, Vec::new(), false); nb]; b];
         let mut improvable = vec![true; b];
 
         for step in 0..cfg.max_steps {
@@ -296,8 +296,9 @@ fn top_k(row: &[f32], k: usize) -> Vec<(f32, usize)> {
     let mut best: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
     for (i, &x) in row.iter().enumerate() {
         if best.len() == k {
+            // Only a value strictly above the k-th best (never NaN) gets in.
             if let Some(&(w, _)) = best.last() {
-                if !(x > w) {
+                if x.partial_cmp(&w) != Some(std::cmp::Ordering::Greater) {
                     continue;
                 }
             }
