@@ -166,7 +166,9 @@ fn caption_a_folder_vqa_refusal_and_serve() {
     terminate_gracefully(&mut child);
 }
 
-/// Start `close serve` on an ephemeral port; return it and the URL it logged.
+/// Start `close serve` on an ephemeral port; return it and the URL it logged. The caller
+/// kills and waits for the child.
+#[allow(clippy::zombie_processes)]
 fn spawn_server(run: &std::path::Path) -> (std::process::Child, String) {
     let mut child = close()
         .args(["serve", "--addr", "127.0.0.1:0", "--run"])

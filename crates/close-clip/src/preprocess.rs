@@ -371,6 +371,8 @@ fn filter_eval(f: Resample, x: f64) -> f64 {
 }
 
 /// Per output pixel: first input index, count, and fixed-point weights.
+// A port of Pillow's C loop, index for index, so that the two can be compared.
+#[allow(clippy::needless_range_loop)]
 fn precompute_coeffs(
     in_size: usize,
     out_size: usize,

@@ -231,7 +231,7 @@ pub fn training_targets<'a>(answers: impl IntoIterator<Item = &'a str>) -> Vec<S
         *c += 1;
     }
     let mut ranked: Vec<(&str, usize)> = order.iter().map(|a| (*a, counts[a])).collect();
-    ranked.sort_by(|a, b| b.1.cmp(&a.1)); // stable: ties keep first-seen order
+    ranked.sort_by_key(|r| std::cmp::Reverse(r.1)); // stable: ties keep first-seen order
     let top = ranked.first().map(|r| r.1).unwrap_or(0);
     ranked
         .into_iter()

@@ -436,15 +436,12 @@ impl Lexer {
     ) {
         let input = Input::new(text).range(start..end).anchored(Anchored::Yes);
         let mut state = OverlappingState::start();
-        loop {
-            match dfa.try_search_overlapping_fwd(cache, &input, &mut state) {
-                Ok(()) => match state.get_match() {
-                    Some(m) => f(m.pattern().as_usize(), m.offset()),
-                    None => break,
-                },
-                // Cache thrashing or quit bytes cannot happen with this configuration; stop
-                // rather than loop forever.
-                Err(_) => break,
+        // An error (cache thrashing or quit bytes) cannot happen with this configuration;
+        // it stops the search rather than looping forever.
+        while let Ok(()) = dfa.try_search_overlapping_fwd(cache, &input, &mut state) {
+            match state.get_match() {
+                Some(m) => f(m.pattern().as_usize(), m.offset()),
+                None => break,
             }
         }
     }

@@ -382,6 +382,8 @@ pub fn fit_cov_unpaired<A: AsRef<[f32]>, B: AsRef<[f32]>>(
 /// `linear` statistics by ridge-regularised least squares on paired vectors:
 /// `min_W,b Σ |W tᵢ + b − iᵢ|² + λ|W|²` with `λ = ridge · tr(TcᵀTc)/d` (bias not penalised),
 /// solved by the normal equations on centred data with a Cholesky factorisation in f64.
+// The indices mirror the least-squares formulas.
+#[allow(clippy::needless_range_loop)]
 pub fn fit_linear<A: AsRef<[f32]>, B: AsRef<[f32]>>(
     images: &[A],
     texts: &[B],

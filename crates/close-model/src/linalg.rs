@@ -214,6 +214,8 @@ impl Mat {
 
     /// Solve `A X = B` given the Cholesky factor `L` of `A` (forward then back substitution,
     /// every right-hand column independently).
+    // Triangular solves read as the textbook formulas with explicit indices.
+    #[allow(clippy::needless_range_loop)]
     pub fn cholesky_solve(l: &Mat, b: &Mat) -> Result<Mat> {
         let n = l.rows;
         if b.rows != n {

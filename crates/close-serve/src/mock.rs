@@ -58,8 +58,8 @@ impl ColorPredictor {
     fn mean_rgb(img: &image::RgbImage) -> [f32; 3] {
         let mut s = [0f64; 3];
         for p in img.pixels() {
-            for c in 0..3 {
-                s[c] += p.0[c] as f64;
+            for (sc, &pc) in s.iter_mut().zip(&p.0[..3]) {
+                *sc += pc as f64;
             }
         }
         let n = (img.width() as f64 * img.height() as f64).max(1.0);

@@ -10,6 +10,8 @@ use close_data::coco::Karpathy;
 
 use crate::common::{device, Ctx};
 
+// Parsed once per process: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(clap::Subcommand, Debug)]
 pub enum ClipCommand {
     /// Train a CLIP from scratch (contrastive, AdamW, cosine schedule); writes an HF-layout

@@ -64,7 +64,7 @@ impl<'a> Namer<'a> {
     fn the_without(&self, i: usize, color: bool, size: bool, rng: &mut impl Rng) -> Option<String> {
         let cands: Vec<Ref> = [Ref::SHAPE, Ref::COLOR_SHAPE, Ref::SIZE_SHAPE, Ref::FULL]
             .into_iter()
-            .filter(|r| !(color && r.color) && !(size && r.size))
+            .filter(|r| (!color || !r.color) && (!size || !r.size))
             .collect();
         let r = unique_ref(self.scene, i, &cands)?;
         Some(format!(

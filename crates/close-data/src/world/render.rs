@@ -12,8 +12,8 @@ use super::scene::{Object, Scene, Shape};
 pub fn sample_background(rng: &mut impl Rng) -> [u8; 3] {
     let base: i32 = rng.random_range(212..=242);
     let mut c = [0u8; 3];
-    for k in 0..3 {
-        c[k] = (base + rng.random_range(-10..=10)).clamp(0, 255) as u8;
+    for ck in c.iter_mut() {
+        *ck = (base + rng.random_range(-10..=10)).clamp(0, 255) as u8;
     }
     c
 }
@@ -101,8 +101,10 @@ pub fn render_rgb(scene: &Scene, rng: &mut impl Rng) -> Result<Vec<u8>> {
     }
     for o in &scene.objects {
         let Some(path) = shape_path(o) else { continue };
-        let mut paint = Paint::default();
-        paint.anti_alias = true;
+        let mut paint = Paint {
+            anti_alias: true,
+            ..Paint::default()
+        };
         paint.set_color_rgba8(o.rgb[0], o.rgb[1], o.rgb[2], 255);
         let t = Transform::from_rotate(o.angle).post_translate(o.cx, o.cy);
         pm.fill_path(&path, &paint, FillRule::Winding, t, None);
@@ -111,9 +113,9 @@ pub fn render_rgb(scene: &Scene, rng: &mut impl Rng) -> Result<Vec<u8>> {
     let mut rgb = Vec::with_capacity((w * h * 3) as usize);
     for px in data.chunks_exact(4) {
         let n: i32 = rng.random_range(-5..=5);
-        for k in 0..3 {
+        for &p in &px[..3] {
             let e: i32 = rng.random_range(-2..=2);
-            rgb.push((px[k] as i32 + n + e).clamp(0, 255) as u8);
+            rgb.push((p as i32 + n + e).clamp(0, 255) as u8);
         }
     }
     Ok(rgb)
