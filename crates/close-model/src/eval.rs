@@ -44,6 +44,8 @@ pub struct Metrics {
 }
 
 /// Generate for `examples` from their image vectors. Batched; progress per batch.
+// To become a struct of options with the trainer's split into steps (issue 21).
+#[allow(clippy::too_many_arguments)]
 pub fn predict_examples(
     model: &CloseModel,
     codec: &TextCodec,

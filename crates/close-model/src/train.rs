@@ -140,6 +140,8 @@ fn setup_model(
 /// vectors (keyed by exact text), `images` the image vectors (keyed by image id); both
 /// unit-normalized. With `resume`, continue the run in `out` from its `last/` checkpoint
 /// (its saved config wins over `cfg`, except `epochs`, which may be raised).
+// To become a trainer with prepare / resume / epoch / checkpoint steps (issue 21).
+#[allow(clippy::too_many_arguments)]
 pub fn train(
     cfg: &TrainConfig,
     data: &TaskData,
