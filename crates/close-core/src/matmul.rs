@@ -212,26 +212,14 @@ fn column_major_blocks(
         let mut scratch = vec![0f32; m * (c1 - c0)];
         // SAFETY: as in `block`; the scratch holds the `m × (c1 - c0)` block column-major.
         unsafe {
-            gemm::gemm(
-                m,
-                c1 - c0,
-                k,
+            gemm_block(
                 scratch.as_mut_ptr(),
-                m as isize,
-                1,
+                (1, m),
+                ((0, m), (c0, c1)),
+                k,
+                lhs,
+                rhs,
                 false,
-                lhs.data.as_ptr(),
-                lhs.col_stride as isize,
-                lhs.row_stride as isize,
-                rhs.data.as_ptr().add(c0 * rhs.col_stride),
-                rhs.col_stride as isize,
-                rhs.row_stride as isize,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
             );
         }
         for i in 0..m {
@@ -270,28 +258,48 @@ fn block(
     // holds `m · n` row-major values; the block `[r0, r1) × [c0, c1)` lies inside them, and
     // the blocks given to different threads are disjoint.
     unsafe {
-        gemm::gemm(
-            r1 - r0,
-            c1 - c0,
-            k,
-            dst.0.add(r0 * ld + c0),
-            1,
-            ld as isize,
-            accumulate,
-            lhs.data.as_ptr().add(r0 * lhs.row_stride),
-            lhs.col_stride as isize,
-            lhs.row_stride as isize,
-            rhs.data.as_ptr().add(c0 * rhs.col_stride),
-            rhs.col_stride as isize,
-            rhs.row_stride as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
+        let out = dst.at(r0 * ld + c0);
+        gemm_block(out, (ld, 1), ((r0, r1), (c0, c1)), k, lhs, rhs, accumulate);
     }
+}
+
+/// `out[i, j] (+)= Σ_p lhs[r0 + i, p] · rhs[p, c0 + j]` over the block of rows `[r0, r1)`
+/// and columns `[c0, c1)`, single-threaded; `out` points at the block's first element and
+/// `out_strides` are its (row, column) strides in elements.
+///
+/// # Safety
+/// The operands must cover the block's rows and columns, and `out` must hold the block at
+/// those strides with no other thread writing it.
+unsafe fn gemm_block(
+    out: *mut f32,
+    (out_rs, out_cs): (usize, usize),
+    ((r0, r1), (c0, c1)): ((usize, usize), (usize, usize)),
+    k: usize,
+    lhs: Operand<'_>,
+    rhs: Operand<'_>,
+    accumulate: bool,
+) {
+    gemm::gemm(
+        r1 - r0,
+        c1 - c0,
+        k,
+        out,
+        out_cs as isize,
+        out_rs as isize,
+        accumulate,
+        lhs.data.as_ptr().add(r0 * lhs.row_stride),
+        lhs.col_stride as isize,
+        lhs.row_stride as isize,
+        rhs.data.as_ptr().add(c0 * rhs.col_stride),
+        rhs.col_stride as isize,
+        rhs.row_stride as isize,
+        1.0f32,
+        1.0f32,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
 }
 
 #[cfg(test)]
