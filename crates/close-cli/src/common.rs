@@ -1,4 +1,5 @@
-//! Shared CLI plumbing: logging, device parsing, indicatif progress for library jobs.
+//! Shared CLI plumbing: logging, number parsers for flags, indicatif progress for library
+//! jobs.
 
 use std::sync::Mutex;
 
@@ -42,18 +43,40 @@ pub fn init_logging(filter: &str, quiet: bool) {
         .try_init();
 }
 
-/// Parse `--device`: `cpu`, `cuda`, `cuda:N`.
-pub fn device(spec: &str) -> anyhow::Result<candle_core::Device> {
-    match spec {
-        "cpu" => Ok(candle_core::Device::Cpu),
-        "cuda" => Ok(candle_core::Device::new_cuda(0)?),
-        s if s.starts_with("cuda:") => {
-            let n: usize = s[5..]
-                .parse()
-                .map_err(|_| anyhow::anyhow!("--device {s}: expected cuda:N"))?;
-            Ok(candle_core::Device::new_cuda(n)?)
-        }
-        s => anyhow::bail!("--device {s}: expected cpu, cuda or cuda:N"),
+/// clap value parser: an integer ≥ 1 (batch sizes, epochs, counts). Use with
+/// `allow_negative_numbers = true` so that `-1` reaches it instead of being read as a flag.
+pub fn positive(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<i128>() {
+        Ok(n) if n >= 1 => usize::try_from(n).map_err(|_| format!("{s} is too large")),
+        Ok(_) => Err(format!("must be at least 1, got {s}")),
+        Err(_) => Err(format!("expected a whole number ≥ 1, got `{s}`")),
+    }
+}
+
+/// clap value parser: a whole number ≥ 0 (counts where 0 means "off").
+pub fn count(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<i128>() {
+        Ok(n) if n >= 0 => usize::try_from(n).map_err(|_| format!("{s} is too large")),
+        Ok(_) => Err(format!("must be 0 or more, got {s}")),
+        Err(_) => Err(format!("expected a whole number ≥ 0, got `{s}`")),
+    }
+}
+
+/// clap value parser: a finite number ≥ 0 (seconds, noise levels, rates).
+pub fn non_negative(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        Ok(_) => Err(format!("must be a finite number ≥ 0, got {s}")),
+        Err(_) => Err(format!("expected a number, got `{s}`")),
+    }
+}
+
+/// clap value parser: a finite number > 0 (learning rates, timeouts).
+pub fn positive_f64(s: &str) -> Result<f64, String> {
+    match non_negative(s) {
+        Ok(x) if x > 0.0 => Ok(x),
+        Ok(_) => Err(format!("must be greater than 0, got {s}")),
+        Err(e) => Err(e.replace("≥ 0", "> 0")),
     }
 }
 

@@ -68,6 +68,14 @@ impl EmbeddingCache {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let index_path = dir.join(INDEX_FILE);
+        if !index_path.exists() {
+            return Err(Error::invalid(format!(
+                "{}: no embedding cache here ({INDEX_FILE} is missing); build it with \
+                 `close embed --clip CLIP --out ROOT` (this is ROOT/images or ROOT/texts), \
+                 or give `close train` a --clip to embed missing texts",
+                dir.display()
+            )));
+        }
         let index: Index = close_core::io::read_json(&index_path)?;
         let mut c = Self {
             dir: dir.to_path_buf(),
@@ -112,6 +120,13 @@ impl EmbeddingCache {
                 .to_vec1::<f32>()?;
             for (i, (k, fp)) in sh.keys.iter().zip(&sh.fingerprints).enumerate() {
                 let row = &rows[i * index.dim..(i + 1) * index.dim];
+                if close_core::check::count_non_finite(row) > 0 {
+                    return Err(Error::format(
+                        &p,
+                        None,
+                        format!("the embedding of `{k}` holds NaN or Inf; rebuild the cache"),
+                    ));
+                }
                 c.insert(k.clone(), fp.clone(), row);
             }
         }
@@ -321,6 +336,32 @@ fn commit(
     Ok(())
 }
 
+fn check_batch(batch: usize) -> Result<()> {
+    if batch == 0 {
+        return Err(Error::config("batch_size", "must be at least 1"));
+    }
+    Ok(())
+}
+
+/// The first row of `rows` with a NaN or Inf is an error naming its key and input: a model
+/// with broken weights must not fill a cache with garbage.
+fn check_rows<'a>(
+    clip: &Clip,
+    items: impl Iterator<Item = (&'a str, String)>,
+    rows: &[Vec<f32>],
+) -> Result<()> {
+    for ((key, input), row) in items.zip(rows) {
+        if close_core::check::count_non_finite(row) > 0 {
+            return Err(Error::invalid(format!(
+                "CLIP {} gave a non-finite embedding (NaN or Inf) for `{key}` ({input}); \
+                 its weights are probably corrupt: retrain or re-download the model",
+                clip.dir().display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn dedup<T: Clone>(items: &[(String, T)]) -> Vec<(String, T)> {
     let mut seen = HashSet::new();
     items
@@ -338,6 +379,7 @@ pub fn embed_images(
     batch: usize,
     progress: &dyn Progress,
 ) -> Result<EmbedReport> {
+    check_batch(batch)?;
     let hash = clip.model_hash()?;
     let dim = clip.model.config().projection_dim;
     let items = dedup(items);
@@ -355,7 +397,7 @@ pub fn embed_images(
     let mut bad = Vec::new();
     let mut new = Vec::new();
     progress.start("embed images", todo.len() as u64);
-    for chunk in todo.chunks(batch.max(1)) {
+    for chunk in todo.chunks(batch) {
         let decoded: Vec<_> = chunk.par_iter().map(|(_, p, _)| load_image(p)).collect();
         let mut imgs = Vec::new();
         let mut ok = Vec::new();
@@ -374,6 +416,8 @@ pub fn embed_images(
         }
         if !imgs.is_empty() {
             let emb = clip.embed_images(&imgs)?.to_vec2::<f32>()?;
+            let named = ok.iter().map(|(k, _)| (k.as_str(), format!("image {k}")));
+            check_rows(clip, named, &emb)?;
             for ((k, fp), row) in ok.into_iter().zip(emb) {
                 new.push((k.clone(), fp.clone(), row));
             }
@@ -409,6 +453,7 @@ pub fn embed_texts(
     batch: usize,
     progress: &dyn Progress,
 ) -> Result<EmbedReport> {
+    check_batch(batch)?;
     let hash = clip.model_hash()?;
     let dim = clip.model.config().projection_dim;
     let items = dedup(items);
@@ -434,9 +479,13 @@ pub fn embed_texts(
     }
     let mut new = Vec::new();
     progress.start("embed texts", todo.len() as u64);
-    for chunk in todo.chunks(batch.max(1)) {
+    for chunk in todo.chunks(batch) {
         let texts: Vec<&str> = chunk.iter().map(|(_, t, _)| t.as_str()).collect();
         let emb = clip.embed_texts(&texts)?.to_vec2::<f32>()?;
+        let named = chunk
+            .iter()
+            .map(|(k, t, _)| (k.as_str(), format!("text {t:?}")));
+        check_rows(clip, named, &emb)?;
         for ((k, _, fp), row) in chunk.iter().zip(emb) {
             new.push((k.clone(), fp.clone(), row));
         }

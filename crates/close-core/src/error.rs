@@ -8,13 +8,13 @@ use std::path::PathBuf;
 /// Errors of every close-rs library crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// Reading or writing a file failed. The OS error is part of the message (and not a
+    /// `source`, so that `{:#}` does not print it twice).
+    #[error("{}: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
+    /// An output already exists and the operation would replace it.
+    #[error("{}: already exists; {hint}", path.display())]
+    Exists { path: PathBuf, hint: String },
     /// A file is not in the expected format (JSON, JSONL, text corpus, ...). `line` is
     /// 1-based when known.
     #[error("{}{}: {msg}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
@@ -61,10 +61,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// An I/O error tagged with the path it concerns.
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, err: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            err,
         }
     }
 
@@ -113,5 +113,13 @@ mod tests {
         assert_eq!(e.to_string(), "data/x.jsonl:7: expected `}`");
         let e = Error::format("data/x.json", None, "not an object");
         assert_eq!(e.to_string(), "data/x.json: not an object");
+    }
+
+    #[test]
+    fn io_error_names_the_path_and_the_os_error_once() {
+        let err = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = Error::io("cache/index.json", err);
+        assert!(std::error::Error::source(&e).is_none());
+        assert_eq!(e.to_string(), "cache/index.json: entity not found");
     }
 }

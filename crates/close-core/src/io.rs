@@ -57,7 +57,9 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: impl AsRef<Path>) -> Resu
     serde_json::from_slice(&bytes).map_err(|e| Error::format(path, Some(e.line()), format!("{e}")))
 }
 
-/// Atomically save named tensors as safetensors.
+/// Atomically save named tensors as safetensors, with the file mode every other output
+/// gets (0666 less the umask: the safetensors crate writes through a private 0600 temp
+/// file, which would lock other users of a shared model directory out).
 pub fn save_safetensors_atomic(
     path: impl AsRef<Path>,
     tensors: &std::collections::HashMap<String, candle_core::Tensor>,
@@ -67,11 +69,68 @@ pub fn save_safetensors_atomic(
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
-    candle_core::safetensors::save(tensors, &tmp)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
+    let result = candle_core::safetensors::save(tensors, &tmp)
+        .map_err(|e| Error::invalid(format!("{}: writing safetensors: {e}", path.display())))
+        .and_then(|()| finish_file(&tmp, path).map_err(|e| Error::io(path, e)));
+    if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
+    }
+    result
+}
+
+/// Give a finished temporary file the default mode, flush it to disk and move it in place.
+fn finish_file(tmp: &Path, path: &Path) -> std::io::Result<()> {
+    set_default_mode(tmp)?;
+    std::fs::File::open(tmp)?.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
+#[cfg(unix)]
+fn set_default_mode(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = 0o666 & !umask();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn set_default_mode(_: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// The process umask, read from `/proc/self/status` (changing it to read it would race with
+/// other threads creating files); 022 where that is not available.
+#[cfg(unix)]
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+}
+
+/// Refuse to replace an existing output unless `replace` is set: `path` may not exist, or
+/// be an empty directory. Called before any work starts, so nothing is computed for an
+/// output that cannot be written. `hint` tells the user what to pass instead.
+pub fn check_output(path: &Path, replace: bool, hint: &str) -> Result<()> {
+    if replace || !is_occupied(path)? {
+        return Ok(());
+    }
+    Err(Error::Exists {
+        path: path.to_path_buf(),
+        hint: hint.to_string(),
     })
+}
+
+/// Whether `path` exists as a file or a non-empty directory.
+pub fn is_occupied(path: &Path) -> Result<bool> {
+    match std::fs::read_dir(path) {
+        Ok(mut entries) => Ok(entries.next().is_some()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(_) => Ok(path.exists()),
+    }
 }
 
 /// SHA-256 of a file, hex encoded (used to fingerprint models and inputs).
@@ -152,6 +211,37 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         let names: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn safetensors_get_the_default_mode_not_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("w.safetensors");
+        let t = candle_core::Tensor::zeros(3, candle_core::DType::F32, &candle_core::Device::Cpu);
+        let map = [("w".to_string(), t.unwrap())].into_iter().collect();
+        save_safetensors_atomic(&p, &map).unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o666 & !umask(), "mode {mode:o}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn an_occupied_output_is_refused_unless_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("run");
+        check_output(&out, false, "pass --force").unwrap();
+        std::fs::create_dir(&out).unwrap();
+        check_output(&out, false, "pass --force").unwrap();
+        write_atomic(out.join("config.json"), b"{}").unwrap();
+        let e = check_output(&out, false, "pass --force")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("run: already exists; pass --force"), "{e}");
+        check_output(&out, true, "pass --force").unwrap();
+        let e = check_output(&out.join("config.json"), false, "x").unwrap_err();
+        assert!(matches!(e, Error::Exists { .. }));
     }
 
     #[test]

@@ -9,6 +9,8 @@
 #[cfg(feature = "mimalloc")]
 pub mod alloc;
 pub mod bench;
+pub mod check;
+pub mod device;
 pub mod error;
 pub mod fused;
 pub mod init;
@@ -22,4 +24,5 @@ pub mod progress;
 pub mod simd;
 pub mod threads;
 
+pub use device::DeviceSpec;
 pub use error::{Error, Result};

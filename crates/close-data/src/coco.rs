@@ -97,20 +97,30 @@ impl Karpathy {
         let text = read_text(path)?;
         let doc: Doc = parse_doc(path, &text)?;
         let mut report = LoadReport::new(path);
+        // Image ids key the embedding caches and results: a repeated one would silently
+        // stand for two images.
+        let mut first_of = std::collections::HashMap::new();
         let parsed: Vec<KarpathyImage> = parse_records_with(
             &text,
             &doc.images,
             "images",
             opts,
             &mut report,
-            |_, im: &KarpathyImage| {
-                if im.sentences.is_empty() {
+            |i, im: &KarpathyImage| {
+                if let Some(j) = first_of.get(&im.image_id()) {
+                    Err(format!(
+                        "{}: duplicate image id {} (cocoid, else imgid; first used by images[{j}])",
+                        im.filename,
+                        im.image_id()
+                    ))
+                } else if im.sentences.is_empty() {
                     Err(format!("{} has no sentences", im.filename))
                 } else if !KARPATHY_SPLITS.contains(&im.split.as_str()) {
                     Err(format!("{}: unknown split `{}`", im.filename, im.split))
                 } else if im.sentences.iter().any(|s| s.raw.trim().is_empty()) {
                     Err(format!("{} has an empty sentence", im.filename))
                 } else {
+                    first_of.insert(im.image_id(), i);
                     Ok(())
                 }
             },
@@ -340,5 +350,27 @@ mod tests {
         std::fs::write(&p, r#"{"images":[{"filename":"a.jpg"}]}"#).unwrap();
         let e = Karpathy::load(&p).unwrap_err().to_string();
         assert!(e.contains("dataset_coco.json"), "{e}");
+    }
+
+    #[test]
+    fn a_repeated_image_id_is_an_error_or_a_reported_skip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("dataset_coco.json");
+        let im = |name: &str, imgid: u64| {
+            format!(
+                r#"{{"filename":"{name}","imgid":{imgid},"split":"train","cocoid":7,"sentences":[{{"raw":"a cat"}}]}}"#
+            )
+        };
+        let doc = format!("{{\"images\":[\n{},\n{}]}}", im("a.jpg", 0), im("b.jpg", 1));
+        std::fs::write(&p, doc).unwrap();
+        let e = Karpathy::load(&p).unwrap_err().to_string();
+        assert!(
+            e.contains(":3:") && e.contains("b.jpg: duplicate image id 7"),
+            "{e}"
+        );
+        let (k, report) = Karpathy::load_with(&p, &LoadOptions::skip_bad()).unwrap();
+        assert_eq!(k.images.len(), 1);
+        assert_eq!(report.skipped.len(), 1);
+        assert!(report.skipped[0].reason.contains("first used by images[0]"));
     }
 }

@@ -4,8 +4,8 @@
 //!
 //! Predictions are compared after trimming and lower-casing. A prediction that is not one of
 //! `entailment`, `neutral`, `contradiction` counts as wrong and lands in the confusion
-//! matrix's `other` column. Gold lines with a label outside the three classes (SNLI's `-`,
-//! "no consensus") are skipped and counted in `skipped_gold`.
+//! matrix's `other` column. Gold lines labelled `-` (SNLI's "no consensus") are skipped and
+//! counted in `skipped_gold`; any other label outside the three classes is an error.
 //!
 //! # Bad input
 //! Missing predictions, predictions for unknown pairs and duplicate pair ids (in gold or
@@ -17,6 +17,9 @@ use std::path::Path;
 
 use close_core::{Error, Result};
 use serde_json::Value;
+
+/// SNLI's gold label for pairs whose annotators did not agree: skipped and counted.
+pub const NO_CONSENSUS: &str = "-";
 
 /// The three SNLI-VE classes, in confusion-matrix order.
 pub const LABELS: [&str; 3] = ["entailment", "neutral", "contradiction"];
@@ -208,6 +211,16 @@ pub fn load_gold(path: impl AsRef<Path>) -> Result<Vec<(String, String)>> {
             .get("gold_label")
             .and_then(Value::as_str)
             .ok_or_else(|| Error::format(path, Some(line), "missing string `gold_label`"))?;
+        if class_of(label).is_none() && label.trim() != NO_CONSENSUS {
+            return Err(Error::format(
+                path,
+                Some(line),
+                format!(
+                    "gold_label {label:?} is none of entailment, neutral, contradiction \
+                     or `{NO_CONSENSUS}` (no consensus, skipped and counted)"
+                ),
+            ));
+        }
         if let Some(prev) = seen.insert(id.clone(), line) {
             return Err(Error::format(
                 path,
@@ -283,5 +296,22 @@ mod tests {
         assert_eq!(s.confusion[2], vec![0, 0, 1, 1]);
         let n = &s.per_class["neutral"];
         assert!((n.precision - 0.5).abs() < 1e-12 && (n.recall - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn an_unknown_gold_label_is_an_error_naming_the_line_and_dashes_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let gold = dir.path().join("ve_test.jsonl");
+        let line = |id: u32, l: &str| format!(r#"{{"pairID":"{id}","gold_label":"{l}"}}"#);
+        let ok = [line(1, "entailment"), line(2, "-"), line(3, "neutral")].join("\n");
+        std::fs::write(&gold, ok).unwrap();
+        assert_eq!(load_gold(&gold).unwrap().len(), 3);
+        let bad = [line(1, "entailment"), line(2, "entailed")].join("\n");
+        std::fs::write(&gold, bad).unwrap();
+        let e = load_gold(&gold).unwrap_err().to_string();
+        assert!(
+            e.contains("ve_test.jsonl:2") && e.contains("\"entailed\""),
+            "{e}"
+        );
     }
 }

@@ -100,11 +100,17 @@ pub fn normalized(v: &[f32]) -> Result<Vec<f32>> {
 
 /// Look up `key`, naming the store (`what`) and the key when it is missing.
 pub fn lookup<'a>(emb: &'a dyn Embeddings, what: &str, key: &str) -> Result<&'a [f32]> {
-    emb.vector(key).ok_or_else(|| {
+    let v = emb.vector(key).ok_or_else(|| {
         Error::invalid(format!(
             "{what} embedding cache has no vector for `{key}` (run `close embed` over this data)"
         ))
-    })
+    })?;
+    if close_core::check::count_non_finite(v) > 0 {
+        return Err(Error::invalid(format!(
+            "the {what} embedding of `{key}` holds NaN or Inf; rebuild the cache with `close embed`"
+        )));
+    }
+    Ok(v)
 }
 
 /// The mean of the vectors of `keys`, re-normalized: the text stand-in of an image described

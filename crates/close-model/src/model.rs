@@ -149,6 +149,7 @@ impl CloseModel {
                     got: t.dims().to_vec(),
                 });
             }
+            close_core::check::weight(file, name, t)?;
             var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
         }
         Ok(())

@@ -38,6 +38,38 @@ pub const LOG_FILE: &str = "log.jsonl";
 pub const LOSS_PNG: &str = "loss.png";
 pub const METRICS_FILE: &str = "metrics.json";
 
+/// How a new run treats an existing `--out`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutDir {
+    /// The dir must not exist or be empty.
+    New,
+    /// An existing run there is deleted first (only a run dir: other contents are refused).
+    Replace,
+}
+
+/// Make `out` ready for a new run, before any work starts. An existing run is an error
+/// unless it is to be replaced: training over it would mix the new config with the old
+/// weights. A non-empty dir that is not a run is never deleted.
+pub fn prepare_new_run(out: &Path, mode: OutDir) -> Result<()> {
+    if !io::is_occupied(out)? {
+        return Ok(());
+    }
+    let is_run = out.join(CONFIG_FILE).exists() || out.join(LAST_DIR).exists();
+    match (mode, is_run) {
+        (OutDir::New, true) => Err(Error::Exists {
+            path: out.to_path_buf(),
+            hint: "it holds a run: pass --resume to continue it, --force to replace it, \
+                   or choose another --out"
+                .into(),
+        }),
+        (_, false) => Err(Error::Exists {
+            path: out.to_path_buf(),
+            hint: "it is not empty and holds no run: choose a new or empty --out".into(),
+        }),
+        (OutDir::Replace, true) => std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e)),
+    }
+}
+
 /// T5 tokenization for CLOSE: EOS appended, truncation that keeps the EOS, padding.
 #[derive(Clone)]
 pub struct TextCodec {

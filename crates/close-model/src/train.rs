@@ -430,8 +430,10 @@ pub fn train_until(
             let lv = loss.to_scalar::<f32>()? as f64;
             if !lv.is_finite() {
                 return Err(Error::invalid(format!(
-                    "training diverged: loss {lv} at step {}",
-                    state.step
+                    "training diverged: loss {lv} at epoch {}, step {} (learning rate {lr:.2e}; \
+                     the batch's embeddings are finite): lower --lr, or check the targets",
+                    epoch + 1,
+                    state.step + 1
                 )));
             }
             opt.backward_step(&loss)?;

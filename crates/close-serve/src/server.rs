@@ -12,7 +12,8 @@
 //! reading, and while reading); at most `max_inflight` prediction requests are admitted at
 //! once, the next get 503 with `Retry-After`; a request body must arrive within
 //! `request_timeout` (else 408) and the answer within the same time (else 503 with
-//! `Retry-After`). Decoding and inference run off the async runtime (blocking pool, model
+//! `Retry-After`). A connection that does not deliver a request's headers within
+//! `header_timeout` is closed, and at most `max_connections` are open at once. Decoding and inference run off the async runtime (blocking pool, model
 //! worker threads).
 
 use std::future::Future;
@@ -59,6 +60,11 @@ pub struct ServeConfig {
     pub max_inflight: usize,
     /// Largest batch handed to a model.
     pub max_batch: usize,
+    /// Time a connection may take to send a request's headers, counted from when the server
+    /// starts waiting for them (also on an idle keep-alive connection); then it is closed.
+    pub header_timeout: Duration,
+    /// Open connections at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
     /// Optional folder of example images offered on the page.
     pub examples_dir: Option<PathBuf>,
 }
@@ -71,6 +77,8 @@ impl Default for ServeConfig {
             request_timeout: Duration::from_secs(30),
             max_inflight: 64,
             max_batch: 16,
+            header_timeout: Duration::from_secs(10),
+            max_connections: 256,
             examples_dir: None,
         }
     }
@@ -89,6 +97,12 @@ impl ServeConfig {
         }
         if self.request_timeout.is_zero() {
             return Err(Error::config("request_timeout", "must be positive"));
+        }
+        if self.header_timeout.is_zero() {
+            return Err(Error::config("header_timeout", "must be positive"));
+        }
+        if self.max_connections == 0 {
+            return Err(Error::config("max_connections", "must be at least 1"));
         }
         Ok(())
     }
@@ -543,6 +557,10 @@ async fn handle(
 
 /// Serve on an already bound listener until `shutdown` resolves, then stop accepting, let
 /// in-flight requests finish, and stop the model workers.
+///
+/// Connections are served by hyper directly (not `axum::serve`) for two limits it lacks:
+/// a header-read timeout, so a client trickling header bytes cannot hold a connection, and
+/// a cap on open connections.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
@@ -551,11 +569,59 @@ pub async fn serve_on(
     let addr = listener
         .local_addr()
         .map_err(|e| Error::invalid(format!("listener: {e}")))?;
+    let (header_timeout, max_connections) = (state.cfg.header_timeout, state.cfg.max_connections);
     let app = router(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| Error::invalid(format!("server on {addr}: {e}")))
+    let open = Arc::new(Semaphore::new(max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = open.clone().acquire_owned() => p.map_err(|e| Error::invalid(format!("server on {addr}: {e}")))?,
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!("accept on {addr}: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let conn = http1_connection(stream, app.clone(), header_timeout);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("connection closed: {e}");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+type Http1Connection = hyper::server::conn::http1::Connection<
+    hyper_util::rt::TokioIo<tokio::net::TcpStream>,
+    hyper_util::service::TowerToHyperService<Router>,
+>;
+
+fn http1_connection(
+    stream: tokio::net::TcpStream,
+    app: Router,
+    header_timeout: Duration,
+) -> Http1Connection {
+    hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(
+            hyper_util::rt::TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(app),
+        )
 }
 
 /// Bind `cfg.addr` and serve the predictors until `shutdown` resolves (e.g. Ctrl-C).

@@ -651,3 +651,67 @@ async fn bad_configs_and_duplicate_names_are_refused() {
         .to_string()
         .contains("max_inflight"));
 }
+
+/// Writes one header byte every 100 ms until the server closes the connection; returns how
+/// long that took (None: still open after 10 s).
+async fn trickle_headers(addr: std::net::SocketAddr) -> Option<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let start = std::time::Instant::now();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    while start.elapsed() < Duration::from_secs(10) {
+        if s.write_all(b"a").await.is_err() {
+            return Some(start.elapsed());
+        }
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+            Ok(_) => return Some(start.elapsed()), // closed, reset or an error answer
+            Err(_) => continue,                    // still open
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_client_trickling_header_bytes_is_cut_off_at_the_header_timeout() {
+    let cfg = ServeConfig {
+        header_timeout: Duration::from_millis(500),
+        ..cfg()
+    };
+    let srv = RunningServer::start(cfg, three_models()).await.unwrap();
+    let took = trickle_headers(srv.addr).await;
+    assert!(took.is_some_and(|t| t < Duration::from_secs(5)), "{took:?}");
+    // The server still answers others.
+    let r = reqwest::get(format!("{}/healthz", srv.url()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    let cfg = ServeConfig {
+        header_timeout: Duration::from_millis(800),
+        max_connections: 2,
+        ..cfg()
+    };
+    let srv = RunningServer::start(cfg, three_models()).await.unwrap();
+    // Two silent clients take both slots until the header timeout closes them.
+    let _a = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    let _b = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let url = format!("{}/healthz", srv.url());
+    let get = tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!get.is_finished(), "served while both slots were held");
+    let status = tokio::time::timeout(Duration::from_secs(10), get)
+        .await
+        .expect("a slot frees up at the header timeout")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+    srv.shutdown().await.unwrap();
+}

@@ -87,6 +87,7 @@ pub fn load_into_varmap(
                 got: t.dims().to_vec(),
             });
         }
+        close_core::check::weight(&files[*fi].display().to_string(), name, t)?;
         var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
         n += 1;
     }

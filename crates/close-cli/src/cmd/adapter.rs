@@ -31,25 +31,33 @@ pub struct FitArgs {
     #[arg(long, default_value = "train")]
     pub split: String,
     /// Use N randomly chosen pairs (e.g. 1% of the data for `linear`); default all.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub pairs: Option<usize>,
     /// Ridge strength for `linear` (relative to the mean eigenvalue of the Gram matrix).
-    #[arg(long, default_value_t = 1e-2)]
+    #[arg(long, default_value_t = 1e-2, value_parser = crate::common::non_negative, allow_negative_numbers = true)]
     pub ridge: f64,
     /// `cov` from unpaired image and caption sets (Σ_image + Σ_text).
     #[arg(long)]
     pub unpaired: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Output dir.
+    /// Output dir (adapter.json + adapter.safetensors).
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace statistics already in --out.
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn run(cmd: AdapterCommand, _ctx: &Ctx) -> anyhow::Result<()> {
     match cmd {
         AdapterCommand::Fit(a) => {
             let kind: AdapterKind = a.kind.parse()?;
+            close_core::io::check_output(
+                &a.out.join(close_model::adapter::STATS_JSON),
+                a.force,
+                "pass --force to replace these statistics, or choose another --out",
+            )?;
             let images = EmbeddingCache::open(&a.image_cache)?;
             let texts = EmbeddingCache::open(&a.text_cache)?;
             let pairs = close_model::task::caption_pairs(&a.karpathy, &a.split)?;

@@ -8,7 +8,7 @@ use close_clip::train::{train_clip, TrainConfig};
 use close_clip::{Clip, ClipConfig};
 use close_data::coco::Karpathy;
 
-use crate::common::{device, Ctx};
+use crate::common::Ctx;
 
 // Parsed once per process: the size difference between the variants costs nothing.
 #[allow(clippy::large_enum_variant)]
@@ -29,9 +29,12 @@ pub struct TrainArgs {
     /// Image root (`filepath/filename` of each image is relative to it).
     #[arg(long)]
     pub images: PathBuf,
-    /// Output model dir (HF layout).
+    /// Output model dir (HF layout); must be new or empty unless --force.
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace the model already in --out (it stays in place until the new one is saved).
+    #[arg(long)]
+    pub force: bool,
     /// Model preset: shapes (63 px, 3×3 patches, small ViT), tiny, vit-b32.
     #[arg(long, default_value = "shapes")]
     pub preset: String,
@@ -42,23 +45,23 @@ pub struct TrainArgs {
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// Image side (overrides the preset; must be a multiple of the patch size).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub image_size: Option<usize>,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 5e-4, value_parser = crate::common::positive_f64, allow_negative_numbers = true)]
     pub lr: f64,
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = crate::common::non_negative, allow_negative_numbers = true)]
     pub weight_decay: f64,
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = crate::common::non_negative, allow_negative_numbers = true)]
     pub warmup_frac: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Stop the optimisation after this many seconds. The schedule stays the one planned for
     /// --epochs; the model is saved where it stopped and the report says so.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::positive_f64, allow_negative_numbers = true)]
     pub max_seconds: Option<f64>,
     /// Hard negatives: a json list of word groups, each of mutually exclusive words (e.g.
     /// `[["red","blue","green"],["left","right"]]`); every training caption also gets a copy
@@ -72,7 +75,7 @@ pub struct TrainArgs {
     pub eval_split: String,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: close_core::DeviceSpec,
 }
 
 #[derive(clap::Args, Debug)]
@@ -86,7 +89,7 @@ pub struct ScoreArgs {
     #[arg(required = true)]
     pub texts: Vec<String>,
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: close_core::DeviceSpec,
 }
 
 impl TrainArgs {
@@ -137,20 +140,30 @@ pub fn run(cmd: ClipCommand, ctx: &Ctx) -> anyhow::Result<()> {
     match cmd {
         ClipCommand::Train(a) => {
             let cfg = a.config()?;
-            let dev = device(&a.device)?;
+            cfg.validate()?;
+            let hint = "pass --force to replace it, or choose another --out";
+            close_core::io::check_output(&a.out, a.force, hint)?;
+            let dev = a.device.open()?;
             let data = Karpathy::load(&a.data)?;
             let tok = match &a.tokenizer {
                 Some(p) => Some(close_clip::tokenizer::load_hf_tokenizer(p)?),
                 None => None,
             };
             let progress = ctx.progress();
-            let report = train_clip(&data, &a.images, &a.out, &cfg, tok, &dev, progress.as_ref())
-                .with_context(|| format!("training CLIP into {}", a.out.display()))?;
+            // Trained into OUT.new and swapped in whole: a kill leaves the old model (or
+            // none), never a mix.
+            let mut report = None;
+            close_core::io::replace_dir_atomic(&a.out, |dir| {
+                let r = train_clip(&data, &a.images, dir, &cfg, tok, &dev, progress.as_ref())?;
+                report = Some(r);
+                Ok(())
+            })
+            .with_context(|| format!("training CLIP into {}", a.out.display()))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         ClipCommand::Score(a) => {
-            let dev = device(&a.device)?;
+            let dev = a.device.open()?;
             let clip = Clip::load(&a.clip, &dev)?;
             let cos = clip.score(&a.image, &a.texts)?;
             let scale = clip.model.logit_scale()?;

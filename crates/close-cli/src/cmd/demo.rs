@@ -23,11 +23,11 @@ pub struct Args {
     config: Option<PathBuf>,
     /// Compute device: cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: close_core::DeviceSpec,
 }
 
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
-    let device = crate::common::device(&args.device)?;
+    let device = args.device.open()?;
     let cfg = match &args.config {
         Some(p) => close_core::io::read_json::<close_demo::DemoConfig>(p)
             .with_context(|| format!("reading the demo config --config {}", p.display()))?,

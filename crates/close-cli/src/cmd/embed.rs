@@ -9,7 +9,7 @@ use close_clip::cache::{embed_images, embed_texts};
 use close_clip::Clip;
 use close_data::coco::Karpathy;
 
-use crate::common::{device, Ctx};
+use crate::common::Ctx;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -31,10 +31,10 @@ pub struct Args {
     /// Cache root: images go to OUT/images, captions to OUT/texts.
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub batch_size: usize,
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: close_core::DeviceSpec,
 }
 
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
@@ -44,7 +44,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         "both" => (true, true),
         w => anyhow::bail!("--what {w}: expected images, texts or both"),
     };
-    let dev = device(&args.device)?;
+    let dev = args.device.open()?;
     let clip = Clip::load(&args.clip, &dev)?;
     let data = Karpathy::load(&args.data)?;
     let splits: Vec<&str> = args

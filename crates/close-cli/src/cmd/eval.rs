@@ -7,7 +7,7 @@ use close_clip::cache::EmbeddingCache;
 use close_model::run::Run;
 use close_model::task::{TaskData, TrainOn};
 
-use crate::common::{device, Ctx};
+use crate::common::Ctx;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -30,21 +30,21 @@ pub struct Args {
     /// Use the last epoch's weights instead of the best.
     #[arg(long)]
     pub last: bool,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub beams: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub max_steps: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub batch_size: Option<usize>,
     /// Output dir (default RUN/eval/SPLIT).
     #[arg(long)]
     pub out: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: close_core::DeviceSpec,
 }
 
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
-    let dev = device(&args.device)?;
+    let dev = args.device.open()?;
     let weights = args
         .last
         .then(|| args.run.join("last").join("model.safetensors"));

@@ -10,7 +10,7 @@ use close_model::config::TrainConfig;
 use close_model::hub::ModelKind;
 use close_model::task::Task;
 
-use crate::common::{device, resolve, Ctx};
+use crate::common::{resolve, Ctx};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -52,7 +52,7 @@ pub struct Args {
     seed: Option<u64>,
     /// Compute device: cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: close_core::DeviceSpec,
 }
 
 fn config(args: &Args, tasks: &[Task], ctx: &Ctx) -> anyhow::Result<ExperimentConfig> {
@@ -94,7 +94,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         clip: resolve(&args.clip, ModelKind::Clip, ctx)?,
         explicit_tasks: explicit,
     };
-    let dev = device(&args.device)?;
+    let dev = args.device.open()?;
     let progress = ctx.progress();
     let output = close_experiment::run_experiment(
         &cfg,

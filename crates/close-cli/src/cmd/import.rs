@@ -27,12 +27,20 @@ pub struct Args {
     /// CLIP model dir / hub id matching model.json's `clip_model` (recorded for predict).
     #[arg(long)]
     pub clip: Option<String>,
-    /// Run dir to write.
+    /// Run dir to write (new or empty, unless --force).
     #[arg(long)]
     pub out: PathBuf,
+    /// Delete the run already in --out first.
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
+    let mode = match args.force {
+        true => close_model::run::OutDir::Replace,
+        false => close_model::run::OutDir::New,
+    };
+    close_model::run::prepare_new_run(&args.out, mode)?;
     let t5 = resolve(&args.t5, ModelKind::T5, ctx)?;
     let task = args.task.parse()?;
     let rep = close_model::import::import_official(

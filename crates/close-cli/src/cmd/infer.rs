@@ -7,7 +7,7 @@ use close_serve::batch::{caption_files, collect_images};
 use close_serve::run::{LoadOptions, RunPredictor};
 use close_serve::{DecodeOptions, Predictor, Task};
 
-use crate::common::{device, Ctx};
+use crate::common::Ctx;
 
 /// Options shared by the three commands.
 #[derive(clap::Args, Debug)]
@@ -16,19 +16,19 @@ pub struct ModelArgs {
     #[arg(long)]
     pub run: PathBuf,
     /// Beam width (default: the run's).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub beam: Option<usize>,
     /// Maximum generated tokens (default: the task's: 32 caption, 16 VQA, 8 entailment).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub max_tokens: Option<usize>,
     /// Device: cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: close_core::DeviceSpec,
     /// CLIP model dir (default: the one recorded in the run).
     #[arg(long)]
     pub clip: Option<PathBuf>,
     /// Also list the K nearest training captions (by CLIP cosine) of each image.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::common::count, allow_negative_numbers = true)]
     pub neighbors: usize,
     /// Captions for --neighbors: a text cache dir or a text file (default: the run's cache).
     #[arg(long)]
@@ -43,7 +43,7 @@ pub struct CaptionArgs {
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
     /// Images per batch.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub batch: usize,
     /// Include every beam with its log-probability in each line.
     #[arg(long)]
@@ -85,7 +85,7 @@ pub struct EntailArgs {
 }
 
 fn load(m: &ModelArgs, want: Task) -> anyhow::Result<(RunPredictor, DecodeOptions)> {
-    let dev = device(&m.device)?;
+    let dev = m.device.open()?;
     // The corpus is only loaded when neighbours are asked for.
     let corpus = if m.neighbors > 0 {
         m.corpus.clone()

@@ -8,7 +8,7 @@ use close_model::run::Run;
 
 use close_model::hub::ModelKind;
 
-use crate::common::{device, resolve, Ctx};
+use crate::common::{resolve, Ctx};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -27,18 +27,18 @@ pub struct Args {
     /// CLIP model dir / hub id (default: the one recorded in the run).
     #[arg(long)]
     pub clip: Option<String>,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub beams: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub max_steps: Option<usize>,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub batch_size: usize,
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: close_core::DeviceSpec,
 }
 
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
-    let dev = device(&args.device)?;
+    let dev = args.device.open()?;
     let run = Run::load(&args.run, &dev)?;
     let clip_dir = match &args.clip {
         Some(c) => resolve(c, ModelKind::Clip, ctx)?,

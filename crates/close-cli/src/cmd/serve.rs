@@ -6,7 +6,7 @@ use std::time::Duration;
 use close_serve::run::{load_runs, LoadOptions};
 use close_serve::{Predictor, ServeConfig};
 
-use crate::common::{device, Ctx};
+use crate::common::Ctx;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -28,37 +28,36 @@ pub struct Args {
     pub examples: Option<PathBuf>,
     /// Device: cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: close_core::DeviceSpec,
     /// Largest accepted upload, in MiB.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = crate::common::positive_f64, allow_negative_numbers = true)]
     pub max_upload_mb: f64,
     /// Seconds allowed to receive a request body, and again to answer it.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = 30.0, value_parser = crate::common::positive_f64, allow_negative_numbers = true)]
     pub timeout: f64,
     /// Prediction requests admitted at once; more get 503 with Retry-After.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub max_inflight: usize,
     /// Largest batch handed to a model.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub max_batch: usize,
+    /// Seconds a connection may take to send a request's headers before it is closed.
+    #[arg(long, default_value_t = 10.0, value_parser = crate::common::positive_f64, allow_negative_numbers = true)]
+    pub header_timeout: f64,
+    /// Open connections at once; more wait until one closes.
+    #[arg(long, default_value_t = 256, value_parser = crate::common::positive, allow_negative_numbers = true)]
+    pub max_connections: usize,
 }
 
 pub fn run(args: Args, _ctx: &Ctx) -> anyhow::Result<()> {
-    if !(args.timeout > 0.0 && args.timeout.is_finite()) {
-        anyhow::bail!(
-            "--timeout {}: must be a positive number of seconds",
-            args.timeout
-        );
-    }
-    if !(args.max_upload_mb > 0.0 && args.max_upload_mb.is_finite()) {
-        anyhow::bail!("--max-upload-mb {}: must be positive", args.max_upload_mb);
-    }
     let cfg = ServeConfig {
         addr: args.addr,
         max_upload_bytes: (args.max_upload_mb * 1024.0 * 1024.0) as usize,
         request_timeout: Duration::from_secs_f64(args.timeout),
         max_inflight: args.max_inflight,
         max_batch: args.max_batch,
+        header_timeout: Duration::from_secs_f64(args.header_timeout),
+        max_connections: args.max_connections,
         examples_dir: args.examples,
     };
     cfg.validate()?;
@@ -68,7 +67,7 @@ pub fn run(args: Args, _ctx: &Ctx) -> anyhow::Result<()> {
             args.addr
         );
     }
-    let dev = device(&args.device)?;
+    let dev = args.device.open()?;
     let opts = LoadOptions {
         clip: args.clip,
         corpus: args.corpus,

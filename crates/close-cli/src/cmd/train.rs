@@ -8,8 +8,9 @@ use close_model::config::{T5Init, TrainConfig};
 use close_model::task::{DataPaths, Task, TaskData, TrainOn};
 
 use close_model::hub::ModelKind;
+use close_model::run::OutDir;
 
-use crate::common::{device, resolve, Ctx};
+use crate::common::{resolve, Ctx};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -42,6 +43,9 @@ pub struct Args {
     /// Continue an interrupted run in --out from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Delete the run already in --out and start a new one.
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
     /// text (CLOSE) or images (the image-trained upper bound).
     #[arg(long, default_value = "text")]
     pub train_on: String,
@@ -49,7 +53,7 @@ pub struct Args {
     #[arg(long, default_value = "noise")]
     pub adapter: String,
     /// Noise level w (default: the reference's value for the task).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::non_negative, allow_negative_numbers = true)]
     pub noise: Option<f64>,
     /// Fitted adapter statistics (`close adapter fit --out DIR`).
     #[arg(long)]
@@ -60,40 +64,40 @@ pub struct Args {
     #[arg(long, default_value = "small")]
     pub t5: String,
     /// Tokenizer size when T5 is trained from scratch.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub vocab: Option<usize>,
     /// A TrainConfig JSON to start from (flags override it).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub epochs: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub batch_size: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub max_examples_per_epoch: Option<usize>,
     /// Train on at most this many of an example's targets per step, drawn afresh each step
     /// (default: all, as the reference).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub targets_per_step: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::positive_f64, allow_negative_numbers = true)]
     pub lr: Option<f64>,
     #[arg(long)]
     pub warmup_steps: Option<u64>,
     #[arg(long)]
     pub seed: Option<u64>,
     /// Beams for validation decoding.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub beams: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub max_steps: Option<usize>,
     /// Evaluate on at most N val items per epoch.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub max_val: Option<usize>,
     /// Skip the per-epoch validation (the last epoch becomes the best checkpoint).
     #[arg(long)]
     pub no_eval: bool,
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: close_core::DeviceSpec,
 }
 
 fn parse_files(files: &[String], paths: &mut DataPaths) -> anyhow::Result<()> {
@@ -155,6 +159,14 @@ pub(crate) fn t5_init(
 
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let task: Task = args.task.parse()?;
+    if !args.resume {
+        let mode = if args.force {
+            OutDir::Replace
+        } else {
+            OutDir::New
+        };
+        close_model::run::prepare_new_run(&args.out, mode)?;
+    }
     let mut cfg = match &args.config {
         Some(p) => close_core::io::read_json::<TrainConfig>(p)?,
         None => TrainConfig::small(task),
@@ -205,7 +217,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     }
     cfg.text_cache = Some(args.text_cache.clone());
     cfg.image_cache = Some(args.image_cache.clone());
-    let dev = device(&args.device)?;
+    let dev = args.device.open()?;
     let clip_dir = args
         .clip
         .as_deref()

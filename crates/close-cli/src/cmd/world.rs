@@ -9,32 +9,35 @@ use crate::common::Ctx;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Output directory (created; existing world files are replaced).
+    /// Output directory (created; must be new or empty unless --force).
     #[arg(long)]
     pub out: PathBuf,
+    /// Write into a non-empty --out, replacing the world files there.
+    #[arg(long)]
+    pub force: bool,
     /// Random seed; the same seed and settings give byte-identical files.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Number of images over all splits (10% val, 10% test).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub images: usize,
     /// Image side in pixels.
     #[arg(long, default_value_t = 64)]
     pub size: u32,
     /// Most objects per image (1..=9).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub max_objects: usize,
     /// Fewest objects per image.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub min_objects: usize,
     /// Fraction of images in val.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = crate::common::non_negative, allow_negative_numbers = true)]
     pub val_fraction: f64,
     /// Fraction of images in test.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = crate::common::non_negative, allow_negative_numbers = true)]
     pub test_fraction: f64,
     /// SNLI-VE hypotheses per label per image.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub hypotheses_per_label: usize,
     /// Print the summary as JSON.
     #[arg(long)]
@@ -59,6 +62,12 @@ impl Args {
 
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let cfg = args.config();
+    cfg.validate()?;
+    close_core::io::check_output(
+        &args.out,
+        args.force,
+        "pass --force to write the world over it, or choose another --out",
+    )?;
     let progress = ctx.progress();
     let s = generate(&cfg, &args.out, progress.as_ref())?;
     if args.json {

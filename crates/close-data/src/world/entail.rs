@@ -360,7 +360,7 @@ pub fn hypothesis(scene: &Scene, label: Label, rng: &mut impl Rng) -> Option<Str
 /// can be named), every label gets the same smaller number, so classes stay balanced.
 pub fn hypotheses(scene: &Scene, per_label: usize, rng: &mut impl Rng) -> Vec<(String, Label)> {
     let mut by_label: Vec<Vec<String>> = Vec::new();
-    let mut seen: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for label in Label::ALL {
         let mut got = Vec::new();
         for _ in 0..per_label * 10 {
@@ -368,8 +368,7 @@ pub fn hypotheses(scene: &Scene, per_label: usize, rng: &mut impl Rng) -> Vec<(S
                 break;
             }
             if let Some(h) = hypothesis(scene, label, rng) {
-                if !seen.contains(&h) {
-                    seen.push(h.clone());
+                if seen.insert(h.clone()) {
                     got.push(h);
                 }
             }

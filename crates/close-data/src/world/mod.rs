@@ -143,6 +143,9 @@ impl WorldPaths {
     }
 }
 
+/// Most SNLI-VE hypotheses per label per image [`WorldConfig::validate`] accepts.
+pub const MAX_HYPOTHESES_PER_LABEL: usize = 256;
+
 /// Generator settings (saved in `world.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -245,6 +248,17 @@ impl WorldConfig {
         }
         if self.captions_per_image == 0 {
             return Err(Error::config("captions_per_image", "must be at least 1"));
+        }
+        if !(1..=MAX_HYPOTHESES_PER_LABEL).contains(&self.hypotheses_per_label) {
+            return Err(Error::config(
+                "hypotheses_per_label",
+                format!(
+                    "{}: must be in 1..={MAX_HYPOTHESES_PER_LABEL} (a scene of at most nine \
+                     objects has a few hundred distinct statements per label; for more \
+                     VE pairs, generate more images)",
+                    self.hypotheses_per_label
+                ),
+            ));
         }
         Ok(())
     }
