@@ -264,14 +264,6 @@ struct SavedResult {
     record: RunRecord,
 }
 
-/// Whether `dir` holds a run that can continue from its last checkpoint (after finishing or
-/// undoing an interrupted checkpoint write).
-fn resumable(dir: &Path) -> Result<bool> {
-    let last = dir.join(run::LAST_DIR);
-    io::recover_dir(&last)?;
-    Ok(dir.join(run::CONFIG_FILE).exists() && last.join(run::STATE_FILE).exists())
-}
-
 fn run_one(
     cfg: &ExperimentConfig,
     job: &Job,
@@ -284,7 +276,7 @@ fn run_one(
             return Ok(saved.record);
         }
     }
-    let resume = resumable(&job.dir)?;
+    let resume = run::has_checkpoint(&job.dir)?;
     tracing::info!(
         "run {} ({}){}",
         job.dir.display(),

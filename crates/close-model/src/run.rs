@@ -70,6 +70,14 @@ pub fn prepare_new_run(out: &Path, mode: OutDir) -> Result<()> {
     }
 }
 
+/// Whether `dir` holds a run that can continue from its last checkpoint (after finishing or
+/// undoing an interrupted checkpoint write).
+pub fn has_checkpoint(dir: &Path) -> Result<bool> {
+    let last = dir.join(LAST_DIR);
+    io::recover_dir(&last)?;
+    Ok(dir.join(CONFIG_FILE).exists() && last.join(STATE_FILE).exists())
+}
+
 /// T5 tokenization for CLOSE: EOS appended, truncation that keeps the EOS, padding.
 #[derive(Clone)]
 pub struct TextCodec {

@@ -40,7 +40,8 @@ pub struct Args {
     /// Run dir to create (or continue with --resume).
     #[arg(long)]
     pub out: PathBuf,
-    /// Continue an interrupted run in --out from its last checkpoint.
+    /// Continue an interrupted run in --out from its last checkpoint (a run killed before
+    /// its first checkpoint starts again from the beginning).
     #[arg(long)]
     pub resume: bool,
     /// Delete the run already in --out and start a new one.
@@ -159,11 +160,17 @@ pub(crate) fn t5_init(
 
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let task: Task = args.task.parse()?;
-    if !args.resume {
-        let mode = if args.force {
-            OutDir::Replace
-        } else {
-            OutDir::New
+    let resume = args.resume && close_model::run::has_checkpoint(&args.out)?;
+    if args.resume && !resume {
+        tracing::info!(
+            "{}: no checkpoint yet, starting from the beginning",
+            args.out.display()
+        );
+    }
+    if !resume {
+        let mode = match args.force || args.resume {
+            true => OutDir::Replace,
+            false => OutDir::New,
         };
         close_model::run::prepare_new_run(&args.out, mode)?;
     }
@@ -262,7 +269,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         &texts,
         &images,
         &args.out,
-        args.resume,
+        resume,
         &dev,
         progress.as_ref(),
     )?;
