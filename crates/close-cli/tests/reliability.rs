@@ -530,6 +530,7 @@ fn kill_and_rerun(
     }
     // Kills after the end prove nothing; the runs are long enough (slowed-down steps) for
     // most to land inside, and a quarter is required even on a loaded machine.
+    eprintln!("{interrupted} of {kills} kills interrupted a run of {full:?}");
     assert!(
         interrupted * 4 >= kills,
         "only {interrupted} of {kills} kills interrupted a run"
@@ -736,4 +737,67 @@ fn a_full_disk_fails_with_the_path_and_resume_then_matches() {
         );
         assert!(a == b, "{file} differs from the run on a roomy disk");
     }
+}
+
+#[test]
+fn bad_images_are_listed_and_bad_json_names_the_line() {
+    let f = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    // A copy of the world whose first three train images are broken in different ways.
+    let w = tmp.path().join("w");
+    copy_dir(&f.root.join("w"), &w);
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.join("dataset_coco.json")).unwrap()).unwrap();
+    let rel = |i: usize| {
+        let im = &doc["images"][i];
+        w.join(im["filepath"].as_str().unwrap())
+            .join(im["filename"].as_str().unwrap())
+    };
+    let png = std::fs::read(rel(0)).unwrap();
+    std::fs::write(rel(0), &png[..png.len() / 2]).unwrap(); // truncated
+    std::fs::write(rel(1), b"").unwrap(); // empty
+    std::fs::remove_file(rel(2)).unwrap(); // missing
+    let (data, out) = (w.join("dataset_coco.json"), tmp.path().join("emb"));
+    let o = run(&[
+        "embed",
+        "--clip",
+        &f.p("clip"),
+        "--data",
+        data.to_str().unwrap(),
+        "--images",
+        w.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--what",
+        "images",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let bad = report["images"]["bad"].as_array().unwrap();
+    assert_eq!(bad.len(), 3, "{bad:?}");
+    assert_eq!(
+        report["images"]["computed"].as_u64().unwrap() + 3,
+        doc["images"].as_array().unwrap().len() as u64
+    );
+    // A syntax error in the Karpathy file: the file and line.
+    let text = std::fs::read_to_string(&data)
+        .unwrap()
+        .replacen("\"split\"", "\"split\" oops", 1);
+    std::fs::write(&data, text).unwrap();
+    let o = run(&[
+        "embed",
+        "--clip",
+        &f.p("clip"),
+        "--data",
+        data.to_str().unwrap(),
+        "--images",
+        w.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let e = stderr(&o);
+    assert!(
+        !o.status.success() && e.contains("dataset_coco.json:") && e.contains("line"),
+        "{e}"
+    );
 }
