@@ -22,6 +22,7 @@ use close_model::config::{T5Init, TrainConfig};
 use close_model::eval::Metrics;
 use close_model::run::{self, Run};
 use close_model::task::{MetricKind, Task, TaskData};
+use close_model::train::TrainInputs;
 
 use crate::config::ExperimentConfig;
 use crate::embed::Caches;
@@ -284,9 +285,13 @@ fn run_one(
         if resume { ", resumed" } else { "" }
     );
     let (texts, images) = (&caches.texts, &caches.images);
-    let summary = close_model::train::train(
-        &job.train, job.data, texts, images, &job.dir, resume, device, progress,
-    )?;
+    let inputs = TrainInputs {
+        data: job.data,
+        texts,
+        images,
+    };
+    let summary =
+        close_model::train::train(&job.train, inputs, &job.dir, resume, device, progress)?;
     let run = Run::load(&job.dir, device)?;
     let val = if job.data.val.is_empty() {
         None

@@ -43,7 +43,8 @@
 //! let mut cfg = TrainConfig::small(Task::SCap);
 //! cfg.adapter.noise = 0.08;
 //! let p = close_core::progress::NoProgress;
-//! let summary = close_model::train::train(&cfg, &data, &texts, &images, "runs/scap".as_ref(), false, &dev, &p)?;
+//! let inputs = close_model::train::TrainInputs { data: &data, texts: &texts, images: &images };
+//! let summary = close_model::train::train(&cfg, inputs, "runs/scap".as_ref(), false, &dev, &p)?;
 //! let run = Run::load(&summary.run_dir, &dev)?;
 //! let test = close_model::train::evaluate(&run, &data, "test", &images, &run.generate_config(None, None), None, &p)?;
 //! println!("test {} = {}", test.primary_name, test.primary);

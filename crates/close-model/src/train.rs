@@ -47,7 +47,7 @@ pub struct EpochRecord {
 }
 
 /// Counters saved in `last/state.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
     /// Completed epochs.
     pub epoch: usize,
@@ -136,42 +136,391 @@ fn setup_model(
     Ok((mcfg, codec, weights))
 }
 
-/// Train a CLOSE model on `data` into `out` (the run dir). `texts` holds the CLIP text
-/// vectors (keyed by exact text), `images` the image vectors (keyed by image id); both
-/// unit-normalized. With `resume`, continue the run in `out` from its `last/` checkpoint
-/// (its saved config wins over `cfg`, except `epochs`, which may be raised).
-// To become a trainer with prepare / resume / epoch / checkpoint steps (issue 21).
-#[allow(clippy::too_many_arguments)]
-pub fn train(
-    cfg: &TrainConfig,
-    data: &TaskData,
-    texts: &dyn Embeddings,
-    images: &dyn Embeddings,
-    out: &Path,
-    resume: bool,
-    device: &Device,
-    progress: &dyn Progress,
-) -> Result<RunSummary> {
-    train_until(
-        cfg, data, texts, images, out, resume, None, device, progress,
-    )
+/// What a run trains on: the task's examples and the embedding caches their CLIP keys
+/// point into (`texts` keyed by exact text, `images` by image id; both unit-normalized).
+#[derive(Clone, Copy)]
+pub struct TrainInputs<'a> {
+    pub data: &'a TaskData,
+    pub texts: &'a dyn Embeddings,
+    pub images: &'a dyn Embeddings,
 }
 
-/// [`train`], stopping (as if killed) after `stop_after_epochs` completed epochs in total;
-/// the run can then be continued with `resume`. Used to test resumption.
-#[allow(clippy::too_many_arguments)]
-pub fn train_until(
+/// Train a CLOSE model on `inputs` into `out` (the run dir). With `resume`, continue the
+/// run in `out` from its `last/` checkpoint (its saved config wins over `cfg`, except
+/// `epochs`, which may be raised).
+pub fn train(
     cfg: &TrainConfig,
-    data: &TaskData,
-    texts: &dyn Embeddings,
-    images: &dyn Embeddings,
+    inputs: TrainInputs,
     out: &Path,
     resume: bool,
-    stop_after_epochs: Option<usize>,
     device: &Device,
     progress: &dyn Progress,
 ) -> Result<RunSummary> {
-    let t0 = Instant::now();
+    Trainer::prepare(cfg, inputs, out, resume, device)?.run(None, progress)
+}
+
+/// One training run, step by step: [`Trainer::prepare`] (config, adapter, model,
+/// tokenized examples, optimizer, and the checkpoint on resume), then per epoch the
+/// training steps, validation and the `last/` checkpoint ([`Trainer::run`]).
+pub struct Trainer<'a> {
+    cfg: TrainConfig,
+    inputs: TrainInputs<'a>,
+    out: PathBuf,
+    device: Device,
+    clip_dim: usize,
+    adapter: Adapter,
+    model: CloseModel,
+    codec: TextCodec,
+    prepared: Vec<Prepared>,
+    opt: AdamW,
+    sched: LinearSchedule,
+    per_epoch: usize,
+    steps_per_epoch: u64,
+    state: TrainState,
+    log: std::fs::File,
+    started: Instant,
+    prior_seconds: f64,
+    last_loss: f64,
+}
+
+impl<'a> Trainer<'a> {
+    /// Everything before the first step. Every CLIP key is checked here, so a missing or
+    /// broken embedding is an error before any training.
+    pub fn prepare(
+        cfg: &TrainConfig,
+        inputs: TrainInputs<'a>,
+        out: &Path,
+        resume: bool,
+        device: &Device,
+    ) -> Result<Self> {
+        let cfg = resolved_config(cfg, out, resume)?;
+        let clip_dim = check_dims(&cfg, &inputs)?;
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let adapter = build_adapter(&cfg, clip_dim, out, resume, device)?;
+        let (mcfg, codec, pretrained) = setup_model(&cfg, inputs.data, clip_dim, out, resume)?;
+        let mut model = CloseModel::new(mcfg.clone(), cfg.seed, device)?;
+        if let Some(files) = &pretrained {
+            let skip = |n: &str| n.starts_with("prefix.");
+            close_t5::weights::load_into_varmap(model.varmap(), files, skip)?;
+        }
+        model.set_training(true);
+        if !resume {
+            record_run(&cfg, &mcfg, &codec, out)?;
+        }
+        let prepared = prepare_examples(&cfg, &inputs, &codec)?;
+        let n = inputs.data.train.len();
+        let per_epoch = cfg.max_examples_per_epoch.map(|c| c.min(n)).unwrap_or(n);
+        let steps_per_epoch = per_epoch.div_ceil(cfg.batch_size) as u64;
+        let sched = LinearSchedule {
+            peak: cfg.optim.lr,
+            warmup_steps: cfg.warmup_steps,
+            total_steps: steps_per_epoch * cfg.epochs as u64,
+            final_ratio: cfg.final_lr_ratio,
+        };
+        let opt = AdamW::from_varmap(model.varmap(), cfg.optim)?;
+        let log_path = out.join(run::LOG_FILE);
+        if !resume {
+            io::write_atomic(&log_path, b"")?;
+        }
+        let mut trainer = Self {
+            log: open_log(&log_path)?,
+            cfg,
+            inputs,
+            out: out.to_path_buf(),
+            device: device.clone(),
+            clip_dim,
+            adapter,
+            model,
+            codec,
+            prepared,
+            opt,
+            sched,
+            per_epoch,
+            steps_per_epoch,
+            state: TrainState::default(),
+            started: Instant::now(),
+            prior_seconds: 0.0,
+            last_loss: f64::NAN,
+        };
+        if resume {
+            trainer.resume()?;
+        }
+        Ok(trainer)
+    }
+
+    /// Load `last/` (weights, optimizer, counters) and drop the log lines written after it.
+    fn resume(&mut self) -> Result<()> {
+        let last = self.out.join(run::LAST_DIR);
+        io::recover_dir(&last)?;
+        self.model.load_weights(&last.join(run::MODEL_FILE))?;
+        let opt_path = last.join(run::OPTIMIZER_FILE);
+        let t = candle_core::safetensors::load(&opt_path, &self.device)
+            .map_err(|e| Error::format(&opt_path, None, e.to_string()))?;
+        self.state = io::read_json(last.join(run::STATE_FILE))?;
+        self.opt.load_state(&t, self.state.step)?;
+        let log_path = self.out.join(run::LOG_FILE);
+        truncate_log(&log_path, self.state.step)?;
+        // The truncated log is a new file: append to it, not to the replaced one.
+        self.log = open_log(&log_path)?;
+        self.prior_seconds = self.state.seconds;
+        tracing::info!(
+            "resuming {} at epoch {} (step {})",
+            self.out.display(),
+            self.state.epoch,
+            self.state.step
+        );
+        Ok(())
+    }
+
+    /// Train the remaining epochs, or stop (as if killed) once `stop_after_epochs` epochs
+    /// are complete in total; the run can then be continued with resume (used to test it).
+    pub fn run(
+        mut self,
+        stop_after_epochs: Option<usize>,
+        progress: &dyn Progress,
+    ) -> Result<RunSummary> {
+        let end = stop_after_epochs
+            .map(|s| s.min(self.cfg.epochs))
+            .unwrap_or(self.cfg.epochs);
+        for epoch in self.state.epoch..end {
+            let te = Instant::now();
+            let (train_loss, lr) = self.train_epoch(epoch, progress)?;
+            let val = self.validate(progress)?;
+            self.finish_epoch(epoch, (train_loss, lr), val, te)?;
+        }
+        self.summary()
+    }
+
+    /// One pass over this epoch's shuffled (and capped) examples; returns the mean loss and
+    /// the last learning rate.
+    fn train_epoch(&mut self, epoch: usize, progress: &dyn Progress) -> Result<(f64, f64)> {
+        let mut order: Vec<usize> = (0..self.inputs.data.train.len()).collect();
+        let seed = derive_seed(self.cfg.seed, 1, epoch as u64);
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+        order.truncate(self.per_epoch);
+        let stage = format!("{} ep {}/{}", self.cfg.task, epoch + 1, self.cfg.epochs);
+        progress.start(&stage, self.steps_per_epoch);
+        let (mut loss_sum, mut loss_n) = (0.0, 0usize);
+        let mut lr = self.sched.lr(self.state.step);
+        for batch in order.chunks(self.cfg.batch_size) {
+            lr = self.sched.lr(self.state.step);
+            let lv = self.train_step(batch, epoch, lr)?;
+            loss_sum += lv;
+            loss_n += 1;
+            progress.inc(1);
+            progress.message(&format!("loss {lv:.3} lr {lr:.2e}"));
+        }
+        progress.finish();
+        Ok((loss_sum / loss_n.max(1) as f64, lr))
+    }
+
+    /// One optimizer step on `batch` (indices into the training examples).
+    fn train_step(&mut self, batch: &[usize], epoch: usize, lr: f64) -> Result<f64> {
+        let (seed, step) = (self.cfg.seed, self.state.step);
+        self.opt.set_lr(lr);
+        let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, 2, step));
+        // Dropout masks follow the step too, so a resumed run replays them.
+        close_core::fused::seed_dropout(derive_seed(seed, 3, step));
+        let clip = self.stand_in_vectors(batch)?;
+        let clip = self.adapter.train_forward(&clip, &mut rng)?;
+        let input = self.batch_inputs(batch)?;
+        let (targets, mapping) = self.batch_targets(batch);
+        let loss = self.model.loss(&clip, input.as_ref(), &targets, &mapping)?;
+        let lv = loss.to_scalar::<f32>()? as f64;
+        if !lv.is_finite() {
+            return Err(Error::invalid(format!(
+                "training diverged: loss {lv} at epoch {}, step {} (learning rate {lr:.2e}; \
+                 the batch's embeddings are finite): lower --lr, or check the targets",
+                epoch + 1,
+                step + 1
+            )));
+        }
+        self.opt.backward_step(&loss)?;
+        close_core::pace::step();
+        self.state.step += 1;
+        self.last_loss = lv;
+        let step = self.state.step;
+        if step.is_multiple_of(self.cfg.log_every.max(1)) || step == 1 {
+            self.state.losses.push((step, lv));
+            let line = serde_json::json!({"step": step, "epoch": epoch + 1, "loss": lv, "lr": lr});
+            self.log_line(line)?;
+        }
+        Ok(lv)
+    }
+
+    /// The batch's CLIP vectors: a caption's text vector, the normalized mean of an
+    /// image's caption vectors, or the image vector (upper bound).
+    fn stand_in_vectors(&self, batch: &[usize]) -> Result<candle_core::Tensor> {
+        let TrainInputs {
+            data,
+            texts,
+            images,
+        } = self.inputs;
+        let rows = batch
+            .iter()
+            .map(|&i| match &data.train[i].clip {
+                ClipSource::Texts(keys) if keys.len() == 1 => {
+                    lookup(texts, "text", &keys[0]).map(|v| v.to_vec())
+                }
+                ClipSource::Texts(keys) => mean_vector(texts, "text", keys),
+                ClipSource::Image(k) => lookup(images, "image", k).map(|v| v.to_vec()),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        stack_rows(&rows, self.clip_dim, &self.device)
+    }
+
+    /// The batch's extra input text (question, hypothesis, article), if the task has one.
+    fn batch_inputs(&self, batch: &[usize]) -> Result<Option<crate::model::TextInput>> {
+        if self.inputs.data.train[batch[0]].input_text.is_none() {
+            return Ok(None);
+        }
+        let seqs: Vec<&[u32]> = batch
+            .iter()
+            .map(|&i| self.prepared[i].input.as_deref().unwrap_or(&[]))
+            .collect();
+        Ok(Some(self.codec.batch(&seqs, &self.device)?))
+    }
+
+    /// Every target of the batch (or `targets_per_step` of each, drawn afresh), with the
+    /// row of the example each belongs to.
+    fn batch_targets(&self, batch: &[usize]) -> (Vec<Vec<u32>>, Vec<usize>) {
+        let (mut targets, mut mapping) = (Vec::new(), Vec::new());
+        // Its own stream, so sampling targets leaves the adapter's noise unchanged.
+        let seed = derive_seed(self.cfg.seed, 4, self.state.step);
+        let mut target_rng = ChaCha8Rng::seed_from_u64(seed);
+        for (row, &i) in batch.iter().enumerate() {
+            let all = &self.prepared[i].targets;
+            let picked: Vec<&Vec<u32>> = match self.cfg.targets_per_step {
+                Some(k) if k < all.len() => all.choose_multiple(&mut target_rng, k).collect(),
+                _ => all.iter().collect(),
+            };
+            for t in picked {
+                targets.push(t.clone());
+                mapping.push(row);
+            }
+        }
+        (targets, mapping)
+    }
+
+    /// The task metric on the (capped) val images, when the config asks for it.
+    fn validate(&mut self, progress: &dyn Progress) -> Result<Option<Metrics>> {
+        let data = self.inputs.data;
+        let n = self
+            .cfg
+            .max_val_examples
+            .unwrap_or(usize::MAX)
+            .min(data.val.len());
+        if !self.cfg.eval_each_epoch || n == 0 {
+            return Ok(None);
+        }
+        let gen = close_t5::GenerateConfig::beam(self.cfg.beams, self.cfg.max_steps());
+        self.model.set_training(false);
+        progress.start(&format!("{} val", self.cfg.task), n as u64);
+        let (m, _) = evaluate_examples(
+            self.cfg.task,
+            &self.model,
+            &self.codec,
+            &data.val[..n],
+            self.inputs.images,
+            &gen,
+            self.cfg.max_input_tokens,
+            self.cfg.eval_batch_size,
+            None,
+            progress,
+        )?;
+        progress.finish();
+        self.model.set_training(true);
+        Ok(Some(m))
+    }
+
+    /// Record the epoch, keep the best weights, and write the `last/` checkpoint.
+    fn finish_epoch(
+        &mut self,
+        epoch: usize,
+        (train_loss, lr): (f64, f64),
+        val: Option<Metrics>,
+        started: Instant,
+    ) -> Result<()> {
+        let improved = match (&val, self.state.best_metric) {
+            (Some(m), Some(b)) => m.primary > b,
+            (Some(_), None) => true,
+            (None, _) => true, // no validation: the last epoch is the best
+        };
+        if improved {
+            self.state.best_epoch = Some(epoch + 1);
+            self.state.best_metric = val.as_ref().map(|m| m.primary);
+            self.model.save(&self.out.join(run::MODEL_FILE))?;
+        }
+        self.state.epoch = epoch + 1;
+        self.state.seconds = self.prior_seconds + self.started.elapsed().as_secs_f64();
+        let primary = val.as_ref().map(|m| (m.primary_name.clone(), m.primary));
+        self.log_line(serde_json::json!({
+            "step": self.state.step, "epoch": epoch + 1, "train_loss": train_loss,
+            "val": primary.as_ref().map(|(k, v)| serde_json::json!({k.clone(): v})),
+        }))?;
+        let shown = primary.map(|(k, v)| format!(", val {k} {v:.4}"));
+        let task = self.cfg.task;
+        tracing::info!(
+            "{task} epoch {}: loss {train_loss:.4}{}",
+            epoch + 1,
+            shown.unwrap_or_default()
+        );
+        self.state.history.push(EpochRecord {
+            epoch: epoch + 1,
+            steps: self.state.step,
+            train_loss,
+            lr,
+            val,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        self.checkpoint()
+    }
+
+    /// The `last/` checkpoint: weights, optimizer and counters as one unit, so a kill at
+    /// any moment leaves a checkpoint whose three files belong to the same epoch.
+    fn checkpoint(&self) -> Result<()> {
+        let (ost, _) = self.opt.state();
+        io::replace_dir_atomic(&self.out.join(run::LAST_DIR), |dir| {
+            self.model.save(&dir.join(run::MODEL_FILE))?;
+            io::save_safetensors_atomic(dir.join(run::OPTIMIZER_FILE), &ost)?;
+            io::write_json_atomic(dir.join(run::STATE_FILE), &self.state)
+        })?;
+        write_loss_plot(&self.out, &self.state);
+        Ok(())
+    }
+
+    fn log_line(&mut self, v: serde_json::Value) -> Result<()> {
+        use std::io::Write;
+        writeln!(self.log, "{v}").map_err(|e| Error::io(self.out.join(run::LOG_FILE), e))
+    }
+
+    /// Write `metrics.json` and return the summary.
+    fn summary(&self) -> Result<RunSummary> {
+        let state = &self.state;
+        let summary = RunSummary {
+            run_dir: self.out.clone(),
+            task: self.cfg.task,
+            epochs: self.cfg.epochs,
+            steps: state.step,
+            examples_per_epoch: self.per_epoch,
+            best_epoch: state.best_epoch,
+            best_metric: state.best_metric,
+            final_train_loss: state
+                .history
+                .last()
+                .map(|r| r.train_loss)
+                .unwrap_or(self.last_loss),
+            history: state.history.clone(),
+            seconds: self.prior_seconds + self.started.elapsed().as_secs_f64(),
+        };
+        io::write_json_atomic(self.out.join(run::METRICS_FILE), &summary)?;
+        Ok(summary)
+    }
+}
+
+/// The config to train with: `cfg`, or on resume the run's saved one with `epochs` raised
+/// to `cfg.epochs` if that is more.
+fn resolved_config(cfg: &TrainConfig, out: &Path, resume: bool) -> Result<TrainConfig> {
     let cfg = if resume {
         let mut saved: TrainConfig = io::read_json(out.join(run::CONFIG_FILE))?;
         saved.epochs = saved.epochs.max(cfg.epochs);
@@ -180,25 +529,40 @@ pub fn train_until(
         cfg.clone()
     };
     cfg.validate()?;
+    Ok(cfg)
+}
+
+/// The CLIP dimension the model gets; the image cache must match it when there are val
+/// images to evaluate on.
+fn check_dims(cfg: &TrainConfig, inputs: &TrainInputs) -> Result<usize> {
     let clip_dim = match cfg.train_on {
-        TrainOn::Text => texts.dim(),
-        TrainOn::Images => images.dim(),
+        TrainOn::Text => inputs.texts.dim(),
+        TrainOn::Images => inputs.images.dim(),
     };
-    if !data.val.is_empty() && images.dim() != clip_dim {
+    if !inputs.data.val.is_empty() && inputs.images.dim() != clip_dim {
         return Err(Error::Shape {
             what: "image vs text embedding caches".into(),
             expected: vec![clip_dim],
-            got: vec![images.dim()],
+            got: vec![inputs.images.dim()],
         });
     }
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    Ok(clip_dim)
+}
 
-    // Adapter statistics.
-    let stats = if cfg.train_on == TrainOn::Text && cfg.adapter.kind.needs_stats() {
-        let src = if resume {
-            out.to_path_buf()
-        } else {
-            cfg.adapter_stats.clone().unwrap_or_default()
+/// The adapter of a text-only run (its statistics copied into the run dir), or none for
+/// the image-trained upper bound.
+fn build_adapter(
+    cfg: &TrainConfig,
+    clip_dim: usize,
+    out: &Path,
+    resume: bool,
+    device: &Device,
+) -> Result<Adapter> {
+    let on_text = cfg.train_on == TrainOn::Text;
+    let stats = if on_text && cfg.adapter.kind.needs_stats() {
+        let src = match resume {
+            true => out.to_path_buf(),
+            false => cfg.adapter_stats.clone().unwrap_or_default(),
         };
         let s = AdapterStats::load(&src)?;
         if !resume {
@@ -208,43 +572,37 @@ pub fn train_until(
     } else {
         None
     };
-    let adapter = Adapter::new(
-        if cfg.train_on == TrainOn::Text {
-            cfg.adapter.clone()
-        } else {
-            crate::adapter::AdapterConfig {
-                kind: crate::adapter::AdapterKind::None,
-                ..cfg.adapter.clone()
-            }
-        },
-        clip_dim,
-        stats,
-        device,
-    )?;
-
-    let (mcfg, codec, pretrained) = setup_model(&cfg, data, clip_dim, out, resume)?;
-    let mut model = CloseModel::new(mcfg.clone(), cfg.seed, device)?;
-    if let Some(files) = &pretrained {
-        close_t5::weights::load_into_varmap(model.varmap(), files, |n| n.starts_with("prefix."))?;
+    let mut acfg = cfg.adapter.clone();
+    if !on_text {
+        acfg.kind = crate::adapter::AdapterKind::None;
     }
-    model.set_training(true);
-    if !resume {
-        // Record what was resolved: the real vocabulary size and the tokenizer in use.
-        let mut cfg = cfg.clone();
-        if let T5Init::Scratch {
-            config, tokenizer, ..
-        } = &mut cfg.t5
-        {
-            config.vocab_size = mcfg.t5.vocab_size;
-            *tokenizer = Some(out.join(run::TOKENIZER_FILE));
-        }
-        io::write_json_atomic(out.join(run::CONFIG_FILE), &cfg)?;
-        io::write_json_atomic(out.join(run::MODEL_CONFIG_FILE), &mcfg)?;
-        close_t5::tokenizer::save(&codec.tokenizer, out.join(run::TOKENIZER_FILE))?;
-    }
+    Adapter::new(acfg, clip_dim, stats, device)
+}
 
-    // Pre-tokenize, and check every CLIP key up front (a clear error before training).
-    let prepared = data
+/// Record what was resolved: the config with the real vocabulary size and the tokenizer
+/// in use, the model config, and the tokenizer.
+fn record_run(cfg: &TrainConfig, mcfg: &ModelConfig, codec: &TextCodec, out: &Path) -> Result<()> {
+    let mut cfg = cfg.clone();
+    if let T5Init::Scratch {
+        config, tokenizer, ..
+    } = &mut cfg.t5
+    {
+        config.vocab_size = mcfg.t5.vocab_size;
+        *tokenizer = Some(out.join(run::TOKENIZER_FILE));
+    }
+    io::write_json_atomic(out.join(run::CONFIG_FILE), &cfg)?;
+    io::write_json_atomic(out.join(run::MODEL_CONFIG_FILE), mcfg)?;
+    close_t5::tokenizer::save(&codec.tokenizer, out.join(run::TOKENIZER_FILE))
+}
+
+/// Tokenize every training example once, and check each one's CLIP keys up front.
+fn prepare_examples(
+    cfg: &TrainConfig,
+    inputs: &TrainInputs,
+    codec: &TextCodec,
+) -> Result<Vec<Prepared>> {
+    let prepared = inputs
+        .data
         .train
         .iter()
         .map(|ex| {
@@ -261,284 +619,64 @@ pub fn train_until(
             if targets.is_empty() {
                 return Err(Error::invalid("a training example has no target"));
             }
-            match &ex.clip {
-                ClipSource::Texts(keys) => {
-                    for k in keys {
-                        lookup(texts, "text", k)?;
-                    }
-                    if keys.is_empty() {
-                        return Err(Error::invalid("a training example has no stand-in text"));
-                    }
-                }
-                ClipSource::Image(k) => {
-                    lookup(images, "image", k)?;
-                }
-            }
+            check_clip_keys(&ex.clip, inputs)?;
             Ok(Prepared { input, targets })
         })
         .collect::<Result<Vec<_>>>()?;
-    if cfg.train_on == TrainOn::Text
-        && data
-            .train
-            .iter()
-            .any(|e| matches!(e.clip, ClipSource::Image(_)))
-    {
+    let has_images = inputs
+        .data
+        .train
+        .iter()
+        .any(|e| matches!(e.clip, ClipSource::Image(_)));
+    if cfg.train_on == TrainOn::Text && has_images {
         return Err(Error::invalid(
             "train_on = text but the examples were built for images",
         ));
     }
+    Ok(prepared)
+}
 
-    let n = data.train.len();
-    let per_epoch = cfg.max_examples_per_epoch.map(|c| c.min(n)).unwrap_or(n);
-    let steps_per_epoch = per_epoch.div_ceil(cfg.batch_size) as u64;
-    let total_steps = steps_per_epoch * cfg.epochs as u64;
-    let sched = LinearSchedule {
-        peak: cfg.optim.lr,
-        warmup_steps: cfg.warmup_steps,
-        total_steps,
-        final_ratio: cfg.final_lr_ratio,
-    };
-    let mut opt = AdamW::from_varmap(model.varmap(), cfg.optim)?;
-
-    let mut state = TrainState {
-        epoch: 0,
-        step: 0,
-        best_epoch: None,
-        best_metric: None,
-        history: vec![],
-        losses: vec![],
-        seconds: 0.0,
-    };
-    let last = out.join(run::LAST_DIR);
-    if resume {
-        io::recover_dir(&last)?;
-        model.load_weights(&last.join(run::MODEL_FILE))?;
-        let opt_path = last.join(run::OPTIMIZER_FILE);
-        let t = candle_core::safetensors::load(&opt_path, device)
-            .map_err(|e| Error::format(&opt_path, None, e.to_string()))?;
-        state = io::read_json(last.join(run::STATE_FILE))?;
-        opt.load_state(&t, state.step)?;
-        // Drop log lines written after the checkpoint (an interrupted epoch).
-        let log_path = out.join(run::LOG_FILE);
-        if let Ok(text) = std::fs::read_to_string(&log_path) {
-            let kept: String = text
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<serde_json::Value>(l)
-                        .ok()
-                        .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-                        .is_some_and(|s| s <= state.step)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect();
-            io::write_atomic(&log_path, kept.as_bytes())?;
+fn check_clip_keys(clip: &ClipSource, inputs: &TrainInputs) -> Result<()> {
+    match clip {
+        ClipSource::Texts(keys) => {
+            for k in keys {
+                lookup(inputs.texts, "text", k)?;
+            }
+            if keys.is_empty() {
+                return Err(Error::invalid("a training example has no stand-in text"));
+            }
         }
-        tracing::info!(
-            "resuming {} at epoch {} (step {})",
-            out.display(),
-            state.epoch,
-            state.step
-        );
-    } else {
-        io::write_atomic(out.join(run::LOG_FILE), b"")?;
+        ClipSource::Image(k) => {
+            lookup(inputs.images, "image", k)?;
+        }
     }
-    let mut log = std::fs::OpenOptions::new()
+    Ok(())
+}
+
+fn open_log(path: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
         .append(true)
         .create(true)
-        .open(out.join(run::LOG_FILE))
-        .map_err(|e| Error::io(out.join(run::LOG_FILE), e))?;
-    let mut log_line = |v: serde_json::Value| -> Result<()> {
-        use std::io::Write;
-        writeln!(log, "{v}").map_err(|e| Error::io(out.join(run::LOG_FILE), e))
-    };
+        .open(path)
+        .map_err(|e| Error::io(path, e))
+}
 
-    let gen = close_t5::GenerateConfig::beam(cfg.beams, cfg.max_steps());
-    let val: Vec<_> = match cfg.max_val_examples {
-        Some(m) => data.val.iter().take(m).cloned().collect(),
-        None => data.val.clone(),
+/// Drop log lines written after the checkpoint at `step` (an interrupted epoch's).
+fn truncate_log(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
     };
-    let prior_seconds = state.seconds;
-    let mut last_loss = f64::NAN;
-    let end = stop_after_epochs
-        .map(|s| s.min(cfg.epochs))
-        .unwrap_or(cfg.epochs);
-    for epoch in state.epoch..end {
-        let te = Instant::now();
-        let mut order: Vec<usize> = (0..n).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(derive_seed(
-            cfg.seed,
-            1,
-            epoch as u64,
-        )));
-        order.truncate(per_epoch);
-        progress.start(
-            &format!("{} ep {}/{}", cfg.task, epoch + 1, cfg.epochs),
-            steps_per_epoch,
-        );
-        let (mut loss_sum, mut loss_n) = (0.0, 0usize);
-        let mut lr = sched.lr(state.step);
-        for batch in order.chunks(cfg.batch_size) {
-            lr = sched.lr(state.step);
-            opt.set_lr(lr);
-            let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, 2, state.step));
-            // Dropout masks follow the step too, so a resumed run replays them.
-            close_core::fused::seed_dropout(derive_seed(cfg.seed, 3, state.step));
-            // Stand-in vectors.
-            let rows = batch
-                .iter()
-                .map(|&i| match &data.train[i].clip {
-                    ClipSource::Texts(keys) if keys.len() == 1 => {
-                        lookup(texts, "text", &keys[0]).map(|v| v.to_vec())
-                    }
-                    ClipSource::Texts(keys) => mean_vector(texts, "text", keys),
-                    ClipSource::Image(k) => lookup(images, "image", k).map(|v| v.to_vec()),
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let clip = stack_rows(&rows, clip_dim, device)?;
-            let clip = adapter.train_forward(&clip, &mut rng)?;
-            let input = if data.train[batch[0]].input_text.is_some() {
-                let seqs: Vec<&[u32]> = batch
-                    .iter()
-                    .map(|&i| prepared[i].input.as_deref().unwrap_or(&[]))
-                    .collect();
-                Some(codec.batch(&seqs, device)?)
-            } else {
-                None
-            };
-            let mut targets = Vec::new();
-            let mut mapping = Vec::new();
-            // Its own stream, so sampling targets leaves the adapter's noise unchanged.
-            let mut target_rng = ChaCha8Rng::seed_from_u64(derive_seed(cfg.seed, 4, state.step));
-            for (row, &i) in batch.iter().enumerate() {
-                let all = &prepared[i].targets;
-                match cfg.targets_per_step {
-                    Some(k) if k < all.len() => {
-                        for t in all.choose_multiple(&mut target_rng, k) {
-                            targets.push(t.clone());
-                            mapping.push(row);
-                        }
-                    }
-                    _ => {
-                        for t in all {
-                            targets.push(t.clone());
-                            mapping.push(row);
-                        }
-                    }
-                }
-            }
-            let loss = model.loss(&clip, input.as_ref(), &targets, &mapping)?;
-            let lv = loss.to_scalar::<f32>()? as f64;
-            if !lv.is_finite() {
-                return Err(Error::invalid(format!(
-                    "training diverged: loss {lv} at epoch {}, step {} (learning rate {lr:.2e}; \
-                     the batch's embeddings are finite): lower --lr, or check the targets",
-                    epoch + 1,
-                    state.step + 1
-                )));
-            }
-            opt.backward_step(&loss)?;
-            close_core::pace::step();
-            state.step += 1;
-            loss_sum += lv;
-            loss_n += 1;
-            last_loss = lv;
-            if state.step.is_multiple_of(cfg.log_every.max(1)) || state.step == 1 {
-                state.losses.push((state.step, lv));
-                log_line(
-                    serde_json::json!({"step": state.step, "epoch": epoch + 1, "loss": lv, "lr": lr}),
-                )?;
-            }
-            progress.inc(1);
-            progress.message(&format!("loss {lv:.3} lr {lr:.2e}"));
-        }
-        progress.finish();
-        let train_loss = loss_sum / loss_n.max(1) as f64;
-
-        // Validation on images.
-        let val_metrics = if cfg.eval_each_epoch && !val.is_empty() {
-            model.set_training(false);
-            progress.start(&format!("{} val", cfg.task), val.len() as u64);
-            let (m, _) = evaluate_examples(
-                cfg.task,
-                &model,
-                &codec,
-                &val,
-                images,
-                &gen,
-                cfg.max_input_tokens,
-                cfg.eval_batch_size,
-                None,
-                progress,
-            )?;
-            progress.finish();
-            model.set_training(true);
-            Some(m)
-        } else {
-            None
-        };
-        let improved = match (&val_metrics, state.best_metric) {
-            (Some(m), Some(b)) => m.primary > b,
-            (Some(_), None) => true,
-            (None, _) => true, // no validation: the last epoch is the best
-        };
-        if improved {
-            state.best_epoch = Some(epoch + 1);
-            state.best_metric = val_metrics.as_ref().map(|m| m.primary);
-            model.save(&out.join(run::MODEL_FILE))?;
-        }
-        state.epoch = epoch + 1;
-        state.seconds = prior_seconds + t0.elapsed().as_secs_f64();
-        let rec = EpochRecord {
-            epoch: epoch + 1,
-            steps: state.step,
-            train_loss,
-            lr,
-            val: val_metrics.clone(),
-            seconds: te.elapsed().as_secs_f64(),
-        };
-        log_line(serde_json::json!({
-            "step": state.step, "epoch": epoch + 1, "train_loss": train_loss,
-            "val": val_metrics.as_ref().map(|m| serde_json::json!({m.primary_name.clone(): m.primary})),
-        }))?;
-        tracing::info!(
-            "{} epoch {}: loss {:.4}{}",
-            cfg.task,
-            epoch + 1,
-            train_loss,
-            val_metrics
-                .as_ref()
-                .map(|m| format!(", val {} {:.4}", m.primary_name, m.primary))
-                .unwrap_or_default()
-        );
-        state.history.push(rec);
-        // Last checkpoint: weights, optimizer and counters as one unit, so a kill at any
-        // moment leaves a checkpoint whose three files belong to the same epoch.
-        let (ost, _) = opt.state();
-        io::replace_dir_atomic(&last, |dir| {
-            model.save(&dir.join(run::MODEL_FILE))?;
-            io::save_safetensors_atomic(dir.join(run::OPTIMIZER_FILE), &ost)?;
-            io::write_json_atomic(dir.join(run::STATE_FILE), &state)
-        })?;
-        write_loss_plot(out, &state);
-    }
-    let summary = RunSummary {
-        run_dir: out.to_path_buf(),
-        task: cfg.task,
-        epochs: cfg.epochs,
-        steps: state.step,
-        examples_per_epoch: per_epoch,
-        best_epoch: state.best_epoch,
-        best_metric: state.best_metric,
-        final_train_loss: state
-            .history
-            .last()
-            .map(|r| r.train_loss)
-            .unwrap_or(last_loss),
-        history: state.history.clone(),
-        seconds: prior_seconds + t0.elapsed().as_secs_f64(),
-    };
-    io::write_json_atomic(out.join(run::METRICS_FILE), &summary)?;
-    Ok(summary)
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    io::write_atomic(path, kept.as_bytes())
 }
 
 fn write_loss_plot(out: &Path, state: &TrainState) {

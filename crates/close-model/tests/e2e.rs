@@ -15,6 +15,7 @@ use close_model::config::TrainConfig;
 use close_model::embeddings::{Embeddings, MemEmbeddings};
 use close_model::run::Run;
 use close_model::task::{caption_train_examples, EvalExample, Task, TaskData, TrainOn};
+use close_model::train::TrainInputs;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
@@ -217,9 +218,11 @@ fn text_only_with_noise_beats_no_noise_on_images() {
             cfg.seed = seed;
             let s = close_model::train::train(
                 &cfg,
-                &w.data,
-                &w.texts,
-                &w.images,
+                TrainInputs {
+                    data: &w.data,
+                    texts: &w.texts,
+                    images: &w.images,
+                },
                 &out,
                 false,
                 &dev,
@@ -273,9 +276,11 @@ fn resume_reproduces_an_uninterrupted_run() {
     let full = dir.path().join("full");
     let a = close_model::train::train(
         &config(0.3, 3),
-        &w.data,
-        &w.texts,
-        &w.images,
+        TrainInputs {
+            data: &w.data,
+            texts: &w.texts,
+            images: &w.images,
+        },
         &full,
         false,
         &dev,
@@ -289,23 +294,27 @@ fn resume_reproduces_an_uninterrupted_run() {
         *tokenizer = Some(full.join("tokenizer.json"));
     }
     let part = dir.path().join("part");
-    close_model::train::train_until(
+    close_model::train::Trainer::prepare(
         &cfg,
-        &w.data,
-        &w.texts,
-        &w.images,
+        TrainInputs {
+            data: &w.data,
+            texts: &w.texts,
+            images: &w.images,
+        },
         &part,
         false,
-        Some(1),
         &dev,
-        &NoProgress,
     )
+    .unwrap()
+    .run(Some(1), &NoProgress)
     .unwrap();
     let b = close_model::train::train(
         &cfg,
-        &w.data,
-        &w.texts,
-        &w.images,
+        TrainInputs {
+            data: &w.data,
+            texts: &w.texts,
+            images: &w.images,
+        },
         &part,
         true,
         &dev,
@@ -342,9 +351,11 @@ fn targets_per_step_samples_targets_reproducibly() {
         cfg.targets_per_step = k;
         close_model::train::train(
             &cfg,
-            &data,
-            &w.texts,
-            &w.images,
+            TrainInputs {
+                data: &data,
+                texts: &w.texts,
+                images: &w.images,
+            },
             &dir.path().join(name),
             false,
             &dev,

@@ -263,16 +263,13 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let texts = EmbeddingCache::open(&args.text_cache)?;
     let images = EmbeddingCache::open(&args.image_cache)?;
     let progress = ctx.progress();
-    let summary = close_model::train::train(
-        &cfg,
-        &data,
-        &texts,
-        &images,
-        &args.out,
-        resume,
-        &dev,
-        progress.as_ref(),
-    )?;
+    let inputs = close_model::train::TrainInputs {
+        data: &data,
+        texts: &texts,
+        images: &images,
+    };
+    let summary =
+        close_model::train::train(&cfg, inputs, &args.out, resume, &dev, progress.as_ref())?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
 }

@@ -116,17 +116,12 @@ pub fn tiny_setup(root: &Path) -> TinySetup {
     cfg.clip = Some(clip_dir.clone());
     cfg.text_cache = Some(text_cache.clone());
     let run = root.join("run");
-    close_model::train::train(
-        &cfg,
-        &data,
-        &cache,
-        &images,
-        &run,
-        false,
-        &Device::Cpu,
-        &NoProgress,
-    )
-    .unwrap();
+    let inputs = close_model::train::TrainInputs {
+        data: &data,
+        texts: &cache,
+        images: &images,
+    };
+    close_model::train::train(&cfg, inputs, &run, false, &Device::Cpu, &NoProgress).unwrap();
     let mut test_images: Vec<PathBuf> = std::fs::read_dir(world.join("images/test"))
         .unwrap()
         .map(|e| e.unwrap().path())
