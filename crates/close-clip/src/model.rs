@@ -9,7 +9,7 @@
 //! (`Tensor::track_op`) the differentiable ops of `close_core::ops` are used, otherwise
 //! candle's fused softmax / layer-norm kernels (no backward pass, but faster).
 
-use candle_core::{DType, Device, IndexOp, Tensor, D};
+use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use close_core::{Error, Result};
@@ -579,10 +579,9 @@ impl ClipModel {
     }
 }
 
-/// Divide each row by its L2 norm (differentiable).
+/// Divide each row by its L2 norm (differentiable), as HF's CLIP does (no epsilon).
 pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
-    let n = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
-    Ok(x.broadcast_div(&n)?)
+    close_core::ops::l2_normalize(x, 0.0)
 }
 
 /// Every tensor a CLIP checkpoint must hold for `cfg`, with its shape (HF names). Extra

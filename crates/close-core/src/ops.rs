@@ -26,6 +26,14 @@ pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     Ok(shifted.broadcast_sub(&lse)?)
 }
 
+/// Divide each row by its L2 norm (differentiable). `eps` > 0 is added to the norm first
+/// (guards all-zero rows); CLIP's own normalization uses none, as HF does.
+pub fn l2_normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let n = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+    let n = if eps > 0.0 { (n + eps)? } else { n };
+    Ok(x.broadcast_div(&n)?)
+}
+
 /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`
 /// (biased variance, as PyTorch). Computed in f32 when the input is half precision.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
