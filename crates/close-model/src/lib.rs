@@ -70,6 +70,7 @@ pub mod embeddings;
 pub mod eval;
 pub mod hub;
 pub mod import;
+pub mod infer;
 pub mod linalg;
 pub mod model;
 pub mod run;

@@ -14,13 +14,14 @@
 //!   the answer, the beams and the nearest training captions.
 
 pub mod api_error;
-pub mod batch;
 pub mod mock;
-pub mod predictor;
 pub mod request;
-pub mod run;
 pub mod server;
 pub mod worker;
+
+/// The inference types and the run predictor live in `close_model::infer`, shared with the
+/// batch CLI; re-exported here under their old paths.
+pub use close_model::infer::{batch, predictor, run};
 
 pub use api_error::ApiError;
 pub use predictor::{Beam, DecodeOptions, ModelInfo, Neighbor, Prediction, Predictor, Query, Task};

@@ -18,7 +18,7 @@ pub enum AdapterCommand {
 pub struct FitArgs {
     /// mean-shift, cov or linear.
     #[arg(long)]
-    pub kind: String,
+    pub kind: AdapterKind,
     /// Image embedding cache (keyed by image id).
     #[arg(long)]
     pub image_cache: PathBuf,
@@ -52,7 +52,7 @@ pub struct FitArgs {
 pub fn run(cmd: AdapterCommand, _ctx: &Ctx) -> anyhow::Result<()> {
     match cmd {
         AdapterCommand::Fit(a) => {
-            let kind: AdapterKind = a.kind.parse()?;
+            let kind = a.kind;
             close_core::io::check_output(
                 &a.out.join(close_model::adapter::STATS_JSON),
                 a.force,

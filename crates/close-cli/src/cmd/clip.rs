@@ -21,6 +21,15 @@ pub enum ClipCommand {
     Score(ScoreArgs),
 }
 
+/// `--preset`: the CLIP architecture `close clip train` starts from.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preset {
+    Shapes,
+    Tiny,
+    #[value(name = "vit-b32")]
+    VitB32,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
     /// Karpathy-format json (`dataset_coco.json`).
@@ -36,8 +45,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub force: bool,
     /// Model preset: shapes (63 px, 3×3 patches, small ViT), tiny, vit-b32.
-    #[arg(long, default_value = "shapes")]
-    pub preset: String,
+    #[arg(long, value_enum, default_value_t = Preset::Shapes)]
+    pub preset: Preset,
     /// A full training config json (overrides --preset and the flags below).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -98,11 +107,10 @@ impl TrainArgs {
             let c: TrainConfig = close_core::io::read_json(p)?;
             return Ok(c);
         }
-        let mut model = match self.preset.as_str() {
-            "shapes" => ClipConfig::shapes(),
-            "tiny" => ClipConfig::tiny(),
-            "vit-b32" => ClipConfig::vit_b32(),
-            p => anyhow::bail!("--preset {p}: expected shapes, tiny or vit-b32"),
+        let mut model = match self.preset {
+            Preset::Shapes => ClipConfig::shapes(),
+            Preset::Tiny => ClipConfig::tiny(),
+            Preset::VitB32 => ClipConfig::vit_b32(),
         };
         if let Some(s) = self.image_size {
             model.vision_config.image_size = s;

@@ -11,6 +11,14 @@ use close_data::coco::Karpathy;
 
 use crate::common::Ctx;
 
+/// `--what`: which caches `close embed` builds.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum What {
+    Images,
+    Texts,
+    Both,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// HF-layout CLIP model dir.
@@ -25,9 +33,9 @@ pub struct Args {
     /// Comma-separated splits (`train` includes `restval`).
     #[arg(long, default_value = "train,val,test")]
     pub splits: String,
-    /// images, texts or both.
-    #[arg(long, default_value = "both")]
-    pub what: String,
+    /// What to embed.
+    #[arg(long, value_enum, default_value_t = What::Both)]
+    pub what: What,
     /// Cache root: images go to OUT/images, captions to OUT/texts.
     #[arg(long)]
     pub out: PathBuf,
@@ -38,11 +46,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
-    let (do_images, do_texts) = match args.what.as_str() {
-        "images" => (true, false),
-        "texts" => (false, true),
-        "both" => (true, true),
-        w => anyhow::bail!("--what {w}: expected images, texts or both"),
+    let (do_images, do_texts) = match args.what {
+        What::Images => (true, false),
+        What::Texts => (false, true),
+        What::Both => (true, true),
     };
     let dev = args.device.open()?;
     let clip = Clip::load(&args.clip, &dev)?;

@@ -23,7 +23,7 @@ pub struct Args {
     pub tokenizer: Option<PathBuf>,
     /// The task the checkpoint was trained for.
     #[arg(long)]
-    pub task: String,
+    pub task: close_model::task::Task,
     /// CLIP model dir / hub id matching model.json's `clip_model` (recorded for predict).
     #[arg(long)]
     pub clip: Option<String>,
@@ -42,7 +42,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     };
     close_model::run::prepare_new_run(&args.out, mode)?;
     let t5 = resolve(&args.t5, ModelKind::T5, ctx)?;
-    let task = args.task.parse()?;
+    let task = args.task;
     let rep = close_model::import::import_official(
         &args.model_json,
         &args.checkpoint,

@@ -3,9 +3,9 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use close_serve::batch::{caption_files, collect_images};
-use close_serve::run::{LoadOptions, RunPredictor};
-use close_serve::{DecodeOptions, Predictor, Task};
+use close_model::infer::batch::{caption_files, collect_images};
+use close_model::infer::predictor::{DecodeOptions, Predictor, Task};
+use close_model::infer::run::{LoadOptions, RunPredictor};
 
 use crate::common::Ctx;
 

@@ -4,9 +4,12 @@
 
 use std::path::PathBuf;
 
-use close_model::run::Run;
-
 use close_model::hub::ModelKind;
+use close_model::infer::batch::{predict_files, FileBatch};
+use close_model::infer::predictor::Prediction;
+use close_model::infer::run::clip_dir;
+use close_model::infer::RgbImage;
+use close_model::run::Run;
 
 use crate::common::{resolve, Ctx};
 
@@ -40,25 +43,59 @@ pub struct Args {
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let dev = args.device.open()?;
     let run = Run::load(&args.run, &dev)?;
-    let clip_dir = match &args.clip {
-        Some(c) => resolve(c, ModelKind::Clip, ctx)?,
-        None => run
-            .config
-            .clip
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("the run records no CLIP model; pass --clip"))?,
+    let explicit = match &args.clip {
+        Some(c) => Some(resolve(c, ModelKind::Clip, ctx)?),
+        None => None,
     };
-    let clip = close_clip::Clip::load(&clip_dir, &dev)?;
-    let texts: Option<Vec<String>> = match (&args.text, &args.texts) {
+    let clip = close_clip::Clip::load(clip_dir(&run, explicit.as_deref())?, &dev)?;
+    let texts = texts(&args)?;
+    if run.config.task.has_input_text() && texts.is_none() {
+        anyhow::bail!("task {} needs --text or --texts", run.config.task);
+    }
+    let gen = run.generate_config(args.beams, args.max_steps);
+    let predict = |imgs: &[RgbImage], t: Option<&[String]>| {
+        let x = clip.embed_images(imgs)?;
+        let beams = run.predict(&x, t, &gen)?;
+        Ok(beams.into_iter().map(prediction).collect())
+    };
+    let input = FileBatch {
+        files: &args.images,
+        texts: texts.as_deref(),
+        batch: args.batch_size,
+    };
+    let progress = ctx.progress();
+    let report = predict_files(&input, predict, progress.as_ref(), |file, text, p| {
+        let line = serde_json::json!({
+            "file": file,
+            "text": text,
+            "prediction": p.beams.first().map(|b| b.text.clone()),
+            "logprob": p.beams.first().map(|b| b.logprob),
+            "beams": p.beams,
+        });
+        println!("{line}");
+        Ok(())
+    })?;
+    for s in &report.skipped {
+        eprintln!("skipped {}: {}", s.file, s.error);
+    }
+    if !report.skipped.is_empty() {
+        eprintln!("{} image(s) skipped", report.skipped.len());
+    }
+    Ok(())
+}
+
+/// The text of every image: `--text` for all, or one line of `--texts` each.
+fn texts(args: &Args) -> anyhow::Result<Option<Vec<String>>> {
+    Ok(match (&args.text, &args.texts) {
         (Some(_), Some(_)) => anyhow::bail!("--text and --texts are exclusive"),
         (Some(t), None) => Some(vec![t.clone(); args.images.len()]),
         (None, Some(p)) => {
-            let s =
-                std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            let s = std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("--texts {}: {e}", p.display()))?;
             let v: Vec<String> = s.lines().map(|l| l.to_string()).collect();
             if v.len() != args.images.len() {
                 anyhow::bail!(
-                    "{}: {} lines for {} images",
+                    "--texts {}: {} lines for {} images",
                     p.display(),
                     v.len(),
                     args.images.len()
@@ -67,56 +104,12 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
             Some(v)
         }
         (None, None) => None,
-    };
-    if run.config.task.has_input_text() && texts.is_none() {
-        anyhow::bail!("task {} needs --text or --texts", run.config.task);
+    })
+}
+
+fn prediction(beams: Vec<close_model::run::Beam>) -> Prediction {
+    Prediction {
+        beams,
+        neighbors: Vec::new(),
     }
-    let gen = run.generate_config(args.beams, args.max_steps);
-    let progress = ctx.progress();
-    progress.start("predict", args.images.len() as u64);
-    let mut bad = 0usize;
-    let idx: Vec<usize> = (0..args.images.len()).collect();
-    for chunk in idx.chunks(args.batch_size.max(1)) {
-        // Decode each file separately so that one bad image only skips itself, then embed
-        // the good ones as one batch.
-        let mut ok = Vec::new();
-        let mut imgs = Vec::new();
-        for &i in chunk {
-            match close_clip::load_image(&args.images[i]) {
-                Ok(im) => {
-                    ok.push(i);
-                    imgs.push(im);
-                }
-                Err(e) => {
-                    bad += 1;
-                    eprintln!("skipped {}: {e:#}", args.images[i].display());
-                }
-            }
-        }
-        progress.inc(chunk.len() as u64);
-        if ok.is_empty() {
-            continue;
-        }
-        let x = clip.embed_images(&imgs)?;
-        let t: Option<Vec<String>> = texts
-            .as_ref()
-            .map(|v| ok.iter().map(|&i| v[i].clone()).collect());
-        let beams = run.predict(&x, t.as_deref(), &gen)?;
-        for (&i, b) in ok.iter().zip(beams) {
-            let best = b.first().cloned();
-            let line = serde_json::json!({
-                "file": args.images[i],
-                "text": t.as_ref().and_then(|v| ok.iter().position(|&j| j == i).map(|k| v[k].clone())),
-                "prediction": best.as_ref().map(|x| x.text.clone()),
-                "logprob": best.as_ref().map(|x| x.logprob),
-                "beams": b,
-            });
-            println!("{line}");
-        }
-    }
-    progress.finish();
-    if bad > 0 {
-        eprintln!("{bad} image(s) skipped");
-    }
-    Ok(())
 }

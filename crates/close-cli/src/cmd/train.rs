@@ -16,7 +16,7 @@ use crate::common::{resolve, Ctx};
 pub struct Args {
     /// s-cap, m-cap, vqa, evqa, ve, news or style.
     #[arg(long)]
-    pub task: String,
+    pub task: Task,
     /// Dataset dir (e.g. a `close world` output) with the standard file names.
     #[arg(long)]
     pub data: PathBuf,
@@ -49,10 +49,10 @@ pub struct Args {
     pub force: bool,
     /// text (CLOSE) or images (the image-trained upper bound).
     #[arg(long, default_value = "text")]
-    pub train_on: String,
+    pub train_on: TrainOn,
     /// none, noise, mean-shift, cov or linear.
     #[arg(long, default_value = "noise")]
-    pub adapter: String,
+    pub adapter: AdapterKind,
     /// Noise level w (default: the reference's value for the task).
     #[arg(long, value_parser = crate::common::non_negative, allow_negative_numbers = true)]
     pub noise: Option<f64>,
@@ -159,7 +159,7 @@ pub(crate) fn t5_init(
 }
 
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
-    let task: Task = args.task.parse()?;
+    let task = args.task;
     let resume = args.resume && close_model::run::has_checkpoint(&args.out)?;
     if args.resume && !resume {
         tracing::info!(
@@ -179,8 +179,8 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         None => TrainConfig::small(task),
     };
     cfg.task = task;
-    cfg.train_on = args.train_on.parse()?;
-    cfg.adapter.kind = args.adapter.parse::<AdapterKind>()?;
+    cfg.train_on = args.train_on;
+    cfg.adapter.kind = args.adapter;
     cfg.adapter.noise = args.noise.unwrap_or_else(|| {
         if cfg.adapter.kind == AdapterKind::None {
             0.0

@@ -1,5 +1,6 @@
-//! Batch inference over image files (`close caption DIR…`): expand folders, decode in
-//! batches, skip and report unreadable files, stream one result per image.
+//! Batch inference over image files (`close caption DIR…`, `close predict`): expand
+//! folders, decode in batches, skip and report unreadable files, stream one result per
+//! image.
 
 use std::path::{Path, PathBuf};
 
@@ -8,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use close_core::progress::Progress;
 use close_core::{Error, Result};
 
-use crate::predictor::{Beam, DecodeOptions, Neighbor, Prediction};
-use crate::run::RunPredictor;
+use super::predictor::{Beam, DecodeOptions, Neighbor, Prediction};
+use super::run::RunPredictor;
 
 /// Extensions treated as images when a folder is expanded.
 pub const IMAGE_EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "webp"];
@@ -88,16 +89,16 @@ pub struct Skipped {
     pub error: String,
 }
 
-/// Outcome of [`caption_files`].
+/// Outcome of [`predict_files`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BatchReport {
+    /// Files predicted for (the name is kept from `close caption`'s JSON report).
     pub captioned: usize,
     pub skipped: Vec<Skipped>,
 }
 
 /// Caption `files` with `predictor`, `batch` images at a time, calling `emit` for each
-/// result in input order. Unreadable images are skipped and listed in the report; an error
-/// of the model itself on a batch retries its images one by one and skips those that fail.
+/// result in input order (see [`predict_files`] for what is skipped).
 pub fn caption_files(
     predictor: &RunPredictor,
     files: &[PathBuf],
@@ -107,54 +108,100 @@ pub fn caption_files(
     progress: &dyn Progress,
     mut emit: impl FnMut(&CaptionLine) -> Result<()>,
 ) -> Result<BatchReport> {
+    let predict =
+        |imgs: &[image::RgbImage], _: Option<&[String]>| predictor.predict_images(imgs, None, opts);
+    let files = FileBatch {
+        files,
+        texts: None,
+        batch,
+    };
+    predict_files(&files, predict, progress, |f, _, p| {
+        emit(&CaptionLine::new(f, p, all_beams))
+    })
+}
+
+/// Image files to predict for, with the text of each where the task needs one.
+pub struct FileBatch<'a> {
+    pub files: &'a [PathBuf],
+    /// One text per file (question, hypothesis, article), or none.
+    pub texts: Option<&'a [String]>,
+    /// Images decoded and predicted at a time.
+    pub batch: usize,
+}
+
+/// Predict for every file of `input` with `predict` (images and their texts → one
+/// prediction each), calling `emit(file, text, prediction)` in input order. Unreadable
+/// images are skipped and listed in the report; when the model fails on a batch, its
+/// images are retried one by one and those that fail are skipped.
+pub fn predict_files(
+    input: &FileBatch,
+    predict: impl Fn(&[image::RgbImage], Option<&[String]>) -> Result<Vec<Prediction>>,
+    progress: &dyn Progress,
+    mut emit: impl FnMut(&Path, Option<&str>, Prediction) -> Result<()>,
+) -> Result<BatchReport> {
+    if input.batch == 0 {
+        return Err(Error::config("batch", "must be at least 1"));
+    }
     let mut report = BatchReport::default();
-    progress.start("caption", files.len() as u64);
-    for chunk in files.chunks(batch.max(1)) {
-        let mut ok: Vec<(&PathBuf, image::RgbImage)> = Vec::new();
-        for f in chunk {
-            match close_clip::load_image(f) {
-                Ok(img) => ok.push((f, img)),
-                Err(e) => {
-                    tracing::warn!("skipping {e}");
-                    report.skipped.push(Skipped {
-                        file: f.display().to_string(),
-                        error: e.to_string(),
-                    });
-                }
-            }
-        }
-        let imgs: Vec<image::RgbImage> = ok.iter().map(|(_, i)| i.clone()).collect();
-        let preds: Vec<Result<Prediction>> = match predictor.predict_images(&imgs, None, opts) {
+    progress.start("predict", input.files.len() as u64);
+    let idx: Vec<usize> = (0..input.files.len()).collect();
+    for chunk in idx.chunks(input.batch) {
+        let (ok, imgs) = decode(input.files, chunk, &mut report);
+        let texts: Option<Vec<String>> = input
+            .texts
+            .map(|t| ok.iter().map(|&i| t[i].clone()).collect());
+        let preds: Vec<Result<Prediction>> = match predict(&imgs, texts.as_deref()) {
             Ok(p) => p.into_iter().map(Ok).collect(),
-            Err(_) if imgs.len() > 1 => imgs
-                .iter()
-                .map(|i| {
-                    predictor
-                        .predict_images(std::slice::from_ref(i), None, opts)
-                        .map(|mut v| v.remove(0))
+            Err(_) if imgs.len() > 1 => (0..imgs.len())
+                .map(|k| {
+                    let t = texts.as_ref().map(|t| std::slice::from_ref(&t[k]));
+                    predict(std::slice::from_ref(&imgs[k]), t).map(|mut v| v.remove(0))
                 })
                 .collect(),
             Err(e) => vec![Err(e)],
         };
-        for ((f, _), p) in ok.iter().zip(preds) {
+        for ((k, &i), p) in ok.iter().enumerate().zip(preds) {
+            let file = &input.files[i];
             match p {
                 Ok(p) => {
-                    emit(&CaptionLine::new(f, p, all_beams))?;
+                    let text = texts.as_ref().map(|t| t[k].as_str());
+                    emit(file, text, p)?;
                     report.captioned += 1;
                 }
-                Err(e) => {
-                    tracing::warn!("skipping {}: {e}", f.display());
-                    report.skipped.push(Skipped {
-                        file: f.display().to_string(),
-                        error: e.to_string(),
-                    });
-                }
+                Err(e) => skip(&mut report, file, &e),
             }
         }
         progress.inc(chunk.len() as u64);
     }
     progress.finish();
     Ok(report)
+}
+
+/// Decode the files of `chunk`; the unreadable ones are skipped into `report`.
+fn decode(
+    files: &[PathBuf],
+    chunk: &[usize],
+    report: &mut BatchReport,
+) -> (Vec<usize>, Vec<image::RgbImage>) {
+    let (mut ok, mut imgs) = (Vec::new(), Vec::new());
+    for &i in chunk {
+        match close_clip::load_image(&files[i]) {
+            Ok(img) => {
+                ok.push(i);
+                imgs.push(img);
+            }
+            Err(e) => skip(report, &files[i], &e),
+        }
+    }
+    (ok, imgs)
+}
+
+fn skip(report: &mut BatchReport, file: &Path, e: &Error) {
+    tracing::debug!("skipping {}: {e}", file.display());
+    report.skipped.push(Skipped {
+        file: file.display().to_string(),
+        error: e.to_string(),
+    });
 }
 
 #[cfg(test)]

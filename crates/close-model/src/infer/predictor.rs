@@ -2,8 +2,8 @@
 //!
 //! One predictor serves one model (one trained run) for one [`Task`]. The server owns each
 //! predictor on its own worker thread and hands it batches of [`Query`]s; a predictor never
-//! sees HTTP. [`crate::run::RunPredictor`] implements it for trained CLOSE runs,
-//! [`crate::mock::ColorPredictor`] is a deterministic stand-in for server tests and the load
+//! sees HTTP. [`super::run::RunPredictor`] implements it for trained CLOSE runs,
+//! `close_serve::mock::ColorPredictor` is a deterministic stand-in for server tests and the load
 //! test.
 
 use serde::{Deserialize, Serialize};
@@ -92,11 +92,7 @@ pub struct Query {
 }
 
 /// One decoded sequence with its summed log-probability.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Beam {
-    pub text: String,
-    pub logprob: f32,
-}
+pub use crate::run::Beam;
 
 /// A training caption close to the image in CLIP space.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

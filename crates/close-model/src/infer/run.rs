@@ -1,4 +1,4 @@
-//! [`RunPredictor`]: a trained CLOSE run (`close_model::run::Run`) with its CLIP model and,
+//! [`RunPredictor`]: a trained CLOSE run ([`crate::run::Run`]) with its CLIP model and,
 //! optionally, a caption [`Corpus`] for nearest-caption lookup, as a [`Predictor`].
 //!
 //! Prediction follows the method: decoded RGB images → CLIP preprocessing → unit CLIP
@@ -11,15 +11,13 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 
+use crate::run::Run;
+use crate::task::Task as CloseTask;
 use close_clip::cache::{CacheKind, EmbeddingCache};
 use close_clip::Clip;
 use close_core::{Error, Result};
-use close_model::run::Run;
-use close_model::task::Task as CloseTask;
 
-use crate::predictor::{
-    Beam, DecodeOptions, ModelInfo, Neighbor, Prediction, Predictor, Query, Task,
-};
+use super::predictor::{DecodeOptions, ModelInfo, Neighbor, Prediction, Predictor, Query, Task};
 
 /// Default number of nearest captions returned when a corpus is loaded.
 pub const DEFAULT_NEIGHBORS: usize = 5;
@@ -149,6 +147,22 @@ pub struct RunPredictor {
     corpus: Option<Arc<Corpus>>,
 }
 
+/// The CLIP model a run is used with: `explicit` (a `--clip`), else the one recorded in the
+/// run (relative paths are taken from the run dir when they do not exist as given).
+pub fn clip_dir(run: &Run, explicit: Option<&Path>) -> Result<PathBuf> {
+    match (explicit, &run.config.clip) {
+        (Some(c), _) => Ok(c.to_path_buf()),
+        (None, Some(c)) => Ok(resolve(&run.dir, c)),
+        (None, None) => Err(Error::config(
+            "clip",
+            format!(
+                "run {} records no CLIP model; pass --clip DIR",
+                run.dir.display()
+            ),
+        )),
+    }
+}
+
 fn resolve(dir: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() || p.exists() {
         p.to_path_buf()
@@ -162,19 +176,7 @@ impl RunPredictor {
     pub fn load(dir: impl AsRef<Path>, opts: &LoadOptions, device: &Device) -> Result<Self> {
         let dir = dir.as_ref();
         let run = Run::load(dir, device)?;
-        let clip_dir = match (&opts.clip, &run.config.clip) {
-            (Some(c), _) => c.clone(),
-            (None, Some(c)) => resolve(dir, c),
-            (None, None) => {
-                return Err(Error::config(
-                    "clip",
-                    format!(
-                        "run {} records no CLIP model; pass --clip DIR",
-                        dir.display()
-                    ),
-                ))
-            }
-        };
+        let clip_dir = clip_dir(&run, opts.clip.as_deref())?;
         let clip = Arc::new(Clip::load(&clip_dir, device)?);
         let corpus = Self::load_corpus(&run, &clip, opts.corpus.as_deref())?.map(Arc::new);
         Self::new(run, clip, corpus, opts.name.clone())
@@ -328,16 +330,7 @@ impl RunPredictor {
         Ok(beams
             .into_iter()
             .zip(neighbors)
-            .map(|(bs, ns)| Prediction {
-                beams: bs
-                    .into_iter()
-                    .map(|b| Beam {
-                        text: b.text,
-                        logprob: b.logprob,
-                    })
-                    .collect(),
-                neighbors: ns,
-            })
+            .map(|(beams, neighbors)| Prediction { beams, neighbors })
             .collect())
     }
 }
@@ -370,19 +363,7 @@ pub fn load_runs(
     let mut out: Vec<RunPredictor> = Vec::new();
     for dir in dirs {
         let run = Run::load(dir, device)?;
-        let clip_dir = match (&opts.clip, &run.config.clip) {
-            (Some(c), _) => c.clone(),
-            (None, Some(c)) => resolve(dir, c),
-            (None, None) => {
-                return Err(Error::config(
-                    "clip",
-                    format!(
-                        "run {} records no CLIP model; pass --clip DIR",
-                        dir.display()
-                    ),
-                ))
-            }
-        };
+        let clip_dir = clip_dir(&run, opts.clip.as_deref())?;
         let key = std::fs::canonicalize(&clip_dir).unwrap_or(clip_dir.clone());
         let (clip, shared_corpus) = match clips.iter().find(|(k, _, _)| *k == key) {
             Some((_, c, corpus)) => (c.clone(), corpus.clone()),
