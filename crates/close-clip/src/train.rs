@@ -259,26 +259,19 @@ pub fn train_clip(
     progress: &dyn Progress,
 ) -> Result<TrainReport> {
     cfg.validate()?;
+    let job = Job {
+        data,
+        image_root,
+        out_dir,
+        cfg,
+        device,
+        progress,
+    };
     let mut mcfg = cfg.model.clone();
     let pcfg = ImageProcessorConfig::for_size(mcfg.vision_config.image_size);
     let proc = ImageProcessor::new(pcfg.clone())?;
     let mut skipped = Vec::new();
-    let train = load_split(
-        data,
-        image_root,
-        &cfg.train_split,
-        &proc,
-        usize::MAX,
-        progress,
-        &mut skipped,
-    )?;
-    if train.pixels.len() < 2 {
-        return Err(Error::invalid(format!(
-            "split `{}` has {} usable images; need at least 2",
-            cfg.train_split,
-            train.pixels.len()
-        )));
-    }
+    let train = job.load_train(&proc, &mut skipped)?;
     let tok = match tokenizer {
         Some(t) => t,
         None => train_word_level(
@@ -287,6 +280,162 @@ pub fn train_clip(
             cfg.min_word_freq,
         )?,
     };
+    let ctok = adopt_tokenizer(&mut mcfg, &tok)?;
+    let ids = tokenize_captions(&ctok, &train.captions);
+    let negatives = NegativeMaker::new(&cfg.hard_negative_groups)?;
+    let varmap = VarMap::new();
+    let model = build_model(&varmap, &mcfg, cfg, device)?;
+    let mut opt = Optimizers::new(&varmap, cfg)?;
+    let image_shape = (
+        mcfg.vision_config.num_channels,
+        mcfg.vision_config.image_size,
+    );
+    let run = Epochs {
+        job: &job,
+        model: &model,
+        ctok: &ctok,
+        negatives: &negatives,
+        pixels: &train.pixels,
+        ids: &ids,
+        image_shape,
+    }
+    .run(&mut opt)?;
+    job.save(&varmap, &mcfg, &tok, &pcfg)?;
+    let (retrieval, gap) = job.evaluate(&proc, &ctok, image_shape, &mut skipped)?;
+    let report = TrainReport {
+        steps: run.steps,
+        epochs: cfg.epochs,
+        train_images: train.pixels.len(),
+        train_captions: ids.iter().map(Vec::len).sum(),
+        final_loss: run.ema.unwrap_or(run.last_loss),
+        logit_scale: model.logit_scale()? as f64,
+        train_seconds: run.train_seconds,
+        eval_split: cfg.eval_split.clone(),
+        retrieval,
+        gap,
+        skipped,
+        out_dir: out_dir.to_path_buf(),
+        stopped_early: run.stopped_early,
+    };
+    close_core::io::write_json_atomic(out_dir.join("clip_train_report.json"), &report)?;
+    Ok(report)
+}
+
+/// The inputs of a training run that its stages share.
+struct Job<'a> {
+    data: &'a Karpathy,
+    image_root: &'a Path,
+    out_dir: &'a Path,
+    cfg: &'a TrainConfig,
+    device: &'a Device,
+    progress: &'a dyn Progress,
+}
+
+impl Job<'_> {
+    /// The training split's images and captions; an error when fewer than two images load
+    /// (the contrastive loss needs negatives).
+    fn load_train(
+        &self,
+        proc: &ImageProcessor,
+        skipped: &mut Vec<(String, String)>,
+    ) -> Result<Split> {
+        let split = &self.cfg.train_split;
+        let train = load_split(
+            self.data,
+            self.image_root,
+            split,
+            proc,
+            usize::MAX,
+            self.progress,
+            skipped,
+        )?;
+        if train.pixels.len() < 2 {
+            return Err(Error::invalid(format!(
+                "split `{split}` has {} usable images; need at least 2",
+                train.pixels.len()
+            )));
+        }
+        Ok(train)
+    }
+
+    /// Write the trained model in HF layout (weights, config, tokenizer, preprocessor) plus
+    /// `clip_train.json` (this run's config with the final model shape).
+    fn save(
+        &self,
+        varmap: &VarMap,
+        mcfg: &ClipConfig,
+        tok: &tokenizers::Tokenizer,
+        pcfg: &ImageProcessorConfig,
+    ) -> Result<()> {
+        let out_dir = self.out_dir;
+        let tensors: HashMap<String, Tensor> = {
+            let data = varmap
+                .data()
+                .lock()
+                .map_err(|_| Error::invalid("varmap lock poisoned"))?;
+            data.iter()
+                .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+                .collect()
+        };
+        save_model(out_dir, mcfg, &tensors)?;
+        let tok_path = out_dir.join(TOKENIZER_FILE);
+        let json = tok
+            .to_string(true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        close_core::io::write_atomic(&tok_path, json.as_bytes())?;
+        close_core::io::write_json_atomic(
+            out_dir.join("tokenizer_config.json"),
+            &hf_tokenizer_config(mcfg.text_config.max_position_embeddings),
+        )?;
+        close_core::io::write_json_atomic(out_dir.join(PREPROCESSOR_FILE), &pcfg.to_hf_json())?;
+        let mut saved_cfg = self.cfg.clone();
+        saved_cfg.model = mcfg.clone();
+        close_core::io::write_json_atomic(out_dir.join("clip_train.json"), &saved_cfg)
+    }
+
+    /// Held-out retrieval and modality gap of the saved model (reloaded, so that what is
+    /// measured is what was written); `(None, None)` when the eval split is empty.
+    fn evaluate(
+        &self,
+        proc: &ImageProcessor,
+        ctok: &ClipTokenizer,
+        image_shape: (usize, usize),
+        skipped: &mut Vec<(String, String)>,
+    ) -> Result<(Option<Retrieval>, Option<GapStats>)> {
+        let cfg = self.cfg;
+        if self.data.split(&cfg.eval_split).next().is_none() {
+            tracing::warn!(
+                "no images in split `{}`: retrieval not measured",
+                cfg.eval_split
+            );
+            return Ok((None, None));
+        }
+        let frozen = crate::bundle::load_model(self.out_dir, self.device)?;
+        let ev = load_split(
+            self.data,
+            self.image_root,
+            &cfg.eval_split,
+            proc,
+            cfg.max_eval_images,
+            self.progress,
+            skipped,
+        )?;
+        let (r, g) = evaluate_retrieval(
+            &frozen,
+            ctok,
+            &ev.pixels,
+            &ev.captions,
+            image_shape,
+            self.device,
+            self.progress,
+        )?;
+        Ok((Some(r), g))
+    }
+}
+
+/// Fit the text config to the tokenizer (vocabulary size, special token ids) and wrap the
+/// tokenizer for CLIP's fixed-length, EOS-pooled input.
+fn adopt_tokenizer(mcfg: &mut ClipConfig, tok: &tokenizers::Tokenizer) -> Result<ClipTokenizer> {
     mcfg.text_config.vocab_size = tok.get_vocab_size(true);
     mcfg.text_config.pad_token_id = tok
         .token_to_id(crate::tokenizer::PAD)
@@ -297,31 +446,46 @@ pub fn train_clip(
     if let Some(eos) = tok.token_to_id(crate::tokenizer::EOS) {
         mcfg.text_config.eos_token_id = eos;
     }
-    let ctok = ClipTokenizer::new(
+    ClipTokenizer::new(
         tok.clone(),
         mcfg.text_config.max_position_embeddings,
         mcfg.text_config.eos_token_id,
-    )?;
-    // Tokenize every caption once (kept with its text, for hard negatives); drop empty ones.
-    let ids: Vec<Vec<(Vec<u32>, &str)>> = train
-        .captions
+    )
+}
+
+/// Token ids of one caption with its text (kept for hard negatives).
+type Tokenized<'a> = (Vec<u32>, &'a str);
+
+/// Tokenize every caption once, per image; captions that do not encode are dropped.
+fn tokenize_captions<'a>(
+    ctok: &ClipTokenizer,
+    captions: &'a [Vec<String>],
+) -> Vec<Vec<Tokenized<'a>>> {
+    captions
         .iter()
         .map(|caps| {
             caps.iter()
                 .filter_map(|c| ctok.encode(c).ok().map(|t| (t, c.as_str())))
                 .collect()
         })
-        .collect();
-    let negatives = NegativeMaker::new(&cfg.hard_negative_groups)?;
+        .collect()
+}
 
-    let varmap = VarMap::new();
-    // Initial weights from (seed, variable name): candle's CPU generator cannot be seeded.
+/// A freshly initialised model whose variables live in `varmap`: weights seeded from
+/// (seed, variable name), since candle's CPU generator cannot be seeded; optionally the
+/// vision position embeddings redrawn with `vision_position_init_std`.
+fn build_model(
+    varmap: &VarMap,
+    mcfg: &ClipConfig,
+    cfg: &TrainConfig,
+    device: &Device,
+) -> Result<ClipModel> {
     let vb = VarBuilder::from_backend(
         Box::new(SeededInit::new(varmap.clone(), cfg.seed)),
         DType::F32,
         device.clone(),
     );
-    let model = ClipModel::new(vb, &mcfg)?;
+    let model = ClipModel::new(vb, mcfg)?;
     if let Some(std) = cfg.vision_position_init_std {
         let key = "vision_model.embeddings.position_embedding.weight";
         let data = varmap
@@ -339,210 +503,233 @@ pub fn train_clip(
         let seed = name_seed(cfg.seed, "vision_position_init_std");
         v.set(&init_tensor(init, t.shape(), seed, t.dtype(), t.device())?)?;
     }
-    type Named = Vec<(String, Var)>;
-    let (decay, no_decay): (Named, Named) = {
-        let data = varmap
-            .data()
-            .lock()
-            .map_err(|_| Error::invalid("varmap lock poisoned"))?;
-        let mut all: Vec<_> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        all.into_iter()
-            .partition(|(k, v)| v.rank() >= 2 && !k.contains("embedding"))
-    };
-    let logit_scale_var = no_decay
-        .iter()
-        .find(|(k, _)| k == "logit_scale")
-        .map(|(_, v)| v.clone());
-    let adam = AdamWConfig {
-        lr: cfg.lr,
-        beta1: 0.9,
-        beta2: 0.98,
-        eps: 1e-6,
-        weight_decay: cfg.weight_decay,
-        max_grad_norm: Some(1.0),
-    };
-    let mut opt_decay = AdamW::new(decay, adam)?;
-    let mut opt_plain = AdamW::new(
-        no_decay,
-        AdamWConfig {
-            weight_decay: 0.0,
-            ..adam
-        },
-    )?;
+    Ok(model)
+}
 
-    let n = train.pixels.len();
-    let bs = cfg.batch_size.min(n);
-    let steps_per_epoch = n / bs;
-    let total = steps_per_epoch * cfg.epochs;
-    let warmup = ((total as f64) * cfg.warmup_frac).ceil() as usize;
-    let mut stopped_early = None;
-    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let (c, s) = (
-        mcfg.vision_config.num_channels,
-        mcfg.vision_config.image_size,
-    );
-    let start = Instant::now();
-    let mut last_loss = f64::NAN;
-    let mut ema: Option<f64> = None;
-    progress.start("train clip", total as u64);
-    let mut step = 0;
-    'epochs: for _epoch in 0..cfg.epochs {
-        let mut order: Vec<usize> = (0..n).filter(|&i| !ids[i].is_empty()).collect();
-        order.shuffle(&mut rng);
-        for chunk in order.chunks(bs) {
-            if chunk.len() < bs {
-                continue;
-            }
-            if step >= total {
-                break 'epochs;
-            }
-            let mut px = Vec::with_capacity(bs * c * s * s);
-            let mut rows = Vec::with_capacity(2 * bs);
-            let mut texts = Vec::with_capacity(bs);
-            for &i in chunk {
-                px.extend_from_slice(&train.pixels[i]);
-                let (t, text) = &ids[i][rng.random_range(0..ids[i].len())];
-                rows.push(t.clone());
-                texts.push(*text);
-            }
-            if !negatives.is_empty() {
-                for text in texts {
-                    // A caption without exchangeable words gets a random caption instead.
-                    let neg = negatives
-                        .negative(text, &mut rng)
-                        .and_then(|t| ctok.encode(&t).ok());
-                    rows.push(match neg {
-                        Some(t) => t,
-                        None => {
-                            let j = order[rng.random_range(0..order.len())];
-                            ids[j][rng.random_range(0..ids[j].len())].0.clone()
-                        }
-                    });
-                }
-            }
-            let px = Tensor::from_vec(px, (bs, c, s, s), device)?;
-            let tid = ctok.pad(&rows, device)?;
-            let (logits, _, _) = model.forward(&px, &tid)?;
-            let loss = clip_loss(&logits)?;
-            let lr = lr_at(step, total, warmup, cfg.lr);
-            opt_decay.set_lr(lr);
-            opt_plain.set_lr(lr);
-            let grads = loss.backward()?;
-            opt_decay.step(&grads)?;
-            opt_plain.step(&grads)?;
-            if let Some(v) = &logit_scale_var {
-                let val = v.as_tensor().to_scalar::<f32>()?;
-                let clamped = val.clamp(0.0, 100f32.ln());
-                if clamped != val {
-                    v.set(&Tensor::new(clamped, device)?)?;
-                }
-            }
-            last_loss = loss.to_scalar::<f32>()? as f64;
-            if !last_loss.is_finite() {
-                return Err(Error::invalid(format!(
-                    "loss became {last_loss} at step {step}; lower --lr"
-                )));
-            }
-            let e = ema.map_or(last_loss, |e| 0.95 * e + 0.05 * last_loss);
-            ema = Some(e);
-            step += 1;
-            progress.inc(1);
-            progress.message(&format!("loss {e:.3} lr {lr:.1e}"));
-            close_core::pace::step();
-            if let Some(limit) = cfg.max_train_seconds {
-                if start.elapsed().as_secs_f64() >= limit && step < total {
-                    stopped_early = Some(format!(
-                        "stopped by the time limit of {limit:.0} s after {step} of {total} planned steps"
-                    ));
-                    tracing::warn!("CLIP training {}", stopped_early.as_deref().unwrap_or(""));
-                    break 'epochs;
-                }
-            }
-            if step % 50 == 0 {
-                let el = start.elapsed().as_secs_f64();
-                tracing::info!(
-                    "step {step}/{total} loss {e:.3} lr {lr:.2e} logit_scale {:.1} ({:.2} s/step)",
-                    model.logit_scale()?,
-                    el / step as f64
-                );
+/// The two AdamW optimisers (weight decay on matrices only, not on embeddings, biases,
+/// norms or the temperature) and the temperature variable, clamped after each step.
+struct Optimizers {
+    decay: AdamW,
+    plain: AdamW,
+    logit_scale: Option<Var>,
+}
+
+impl Optimizers {
+    /// Split the variables of `varmap` (in name order) between the two optimisers.
+    fn new(varmap: &VarMap, cfg: &TrainConfig) -> Result<Self> {
+        type Named = Vec<(String, Var)>;
+        let (decay, no_decay): (Named, Named) = {
+            let data = varmap
+                .data()
+                .lock()
+                .map_err(|_| Error::invalid("varmap lock poisoned"))?;
+            let mut all: Vec<_> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            all.sort_by(|a, b| a.0.cmp(&b.0));
+            all.into_iter()
+                .partition(|(k, v)| v.rank() >= 2 && !k.contains("embedding"))
+        };
+        let logit_scale = no_decay
+            .iter()
+            .find(|(k, _)| k == "logit_scale")
+            .map(|(_, v)| v.clone());
+        let adam = AdamWConfig {
+            lr: cfg.lr,
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-6,
+            weight_decay: cfg.weight_decay,
+            max_grad_norm: Some(1.0),
+        };
+        let decay = AdamW::new(decay, adam)?;
+        let plain = AdamW::new(
+            no_decay,
+            AdamWConfig {
+                weight_decay: 0.0,
+                ..adam
+            },
+        )?;
+        Ok(Optimizers {
+            decay,
+            plain,
+            logit_scale,
+        })
+    }
+
+    /// One update at learning rate `lr` from `loss`, then the temperature clamped to
+    /// `[0, ln 100]`.
+    fn step(&mut self, loss: &Tensor, lr: f64, device: &Device) -> Result<()> {
+        self.decay.set_lr(lr);
+        self.plain.set_lr(lr);
+        let grads = loss.backward()?;
+        self.decay.step(&grads)?;
+        self.plain.step(&grads)?;
+        if let Some(v) = &self.logit_scale {
+            let val = v.as_tensor().to_scalar::<f32>()?;
+            let clamped = val.clamp(0.0, 100f32.ln());
+            if clamped != val {
+                v.set(&Tensor::new(clamped, device)?)?;
             }
         }
+        Ok(())
     }
-    progress.finish();
-    let train_seconds = start.elapsed().as_secs_f64();
+}
 
-    // Save in HF layout.
-    let tensors: HashMap<String, Tensor> = {
-        let data = varmap
-            .data()
-            .lock()
-            .map_err(|_| Error::invalid("varmap lock poisoned"))?;
-        data.iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect()
-    };
-    save_model(out_dir, &mcfg, &tensors)?;
-    let tok_path = out_dir.join(TOKENIZER_FILE);
-    let json = tok
-        .to_string(true)
-        .map_err(|e| Error::Tokenizer(e.to_string()))?;
-    close_core::io::write_atomic(&tok_path, json.as_bytes())?;
-    close_core::io::write_json_atomic(
-        out_dir.join("tokenizer_config.json"),
-        &hf_tokenizer_config(mcfg.text_config.max_position_embeddings),
-    )?;
-    close_core::io::write_json_atomic(out_dir.join(PREPROCESSOR_FILE), &pcfg.to_hf_json())?;
-    let mut saved_cfg = cfg.clone();
-    saved_cfg.model = mcfg.clone();
-    close_core::io::write_json_atomic(out_dir.join("clip_train.json"), &saved_cfg)?;
+/// The optimisation loop over the training data.
+struct Epochs<'a> {
+    job: &'a Job<'a>,
+    model: &'a ClipModel,
+    ctok: &'a ClipTokenizer,
+    negatives: &'a NegativeMaker,
+    /// Preprocessed training images (CHW f32 each).
+    pixels: &'a [Vec<f32>],
+    /// Tokenized captions of each training image.
+    ids: &'a [Vec<Tokenized<'a>>],
+    /// (channels, side) of the images.
+    image_shape: (usize, usize),
+}
 
-    // Held-out retrieval with the trained (now frozen) weights.
-    let (retrieval, gap) = if data.split(&cfg.eval_split).next().is_some() {
-        let frozen = crate::bundle::load_model(out_dir, device)?;
-        let ev = load_split(
-            data,
-            image_root,
-            &cfg.eval_split,
-            &proc,
-            cfg.max_eval_images,
-            progress,
-            &mut skipped,
-        )?;
-        let (r, g) = evaluate_retrieval(
-            &frozen,
-            &ctok,
-            &ev.pixels,
-            &ev.captions,
-            (c, s),
-            device,
-            progress,
-        )?;
-        (Some(r), g)
-    } else {
-        tracing::warn!(
-            "no images in split `{}`: retrieval not measured",
-            cfg.eval_split
-        );
-        (None, None)
-    };
-    let report = TrainReport {
-        steps: step,
-        epochs: cfg.epochs,
-        train_images: n,
-        train_captions: ids.iter().map(Vec::len).sum(),
-        final_loss: ema.unwrap_or(last_loss),
-        logit_scale: model.logit_scale()? as f64,
-        train_seconds,
-        eval_split: cfg.eval_split.clone(),
-        retrieval,
-        gap,
-        skipped,
-        out_dir: out_dir.to_path_buf(),
-        stopped_early,
-    };
-    close_core::io::write_json_atomic(out_dir.join("clip_train_report.json"), &report)?;
-    Ok(report)
+/// One training batch.
+struct Batch {
+    /// Number of images.
+    images: usize,
+    /// Their pixels, concatenated.
+    px: Vec<f32>,
+    /// Token ids of one caption per image, then of the hard negatives (if on).
+    rows: Vec<Vec<u32>>,
+}
+
+/// What the optimisation loop did.
+struct Outcome {
+    steps: usize,
+    last_loss: f64,
+    /// Exponential moving average of the loss (the reported final loss).
+    ema: Option<f64>,
+    stopped_early: Option<String>,
+    train_seconds: f64,
+}
+
+impl Epochs<'_> {
+    /// All epochs: each shuffles the images (with captions) with the seeded RNG and takes
+    /// full batches of distinct images; stops early at `max_train_seconds`.
+    fn run(&self, opt: &mut Optimizers) -> Result<Outcome> {
+        let (cfg, progress) = (self.job.cfg, self.job.progress);
+        let n = self.pixels.len();
+        let bs = cfg.batch_size.min(n);
+        let total = (n / bs) * cfg.epochs;
+        let warmup = ((total as f64) * cfg.warmup_frac).ceil() as usize;
+        let mut out = Outcome {
+            steps: 0,
+            last_loss: f64::NAN,
+            ema: None,
+            stopped_early: None,
+            train_seconds: 0.0,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let start = Instant::now();
+        progress.start("train clip", total as u64);
+        'epochs: for _epoch in 0..cfg.epochs {
+            let mut order: Vec<usize> = (0..n).filter(|&i| !self.ids[i].is_empty()).collect();
+            order.shuffle(&mut rng);
+            for chunk in order.chunks(bs) {
+                if chunk.len() < bs {
+                    continue;
+                }
+                if out.steps >= total {
+                    break 'epochs;
+                }
+                let batch = self.batch(chunk, &order, &mut rng);
+                let lr = lr_at(out.steps, total, warmup, cfg.lr);
+                let loss = self.step(opt, batch, lr, out.steps)?;
+                out.last_loss = loss;
+                let e = out.ema.map_or(loss, |e| 0.95 * e + 0.05 * loss);
+                out.ema = Some(e);
+                out.steps += 1;
+                let step = out.steps;
+                progress.inc(1);
+                progress.message(&format!("loss {e:.3} lr {lr:.1e}"));
+                close_core::pace::step();
+                if let Some(limit) = cfg.max_train_seconds {
+                    if start.elapsed().as_secs_f64() >= limit && step < total {
+                        let why = format!(
+                            "stopped by the time limit of {limit:.0} s after {step} of {total} planned steps"
+                        );
+                        tracing::warn!("CLIP training {why}");
+                        out.stopped_early = Some(why);
+                        break 'epochs;
+                    }
+                }
+                if step.is_multiple_of(50) {
+                    let el = start.elapsed().as_secs_f64();
+                    tracing::info!(
+                        "step {step}/{total} loss {e:.3} lr {lr:.2e} logit_scale {:.1} ({:.2} s/step)",
+                        self.model.logit_scale()?,
+                        el / step as f64
+                    );
+                }
+            }
+        }
+        progress.finish();
+        out.train_seconds = start.elapsed().as_secs_f64();
+        Ok(out)
+    }
+
+    /// The pixels of a batch of images (`chunk`) and its text rows: one random caption per
+    /// image, then (with hard negatives on) one negative per caption: the caption with
+    /// words exchanged, or a random caption of a random image of `order` when it has none.
+    fn batch(&self, chunk: &[usize], order: &[usize], rng: &mut ChaCha8Rng) -> Batch {
+        let (c, s) = self.image_shape;
+        let ids = self.ids;
+        let bs = chunk.len();
+        let mut px = Vec::with_capacity(bs * c * s * s);
+        let mut rows = Vec::with_capacity(2 * bs);
+        let mut texts = Vec::with_capacity(bs);
+        for &i in chunk {
+            px.extend_from_slice(&self.pixels[i]);
+            let (t, text) = &ids[i][rng.random_range(0..ids[i].len())];
+            rows.push(t.clone());
+            texts.push(*text);
+        }
+        if !self.negatives.is_empty() {
+            for text in texts {
+                // A caption without exchangeable words gets a random caption instead.
+                let neg = self
+                    .negatives
+                    .negative(text, rng)
+                    .and_then(|t| self.ctok.encode(&t).ok());
+                rows.push(match neg {
+                    Some(t) => t,
+                    None => {
+                        let j = order[rng.random_range(0..order.len())];
+                        ids[j][rng.random_range(0..ids[j].len())].0.clone()
+                    }
+                });
+            }
+        }
+        Batch {
+            images: bs,
+            px,
+            rows,
+        }
+    }
+
+    /// One optimisation step (number `step`, 0-based) on a batch; returns its loss, or an
+    /// error when the loss is not finite.
+    fn step(&self, opt: &mut Optimizers, batch: Batch, lr: f64, step: usize) -> Result<f64> {
+        let device = self.job.device;
+        let (c, s) = self.image_shape;
+        let px = Tensor::from_vec(batch.px, (batch.images, c, s, s), device)?;
+        let tid = self.ctok.pad(&batch.rows, device)?;
+        let (logits, _, _) = self.model.forward(&px, &tid)?;
+        let loss = clip_loss(&logits)?;
+        opt.step(&loss, lr, device)?;
+        let loss = loss.to_scalar::<f32>()? as f64;
+        if !loss.is_finite() {
+            return Err(Error::invalid(format!(
+                "loss became {loss} at step {step}; lower --lr"
+            )));
+        }
+        Ok(loss)
+    }
 }
 
 /// Retrieval recall of `model` on preprocessed images (CHW f32 each) and their captions, and

@@ -94,17 +94,98 @@ fn ci(s: &str) -> String {
     format!("(?i:{s})")
 }
 
-fn rules() -> Vec<Rule> {
-    // Macros of the lexer (character classes stay case-sensitive).
-    let letter = r"[\p{L}\p{Mn}\p{Mc}\u00AD]";
-    let digit = r"\p{Nd}";
-    let word = format!(r"{letter}(?:{letter}|{digit})*(?:[.!?]{letter}(?:{letter}|{digit})*)*");
-    let apos = format!(r"(?:['\u0092\u2019]|{})", ci("&apos;"));
-    let aposetc = format!(r"(?:{apos}|[\u0091\u2018\u201B])");
-    let redaux = format!(r"{apos}(?:[msdMSD]|{})", ci("re|ve|ll"));
-    let sword = r"[A-Za-z\u00AD]*[A-MO-Za-mo-z]\u00AD*";
-    let sredaux = format!("{}{aposetc}{}", ci("n"), ci("t"));
-    let apoword = [
+/// The macros of the lexer that its rules are written in (character classes stay
+/// case-sensitive; literals are wrapped in [`ci`]).
+struct Macros {
+    digit: &'static str,
+    space: &'static str,
+    sgml: &'static str,
+    insentp: &'static str,
+    word: String,
+    apos: String,
+    redaux: String,
+    sword: &'static str,
+    sredaux: String,
+    apoword: String,
+    spaces: String,
+    spacenl: String,
+    sentend: String,
+    number: String,
+    acro: String,
+    abbrev1: String,
+    abbrev4: String,
+    acronym_followers: String,
+    thing: String,
+    hthing: String,
+    thinga: String,
+    dblquot: String,
+    fullurl: String,
+    likelyurl: String,
+    twitter: String,
+    quotes: String,
+}
+
+impl Macros {
+    /// Build the macros from the lexer's definitions.
+    fn new() -> Self {
+        let letter = r"[\p{L}\p{Mn}\p{Mc}\u00AD]";
+        let digit = r"\p{Nd}";
+        let word = format!(r"{letter}(?:{letter}|{digit})*(?:[.!?]{letter}(?:{letter}|{digit})*)*");
+        let apos = format!(r"(?:['\u0092\u2019]|{})", ci("&apos;"));
+        let aposetc = format!(r"(?:{apos}|[\u0091\u2018\u201B])");
+        let space = r"[ \t\u00A0\u2000-\u200A\u3000]";
+        let spacenl = format!(r"(?:{space}|\n)");
+        let sgml = r"<\/?[A-Za-z!][^>\n]*>";
+        let num = format!(r"(?:{digit}+|{digit}*(?:[.:,\u00AD\u066B\u066C]{digit}+)+)");
+        let acro = format!(
+            r"(?:[A-Za-z](?:\.[A-Za-z])+|{}|{})",
+            ci(r"(?:Canada|Sino|Korean|EU|Japan|non)-U\.S"),
+            ci(r"U\.S\.-(?:U\.K|U\.S\.S\.R)")
+        );
+        let (abbrev1, abbrev4) = abbreviations(&acro);
+        let alnum = r"[\p{L}\p{Nd}]";
+        let hyphen = r"[\-_\u058A\u2010\u2011]";
+        let (fullurl, likelyurl) = urls();
+        Macros {
+            digit,
+            space,
+            sgml,
+            insentp: r"[,;:]",
+            redaux: format!(r"{apos}(?:[msdMSD]|{})", ci("re|ve|ll")),
+            sword: r"[A-Za-z\u00AD]*[A-MO-Za-mo-z]\u00AD*",
+            sredaux: format!("{}{aposetc}{}", ci("n"), ci("t")),
+            apoword: apoword(&apos, &aposetc),
+            spaces: format!("{space}+"),
+            sentend: format!(r"{spacenl}(?:{spacenl}|[A-Z]|{sgml})"),
+            spacenl,
+            number: format!(r"[\-+]?{num}"),
+            abbrev1,
+            abbrev4,
+            acronym_followers: acronym_followers(),
+            thing: format!(
+                r"(?:[dDoOlL]{aposetc}{alnum})?{alnum}+(?:{hyphen}(?:[dDoOlL]{aposetc}{alnum})?{alnum}+)*"
+            ),
+            hthing: format!(
+                r"[A-Za-z0-9][A-Za-z0-9.,\u00AD]*(?:-(?:[A-Za-z0-9\u00AD]+|{acro}\.))+"
+            ),
+            acro,
+            thinga: format!(r"[A-Z]+(?:(?:[+&]|{})[A-Z]+)+", ci("&amp;")),
+            dblquot: format!(r#"(?:"|{})"#, ci("&quot;")),
+            fullurl,
+            likelyurl,
+            twitter: format!(r"@[a-zA-Z_][a-zA-Z_0-9]*|#{word}"),
+            quotes: format!(
+                r"{apos}|''|[`\u2018\u2019\u201A\u201B\u201C\u201D\u0091\u0092\u0093\u0094\u201E\u201F\u2039\u203A\u00AB\u00BB]{{1,2}}"
+            ),
+            word,
+            apos,
+        }
+    }
+}
+
+/// The lexer's `APOWORD`: words with an inner apostrophe that stay one token.
+fn apoword(apos: &str, aposetc: &str) -> String {
+    [
         format!("{apos}{}{apos}?", ci("n")),
         format!("[lLdDjJ]{apos}"),
         format!("{}{apos}", ci("dunkin")),
@@ -118,19 +199,13 @@ fn rules() -> Vec<Rule> {
         format!("{apos}{}", ci("cause")),
         ci(r"cont'd\.?|'twas|nor'easter|c'mon|e'er|s'mores|ev'ry|li'l|nat'l"),
     ]
-    .join("|");
-    let space = r"[ \t\u00A0\u2000-\u200A\u3000]";
-    let spaces = format!("{space}+");
-    let spacenl = format!(r"(?:{space}|\n)");
-    let sgml = r"<\/?[A-Za-z!][^>\n]*>";
-    let sentend = format!(r"{spacenl}(?:{spacenl}|[A-Z]|{sgml})");
-    let num = format!(r"(?:{digit}+|{digit}*(?:[.:,\u00AD\u066B\u066C]{digit}+)+)");
-    let number = format!(r"[\-+]?{num}");
-    let acro = format!(
-        r"(?:[A-Za-z](?:\.[A-Za-z])+|{}|{})",
-        ci(r"(?:Canada|Sino|Korean|EU|Japan|non)-U\.S"),
-        ci(r"U\.S\.-(?:U\.K|U\.S\.S\.R)")
-    );
+    .join("|")
+}
+
+/// The lexer's `ABBREV1` (abbreviations that may end a sentence: months, days, states,
+/// companies, ...) and `ABBREV4` (titles and the like, never sentence-final), both given
+/// `acro` (`ACRO`).
+fn abbreviations(acro: &str) -> (String, String) {
     let abmonth = ci("Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec");
     let abdays = ci("Mon|Tue|Tues|Wed|Thu|Thurs|Fri");
     let abstate = format!(
@@ -167,7 +242,13 @@ fn rules() -> Vec<Rule> {
         r"(?:[A-Za-z]|{abtitle}|{}|{acro}|{abcomp2})",
         ci(r"vs|Alex|Wm|Jos|Cie|a\.k\.a|cf|TREAS")
     );
-    let acronym_followers = [
+    (abbrev1, abbrev4)
+}
+
+/// Words after which an acronym's final period also ends the sentence (first letter
+/// case-sensitive, the rest caseless, as in the lexer).
+fn acronym_followers() -> String {
+    [
         "About",
         "According",
         "Additionally",
@@ -224,16 +305,11 @@ fn rules() -> Vec<Rule> {
         }
     })
     .collect::<Vec<_>>()
-    .join("|");
-    let alnum = r"[\p{L}\p{Nd}]";
-    let hyphen = r"[\-_\u058A\u2010\u2011]";
-    let thing = format!(
-        r"(?:[dDoOlL]{aposetc}{alnum})?{alnum}+(?:{hyphen}(?:[dDoOlL]{aposetc}{alnum})?{alnum}+)*"
-    );
-    let hthing = format!(r"[A-Za-z0-9][A-Za-z0-9.,\u00AD]*(?:-(?:[A-Za-z0-9\u00AD]+|{acro}\.))+");
-    let thinga = format!(r"[A-Z]+(?:(?:[+&]|{})[A-Z]+)+", ci("&amp;"));
-    let insentp = r"[,;:]";
-    let dblquot = format!(r#"(?:"|{})"#, ci("&quot;"));
+    .join("|")
+}
+
+/// The lexer's `FULLURL` (with a scheme) and `LIKELYURL` (`www.…` or `….com` etc.).
+fn urls() -> (String, String) {
     let url_bad = r#"[^ \t\n\f\r"<>|()]"#;
     let url_end = r#"[^ \t\n\f\r"<>|.!?(){},\-]"#;
     let fullurl = format!("{}{url_bad}+{url_end}", ci("https?://"));
@@ -242,39 +318,81 @@ fn rules() -> Vec<Rule> {
         ci(r"www\."),
         ci("com|net|org|edu")
     );
-    let email = r#"[a-zA-Z0-9][^ \t\n\f\r"<>|()\u00A0]*@(?:[^ \t\n\f\r"<>|().\u00A0]+\.)*[^ \t\n\f\r"<>|().\u00A0]+"#;
-    let twitter = format!(r"@[a-zA-Z_][a-zA-Z_0-9]*|#{word}");
-    let quotes = format!(
-        r"{apos}|''|[`\u2018\u2019\u201A\u201B\u201C\u201D\u0091\u0092\u0093\u0094\u201E\u201F\u2039\u203A\u00AB\u00BB]{{1,2}}"
-    );
-    let misc = r"[¦\u00A7¨\u00A9\u00AC\u00AE¯\u00B0-\u00BA\u00D7\u00F7\u0387\u05BE\u05C0\u05C3\u05C6\u05F3\u05F4\u0600-\u0603\u0606-\u060A\u060C\u0614\u061B\u061E\u066A\u066D\u0703-\u070D\u07F6-\u07F8\u0964\u0965\u0E4F\u2020-\u2023\u2032-\u2038\u2044\u207A-\u207F\u208A-\u208E\u2100-\u214F\u2190-\u21FF\u2200-\u22FF\u2300-\u23FF\u2600-\u26FF\u3012\u30FB\uFF01-\uFF0F\uFF1A-\uFF20\uFF3B-\uFF40\uFF5B-\uFF65]";
+    (fullurl, likelyurl)
+}
 
+/// Symbols the lexer keeps as tokens of their own (its `MISCSYMBOL`).
+const MISC: &str = r"[¦\u00A7¨\u00A9\u00AC\u00AE¯\u00B0-\u00BA\u00D7\u00F7\u0387\u05BE\u05C0\u05C3\u05C6\u05F3\u05F4\u0600-\u0603\u0606-\u060A\u060C\u0614\u061B\u061E\u066A\u066D\u0703-\u070D\u07F6-\u07F8\u0964\u0965\u0E4F\u2020-\u2023\u2032-\u2038\u2044\u207A-\u207F\u208A-\u208E\u2100-\u214F\u2190-\u21FF\u2200-\u22FF\u2300-\u23FF\u2600-\u26FF\u3012\u30FB\uFF01-\uFF0F\uFF1A-\uFF20\uFF3B-\uFF40\uFF5B-\uFF65]";
+
+/// All rules in priority order (ties between equally long matches go to the earlier rule).
+fn rules() -> Vec<Rule> {
+    let m = Macros::new();
+    let mut all = word_rules(&m);
+    all.extend(number_rules(&m));
+    all.extend(abbreviation_rules(&m));
+    all.extend(punctuation_rules(&m));
+    all.extend(fallback_rules(&m));
+    all
+}
+
+/// Assimilations, SGML and entities, words and their contractions, URLs, e-mails and
+/// hashtags.
+fn word_rules(m: &Macros) -> Vec<Rule> {
     use Action::*;
+    let apos = &m.apos;
     vec![
         // Assimilations are split before anything else can claim them.
         r(&ci("cannot"), PushBack(3)),
         r(&ci("gonna|gotta|lemme|gimme|wanna"), PushBack(2)),
         r(&format!("{apos}{}", ci("tis")), PushBack(2)),
         r(&format!("{apos}{}", ci("twas")), PushBack(3)),
-        r(sgml, Keep),
-        r(&format!(r"{}|[\u0096\u0097\u2013\u2014\u2015]", ci("&(?:MD|mdash|ndash);")), Fixed("--")),
+        r(m.sgml, Keep),
+        r(
+            &format!(
+                r"{}|[\u0096\u0097\u2013\u2014\u2015]",
+                ci("&(?:MD|mdash|ndash);")
+            ),
+            Fixed("--"),
+        ),
         r(&ci("&amp;"), Amp),
         r(&ci("&(?:HT|TL|UR|LR|QC|QL|QR|odq|cdq|#[0-9]+);"), Keep),
-        rc(&word, &redaux, Keep),
-        rc(sword, &sredaux, Keep),
-        r(&word, Keep),
-        r(&apoword, Keep),
-        rc(&ci("y"), &apos.to_string(), Keep), // placeholder replaced below
-        r(&fullurl, Keep),
-        r(&likelyurl, Keep),
-        r(email, Keep),
-        r(&twitter, Keep),
-        rc(&redaux, "[^A-Za-z]", Quotes(false)),
-        r(&sredaux, Quotes(false)),
-        r(&format!(r"{digit}{{1,2}}[\-/]{digit}{{1,2}}[\-/]{digit}{{2,4}}"), Keep),
-        r(&number, Keep),
-        r(r"[\u207A\u207B\u208A\u208B]?(?:[\u2070\u00B9\u00B2\u00B3\u2074-\u2079]+|[\u2080-\u2089]+)", Keep),
-        r(&format!(r"(?:{digit}{{1,4}}[\- \u00A0])?{digit}{{1,4}}(?:\\?/|\u2044){digit}{{1,4}}"), Frac),
+        rc(&m.word, &m.redaux, Keep),
+        rc(m.sword, &m.sredaux, Keep),
+        r(&m.word, Keep),
+        r(&m.apoword, Keep),
+        // `y'` before a letter (y'all, y'know): token `y'`, context a letter.
+        rc(&format!("{}{apos}", ci("y")), r"\p{L}", Keep),
+        r(&m.fullurl, Keep),
+        r(&m.likelyurl, Keep),
+        r(
+            r#"[a-zA-Z0-9][^ \t\n\f\r"<>|()\u00A0]*@(?:[^ \t\n\f\r"<>|().\u00A0]+\.)*[^ \t\n\f\r"<>|().\u00A0]+"#,
+            Keep,
+        ),
+        r(&m.twitter, Keep),
+        rc(&m.redaux, "[^A-Za-z]", Quotes(false)),
+        r(&m.sredaux, Quotes(false)),
+    ]
+}
+
+/// Dates, numbers, fractions, bracket names and slashed words, currency.
+fn number_rules(m: &Macros) -> Vec<Rule> {
+    use Action::*;
+    let digit = m.digit;
+    let apos = &m.apos;
+    vec![
+        r(
+            &format!(r"{digit}{{1,2}}[\-/]{digit}{{1,2}}[\-/]{digit}{{2,4}}"),
+            Keep,
+        ),
+        r(&m.number, Keep),
+        r(
+            r"[\u207A\u207B\u208A\u208B]?(?:[\u2070\u00B9\u00B2\u00B3\u2074-\u2079]+|[\u2080-\u2089]+)",
+            Keep,
+        ),
+        r(
+            &format!(r"(?:{digit}{{1,4}}[\- \u00A0])?{digit}{{1,4}}(?:\\?/|\u2044){digit}{{1,4}}"),
+            Frac,
+        ),
         r(r"[\u00BC\u00BD\u00BE\u2153-\u215E]", Frac2),
         r(
             &format!(
@@ -288,24 +406,49 @@ fn rules() -> Vec<Rule> {
             ),
             Amp,
         ),
-        r(r"[A-Za-z0-9]+(?:-[A-Za-z]+){0,2}(?:\\?/[A-Za-z0-9]+(?:-[A-Za-z]+){0,2}){1,2}", Keep),
+        r(
+            r"[A-Za-z0-9]+(?:-[A-Za-z]+){0,2}(?:\\?/[A-Za-z0-9]+(?:-[A-Za-z]+){0,2}){1,2}",
+            Keep,
+        ),
         r(r"[A-Z]*\$|#", Keep),
-        r(r"[\u00A2\u00A3\u00A4\u00A5\u0080\u20A0\u20AC\u060B\u0E3F\u20A4\uFFE0\uFFE1\uFFE5\uFFE6]", Currency),
+        r(
+            r"[\u00A2\u00A3\u00A4\u00A5\u0080\u20A0\u20AC\u060B\u0E3F\u20A4\uFFE0\uFFE1\uFFE5\uFFE6]",
+            Currency,
+        ),
+    ]
+}
+
+/// Acronyms (with the sentence-final period duplication), abbreviations, `'90s`, a word
+/// before in-sentence punctuation, phone numbers.
+fn abbreviation_rules(m: &Macros) -> Vec<Rule> {
+    use Action::*;
+    let (acro, space, spacenl) = (&m.acro, m.space, &m.spacenl);
+    vec![
         rc(
             &format!(r"(?:{acro}|[A-Za-z])\."),
-            &format!("{spacenl}+(?:{acronym_followers}){space}"),
+            &format!("{spacenl}+(?:{}){space}", m.acronym_followers),
             Acronym,
         ),
-        rc(&abbrev1, &sentend, DupPeriod),
-        r(&abbrev1, Keep),
-        r(&format!(r"{abbrev4}\."), Keep),
-        rc(&abbrev4, space, Keep),
-        rc(&acro, &spacenl, Keep),
-        rc(&format!("{apos}[0-9][0-9]"), &spacenl, Keep),
-        rc(&format!(r"{word}\."), insentp, Keep),
-        r(r"(?:\([0-9]{3}\)[ \u00A0]?|[0-9]{3}[\- \u00A0.])[0-9]{3}[\- \u00A0.][0-9]{4}", Phone),
-        rc(&dblquot, "[A-Za-z0-9$]", Quotes(true)),
-        r(&dblquot, Quotes(false)),
+        rc(&m.abbrev1, &m.sentend, DupPeriod),
+        r(&m.abbrev1, Keep),
+        r(&format!(r"{}\.", m.abbrev4), Keep),
+        rc(&m.abbrev4, space, Keep),
+        rc(acro, spacenl, Keep),
+        rc(&format!("{}[0-9][0-9]", m.apos), spacenl, Keep),
+        rc(&format!(r"{}\.", m.word), m.insentp, Keep),
+        r(
+            r"(?:\([0-9]{3}\)[ \u00A0]?|[0-9]{3}[\- \u00A0.])[0-9]{3}[\- \u00A0.][0-9]{4}",
+            Phone,
+        ),
+    ]
+}
+
+/// Double quotes, symbols, brackets (→ `-LRB-` …), dashes, ellipses and punctuation.
+fn punctuation_rules(m: &Macros) -> Vec<Rule> {
+    use Action::*;
+    vec![
+        rc(&m.dblquot, "[A-Za-z0-9$]", Quotes(true)),
+        r(&m.dblquot, Quotes(false)),
         r(r"[+%&\u2030\u2031~^<>\\|]", Keep),
         r(r"\[", Fixed("-LSB-")),
         r(r"\]", Fixed("-RSB-")),
@@ -316,39 +459,44 @@ fn rules() -> Vec<Rule> {
         r(r"\(", Fixed("-LRB-")),
         r(r"\)", Fixed("-RRB-")),
         r(r"-+", Hyphens),
-        r(r"\.{3,5}|(?:\.[ \u00A0]){2,4}\.|[\u0085\u2026]", Fixed("...")),
+        r(
+            r"\.{3,5}|(?:\.[ \u00A0]){2,4}\.|[\u0085\u2026]",
+            Fixed("..."),
+        ),
         r(r"@+|#+|_+", Keep),
         r(r"\*+|(?:\\\*){1,3}", Keep),
-        r(insentp, Keep),
+        r(m.insentp, Keep),
         r(r"[?!]+", Keep),
         r(r"[.¡¿\u037E\u0589\u061F\u06D4\u0700-\u0702\u07FA]", Keep),
         r("=", Keep),
         r("/", Keep),
-        rc(&format!(r"{hthing}\."), insentp, Keep),
-        r(&hthing, Keep),
-        rc(&format!(r"{thing}\."), insentp, Keep),
-        r(&thing, Keep),
-        rc(&format!(r"{thinga}\."), insentp, Amp),
-        r(&thinga, Amp),
+    ]
+}
+
+/// Hyphenated and other alphanumeric things, single quotes, symbols, then whitespace, line
+/// breaks and the catch-all that deletes untokenizable characters.
+fn fallback_rules(m: &Macros) -> Vec<Rule> {
+    use Action::*;
+    let insentp = m.insentp;
+    vec![
+        rc(&format!(r"{}\.", m.hthing), insentp, Keep),
+        r(&m.hthing, Keep),
+        rc(&format!(r"{}\.", m.thing), insentp, Keep),
+        r(&m.thing, Keep),
+        rc(&format!(r"{}\.", m.thinga), insentp, Amp),
+        r(&m.thinga, Amp),
         rc("'", r"[A-Za-z][^ \t\n\r\u00A0]", Quotes(true)),
-        r(&redaux, Quotes(false)),
-        r(&quotes, Quotes(false)),
-        r(misc, Keep),
-        r(&format!(r"{spaces}|\x00|[\u200B\u200E\u200F\uFEFF]"), Skip),
+        r(&m.redaux, Quotes(false)),
+        r(&m.quotes, Quotes(false)),
+        r(MISC, Keep),
+        r(
+            &format!(r"{}|\x00|[\u200B\u200E\u200F\uFEFF]", m.spaces),
+            Skip,
+        ),
         r(r"\n", Newline),
         r(&ci("&nbsp;"), Skip),
         r(r"[^\n]", Skip),
     ]
-    .into_iter()
-    .map(|mut rule| {
-        // `y'` before a letter (y'all, y'know): token `y'`, context a letter.
-        if rule.token == ci("y") && rule.context.as_deref() == Some(apos.as_str()) {
-            rule.token = format!("{}{apos}", ci("y"));
-            rule.context = Some(r"\p{L}".to_string());
-        }
-        rule
-    })
-    .collect()
 }
 
 struct Lexer {
@@ -457,115 +605,141 @@ impl Lexer {
     ) {
         let mut pos = 0;
         while pos < stop {
-            // Best: (total length, rule index).
-            let mut best: Option<(usize, usize)> = None;
-            Self::ends(
-                &self.all,
-                &mut caches.all,
-                text,
-                pos,
-                text.len(),
-                |pid, end| {
-                    let len = end - pos;
-                    if len == 0 {
-                        return;
-                    }
-                    best = match best {
-                        Some((l, p)) if l > len || (l == len && p < pid) => Some((l, p)),
-                        _ => Some((len, pid)),
-                    };
-                },
-            );
-            let Some((total, pid)) = best else {
+            let Some((total, pid)) = self.longest(caches, text, pos) else {
                 // Unreachable: the last rule matches any character but `\n`, and `\n` has its
                 // own rule. Skip one character defensively.
                 pos += text[pos..].chars().next().map_or(1, |c| c.len_utf8());
                 continue;
             };
-            let rule = &self.rules[pid];
-            let token_len = match (&self.token_dfas[pid], &mut caches.token[pid]) {
-                (Some((tok, ctx)), Some((tc, cc))) => {
-                    // Longest token end `e` such that the context matches text[e..pos+total].
-                    let target = pos + total;
-                    let mut token_ends = Vec::new();
-                    Self::ends(tok, tc, text, pos, target, |_, e| token_ends.push(e));
-                    token_ends.sort_unstable();
-                    token_ends.dedup();
-                    let mut chosen = None;
-                    for &e in token_ends.iter().rev() {
-                        let mut ok = false;
-                        Self::ends(ctx, cc, text, e, target, |_, ce| ok |= ce == target);
-                        if ok {
-                            chosen = Some(e - pos);
-                            break;
-                        }
-                    }
-                    chosen.unwrap_or(total)
-                }
-                _ => total,
-            };
-            let matched = &text[pos..pos + token_len];
-            let mut consumed = token_len;
-            let out: Option<String> = match rule.action {
-                Action::Keep => Some(matched.replace('\u{00AD}', "")),
-                Action::Skip => None,
-                Action::Newline => {
-                    emit(None);
-                    None
-                }
-                Action::Fixed(s) => Some(s.to_string()),
-                Action::PushBack(n) => {
-                    consumed = token_len - n;
-                    Some(text[pos..pos + consumed].to_string())
-                }
-                Action::Acronym if token_len == 2 => {
-                    consumed = 1;
-                    Some(matched[..1].to_string())
-                }
-                Action::DupPeriod | Action::Acronym => {
-                    consumed = token_len - 1;
-                    Some(matched.to_string())
-                }
-                Action::Quotes(left) => Some(latex_quotes(matched, left)),
-                Action::Frac => Some(matched.replace(' ', "\u{00A0}")),
-                Action::Frac2 => Some(
-                    matched
-                        .replace('\u{00BC}', "1/4")
-                        .replace('\u{00BD}', "1/2")
-                        .replace('\u{00BE}', "3/4")
-                        .replace('\u{2153}', "1/3")
-                        .replace('\u{2154}', "2/3"),
-                ),
-                Action::Currency => Some(
-                    matched
-                        .replace('\u{00A2}', "cents")
-                        .replace('\u{00A3}', "#")
-                        .replace(['\u{0080}', '\u{00A4}', '\u{20A0}', '\u{20AC}'], "$"),
-                ),
-                Action::Amp => Some(replace_ci(matched, "&amp;", "&")),
-                Action::Hyphens => {
-                    let n = matched.len();
-                    Some(if (3..=4).contains(&n) {
-                        "--".to_string()
-                    } else {
-                        matched.to_string()
-                    })
-                }
-                Action::Phone => Some(
-                    matched
-                        .replace(' ', "\u{00A0}")
-                        .replace('(', "-LRB-")
-                        .replace(')', "-RRB-"),
-                ),
-            };
-            if let Some(t) = out {
-                if !t.is_empty() {
-                    emit(Some(t));
-                }
-            }
+            let token_len = self.token_len(caches, pid, text, pos, total);
+            let consumed = apply(
+                self.rules[pid].action,
+                &text[pos..pos + token_len],
+                &mut emit,
+            );
             pos += consumed.max(1);
         }
     }
+
+    /// The longest non-empty match at `pos` over all rules (token and context together) as
+    /// `(length, rule index)`; ties go to the earlier rule.
+    fn longest(&self, caches: &mut Caches, text: &str, pos: usize) -> Option<(usize, usize)> {
+        let mut best: Option<(usize, usize)> = None;
+        Self::ends(
+            &self.all,
+            &mut caches.all,
+            text,
+            pos,
+            text.len(),
+            |pid, end| {
+                let len = end - pos;
+                if len == 0 {
+                    return;
+                }
+                best = match best {
+                    Some((l, p)) if l > len || (l == len && p < pid) => Some((l, p)),
+                    _ => Some((len, pid)),
+                };
+            },
+        );
+        best
+    }
+
+    /// Length of the token part of rule `pid`'s match of `total` bytes at `pos`: for a rule
+    /// with a trailing context, the longest token end after which the context matches the
+    /// rest of the match; otherwise the whole match.
+    fn token_len(
+        &self,
+        caches: &mut Caches,
+        pid: usize,
+        text: &str,
+        pos: usize,
+        total: usize,
+    ) -> usize {
+        let (Some((tok, ctx)), Some((tc, cc))) = (&self.token_dfas[pid], &mut caches.token[pid])
+        else {
+            return total;
+        };
+        let target = pos + total;
+        let mut token_ends = Vec::new();
+        Self::ends(tok, tc, text, pos, target, |_, e| token_ends.push(e));
+        token_ends.sort_unstable();
+        token_ends.dedup();
+        for &e in token_ends.iter().rev() {
+            let mut ok = false;
+            Self::ends(ctx, cc, text, e, target, |_, ce| ok |= ce == target);
+            if ok {
+                return e - pos;
+            }
+        }
+        total
+    }
+}
+
+/// Carry out a rule's action on the token text it `matched`: emit what it produces (a
+/// non-empty token, or `None` for a line break) and return how many bytes it consumed (the
+/// rest is lexed again).
+fn apply(action: Action, matched: &str, emit: &mut impl FnMut(Option<String>)) -> usize {
+    let token_len = matched.len();
+    let mut consumed = token_len;
+    let out: Option<String> = match action {
+        Action::Keep => Some(matched.replace('\u{00AD}', "")),
+        Action::Skip => None,
+        Action::Newline => {
+            emit(None);
+            None
+        }
+        Action::Fixed(s) => Some(s.to_string()),
+        Action::PushBack(n) => {
+            consumed = token_len - n;
+            Some(matched[..consumed].to_string())
+        }
+        Action::Acronym if token_len == 2 => {
+            consumed = 1;
+            Some(matched[..1].to_string())
+        }
+        Action::DupPeriod | Action::Acronym => {
+            consumed = token_len - 1;
+            Some(matched.to_string())
+        }
+        Action::Quotes(left) => Some(latex_quotes(matched, left)),
+        Action::Frac => Some(matched.replace(' ', "\u{00A0}")),
+        Action::Frac2 => Some(
+            matched
+                .replace('\u{00BC}', "1/4")
+                .replace('\u{00BD}', "1/2")
+                .replace('\u{00BE}', "3/4")
+                .replace('\u{2153}', "1/3")
+                .replace('\u{2154}', "2/3"),
+        ),
+        Action::Currency => Some(
+            matched
+                .replace('\u{00A2}', "cents")
+                .replace('\u{00A3}', "#")
+                .replace(['\u{0080}', '\u{00A4}', '\u{20A0}', '\u{20AC}'], "$"),
+        ),
+        Action::Amp => Some(replace_ci(matched, "&amp;", "&")),
+        Action::Hyphens => {
+            let n = matched.len();
+            Some(if (3..=4).contains(&n) {
+                "--".to_string()
+            } else {
+                matched.to_string()
+            })
+        }
+        Action::Phone => Some(
+            matched
+                .replace(' ', "\u{00A0}")
+                .replace('(', "-LRB-")
+                .replace(')', "-RRB-"),
+        ),
+    };
+    if let Some(t) = out {
+        if !t.is_empty() {
+            emit(Some(t));
+        }
+    }
+    consumed
 }
 
 /// Case-insensitive replacement of an ASCII needle.

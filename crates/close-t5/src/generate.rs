@@ -171,109 +171,183 @@ impl T5 {
         cfg: &GenerateConfig,
         eos: u32,
     ) -> Result<Vec<Vec<Hypothesis>>> {
-        let nb = cfg.beams;
+        let p = BeamParams {
+            nb: cfg.beams,
+            vocab: self.config().vocab_size,
+            keep: 2 * cfg.beams,
+            eos,
+            lp_pen: cfg.length_penalty,
+        };
         let b = enc_out.dim(0)?;
-        let n = b * nb;
+        let n = b * p.nb;
         let dev = enc_out.device().clone();
-        let vocab = self.config().vocab_size;
-        let keep = 2 * nb;
-        let lp_pen = cfg.length_penalty;
-        let mut cache = self.init_cache(enc_out, enc_mask, nb)?;
-
-        // Running beams (row = item * nb + beam).
-        let mut run_tokens: Vec<Vec<u32>> = vec![Vec::new(); n];
-        let mut run_scores: Vec<f32> = (0..n)
-            .map(|r| if r % nb == 0 { 0.0 } else { NEG })
-            .collect();
-        let mut ids = vec![self.config().decoder_start_token_id; n];
-        // Finished hypotheses per item: (score, logprob, tokens, ended_with_eos); NEG = empty slot.
-        type Finished = (f32, f32, Vec<u32>, bool);
-        let mut fin: Vec<Vec<Finished>> = vec![vec![(NEG, NEG, Vec::new(), false); nb]; b];
-        let mut improvable = vec![true; b];
+        let mut cache = self.init_cache(enc_out, enc_mask, p.nb)?;
+        let mut st = BeamState::new(b, p.nb, self.config().decoder_start_token_id);
 
         for step in 0..cfg.max_steps {
             let last = step + 1 >= cfg.max_steps;
-            let lp = self.decode_step(&mut cache, &Tensor::from_vec(ids.clone(), n, &dev)?)?;
-            let scores = Tensor::from_vec(run_scores.clone(), (n, 1), &dev)?;
+            let lp = self.decode_step(&mut cache, &Tensor::from_vec(st.ids.clone(), n, &dev)?)?;
+            let scores = Tensor::from_vec(st.run_scores.clone(), (n, 1), &dev)?;
             let acc = lp
                 .broadcast_add(&scores)?
                 .to_dtype(DType::F32)?
-                .reshape((b, nb * vocab))?;
+                .reshape((b, p.nb * p.vocab))?;
             let acc = acc.to_vec2::<f32>()?;
             let gen_len = (step + 1) as f64;
-            let mut new_rows = Vec::with_capacity(n);
-            let mut new_tokens = Vec::with_capacity(n);
-            let mut new_scores = Vec::with_capacity(n);
-            let mut new_ids = Vec::with_capacity(n);
+            let mut next = NextBeams::with_capacity(n);
             for (item, row) in acc.iter().enumerate() {
-                let cands = top_k(row, keep);
-                // (score with hit penalty, beam, token, raw score, hit)
-                let mut running: Vec<(f32, usize, u32, f32)> = Vec::with_capacity(keep);
-                for (rank, &(score, flat)) in cands.iter().enumerate() {
-                    let (beam, tok) = (flat / vocab, (flat % vocab) as u32);
-                    let hit = tok == eos || last;
-                    running.push((if hit { score + NEG } else { score }, beam, tok, score));
-                    if hit && rank < nb && improvable[item] {
-                        let src = &run_tokens[item * nb + beam];
-                        let mut toks = src.clone();
-                        if tok != eos {
-                            toks.push(tok);
-                        }
-                        let s = (score as f64 / gen_len.powf(lp_pen)) as f32;
-                        fin[item].push((s, score, toks, tok == eos));
-                    }
-                }
-                // Keep the best nb finished (stable: earlier entries win ties, as topk on the
-                // concatenation [old, new] does in practice).
-                let f = &mut fin[item];
-                let mut order: Vec<usize> = (0..f.len()).collect();
-                order.sort_by(|&a, &c| {
-                    f[c].0
-                        .partial_cmp(&f[a].0)
-                        .unwrap_or(std::cmp::Ordering::Equal)
-                });
-                let kept: Vec<_> = order.into_iter().take(nb).map(|i| f[i].clone()).collect();
-                *f = kept;
-                // Best nb running continuations (stable order by penalised score).
-                let mut ord: Vec<usize> = (0..running.len()).collect();
-                ord.sort_by(|&a, &c| {
-                    running[c]
-                        .0
-                        .partial_cmp(&running[a].0)
-                        .unwrap_or(std::cmp::Ordering::Equal)
-                });
-                for &ri in ord.iter().take(nb) {
-                    let (s, beam, tok, _) = running[ri];
-                    let src = item * nb + beam;
-                    new_rows.push(src as u32);
-                    let mut toks = run_tokens[src].clone();
-                    toks.push(tok);
-                    new_tokens.push(toks);
-                    new_scores.push(s);
-                    new_ids.push(tok);
-                }
+                st.advance_item(&p, item, row, gen_len, last, &mut next);
             }
-            run_tokens = new_tokens;
-            run_scores = new_scores;
-            ids = new_ids;
+            st.run_tokens = next.tokens;
+            st.run_scores = next.scores;
+            st.ids = next.ids;
             if last {
                 break;
             }
-            self.reorder_cache(&mut cache, &Tensor::from_vec(new_rows, n, &dev)?)?;
-            // Early-stop heuristic (HF, early_stopping = False).
-            let cur = (step + 1) as f64;
-            for item in 0..b {
-                let best = (run_scores[item * nb] as f64 / cur.powf(lp_pen)) as f32;
-                let f = &fin[item];
-                let full = f.len() == nb && f.iter().all(|h| h.0 > NEG);
-                let worst = f.iter().map(|h| h.0).fold(f32::INFINITY, f32::min);
-                improvable[item] = improvable[item] && (!full || best > worst);
-            }
-            if improvable.iter().all(|&x| !x) {
+            self.reorder_cache(&mut cache, &Tensor::from_vec(next.rows, n, &dev)?)?;
+            if !st.update_improvable(&p, (step + 1) as f64) {
                 break;
             }
         }
-        Ok(fin
+        Ok(st.into_hypotheses())
+    }
+}
+
+/// Settings of one beam search, fixed over its steps.
+struct BeamParams {
+    /// Beams per item.
+    nb: usize,
+    vocab: usize,
+    /// Continuations considered per item and step (`2 * nb`, as HF).
+    keep: usize,
+    eos: u32,
+    /// Length penalty exponent of finished scores.
+    lp_pen: f64,
+}
+
+/// A finished hypothesis: (score, logprob, tokens, ended_with_eos); a score of `NEG` marks an
+/// empty slot.
+type Finished = (f32, f32, Vec<u32>, bool);
+
+/// What a beam search carries from one step to the next.
+struct BeamState {
+    /// Tokens of the running beams (row = item * nb + beam).
+    run_tokens: Vec<Vec<u32>>,
+    /// Summed log-probabilities of the running beams.
+    run_scores: Vec<f32>,
+    /// Last token of each running beam (the next decoder input).
+    ids: Vec<u32>,
+    /// The best `nb` finished hypotheses per item.
+    fin: Vec<Vec<Finished>>,
+    /// Per item: whether a running beam can still beat the worst finished one.
+    improvable: Vec<bool>,
+}
+
+/// The running beams chosen during a step: source row, tokens, score and last token each.
+struct NextBeams {
+    rows: Vec<u32>,
+    tokens: Vec<Vec<u32>>,
+    scores: Vec<f32>,
+    ids: Vec<u32>,
+}
+
+impl NextBeams {
+    /// Room for `n` beams.
+    fn with_capacity(n: usize) -> Self {
+        NextBeams {
+            rows: Vec::with_capacity(n),
+            tokens: Vec::with_capacity(n),
+            scores: Vec::with_capacity(n),
+            ids: Vec::with_capacity(n),
+        }
+    }
+}
+
+impl BeamState {
+    /// `b` items of `nb` beams, each starting from `start`; only the first beam of an item is
+    /// live (the others score `NEG`), so the first step does not pick duplicates.
+    fn new(b: usize, nb: usize, start: u32) -> Self {
+        let n = b * nb;
+        BeamState {
+            run_tokens: vec![Vec::new(); n],
+            run_scores: (0..n)
+                .map(|r| if r % nb == 0 { 0.0 } else { NEG })
+                .collect(),
+            ids: vec![start; n],
+            fin: vec![vec![(NEG, NEG, Vec::new(), false); nb]; b],
+            improvable: vec![true; b],
+        }
+    }
+
+    /// One step of one item: of the top `keep` continuations (`row` = accumulated scores
+    /// over beams × vocabulary), those ending (EOS or last step) that rank among the top
+    /// `nb` become finished hypotheses; the best `nb` by penalised score go to `next`.
+    fn advance_item(
+        &mut self,
+        p: &BeamParams,
+        item: usize,
+        row: &[f32],
+        gen_len: f64,
+        last: bool,
+        next: &mut NextBeams,
+    ) {
+        let nb = p.nb;
+        let cands = top_k(row, p.keep);
+        // (score with hit penalty, beam, token, raw score)
+        let mut running: Vec<(f32, usize, u32, f32)> = Vec::with_capacity(p.keep);
+        for (rank, &(score, flat)) in cands.iter().enumerate() {
+            let (beam, tok) = (flat / p.vocab, (flat % p.vocab) as u32);
+            let hit = tok == p.eos || last;
+            running.push((if hit { score + NEG } else { score }, beam, tok, score));
+            if hit && rank < nb && self.improvable[item] {
+                let src = &self.run_tokens[item * nb + beam];
+                let mut toks = src.clone();
+                if tok != p.eos {
+                    toks.push(tok);
+                }
+                let s = (score as f64 / gen_len.powf(p.lp_pen)) as f32;
+                self.fin[item].push((s, score, toks, tok == p.eos));
+            }
+        }
+        keep_best_finished(&mut self.fin[item], nb);
+        // Best nb running continuations (stable order by penalised score).
+        let mut ord: Vec<usize> = (0..running.len()).collect();
+        ord.sort_by(|&a, &c| {
+            running[c]
+                .0
+                .partial_cmp(&running[a].0)
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        for &ri in ord.iter().take(nb) {
+            let (s, beam, tok, _) = running[ri];
+            let src = item * nb + beam;
+            next.rows.push(src as u32);
+            let mut toks = self.run_tokens[src].clone();
+            toks.push(tok);
+            next.tokens.push(toks);
+            next.scores.push(s);
+            next.ids.push(tok);
+        }
+    }
+
+    /// HF's early-stop heuristic (`early_stopping = False`) after `cur` generated tokens: an
+    /// item stays improvable while its finished slots are not full or its best running beam
+    /// beats its worst finished one. Returns whether any item is still improvable.
+    fn update_improvable(&mut self, p: &BeamParams, cur: f64) -> bool {
+        let nb = p.nb;
+        for item in 0..self.improvable.len() {
+            let best = (self.run_scores[item * nb] as f64 / cur.powf(p.lp_pen)) as f32;
+            let f = &self.fin[item];
+            let full = f.len() == nb && f.iter().all(|h| h.0 > NEG);
+            let worst = f.iter().map(|h| h.0).fold(f32::INFINITY, f32::min);
+            self.improvable[item] = self.improvable[item] && (!full || best > worst);
+        }
+        self.improvable.iter().any(|&x| x)
+    }
+
+    /// The finished hypotheses of each item, best first (empty slots dropped).
+    fn into_hypotheses(self) -> Vec<Vec<Hypothesis>> {
+        self.fin
             .into_iter()
             .map(|f| {
                 f.into_iter()
@@ -286,8 +360,21 @@ impl T5 {
                     })
                     .collect()
             })
-            .collect())
+            .collect()
     }
+}
+
+/// Keep the best `nb` finished hypotheses, best first (stable: earlier entries win ties, as
+/// topk on the concatenation [old, new] does in practice).
+fn keep_best_finished(f: &mut Vec<Finished>, nb: usize) {
+    let mut order: Vec<usize> = (0..f.len()).collect();
+    order.sort_by(|&a, &c| {
+        f[c].0
+            .partial_cmp(&f[a].0)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let kept: Vec<_> = order.into_iter().take(nb).map(|i| f[i].clone()).collect();
+    *f = kept;
 }
 
 /// The `k` largest values of `row` with their indices, best first (ties: lower index first).

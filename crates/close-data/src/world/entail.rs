@@ -83,178 +83,216 @@ fn other<T: Copy + PartialEq>(all: &[T], not: T, rng: &mut impl Rng) -> T {
     }
 }
 
+/// A named object other than `a`, chosen at random (`None` when `a` is the only one).
+fn other_named(named: &[usize], a: usize, rng: &mut impl Rng) -> Option<usize> {
+    Some(
+        *named
+            .iter()
+            .filter(|&&b| b != a)
+            .collect::<Vec<_>>()
+            .choose(rng)?
+            .to_owned(),
+    )
+}
+
 /// A decidable clause with the wanted truth value, if the scene allows one of the chosen kind.
 fn decidable_clause(nm: &Namer, want: bool, rng: &mut impl Rng) -> Option<String> {
+    let named = nm.named();
+    match rng.random_range(0..9) {
+        0 | 1 => existence_clause(nm, want, rng),
+        2 => count_clause(nm, want, rng),
+        3 | 4 => relation_clause(nm, &named, want, rng),
+        5 => position_clause(nm, &named, want, rng),
+        6 => color_clause(nm, &named, want, rng),
+        7 => {
+            if named.len() >= 2 && rng.random_bool(0.5) {
+                size_comparison_clause(nm, &named, want, rng)
+            } else {
+                size_clause(nm, &named, want, rng)
+            }
+        }
+        _ => ground_clause(nm, &named, want, rng),
+    }
+}
+
+/// `there is a red circle` / `there is no blue star`: existence or absence of a kind (a false
+/// one names a near miss of a present object that nothing matches).
+fn existence_clause(nm: &Namer, want: bool, rng: &mut impl Rng) -> Option<String> {
     let scene = nm.scene;
     let objs = &scene.objects;
     let n = objs.len();
-    let named = nm.named();
-    match rng.random_range(0..9) {
-        // existence / absence of a kind
-        0 | 1 => {
-            let gran =
-                [Ref::SHAPE, Ref::COLOR_SHAPE, Ref::COLOR_SHAPE, Ref::FULL][rng.random_range(0..4)];
-            let negated = rng.random_bool(0.35);
-            let exists_wanted = want != negated;
-            let x = if exists_wanted {
-                objs[rng.random_range(0..n)].clone()
-            } else {
-                let mut found = None;
-                for _ in 0..30 {
-                    let mut x = objs[rng.random_range(0..n)].clone();
-                    match rng.random_range(0..3) {
-                        0 if gran.color => x.color = other(&Color::ALL, x.color, rng),
-                        1 if gran.size => x.size = other(&Size::ALL, x.size, rng),
-                        _ => x.shape = other(&Shape::ALL, x.shape, rng),
-                    }
-                    if count_matching(scene, &x, gran) == 0 {
-                        found = Some(x);
-                        break;
-                    }
-                }
-                found?
-            };
-            let w = gran.words(&x, false, false, rng);
-            Some(if negated {
-                format!("there is no {w}")
-            } else {
-                format!("there is {}", indefinite(&w))
-            })
-        }
-        // exact count
-        2 => {
-            let o = objs[rng.random_range(0..n)].clone();
-            let r = [
-                Ref {
-                    size: false,
-                    color: false,
-                    shape: false,
-                },
-                Ref::SHAPE,
-                Ref::COLOR,
-            ][rng.random_range(0..3)];
-            let c = count_matching(scene, &o, r);
-            let k = if want {
-                c
-            } else if c == 1 || (c > 1 && rng.random_bool(0.5)) {
-                c + 1
-            } else {
-                c - 1
-            };
-            if k == 0 || k > 9 {
-                return None;
+    let gran = [Ref::SHAPE, Ref::COLOR_SHAPE, Ref::COLOR_SHAPE, Ref::FULL][rng.random_range(0..4)];
+    let negated = rng.random_bool(0.35);
+    let exists_wanted = want != negated;
+    let x = if exists_wanted {
+        objs[rng.random_range(0..n)].clone()
+    } else {
+        let mut found = None;
+        for _ in 0..30 {
+            let mut x = objs[rng.random_range(0..n)].clone();
+            match rng.random_range(0..3) {
+                0 if gran.color => x.color = other(&Color::ALL, x.color, rng),
+                1 if gran.size => x.size = other(&Size::ALL, x.size, rng),
+                _ => x.shape = other(&Shape::ALL, x.shape, rng),
             }
-            let w = r.words(&o, k != 1, false, rng);
-            Some(if k == 1 {
-                format!("there is exactly one {w}")
-            } else {
-                format!("there are {} {w}", NUMBER_WORDS[k])
-            })
-        }
-        // relation between two named objects
-        3 | 4 => {
-            if named.len() < 2 {
-                return None;
-            }
-            let a = *named.choose(rng)?;
-            let b = *named
-                .iter()
-                .filter(|&&b| b != a)
-                .collect::<Vec<_>>()
-                .choose(rng)?
-                .to_owned();
-            let rels: Vec<Relation> = Relation::ALL
-                .iter()
-                .copied()
-                .filter(|r| r.holds(&objs[a], &objs[b]) == want)
-                .collect();
-            let r = *rels.choose(rng)?;
-            let verb = ["is", "is", "is drawn", "was drawn"][rng.random_range(0..4)];
-            Some(format!(
-                "{} {verb} {} {}",
-                nm.the(a, rng),
-                r.phrase(),
-                nm.the(b, rng)
-            ))
-        }
-        // position of a named object
-        5 => {
-            let i = *named.choose(rng)?;
-            let (row, col) = if want {
-                (objs[i].row, objs[i].col)
-            } else {
-                loop {
-                    let (r, c) = (rng.random_range(0..3u8), rng.random_range(0..3u8));
-                    if (r, c) != (objs[i].row, objs[i].col) {
-                        break (r, c);
-                    }
-                }
-            };
-            Some(format!(
-                "{} is in the {}",
-                nm.the(i, rng),
-                super::scene::CELL_NAMES[row as usize][col as usize]
-            ))
-        }
-        // colour of a named object
-        6 => {
-            let i = *named.choose(rng)?;
-            let the = nm.the_without(i, true, false, rng)?;
-            let c = if want {
-                objs[i].color
-            } else {
-                other(&Color::ALL, objs[i].color, rng)
-            };
-            Some(match rng.random_range(0..5) {
-                0 => format!("{the} is drawn in {}", c.word()),
-                1 => format!("{the} is made of {} paint", c.word()),
-                _ => format!("{the} is {}", c.word()),
-            })
-        }
-        // size of a named object, or a size comparison
-        7 => {
-            if named.len() >= 2 && rng.random_bool(0.5) {
-                let a = *named.choose(rng)?;
-                let b = *named
-                    .iter()
-                    .filter(|&&b| b != a)
-                    .collect::<Vec<_>>()
-                    .choose(rng)?
-                    .to_owned();
-                let (sa, sb) = (objs[a].size, objs[b].size);
-                let options: [(&str, bool); 3] = [
-                    ("bigger than", sa > sb),
-                    ("smaller than", sa < sb),
-                    ("the same size as", sa == sb),
-                ];
-                let fits: Vec<&str> = options
-                    .iter()
-                    .filter(|(_, t)| *t == want)
-                    .map(|(p, _)| *p)
-                    .collect();
-                let p = *fits.choose(rng)?;
-                Some(format!("{} is {p} {}", nm.the(a, rng), nm.the(b, rng)))
-            } else {
-                let i = *named.choose(rng)?;
-                let the = nm.the_without(i, false, true, rng)?;
-                let s = if want {
-                    objs[i].size
-                } else {
-                    other(&Size::ALL, objs[i].size, rng)
-                };
-                Some(format!("{the} is {}", s.word()))
+            if count_matching(scene, &x, gran) == 0 {
+                found = Some(x);
+                break;
             }
         }
-        // figure / ground (true: every shape lies on the background; no false form, which
-        // would only ever occur in contradictions)
-        _ => {
-            if !want {
-                return None;
-            }
-            let i = *named.choose(rng)?;
-            Some(format!("{} is in front of the background", nm.the(i, rng)))
-        }
+        found?
+    };
+    let w = gran.words(&x, false, false, rng);
+    Some(if negated {
+        format!("there is no {w}")
+    } else {
+        format!("there is {}", indefinite(&w))
+    })
+}
+
+/// `there are two red shapes`: an exact count of all objects, a shape or a colour (a false
+/// one is off by one).
+fn count_clause(nm: &Namer, want: bool, rng: &mut impl Rng) -> Option<String> {
+    let scene = nm.scene;
+    let objs = &scene.objects;
+    let o = objs[rng.random_range(0..objs.len())].clone();
+    let r = [
+        Ref {
+            size: false,
+            color: false,
+            shape: false,
+        },
+        Ref::SHAPE,
+        Ref::COLOR,
+    ][rng.random_range(0..3)];
+    let c = count_matching(scene, &o, r);
+    let k = if want {
+        c
+    } else if c == 1 || (c > 1 && rng.random_bool(0.5)) {
+        c + 1
+    } else {
+        c - 1
+    };
+    if k == 0 || k > 9 {
+        return None;
     }
+    let w = r.words(&o, k != 1, false, rng);
+    Some(if k == 1 {
+        format!("there is exactly one {w}")
+    } else {
+        format!("there are {} {w}", NUMBER_WORDS[k])
+    })
+}
+
+/// `the red circle is above the star`: a relation between two named objects.
+fn relation_clause(nm: &Namer, named: &[usize], want: bool, rng: &mut impl Rng) -> Option<String> {
+    let objs = &nm.scene.objects;
+    if named.len() < 2 {
+        return None;
+    }
+    let a = *named.choose(rng)?;
+    let b = other_named(named, a, rng)?;
+    let rels: Vec<Relation> = Relation::ALL
+        .iter()
+        .copied()
+        .filter(|r| r.holds(&objs[a], &objs[b]) == want)
+        .collect();
+    let r = *rels.choose(rng)?;
+    let verb = ["is", "is", "is drawn", "was drawn"][rng.random_range(0..4)];
+    Some(format!(
+        "{} {verb} {} {}",
+        nm.the(a, rng),
+        r.phrase(),
+        nm.the(b, rng)
+    ))
+}
+
+/// `the red circle is in the top left`: the cell of a named object (a false one names
+/// another cell).
+fn position_clause(nm: &Namer, named: &[usize], want: bool, rng: &mut impl Rng) -> Option<String> {
+    let objs = &nm.scene.objects;
+    let i = *named.choose(rng)?;
+    let (row, col) = if want {
+        (objs[i].row, objs[i].col)
+    } else {
+        loop {
+            let (r, c) = (rng.random_range(0..3u8), rng.random_range(0..3u8));
+            if (r, c) != (objs[i].row, objs[i].col) {
+                break (r, c);
+            }
+        }
+    };
+    Some(format!(
+        "{} is in the {}",
+        nm.the(i, rng),
+        super::scene::CELL_NAMES[row as usize][col as usize]
+    ))
+}
+
+/// `the circle is red` (or `is drawn in` / `is made of ... paint`): the colour of a named
+/// object, described without its colour.
+fn color_clause(nm: &Namer, named: &[usize], want: bool, rng: &mut impl Rng) -> Option<String> {
+    let objs = &nm.scene.objects;
+    let i = *named.choose(rng)?;
+    let the = nm.the_without(i, true, false, rng)?;
+    let c = if want {
+        objs[i].color
+    } else {
+        other(&Color::ALL, objs[i].color, rng)
+    };
+    Some(match rng.random_range(0..5) {
+        0 => format!("{the} is drawn in {}", c.word()),
+        1 => format!("{the} is made of {} paint", c.word()),
+        _ => format!("{the} is {}", c.word()),
+    })
+}
+
+/// `the circle is bigger than the star`: a size comparison of two named objects.
+fn size_comparison_clause(
+    nm: &Namer,
+    named: &[usize],
+    want: bool,
+    rng: &mut impl Rng,
+) -> Option<String> {
+    let objs = &nm.scene.objects;
+    let a = *named.choose(rng)?;
+    let b = other_named(named, a, rng)?;
+    let (sa, sb) = (objs[a].size, objs[b].size);
+    let options: [(&str, bool); 3] = [
+        ("bigger than", sa > sb),
+        ("smaller than", sa < sb),
+        ("the same size as", sa == sb),
+    ];
+    let fits: Vec<&str> = options
+        .iter()
+        .filter(|(_, t)| *t == want)
+        .map(|(p, _)| *p)
+        .collect();
+    let p = *fits.choose(rng)?;
+    Some(format!("{} is {p} {}", nm.the(a, rng), nm.the(b, rng)))
+}
+
+/// `the red circle is small`: the size of a named object, described without its size.
+fn size_clause(nm: &Namer, named: &[usize], want: bool, rng: &mut impl Rng) -> Option<String> {
+    let objs = &nm.scene.objects;
+    let i = *named.choose(rng)?;
+    let the = nm.the_without(i, false, true, rng)?;
+    let s = if want {
+        objs[i].size
+    } else {
+        other(&Size::ALL, objs[i].size, rng)
+    };
+    Some(format!("{the} is {}", s.word()))
+}
+
+/// Figure / ground: `the circle is in front of the background` (true: every shape lies on
+/// the background; no false form, which would only ever occur in contradictions).
+fn ground_clause(nm: &Namer, named: &[usize], want: bool, rng: &mut impl Rng) -> Option<String> {
+    if !want {
+        return None;
+    }
+    let i = *named.choose(rng)?;
+    Some(format!("{} is in front of the background", nm.the(i, rng)))
 }
 
 /// An undecidable clause about named objects.
@@ -262,16 +300,7 @@ fn unknown_clause(nm: &Namer, rng: &mut impl Rng) -> Option<String> {
     let named = nm.named();
     let a = *named.choose(rng)?;
     let two = named.len() >= 2;
-    let b = if two {
-        *named
-            .iter()
-            .filter(|&&b| b != a)
-            .collect::<Vec<_>>()
-            .choose(rng)?
-            .to_owned()
-    } else {
-        a
-    };
+    let b = if two { other_named(&named, a, rng)? } else { a };
     Some(match rng.random_range(0..4) {
         0 => format!(
             "{} is made of {}",

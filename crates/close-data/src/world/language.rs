@@ -340,191 +340,33 @@ pub fn positional_caption(scene: &Scene, first_person: bool, rng: &mut impl Rng)
     }
 }
 
+/// A caption's text and template name.
+type Text = (String, &'static str);
+
+/// `shape` or `shapes`.
+fn shape_noun(k: usize) -> &'static str {
+    if k == 1 {
+        "shape"
+    } else {
+        "shapes"
+    }
+}
+
 /// One caption of the given template kind, or `None` when it does not apply to the scene.
 fn caption_of_kind(scene: &Scene, kind: &str, rng: &mut impl Rng) -> Option<Caption> {
-    let n = scene.objects.len();
-    let objs = &scene.objects;
-    let mut facts = Facts::new(n);
-    let (text, template): (String, &'static str) = match kind {
+    let mut facts = Facts::new(scene.objects.len());
+    let (text, template): Text = match kind {
         "listing" => {
             facts = complete_facts(scene);
-            let list = listing(scene, rng);
-            match rng.random_range(0..4) {
-                0 => (
-                    format!(
-                        "{} {}: {list}.",
-                        NUMBER_WORDS[n],
-                        if n == 1 { "shape" } else { "shapes" }
-                    ),
-                    "count_listing",
-                ),
-                1 => (format!("a picture of {list}."), "picture_of"),
-                2 => (format!("{list} on a light background."), "on_background"),
-                _ => (
-                    format!(
-                        "there {} {list}.",
-                        if list.starts_with("a ") || list.starts_with("an ") {
-                            "is"
-                        } else {
-                            "are"
-                        }
-                    ),
-                    "there_is_listing",
-                ),
-            }
+            listing_caption(scene, rng)
         }
-        "shape_counts" => {
-            let mut shapes: Vec<_> = objs.iter().map(|o| o.shape).collect();
-            shapes.sort();
-            shapes.dedup();
-            shapes.shuffle(rng);
-            let items: Vec<String> = shapes
-                .iter()
-                .map(|s| {
-                    let c = objs.iter().filter(|o| o.shape == *s).count();
-                    format!(
-                        "{} {}",
-                        NUMBER_WORDS[c],
-                        if c == 1 { s.word() } else { s.plural() }
-                    )
-                })
-                .collect();
-            facts.shape_counts = true;
-            facts.total = true;
-            let c0 = objs.iter().filter(|o| o.shape == shapes[0]).count();
-            (
-                format!("there {} {}.", be(c0), join_list(&items)),
-                "shape_counts",
-            )
-        }
-        "color_counts" => {
-            let mut colors: Vec<_> = objs.iter().map(|o| o.color).collect();
-            colors.sort();
-            colors.dedup();
-            colors.shuffle(rng);
-            let items: Vec<String> = colors
-                .iter()
-                .map(|c| {
-                    let k = objs.iter().filter(|o| o.color == *c).count();
-                    format!(
-                        "{} {} {}",
-                        NUMBER_WORDS[k],
-                        c.word(),
-                        if k == 1 { "shape" } else { "shapes" }
-                    )
-                })
-                .collect();
-            facts.color_counts = true;
-            facts.total = true;
-            (
-                format!("{} on a light background.", join_list(&items)),
-                "color_counts",
-            )
-        }
-        "total" => {
-            facts.total = true;
-            let w = if n == 1 { "shape" } else { "shapes" };
-            match rng.random_range(0..2) {
-                0 => (
-                    format!("{} {w} on a light background.", NUMBER_WORDS[n]),
-                    "total",
-                ),
-                _ => (
-                    format!("a simple drawing of {} {w}.", NUMBER_WORDS[n]),
-                    "total",
-                ),
-            }
-        }
-        "salient" => {
-            if n < 2 {
-                return None;
-            }
-            let large: Vec<usize> = (0..n).filter(|&i| objs[i].size == Size::Large).collect();
-            if large.is_empty() || large.len() == n {
-                let i = rng.random_range(0..n);
-                let w = Ref::FULL.words(&objs[i], false, true, rng);
-                facts.described[i] = count_matching(scene, &objs[i], Ref::FULL) == 1;
-                (
-                    format!("{} among other shapes.", indefinite(&w)),
-                    "salient_one",
-                )
-            } else {
-                let items: Vec<String> = large
-                    .iter()
-                    .map(|&i| {
-                        facts.described[i] = count_matching(scene, &objs[i], Ref::FULL) == 1;
-                        indefinite(&Ref::FULL.words(&objs[i], false, true, rng))
-                    })
-                    .collect();
-                let k = n - large.len();
-                (
-                    format!(
-                        "{} and {} small {}.",
-                        join_list(&items),
-                        NUMBER_WORDS[k],
-                        if k == 1 { "shape" } else { "shapes" }
-                    ),
-                    "salient_large",
-                )
-            }
-        }
-        "relation" => {
-            let mut pairs: Vec<(usize, Relation, usize)> = Vec::new();
-            for a in 0..n {
-                for b in 0..n {
-                    for r in Relation::ALL {
-                        if a != b && r.holds(&objs[a], &objs[b]) {
-                            pairs.push((a, r, b));
-                        }
-                    }
-                }
-            }
-            let &(a, r, b) = pairs.get(rng.random_range(0..pairs.len().max(1)))?;
-            let (ma, ua, da) = mention(scene, a, rng);
-            let (mb, ub, db) = mention(scene, b, rng);
-            if ua && ub {
-                facts.rel.push((a, r, b));
-            }
-            facts.described[a] = da;
-            facts.described[b] = db;
-            match rng.random_range(0..3) {
-                0 => (format!("{ma} {} {mb}.", r.phrase()), "relation"),
-                1 => (format!("{ma} is {} {mb}.", r.phrase()), "relation_is"),
-                _ => (
-                    format!("there is {ma} {} {mb}.", r.phrase()),
-                    "relation_there",
-                ),
-            }
-        }
-        "position" => {
-            let i = rng.random_range(0..n);
-            let (m, u, d) = mention(scene, i, rng);
-            facts.pos[i] = u;
-            facts.described[i] = d;
-            let p = position_phrase(&objs[i], rng);
-            match rng.random_range(0..2) {
-                0 => (format!("{m} {p}."), "position"),
-                _ => (format!("{p} there is {m}."), "position_there"),
-            }
-        }
-        "two_positions" => {
-            if n < 2 {
-                return None;
-            }
-            let i = rng.random_range(0..n);
-            let j = (i + rng.random_range(1..n)) % n;
-            let (mi, ui, di) = mention(scene, i, rng);
-            let (mj, uj, dj) = mention(scene, j, rng);
-            facts.pos[i] = ui;
-            facts.pos[j] = uj;
-            facts.described[i] = di;
-            facts.described[j] = dj;
-            let (pi, pj) = (
-                position_phrase(&objs[i], rng),
-                position_phrase(&objs[j], rng),
-            );
-            (format!("{mi} {pi} and {mj} {pj}."), "two_positions")
-        }
+        "shape_counts" => shape_counts_caption(scene, &mut facts, rng),
+        "color_counts" => color_counts_caption(scene, &mut facts, rng),
+        "total" => total_caption(scene, &mut facts, rng),
+        "salient" => salient_caption(scene, &mut facts, rng)?,
+        "relation" => relation_caption(scene, &mut facts, rng)?,
+        "position" => position_caption(scene, &mut facts, rng),
+        "two_positions" => two_positions_caption(scene, &mut facts, rng)?,
         _ => return None,
     };
     Some(Caption {
@@ -532,6 +374,203 @@ fn caption_of_kind(scene: &Scene, kind: &str, rng: &mut impl Rng) -> Option<Capt
         template,
         facts,
     })
+}
+
+/// A complete listing in one of four frames (its facts are [`complete_facts`]).
+fn listing_caption(scene: &Scene, rng: &mut impl Rng) -> Text {
+    let n = scene.objects.len();
+    let list = listing(scene, rng);
+    match rng.random_range(0..4) {
+        0 => (
+            format!("{} {}: {list}.", NUMBER_WORDS[n], shape_noun(n)),
+            "count_listing",
+        ),
+        1 => (format!("a picture of {list}."), "picture_of"),
+        2 => (format!("{list} on a light background."), "on_background"),
+        _ => (
+            format!(
+                "there {} {list}.",
+                if list.starts_with("a ") || list.starts_with("an ") {
+                    "is"
+                } else {
+                    "are"
+                }
+            ),
+            "there_is_listing",
+        ),
+    }
+}
+
+/// `there are two circles and one star.`: the count of every shape present.
+fn shape_counts_caption(scene: &Scene, facts: &mut Facts, rng: &mut impl Rng) -> Text {
+    let objs = &scene.objects;
+    let mut shapes: Vec<_> = objs.iter().map(|o| o.shape).collect();
+    shapes.sort();
+    shapes.dedup();
+    shapes.shuffle(rng);
+    let items: Vec<String> = shapes
+        .iter()
+        .map(|s| {
+            let c = objs.iter().filter(|o| o.shape == *s).count();
+            format!(
+                "{} {}",
+                NUMBER_WORDS[c],
+                if c == 1 { s.word() } else { s.plural() }
+            )
+        })
+        .collect();
+    facts.shape_counts = true;
+    facts.total = true;
+    let c0 = objs.iter().filter(|o| o.shape == shapes[0]).count();
+    (
+        format!("there {} {}.", be(c0), join_list(&items)),
+        "shape_counts",
+    )
+}
+
+/// `two red shapes and one blue shape on a light background.`: the count of every colour.
+fn color_counts_caption(scene: &Scene, facts: &mut Facts, rng: &mut impl Rng) -> Text {
+    let objs = &scene.objects;
+    let mut colors: Vec<_> = objs.iter().map(|o| o.color).collect();
+    colors.sort();
+    colors.dedup();
+    colors.shuffle(rng);
+    let items: Vec<String> = colors
+        .iter()
+        .map(|c| {
+            let k = objs.iter().filter(|o| o.color == *c).count();
+            format!("{} {} {}", NUMBER_WORDS[k], c.word(), shape_noun(k))
+        })
+        .collect();
+    facts.color_counts = true;
+    facts.total = true;
+    (
+        format!("{} on a light background.", join_list(&items)),
+        "color_counts",
+    )
+}
+
+/// `three shapes on a light background.`: the total only.
+fn total_caption(scene: &Scene, facts: &mut Facts, rng: &mut impl Rng) -> Text {
+    let n = scene.objects.len();
+    facts.total = true;
+    let w = shape_noun(n);
+    match rng.random_range(0..2) {
+        0 => (
+            format!("{} {w} on a light background.", NUMBER_WORDS[n]),
+            "total",
+        ),
+        _ => (
+            format!("a simple drawing of {} {w}.", NUMBER_WORDS[n]),
+            "total",
+        ),
+    }
+}
+
+/// The large objects and a count of the small ones, or (when all objects have one size) a
+/// random object `among other shapes`. Needs two objects.
+fn salient_caption(scene: &Scene, facts: &mut Facts, rng: &mut impl Rng) -> Option<Text> {
+    let objs = &scene.objects;
+    let n = objs.len();
+    if n < 2 {
+        return None;
+    }
+    let large: Vec<usize> = (0..n).filter(|&i| objs[i].size == Size::Large).collect();
+    if large.is_empty() || large.len() == n {
+        let i = rng.random_range(0..n);
+        let w = Ref::FULL.words(&objs[i], false, true, rng);
+        facts.described[i] = count_matching(scene, &objs[i], Ref::FULL) == 1;
+        return Some((
+            format!("{} among other shapes.", indefinite(&w)),
+            "salient_one",
+        ));
+    }
+    let items: Vec<String> = large
+        .iter()
+        .map(|&i| {
+            facts.described[i] = count_matching(scene, &objs[i], Ref::FULL) == 1;
+            indefinite(&Ref::FULL.words(&objs[i], false, true, rng))
+        })
+        .collect();
+    let k = n - large.len();
+    Some((
+        format!(
+            "{} and {} small {}.",
+            join_list(&items),
+            NUMBER_WORDS[k],
+            shape_noun(k)
+        ),
+        "salient_large",
+    ))
+}
+
+/// `a red star above a blue circle.`: one true relation between two objects (`None` when
+/// no relation holds, e.g. a single object).
+fn relation_caption(scene: &Scene, facts: &mut Facts, rng: &mut impl Rng) -> Option<Text> {
+    let objs = &scene.objects;
+    let n = objs.len();
+    let mut pairs: Vec<(usize, Relation, usize)> = Vec::new();
+    for a in 0..n {
+        for b in 0..n {
+            for r in Relation::ALL {
+                if a != b && r.holds(&objs[a], &objs[b]) {
+                    pairs.push((a, r, b));
+                }
+            }
+        }
+    }
+    let &(a, r, b) = pairs.get(rng.random_range(0..pairs.len().max(1)))?;
+    let (ma, ua, da) = mention(scene, a, rng);
+    let (mb, ub, db) = mention(scene, b, rng);
+    if ua && ub {
+        facts.rel.push((a, r, b));
+    }
+    facts.described[a] = da;
+    facts.described[b] = db;
+    Some(match rng.random_range(0..3) {
+        0 => (format!("{ma} {} {mb}.", r.phrase()), "relation"),
+        1 => (format!("{ma} is {} {mb}.", r.phrase()), "relation_is"),
+        _ => (
+            format!("there is {ma} {} {mb}.", r.phrase()),
+            "relation_there",
+        ),
+    })
+}
+
+/// `a red star in the top left corner.`: the cell of one object.
+fn position_caption(scene: &Scene, facts: &mut Facts, rng: &mut impl Rng) -> Text {
+    let objs = &scene.objects;
+    let i = rng.random_range(0..objs.len());
+    let (m, u, d) = mention(scene, i, rng);
+    facts.pos[i] = u;
+    facts.described[i] = d;
+    let p = position_phrase(&objs[i], rng);
+    match rng.random_range(0..2) {
+        0 => (format!("{m} {p}."), "position"),
+        _ => (format!("{p} there is {m}."), "position_there"),
+    }
+}
+
+/// The cells of two distinct objects. Needs two objects.
+fn two_positions_caption(scene: &Scene, facts: &mut Facts, rng: &mut impl Rng) -> Option<Text> {
+    let objs = &scene.objects;
+    let n = objs.len();
+    if n < 2 {
+        return None;
+    }
+    let i = rng.random_range(0..n);
+    let j = (i + rng.random_range(1..n)) % n;
+    let (mi, ui, di) = mention(scene, i, rng);
+    let (mj, uj, dj) = mention(scene, j, rng);
+    facts.pos[i] = ui;
+    facts.pos[j] = uj;
+    facts.described[i] = di;
+    facts.described[j] = dj;
+    let (pi, pj) = (
+        position_phrase(&objs[i], rng),
+        position_phrase(&objs[j], rng),
+    );
+    Some((format!("{mi} {pi} and {mj} {pj}."), "two_positions"))
 }
 
 /// The plain captions of an image: one complete positional description plus `k - 1`

@@ -491,13 +491,45 @@ fn coco_captions(
     }
 }
 
+/// Write every annotation file of a world whose images are already on disk, and
+/// `world.json` with the summary (counts per split and the shortcut baselines).
 fn write_world(
     cfg: &WorldConfig,
     paths: &WorldPaths,
     images: &[WorldImage],
     start: Instant,
 ) -> Result<WorldSummary> {
-    // Karpathy file
+    write_karpathy(paths, images)?;
+    write_scenes(cfg, paths, images)?;
+
+    let mut splits = BTreeMap::new();
+    let mut style_train: Vec<String> = Vec::new();
+    for split in SPLITS {
+        let ims: Vec<&WorldImage> = images.iter().filter(|im| im.scene.split == split).collect();
+        let s = write_split(paths, split, &ims, &mut style_train)?;
+        splits.insert(split.to_string(), s);
+    }
+    crate::text::save_text_corpus(paths.style_train(), &style_train)?;
+    write_json_atomic(paths.hard_negatives(), &language::hard_negative_groups())?;
+
+    let baselines = Baselines::measure(images, &splits);
+    let summary = WorldSummary {
+        config: cfg.clone(),
+        splits,
+        ve_hypothesis_only_accuracy: baselines.ve_hypothesis_only,
+        vqa_question_only_accuracy: baselines.vqa_question_only,
+        vqa_question_only_by_type: baselines.vqa_question_only_by_type,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    let mut for_file = summary.clone();
+    for_file.seconds = 0.0; // keep world.json byte-identical across runs
+    write_atomic(paths.summary(), &serde_json::to_vec_pretty(&for_file)?)?;
+    Ok(summary)
+}
+
+/// The Karpathy split file: every image with its captions, sentence ids numbered over the
+/// whole world in image order.
+fn write_karpathy(paths: &WorldPaths, images: &[WorldImage]) -> Result<()> {
     let mut sentid = 0u64;
     let kimages: Vec<KarpathyImage> = images
         .iter()
@@ -532,8 +564,11 @@ fn write_world(
             dataset: "shapes".into(),
             images: kimages,
         },
-    )?;
+    )
+}
 
+/// `scenes.json`: the config and each image's ground truth with its caption templates.
+fn write_scenes(cfg: &WorldConfig, paths: &WorldPaths, images: &[WorldImage]) -> Result<()> {
     let scenes = ScenesFile {
         config: cfg.clone(),
         images: images
@@ -544,183 +579,211 @@ fn write_world(
             })
             .collect(),
     };
-    write_json_atomic(paths.scenes(), &scenes)?;
+    write_json_atomic(paths.scenes(), &scenes)
+}
 
-    let mut splits = BTreeMap::new();
-    let mut style_train: Vec<String> = Vec::new();
-    for split in SPLITS {
-        let ims: Vec<&WorldImage> = images.iter().filter(|im| im.scene.split == split).collect();
-        let mut s = SplitSummary {
-            images: ims.len(),
-            ..Default::default()
-        };
-        let caps = coco_captions(split, &ims, |im| im.captions.clone(), "captions");
-        s.captions = caps.annotations.len();
-        caps.save(paths.captions(split))?;
-
-        // VQA v2
-        let mut qs = Vec::new();
-        let mut anns = Vec::new();
-        let mut vqae = Vec::new();
-        for im in &ims {
-            for q in &im.questions {
-                qs.push(VqaQuestion {
-                    question_id: q.question_id,
-                    image_id: im.scene.image_id,
-                    question: q.question.clone(),
-                });
-                let answers: Vec<VqaAnswer> = (1..=10)
-                    .map(|k| VqaAnswer {
-                        answer: q.answer.clone(),
-                        answer_confidence: "yes".into(),
-                        answer_id: k,
-                    })
-                    .collect();
-                anns.push(VqaAnnotation {
-                    question_id: q.question_id,
-                    image_id: im.scene.image_id,
-                    question_type: q.question_type.clone(),
-                    answer_type: q.answer_type.clone(),
-                    multiple_choice_answer: q.answer.clone(),
-                    answers,
-                });
-                *s.questions_by_type
-                    .entry(q.question_type.clone())
-                    .or_default() += 1;
-                match q.answer.as_str() {
-                    "yes" => s.yes += 1,
-                    "no" => s.no += 1,
-                    _ => {}
-                }
-                if let Some(e) = &q.explanation {
-                    vqae.push(VqaeEntry {
-                        img_id: im.scene.image_id,
-                        question: q.question.clone(),
-                        answers: vec![q.answer.clone(); 10],
-                        multiple_choice_answer: q.answer.clone(),
-                        question_type: q.question_type.clone(),
-                        answer_type: Some(q.answer_type.clone()),
-                        explanation: (e.clone(), 1.0),
-                        question_id: Some(q.question_id),
-                    });
-                }
-            }
-        }
-        s.questions = qs.len();
-        s.vqae = vqae.len();
-        let subtype = format!("shapes_{split}");
-        VqaQuestions {
-            info: Some(serde_json::json!({"description": "close-rs shapes world VQA questions"})),
-            task_type: "Open-Ended".into(),
-            data_type: "shapes".into(),
-            data_subtype: subtype.clone(),
-            license: None,
-            questions: qs,
-        }
-        .save(paths.vqa_questions(split))?;
-        VqaAnnotations {
-            info: Some(serde_json::json!({"description": "close-rs shapes world VQA annotations"})),
-            data_type: "shapes".into(),
-            data_subtype: subtype,
-            license: None,
-            annotations: anns,
-        }
-        .save(paths.vqa_annotations(split))?;
-        write_json_atomic(paths.vqae(split), &vqae)?;
-
-        // SNLI-VE
-        let mut recs = Vec::new();
-        for im in &ims {
-            for (k, (h, label)) in im.hypotheses.iter().enumerate() {
-                recs.push(SnliRecord {
-                    annotator_labels: vec![label.as_str().into()],
-                    caption_id: Some(format!("{}#0", im.scene.file_name)),
-                    gold_label: label.as_str().into(),
-                    pair_id: format!("{}#{k}", im.scene.file_name),
-                    sentence1: im.premise.clone(),
-                    sentence2: h.clone(),
-                    flickr30k_id: Some(crate::load::FlexId(im.scene.image_id.to_string())),
-                });
-                *s.ve_labels.entry(label.as_str().into()).or_default() += 1;
-            }
-        }
-        s.ve_pairs = recs.len();
-        save_snli_jsonl(paths.snli_ve(split), &recs)?;
-
-        // style
-        if split == "train" {
-            for im in &ims {
-                style_train.extend(im.style.iter().cloned());
-            }
-            s.style_captions = style_train.len();
-        } else {
-            let refs = coco_captions(
-                split,
-                &ims,
-                |im| im.style.clone(),
-                "first-person style captions",
-            );
-            s.style_captions = refs.annotations.len();
-            refs.save(paths.style_refs(split))?;
-        }
-        splits.insert(split.to_string(), s);
-    }
-    crate::text::save_text_corpus(paths.style_train(), &style_train)?;
-    write_json_atomic(paths.hard_negatives(), &language::hard_negative_groups())?;
-
-    // shortcut baselines
-    let ve = |split: &str| -> Vec<(String, String)> {
-        images
-            .iter()
-            .filter(|im| im.scene.split == split)
-            .flat_map(|im| {
-                im.hypotheses
-                    .iter()
-                    .map(|(h, l)| (h.clone(), l.as_str().to_string()))
-            })
-            .collect()
+/// The files of one split (COCO captions, VQA v2, VQA-E, SNLI-VE, style references) and its
+/// counts. Style captions of `train` are appended to `style_train` (written as one text
+/// corpus by the caller) instead of a reference file.
+fn write_split(
+    paths: &WorldPaths,
+    split: &str,
+    ims: &[&WorldImage],
+    style_train: &mut Vec<String>,
+) -> Result<SplitSummary> {
+    let mut s = SplitSummary {
+        images: ims.len(),
+        ..Default::default()
     };
-    let vq = |split: &str, t: Option<&str>| -> Vec<(String, String, String)> {
-        images
-            .iter()
-            .filter(|im| im.scene.split == split)
-            .flat_map(|im| im.questions.iter())
-            .filter(|q| t.is_none_or(|t| q.question_type == t))
-            .map(|q| {
-                (
-                    q.question.clone(),
-                    q.question_type.clone(),
-                    q.answer.clone(),
-                )
-            })
-            .collect()
-    };
-    let eval_split = if splits.get("test").is_some_and(|s| s.images > 0) {
-        "test"
+    let caps = coco_captions(split, ims, |im| im.captions.clone(), "captions");
+    s.captions = caps.annotations.len();
+    caps.save(paths.captions(split))?;
+    write_vqa(paths, split, ims, &mut s)?;
+    write_snli_ve(paths, split, ims, &mut s)?;
+    if split == "train" {
+        for im in ims {
+            style_train.extend(im.style.iter().cloned());
+        }
+        s.style_captions = style_train.len();
     } else {
-        "train"
-    };
-    let ve_hypothesis_only_accuracy = bias::naive_bayes_accuracy(&ve("train"), &ve(eval_split));
-    let vqa_question_only_accuracy =
-        bias::question_prior_accuracy(&vq("train", None), &vq(eval_split, None));
-    let mut vqa_question_only_by_type = BTreeMap::new();
-    for t in questions::QUESTION_TYPES {
-        if let Some(a) = bias::question_prior_accuracy(&vq("train", None), &vq(eval_split, Some(t)))
-        {
-            vqa_question_only_by_type.insert(t.to_string(), a);
+        let refs = coco_captions(
+            split,
+            ims,
+            |im| im.style.clone(),
+            "first-person style captions",
+        );
+        s.style_captions = refs.annotations.len();
+        refs.save(paths.style_refs(split))?;
+    }
+    Ok(s)
+}
+
+/// VQA v2 questions and annotations (ten identical answers each) and the VQA-E entries of
+/// the questions that have an explanation; counts go into `s`.
+fn write_vqa(
+    paths: &WorldPaths,
+    split: &str,
+    ims: &[&WorldImage],
+    s: &mut SplitSummary,
+) -> Result<()> {
+    let mut qs = Vec::new();
+    let mut anns = Vec::new();
+    let mut vqae = Vec::new();
+    for im in ims {
+        for q in &im.questions {
+            qs.push(VqaQuestion {
+                question_id: q.question_id,
+                image_id: im.scene.image_id,
+                question: q.question.clone(),
+            });
+            anns.push(vqa_annotation(im, q));
+            *s.questions_by_type
+                .entry(q.question_type.clone())
+                .or_default() += 1;
+            match q.answer.as_str() {
+                "yes" => s.yes += 1,
+                "no" => s.no += 1,
+                _ => {}
+            }
+            if let Some(e) = &q.explanation {
+                vqae.push(VqaeEntry {
+                    img_id: im.scene.image_id,
+                    question: q.question.clone(),
+                    answers: vec![q.answer.clone(); 10],
+                    multiple_choice_answer: q.answer.clone(),
+                    question_type: q.question_type.clone(),
+                    answer_type: Some(q.answer_type.clone()),
+                    explanation: (e.clone(), 1.0),
+                    question_id: Some(q.question_id),
+                });
+            }
         }
     }
+    s.questions = qs.len();
+    s.vqae = vqae.len();
+    let subtype = format!("shapes_{split}");
+    VqaQuestions {
+        info: Some(serde_json::json!({"description": "close-rs shapes world VQA questions"})),
+        task_type: "Open-Ended".into(),
+        data_type: "shapes".into(),
+        data_subtype: subtype.clone(),
+        license: None,
+        questions: qs,
+    }
+    .save(paths.vqa_questions(split))?;
+    VqaAnnotations {
+        info: Some(serde_json::json!({"description": "close-rs shapes world VQA annotations"})),
+        data_type: "shapes".into(),
+        data_subtype: subtype,
+        license: None,
+        annotations: anns,
+    }
+    .save(paths.vqa_annotations(split))?;
+    write_json_atomic(paths.vqae(split), &vqae)
+}
 
-    let summary = WorldSummary {
-        config: cfg.clone(),
-        splits,
-        ve_hypothesis_only_accuracy,
-        vqa_question_only_accuracy,
-        vqa_question_only_by_type,
-        seconds: start.elapsed().as_secs_f64(),
-    };
-    let mut for_file = summary.clone();
-    for_file.seconds = 0.0; // keep world.json byte-identical across runs
-    write_atomic(paths.summary(), &serde_json::to_vec_pretty(&for_file)?)?;
-    Ok(summary)
+/// The VQA v2 annotation of a question: its answer given by ten annotators.
+fn vqa_annotation(im: &WorldImage, q: &WorldQuestion) -> VqaAnnotation {
+    let answers: Vec<VqaAnswer> = (1..=10)
+        .map(|k| VqaAnswer {
+            answer: q.answer.clone(),
+            answer_confidence: "yes".into(),
+            answer_id: k,
+        })
+        .collect();
+    VqaAnnotation {
+        question_id: q.question_id,
+        image_id: im.scene.image_id,
+        question_type: q.question_type.clone(),
+        answer_type: q.answer_type.clone(),
+        multiple_choice_answer: q.answer.clone(),
+        answers,
+    }
+}
+
+/// SNLI-VE pairs (the image's positional premise with each hypothesis); counts go into `s`.
+fn write_snli_ve(
+    paths: &WorldPaths,
+    split: &str,
+    ims: &[&WorldImage],
+    s: &mut SplitSummary,
+) -> Result<()> {
+    let mut recs = Vec::new();
+    for im in ims {
+        for (k, (h, label)) in im.hypotheses.iter().enumerate() {
+            recs.push(SnliRecord {
+                annotator_labels: vec![label.as_str().into()],
+                caption_id: Some(format!("{}#0", im.scene.file_name)),
+                gold_label: label.as_str().into(),
+                pair_id: format!("{}#{k}", im.scene.file_name),
+                sentence1: im.premise.clone(),
+                sentence2: h.clone(),
+                flickr30k_id: Some(crate::load::FlexId(im.scene.image_id.to_string())),
+            });
+            *s.ve_labels.entry(label.as_str().into()).or_default() += 1;
+        }
+    }
+    s.ve_pairs = recs.len();
+    save_snli_jsonl(paths.snli_ve(split), &recs)
+}
+
+/// Shortcut baselines: how far text alone goes (hypothesis-only SNLI-VE, question-only VQA),
+/// trained on `train` and measured on `test` (on `train` when there is no test image).
+struct Baselines {
+    ve_hypothesis_only: Option<f64>,
+    vqa_question_only: Option<f64>,
+    vqa_question_only_by_type: BTreeMap<String, f64>,
+}
+
+impl Baselines {
+    /// Measure the baselines on the generated images (`splits` tells whether `test` has any).
+    fn measure(images: &[WorldImage], splits: &BTreeMap<String, SplitSummary>) -> Self {
+        let ve = |split: &str| -> Vec<(String, String)> {
+            images
+                .iter()
+                .filter(|im| im.scene.split == split)
+                .flat_map(|im| {
+                    im.hypotheses
+                        .iter()
+                        .map(|(h, l)| (h.clone(), l.as_str().to_string()))
+                })
+                .collect()
+        };
+        let vq = |split: &str, t: Option<&str>| -> Vec<(String, String, String)> {
+            images
+                .iter()
+                .filter(|im| im.scene.split == split)
+                .flat_map(|im| im.questions.iter())
+                .filter(|q| t.is_none_or(|t| q.question_type == t))
+                .map(|q| {
+                    (
+                        q.question.clone(),
+                        q.question_type.clone(),
+                        q.answer.clone(),
+                    )
+                })
+                .collect()
+        };
+        let eval_split = if splits.get("test").is_some_and(|s| s.images > 0) {
+            "test"
+        } else {
+            "train"
+        };
+        let ve_hypothesis_only = bias::naive_bayes_accuracy(&ve("train"), &ve(eval_split));
+        let vqa_question_only =
+            bias::question_prior_accuracy(&vq("train", None), &vq(eval_split, None));
+        let mut vqa_question_only_by_type = BTreeMap::new();
+        for t in questions::QUESTION_TYPES {
+            if let Some(a) =
+                bias::question_prior_accuracy(&vq("train", None), &vq(eval_split, Some(t)))
+            {
+                vqa_question_only_by_type.insert(t.to_string(), a);
+            }
+        }
+        Baselines {
+            ve_hypothesis_only,
+            vqa_question_only,
+            vqa_question_only_by_type,
+        }
+    }
 }

@@ -73,6 +73,21 @@ fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.to_string()
 }
 
+/// A candidate question (no explanation yet) and what deciding it needs.
+type Candidate = (Question, Need);
+
+/// A question without explanation; the explanation is filled in once the captions are
+/// known to decide it.
+fn ask(question: String, answer: String, qt: &'static str, at: &'static str) -> Question {
+    Question {
+        question,
+        answer,
+        question_type: qt,
+        answer_type: at,
+        explanation: None,
+    }
+}
+
 /// Questions of one image: an existence pair (one yes, one no), a relation pair (one yes, one
 /// no) when two objects can be named, then up to `extra` of colour / shape / size / count /
 /// position questions of distinct types. Only questions the captions decide are kept.
@@ -82,63 +97,70 @@ pub fn questions(
     extra: usize,
     rng: &mut impl Rng,
 ) -> Vec<Question> {
-    let n = scene.objects.len();
-    let objs = &scene.objects;
-    let all = Facts::union(n, caps.iter().map(|c| &c.facts));
-    let mut cands: Vec<(Question, Need)> = Vec::new();
-    let q = |question: String, answer: String, qt: &'static str, at: &'static str| Question {
-        question,
-        answer,
-        question_type: qt,
-        answer_type: at,
-        explanation: None,
-    };
+    let all = Facts::union(scene.objects.len(), caps.iter().map(|c| &c.facts));
+    let mut cands = existence_pair(scene, rng);
+    cands.extend(relation_pair(scene, &all, rng));
+    let mut others = other_candidates(scene, &all, rng);
+    others.shuffle(rng);
+    cands.extend(others.into_iter().take(extra));
+    keep_decided(scene, caps, &all, cands)
+}
 
-    // existence: one yes, one no, at the same granularity
+/// Existence questions at one granularity: `is there a red circle?` about a present object
+/// (yes), and, when one is found within 30 tries, a near miss with one attribute changed
+/// so that nothing matches (no).
+fn existence_pair(scene: &Scene, rng: &mut impl Rng) -> Vec<Candidate> {
+    let objs = &scene.objects;
+    let n = objs.len();
+    let mut cands = Vec::new();
     let gran = [Ref::SHAPE, Ref::COLOR_SHAPE, Ref::COLOR_SHAPE, Ref::FULL][rng.random_range(0..4)];
-    {
-        let o = objs[rng.random_range(0..n)].clone();
-        let w = gran.words(&o, false, false, rng);
-        cands.push((
-            q(
-                format!("is there {}?", indefinite(&w)),
-                yes_no(true),
-                "exists",
-                "yes/no",
-            ),
-            Need::Exists(o, gran, true),
-        ));
-        // a near miss: change one attribute of a present object so that nothing matches
-        for _ in 0..30 {
-            let mut x = objs[rng.random_range(0..n)].clone();
-            match rng.random_range(0..3) {
-                0 if gran.color => x.color = Color::ALL[rng.random_range(0..8)],
-                1 if gran.size => {
-                    x.size = if x.size == Size::Small {
-                        Size::Large
-                    } else {
-                        Size::Small
-                    }
+    let o = objs[rng.random_range(0..n)].clone();
+    let w = gran.words(&o, false, false, rng);
+    cands.push((
+        ask(
+            format!("is there {}?", indefinite(&w)),
+            yes_no(true),
+            "exists",
+            "yes/no",
+        ),
+        Need::Exists(o, gran, true),
+    ));
+    // a near miss: change one attribute of a present object so that nothing matches
+    for _ in 0..30 {
+        let mut x = objs[rng.random_range(0..n)].clone();
+        match rng.random_range(0..3) {
+            0 if gran.color => x.color = Color::ALL[rng.random_range(0..8)],
+            1 if gran.size => {
+                x.size = if x.size == Size::Small {
+                    Size::Large
+                } else {
+                    Size::Small
                 }
-                _ => x.shape = Shape::ALL[rng.random_range(0..6)],
             }
-            if count_matching(scene, &x, gran) == 0 {
-                let w = gran.words(&x, false, false, rng);
-                cands.push((
-                    q(
-                        format!("is there {}?", indefinite(&w)),
-                        yes_no(false),
-                        "exists",
-                        "yes/no",
-                    ),
-                    Need::Exists(x, gran, false),
-                ));
-                break;
-            }
+            _ => x.shape = Shape::ALL[rng.random_range(0..6)],
+        }
+        if count_matching(scene, &x, gran) == 0 {
+            let w = gran.words(&x, false, false, rng);
+            cands.push((
+                ask(
+                    format!("is there {}?", indefinite(&w)),
+                    yes_no(false),
+                    "exists",
+                    "yes/no",
+                ),
+                Need::Exists(x, gran, false),
+            ));
+            break;
         }
     }
+    cands
+}
 
-    // relation pair: same two objects, one true and one false relation
+/// A relation pair about two nameable objects whose relative position the captions decide:
+/// one true and one false relation (empty when no such pair exists).
+fn relation_pair(scene: &Scene, all: &Facts, rng: &mut impl Rng) -> Vec<Candidate> {
+    let objs = &scene.objects;
+    let n = objs.len();
     let names: Vec<Option<Ref>> = (0..n)
         .map(|i| {
             unique_ref(
@@ -161,151 +183,192 @@ pub fn questions(
             }
         }
     }
-    if let Some(&(a, b)) = pairs.choose(rng) {
-        let (ra, rb) = (names[a].unwrap_or(Ref::FULL), names[b].unwrap_or(Ref::FULL));
-        let wa = ra.words(&objs[a], false, false, rng);
-        let wb = rb.words(&objs[b], false, false, rng);
-        let truths: Vec<Relation> = Relation::ALL
-            .iter()
-            .copied()
-            .filter(|r| r.holds(&objs[a], &objs[b]))
-            .collect();
-        let falses: Vec<Relation> = Relation::ALL
-            .iter()
-            .copied()
-            .filter(|r| !r.holds(&objs[a], &objs[b]))
-            .collect();
-        if let (Some(&t), Some(&f)) = (truths.choose(rng), falses.choose(rng)) {
-            for r in [t, f] {
-                cands.push((
-                    q(
-                        format!("is the {wa} {} the {wb}?", r.phrase()),
-                        yes_no(r.holds(&objs[a], &objs[b])),
-                        "relation",
-                        "yes/no",
-                    ),
-                    Need::Relation(a, r, b),
-                ));
-            }
+    let mut cands = Vec::new();
+    let Some(&(a, b)) = pairs.choose(rng) else {
+        return cands;
+    };
+    let (ra, rb) = (names[a].unwrap_or(Ref::FULL), names[b].unwrap_or(Ref::FULL));
+    let wa = ra.words(&objs[a], false, false, rng);
+    let wb = rb.words(&objs[b], false, false, rng);
+    let truths: Vec<Relation> = Relation::ALL
+        .iter()
+        .copied()
+        .filter(|r| r.holds(&objs[a], &objs[b]))
+        .collect();
+    let falses: Vec<Relation> = Relation::ALL
+        .iter()
+        .copied()
+        .filter(|r| !r.holds(&objs[a], &objs[b]))
+        .collect();
+    if let (Some(&t), Some(&f)) = (truths.choose(rng), falses.choose(rng)) {
+        for r in [t, f] {
+            cands.push((
+                ask(
+                    format!("is the {wa} {} the {wb}?", r.phrase()),
+                    yes_no(r.holds(&objs[a], &objs[b])),
+                    "relation",
+                    "yes/no",
+                ),
+                Need::Relation(a, r, b),
+            ));
         }
     }
+    cands
+}
 
-    // other types, one candidate each, shuffled
-    let mut others: Vec<(Question, Need)> = Vec::new();
-    let mut idx: Vec<usize> = (0..n).collect();
+/// One candidate each of colour, shape, size, count and position (those the scene allows),
+/// in that order; the caller shuffles them and keeps a few.
+fn other_candidates(scene: &Scene, all: &Facts, rng: &mut impl Rng) -> Vec<Candidate> {
+    let mut idx: Vec<usize> = (0..scene.objects.len()).collect();
+    let mut others = Vec::new();
+    others.extend(color_question(scene, &mut idx, rng));
+    others.extend(shape_question(scene, &mut idx, rng));
+    others.extend(size_question(scene, &mut idx, rng));
+    others.push(count_question(scene, rng));
+    others.extend(position_question(scene, all, &mut idx, rng));
+    others
+}
+
+/// The first object of `idx` (shuffled first) that one of `refs` names uniquely, with its
+/// words.
+fn pick_named(
+    scene: &Scene,
+    idx: &mut [usize],
+    refs: &[Ref],
+    rng: &mut impl Rng,
+) -> Option<(usize, String)> {
     idx.shuffle(rng);
-    if let Some((i, r)) = idx
+    let (i, r) = idx
         .iter()
-        .find_map(|&i| unique_ref(scene, i, &[Ref::SHAPE, Ref::SIZE_SHAPE]).map(|r| (i, r)))
-    {
-        let w = r.words(&objs[i], false, false, rng);
-        others.push((
-            q(
-                format!("what color is the {w}?"),
-                objs[i].color.word().into(),
-                "color",
-                "other",
-            ),
-            Need::Color(i),
-        ));
-    }
-    idx.shuffle(rng);
-    if let Some((i, r)) = idx
-        .iter()
-        .find_map(|&i| unique_ref(scene, i, &[Ref::COLOR, Ref::SIZE_COLOR]).map(|r| (i, r)))
-    {
-        let w = r.words(&objs[i], false, false, rng);
-        others.push((
-            q(
-                format!("what shape is the {w}?"),
-                objs[i].shape.word().into(),
-                "shape",
-                "other",
-            ),
-            Need::Shape(i),
-        ));
-    }
-    idx.shuffle(rng);
-    if let Some((i, r)) = idx
-        .iter()
-        .find_map(|&i| unique_ref(scene, i, &[Ref::SHAPE, Ref::COLOR_SHAPE]).map(|r| (i, r)))
-    {
-        let w = r.words(&objs[i], false, false, rng);
-        let text = if rng.random_bool(0.5) {
-            format!("what size is the {w}?")
-        } else {
-            format!("is the {w} small or large?")
-        };
-        others.push((
-            q(text, objs[i].size.word().into(), "size", "other"),
-            Need::Size(i),
-        ));
-    }
-    {
-        // count over all, a shape, a colour, a size, or a colour+shape; absent kinds sometimes
-        let o = if rng.random_bool(0.8) {
-            objs[rng.random_range(0..n)].clone()
-        } else {
-            let mut x = objs[0].clone();
-            x.shape = Shape::ALL[rng.random_range(0..6)];
-            x.color = Color::ALL[rng.random_range(0..8)];
-            x
-        };
-        let none = Ref {
-            size: false,
+        .find_map(|&i| unique_ref(scene, i, refs).map(|r| (i, r)))?;
+    Some((i, r.words(&scene.objects[i], false, false, rng)))
+}
+
+/// `what color is the circle?` about an object named without its colour.
+fn color_question(scene: &Scene, idx: &mut [usize], rng: &mut impl Rng) -> Option<Candidate> {
+    let (i, w) = pick_named(scene, idx, &[Ref::SHAPE, Ref::SIZE_SHAPE], rng)?;
+    Some((
+        ask(
+            format!("what color is the {w}?"),
+            scene.objects[i].color.word().into(),
+            "color",
+            "other",
+        ),
+        Need::Color(i),
+    ))
+}
+
+/// `what shape is the red shape?` about an object named without its shape.
+fn shape_question(scene: &Scene, idx: &mut [usize], rng: &mut impl Rng) -> Option<Candidate> {
+    let (i, w) = pick_named(scene, idx, &[Ref::COLOR, Ref::SIZE_COLOR], rng)?;
+    Some((
+        ask(
+            format!("what shape is the {w}?"),
+            scene.objects[i].shape.word().into(),
+            "shape",
+            "other",
+        ),
+        Need::Shape(i),
+    ))
+}
+
+/// `what size is the red circle?` (or `small or large?`) about an object named without its
+/// size.
+fn size_question(scene: &Scene, idx: &mut [usize], rng: &mut impl Rng) -> Option<Candidate> {
+    let (i, w) = pick_named(scene, idx, &[Ref::SHAPE, Ref::COLOR_SHAPE], rng)?;
+    let text = if rng.random_bool(0.5) {
+        format!("what size is the {w}?")
+    } else {
+        format!("is the {w} small or large?")
+    };
+    Some((
+        ask(text, scene.objects[i].size.word().into(), "size", "other"),
+        Need::Size(i),
+    ))
+}
+
+/// `how many red shapes are there?`: a count over all objects, a shape, a colour, a size or
+/// a colour+shape; sometimes of a kind that is absent (answer 0).
+fn count_question(scene: &Scene, rng: &mut impl Rng) -> Candidate {
+    let objs = &scene.objects;
+    let o = if rng.random_bool(0.8) {
+        objs[rng.random_range(0..objs.len())].clone()
+    } else {
+        let mut x = objs[0].clone();
+        x.shape = Shape::ALL[rng.random_range(0..6)];
+        x.color = Color::ALL[rng.random_range(0..8)];
+        x
+    };
+    let none = Ref {
+        size: false,
+        color: false,
+        shape: false,
+    };
+    let r = [
+        none,
+        Ref::SHAPE,
+        Ref::SHAPE,
+        Ref::COLOR,
+        Ref::COLOR_SHAPE,
+        Ref {
+            size: true,
             color: false,
             shape: false,
-        };
-        let r = [
-            none,
-            Ref::SHAPE,
-            Ref::SHAPE,
-            Ref::COLOR,
-            Ref::COLOR_SHAPE,
-            Ref {
-                size: true,
-                color: false,
-                shape: false,
-            },
-        ][rng.random_range(0..6)];
-        let w = r.words(&o, true, false, rng);
-        let c = count_matching(scene, &o, r);
-        others.push((
-            q(
-                format!("how many {w} are there?"),
-                c.to_string(),
-                "count",
-                "number",
-            ),
-            Need::Count(r),
-        ));
-    }
+        },
+    ][rng.random_range(0..6)];
+    let w = r.words(&o, true, false, rng);
+    let c = count_matching(scene, &o, r);
+    (
+        ask(
+            format!("how many {w} are there?"),
+            c.to_string(),
+            "count",
+            "number",
+        ),
+        Need::Count(r),
+    )
+}
+
+/// `where is the red circle?` about a nameable object whose cell the captions state.
+fn position_question(
+    scene: &Scene,
+    all: &Facts,
+    idx: &mut [usize],
+    rng: &mut impl Rng,
+) -> Option<Candidate> {
     idx.shuffle(rng);
-    if let Some((i, r)) = idx.iter().filter(|&&i| all.pos[i]).find_map(|&i| {
+    let (i, r) = idx.iter().filter(|&&i| all.pos[i]).find_map(|&i| {
         unique_ref(
             scene,
             i,
             &[Ref::SHAPE, Ref::COLOR_SHAPE, Ref::SIZE_SHAPE, Ref::FULL],
         )
         .map(|r| (i, r))
-    }) {
-        let w = r.words(&objs[i], false, false, rng);
-        others.push((
-            q(
-                format!("where is the {w}?"),
-                objs[i].cell_name().into(),
-                "position",
-                "other",
-            ),
-            Need::Position(i),
-        ));
-    }
-    others.shuffle(rng);
-    cands.extend(others.into_iter().take(extra));
+    })?;
+    let o = &scene.objects[i];
+    let w = r.words(o, false, false, rng);
+    Some((
+        ask(
+            format!("where is the {w}?"),
+            o.cell_name().into(),
+            "position",
+            "other",
+        ),
+        Need::Position(i),
+    ))
+}
 
+/// The candidates that the captions together decide, each explained by the shortest single
+/// caption that decides it alone (if any).
+fn keep_decided(
+    scene: &Scene,
+    caps: &[Caption],
+    all: &Facts,
+    cands: Vec<Candidate>,
+) -> Vec<Question> {
     cands
         .into_iter()
-        .filter(|(_, need)| decided(scene, &all, need))
+        .filter(|(_, need)| decided(scene, all, need))
         .map(|(mut question, need)| {
             question.explanation = caps
                 .iter()
