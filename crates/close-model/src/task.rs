@@ -459,207 +459,14 @@ impl TaskData {
     /// Load the files of `task` and build its examples (train split; val and test for
     /// evaluation, each empty when its files are absent).
     pub fn load(task: Task, train_on: TrainOn, paths: &DataPaths) -> Result<Self> {
-        let opts = paths.opts();
-        let load_karpathy = || -> Result<close_data::coco::Karpathy> {
-            let (k, rep) =
-                close_data::coco::Karpathy::load_with(paths.file("karpathy", ""), &opts)?;
-            log_report(&rep);
-            Ok(k)
+        let data = match task {
+            Task::SCap | Task::MCap => load_captions(task, train_on, paths)?,
+            Task::Vqa => load_vqa(train_on, paths)?,
+            Task::Evqa => load_evqa(train_on, paths)?,
+            Task::Ve => load_ve(train_on, paths)?,
+            Task::News => load_news(train_on, paths)?,
+            Task::Style => load_style(train_on, paths)?,
         };
-        let mut data = TaskData::default();
-        match task {
-            Task::SCap | Task::MCap => {
-                let k = load_karpathy()?;
-                let train = karpathy_split(&k, "train");
-                data.train = caption_train_examples(
-                    task,
-                    train_on,
-                    train.iter().map(|(id, c)| (id.clone(), c.as_slice())),
-                );
-                data.val = caption_eval(karpathy_split(&k, "val"));
-                data.test = caption_eval(karpathy_split(&k, "test"));
-            }
-            Task::Vqa => {
-                let k = load_karpathy()?;
-                let train = vqa_split(paths, "train", true)?.unwrap_or_default();
-                let caps = close_data::vqa::captions_for_questions(&train, &k)?;
-                for e in &train {
-                    let Some(a) = &e.annotation else { continue };
-                    let clip = match train_on {
-                        TrainOn::Text => ClipSource::Texts(
-                            caps.get(&e.question.image_id).cloned().unwrap_or_default(),
-                        ),
-                        TrainOn::Images => ClipSource::Image(e.question.image_id.to_string()),
-                    };
-                    data.train.push(TrainExample {
-                        clip,
-                        input_text: Some(e.question.question.clone()),
-                        targets: vqa_targets(a.answers.iter().map(|x| x.answer.as_str())),
-                    });
-                }
-                data.val = vqa_split(paths, "val", false)?
-                    .map(|v| vqa_eval(&v))
-                    .unwrap_or_default();
-                data.test = vqa_split(paths, "test", false)?
-                    .map(|v| vqa_eval(&v))
-                    .unwrap_or_default();
-            }
-            Task::Evqa => {
-                let load =
-                    |split: &str, need: bool| -> Result<Option<Vec<close_data::vqa::VqaeEntry>>> {
-                        let p = paths.file("vqae", split);
-                        if !p.exists() && !need {
-                            return Ok(None);
-                        }
-                        let (v, rep) = close_data::vqa::load_vqae(&p, &opts)?;
-                        log_report(&rep);
-                        Ok(Some(v))
-                    };
-                for e in load("train", true)?.unwrap_or_default() {
-                    let clip = match train_on {
-                        TrainOn::Text => ClipSource::Texts(vec![e.explanation.0.clone()]),
-                        TrainOn::Images => ClipSource::Image(e.img_id.to_string()),
-                    };
-                    data.train.push(TrainExample {
-                        clip,
-                        input_text: Some(e.question.clone()),
-                        targets: vqa_targets(e.answers.iter().map(|s| s.as_str())),
-                    });
-                }
-                let eval = |v: Vec<close_data::vqa::VqaeEntry>| -> Vec<EvalExample> {
-                    v.into_iter()
-                        .enumerate()
-                        .map(|(i, e)| EvalExample {
-                            id: e
-                                .question_id
-                                .map(|q| q.to_string())
-                                .unwrap_or_else(|| i.to_string()),
-                            image: e.img_id.to_string(),
-                            input_text: Some(e.question),
-                            references: e.answers,
-                            answer_type: e.answer_type,
-                            question_type: Some(e.question_type).filter(|s| !s.is_empty()),
-                        })
-                        .collect()
-                };
-                data.val = load("val", false)?.map(eval).unwrap_or_default();
-                data.test = load("test", false)?.map(eval).unwrap_or_default();
-            }
-            Task::Ve => {
-                let load = |split: &str,
-                            need: bool|
-                 -> Result<Option<Vec<close_data::snli::SnliVePair>>> {
-                    let p = paths.file("ve", split);
-                    if !p.exists() && !need {
-                        return Ok(None);
-                    }
-                    let (v, rep) = close_data::snli::load_snli_ve(&p, &opts)?;
-                    log_report(&rep);
-                    Ok(Some(v))
-                };
-                for p in load("train", true)?.unwrap_or_default() {
-                    let clip = match train_on {
-                        TrainOn::Text => ClipSource::Texts(vec![p.premise.clone()]),
-                        TrainOn::Images => ClipSource::Image(p.image_id.clone()),
-                    };
-                    data.train.push(TrainExample {
-                        clip,
-                        input_text: Some(p.hypothesis.clone()),
-                        targets: vec![p.label.as_str().to_string()],
-                    });
-                }
-                let eval = |v: Vec<close_data::snli::SnliVePair>| -> Vec<EvalExample> {
-                    v.into_iter()
-                        .map(|p| EvalExample {
-                            id: p.pair_id,
-                            image: p.image_id,
-                            input_text: Some(p.hypothesis),
-                            references: vec![p.label.as_str().to_string()],
-                            answer_type: None,
-                            question_type: None,
-                        })
-                        .collect()
-                };
-                data.val = load("val", false)?.map(eval).unwrap_or_default();
-                data.test = load("test", false)?.map(eval).unwrap_or_default();
-            }
-            Task::News => {
-                let root = paths
-                    .overrides
-                    .get("news_root")
-                    .cloned()
-                    .unwrap_or_else(|| paths.dir.clone());
-                let load = |split: &str,
-                            need: bool|
-                 -> Result<Option<Vec<close_data::news::NewsExample>>> {
-                    let p = paths.file("news", split);
-                    if !p.exists() && !need {
-                        return Ok(None);
-                    }
-                    let (v, rep) =
-                        close_data::news::load_visual_news_with_articles(&p, &root, &opts)?;
-                    log_report(&rep);
-                    Ok(Some(v))
-                };
-                for e in load("train", true)?.unwrap_or_default() {
-                    let clip = match train_on {
-                        TrainOn::Text => ClipSource::Texts(vec![e.item.caption.clone()]),
-                        TrainOn::Images => ClipSource::Image(e.item.id.0.clone()),
-                    };
-                    data.train.push(TrainExample {
-                        clip,
-                        input_text: Some(e.article_first_line.clone()),
-                        targets: lower([&e.item.caption]),
-                    });
-                }
-                let eval = |v: Vec<close_data::news::NewsExample>| -> Vec<EvalExample> {
-                    v.into_iter()
-                        .map(|e| EvalExample {
-                            id: e.item.id.0.clone(),
-                            image: e.item.id.0.clone(),
-                            input_text: Some(e.article_first_line),
-                            references: vec![e.item.caption],
-                            answer_type: None,
-                            question_type: None,
-                        })
-                        .collect()
-                };
-                data.val = load("val", false)?.map(eval).unwrap_or_default();
-                data.test = load("test", false)?.map(eval).unwrap_or_default();
-            }
-            Task::Style => {
-                if train_on == TrainOn::Images {
-                    return Err(Error::config("train-on", "the style task has only a text corpus to train on (no styled captions of training images)"));
-                }
-                let (lines, rep) =
-                    close_data::text::load_text_corpus(paths.file("style_train", ""), &opts)?;
-                log_report(&rep);
-                data.train = lines
-                    .iter()
-                    .map(|l| TrainExample {
-                        clip: ClipSource::Texts(vec![l.clone()]),
-                        input_text: None,
-                        targets: lower([l]),
-                    })
-                    .collect();
-                let refs = |split: &str| -> Result<Vec<EvalExample>> {
-                    let p = paths.file("style_refs", split);
-                    if !p.exists() {
-                        return Ok(Vec::new());
-                    }
-                    let (c, rep) = close_data::coco::CocoCaptions::load_with(&p, &opts)?;
-                    log_report(&rep);
-                    Ok(caption_eval(
-                        c.by_image()
-                            .into_iter()
-                            .map(|(id, r)| (id.to_string(), r))
-                            .collect(),
-                    ))
-                };
-                data.val = refs("val")?;
-                data.test = refs("test")?;
-            }
-        }
         if data.train.is_empty() {
             return Err(Error::invalid(format!(
                 "task {task}: no training examples found under {}",
@@ -668,6 +475,234 @@ impl TaskData {
         }
         Ok(data)
     }
+}
+
+/// The `split` file of `kind` loaded with `load` (its report logged); `None` when it does
+/// not exist and is not `needed` (val and test are optional).
+fn optional_split<T>(
+    paths: &DataPaths,
+    (kind, split): (&str, &str),
+    needed: bool,
+    load: impl FnOnce(&Path, &LoadOptions) -> Result<(Vec<T>, close_data::load::LoadReport)>,
+) -> Result<Option<Vec<T>>> {
+    let p = paths.file(kind, split);
+    if !p.exists() && !needed {
+        return Ok(None);
+    }
+    let (v, rep) = load(&p, &paths.opts())?;
+    log_report(&rep);
+    Ok(Some(v))
+}
+
+/// Val and test of a task whose files are optional, converted by `eval`.
+fn eval_splits<T>(
+    mut load: impl FnMut(&str) -> Result<Option<Vec<T>>>,
+    eval: impl Fn(Vec<T>) -> Vec<EvalExample>,
+) -> Result<(Vec<EvalExample>, Vec<EvalExample>)> {
+    let val = load("val")?.map(&eval).unwrap_or_default();
+    let test = load("test")?.map(&eval).unwrap_or_default();
+    Ok((val, test))
+}
+
+fn load_karpathy(paths: &DataPaths) -> Result<close_data::coco::Karpathy> {
+    let opts = paths.opts();
+    let (k, rep) = close_data::coco::Karpathy::load_with(paths.file("karpathy", ""), &opts)?;
+    log_report(&rep);
+    Ok(k)
+}
+
+/// s-cap / m-cap: captions of the Karpathy splits.
+fn load_captions(task: Task, train_on: TrainOn, paths: &DataPaths) -> Result<TaskData> {
+    let k = load_karpathy(paths)?;
+    let train = karpathy_split(&k, "train");
+    Ok(TaskData {
+        train: caption_train_examples(
+            task,
+            train_on,
+            train.iter().map(|(id, c)| (id.clone(), c.as_slice())),
+        ),
+        val: caption_eval(karpathy_split(&k, "val")),
+        test: caption_eval(karpathy_split(&k, "test")),
+    })
+}
+
+/// VQA v2: a question with its image's captions (text) or the image; all answers.
+fn load_vqa(train_on: TrainOn, paths: &DataPaths) -> Result<TaskData> {
+    let k = load_karpathy(paths)?;
+    let train = vqa_split(paths, "train", true)?.unwrap_or_default();
+    let caps = close_data::vqa::captions_for_questions(&train, &k)?;
+    let mut data = TaskData::default();
+    for e in &train {
+        let Some(a) = &e.annotation else { continue };
+        let clip = match train_on {
+            TrainOn::Text => {
+                ClipSource::Texts(caps.get(&e.question.image_id).cloned().unwrap_or_default())
+            }
+            TrainOn::Images => ClipSource::Image(e.question.image_id.to_string()),
+        };
+        data.train.push(TrainExample {
+            clip,
+            input_text: Some(e.question.question.clone()),
+            targets: vqa_targets(a.answers.iter().map(|x| x.answer.as_str())),
+        });
+    }
+    data.val = vqa_split(paths, "val", false)?
+        .map(|v| vqa_eval(&v))
+        .unwrap_or_default();
+    data.test = vqa_split(paths, "test", false)?
+        .map(|v| vqa_eval(&v))
+        .unwrap_or_default();
+    Ok(data)
+}
+
+/// VQA-E: the explanation stands in for the image in training.
+fn load_evqa(train_on: TrainOn, paths: &DataPaths) -> Result<TaskData> {
+    use close_data::vqa::{load_vqae, VqaeEntry};
+    let load = |split: &str, needed: bool| {
+        optional_split(paths, ("vqae", split), needed, |p, o| load_vqae(p, o))
+    };
+    let mut data = TaskData::default();
+    for e in load("train", true)?.unwrap_or_default() {
+        let clip = match train_on {
+            TrainOn::Text => ClipSource::Texts(vec![e.explanation.0.clone()]),
+            TrainOn::Images => ClipSource::Image(e.img_id.to_string()),
+        };
+        data.train.push(TrainExample {
+            clip,
+            input_text: Some(e.question.clone()),
+            targets: vqa_targets(e.answers.iter().map(|s| s.as_str())),
+        });
+    }
+    let eval = |v: Vec<VqaeEntry>| -> Vec<EvalExample> {
+        v.into_iter()
+            .enumerate()
+            .map(|(i, e)| EvalExample {
+                id: e
+                    .question_id
+                    .map(|q| q.to_string())
+                    .unwrap_or_else(|| i.to_string()),
+                image: e.img_id.to_string(),
+                input_text: Some(e.question),
+                references: e.answers,
+                answer_type: e.answer_type,
+                question_type: Some(e.question_type).filter(|s| !s.is_empty()),
+            })
+            .collect()
+    };
+    (data.val, data.test) = eval_splits(|s| load(s, false), eval)?;
+    Ok(data)
+}
+
+/// SNLI-VE: the premise (a caption) stands in for the image in training.
+fn load_ve(train_on: TrainOn, paths: &DataPaths) -> Result<TaskData> {
+    use close_data::snli::{load_snli_ve, SnliVePair};
+    let load = |split: &str, needed: bool| {
+        optional_split(paths, ("ve", split), needed, |p, o| load_snli_ve(p, o))
+    };
+    let mut data = TaskData::default();
+    for p in load("train", true)?.unwrap_or_default() {
+        let clip = match train_on {
+            TrainOn::Text => ClipSource::Texts(vec![p.premise.clone()]),
+            TrainOn::Images => ClipSource::Image(p.image_id.clone()),
+        };
+        data.train.push(TrainExample {
+            clip,
+            input_text: Some(p.hypothesis.clone()),
+            targets: vec![p.label.as_str().to_string()],
+        });
+    }
+    let eval = |v: Vec<SnliVePair>| -> Vec<EvalExample> {
+        v.into_iter()
+            .map(|p| EvalExample {
+                id: p.pair_id,
+                image: p.image_id,
+                input_text: Some(p.hypothesis),
+                references: vec![p.label.as_str().to_string()],
+                answer_type: None,
+                question_type: None,
+            })
+            .collect()
+    };
+    (data.val, data.test) = eval_splits(|s| load(s, false), eval)?;
+    Ok(data)
+}
+
+/// Visual News: the caption stands in for the image; the article's first line is the input.
+fn load_news(train_on: TrainOn, paths: &DataPaths) -> Result<TaskData> {
+    use close_data::news::{load_visual_news_with_articles, NewsExample};
+    let root = paths
+        .overrides
+        .get("news_root")
+        .cloned()
+        .unwrap_or_else(|| paths.dir.clone());
+    let load = |split: &str, needed: bool| {
+        optional_split(paths, ("news", split), needed, |p, o| {
+            load_visual_news_with_articles(p, &root, o)
+        })
+    };
+    let mut data = TaskData::default();
+    for e in load("train", true)?.unwrap_or_default() {
+        let clip = match train_on {
+            TrainOn::Text => ClipSource::Texts(vec![e.item.caption.clone()]),
+            TrainOn::Images => ClipSource::Image(e.item.id.0.clone()),
+        };
+        data.train.push(TrainExample {
+            clip,
+            input_text: Some(e.article_first_line.clone()),
+            targets: lower([&e.item.caption]),
+        });
+    }
+    let eval = |v: Vec<NewsExample>| -> Vec<EvalExample> {
+        v.into_iter()
+            .map(|e| EvalExample {
+                id: e.item.id.0.clone(),
+                image: e.item.id.0.clone(),
+                input_text: Some(e.article_first_line),
+                references: vec![e.item.caption],
+                answer_type: None,
+                question_type: None,
+            })
+            .collect()
+    };
+    (data.val, data.test) = eval_splits(|s| load(s, false), eval)?;
+    Ok(data)
+}
+
+/// Stylistic captioning: a text corpus to train on, COCO-format references to evaluate.
+fn load_style(train_on: TrainOn, paths: &DataPaths) -> Result<TaskData> {
+    if train_on == TrainOn::Images {
+        return Err(Error::config("train-on", "the style task has only a text corpus to train on (no styled captions of training images)"));
+    }
+    let opts = paths.opts();
+    let (lines, rep) = close_data::text::load_text_corpus(paths.file("style_train", ""), &opts)?;
+    log_report(&rep);
+    let train = lines
+        .iter()
+        .map(|l| TrainExample {
+            clip: ClipSource::Texts(vec![l.clone()]),
+            input_text: None,
+            targets: lower([l]),
+        })
+        .collect();
+    let refs = |split: &str| -> Result<Vec<EvalExample>> {
+        let p = paths.file("style_refs", split);
+        if !p.exists() {
+            return Ok(Vec::new());
+        }
+        let (c, rep) = close_data::coco::CocoCaptions::load_with(&p, &opts)?;
+        log_report(&rep);
+        Ok(caption_eval(
+            c.by_image()
+                .into_iter()
+                .map(|(id, r)| (id.to_string(), r))
+                .collect(),
+        ))
+    };
+    Ok(TaskData {
+        train,
+        val: refs("val")?,
+        test: refs("test")?,
+    })
 }
 
 /// Load a dataset dir's Karpathy file path for callers (e.g. `close adapter fit`).
