@@ -159,71 +159,8 @@ pub(crate) fn t5_init(
 }
 
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
-    let task = args.task;
-    let resume = args.resume && close_model::run::has_checkpoint(&args.out)?;
-    if args.resume && !resume {
-        tracing::info!(
-            "{}: no checkpoint yet, starting from the beginning",
-            args.out.display()
-        );
-    }
-    if !resume {
-        let mode = match args.force || args.resume {
-            true => OutDir::Replace,
-            false => OutDir::New,
-        };
-        close_model::run::prepare_new_run(&args.out, mode)?;
-    }
-    let mut cfg = match &args.config {
-        Some(p) => close_core::io::read_json::<TrainConfig>(p)?,
-        None => TrainConfig::small(task),
-    };
-    cfg.task = task;
-    cfg.train_on = args.train_on;
-    cfg.adapter.kind = args.adapter;
-    cfg.adapter.noise = args.noise.unwrap_or_else(|| {
-        if cfg.adapter.kind == AdapterKind::None {
-            0.0
-        } else {
-            task.default_noise()
-        }
-    });
-    cfg.adapter_stats = args.adapter_stats.clone();
-    if args.config.is_none() || args.t5 != "small" {
-        cfg.t5 = t5_init(&args.t5, args.vocab, &cfg, ctx)?;
-    }
-    macro_rules! set {
-        ($f:ident, $v:expr) => {
-            if let Some(v) = $v {
-                cfg.$f = v;
-            }
-        };
-    }
-    set!(epochs, args.epochs);
-    set!(batch_size, args.batch_size);
-    set!(warmup_steps, args.warmup_steps);
-    set!(seed, args.seed);
-    set!(beams, args.beams);
-    if args.max_examples_per_epoch.is_some() {
-        cfg.max_examples_per_epoch = args.max_examples_per_epoch;
-    }
-    if args.targets_per_step.is_some() {
-        cfg.targets_per_step = args.targets_per_step;
-    }
-    if args.max_steps.is_some() {
-        cfg.max_steps = args.max_steps;
-    }
-    if args.max_val.is_some() {
-        cfg.max_val_examples = args.max_val;
-    }
-    if let Some(lr) = args.lr {
-        cfg.optim.lr = lr;
-    }
-    if args.no_eval {
-        cfg.eval_each_epoch = false;
-    }
-    cfg.text_cache = Some(args.text_cache.clone());
-    cfg.image_cache = Some(args.image_cache.clone());
+    let resume = prepare_out(&args)?;
+    let mut cfg = train_config(&args, ctx)?;
     let dev = args.device.open()?;
     let clip_dir = args
         .clip
@@ -233,32 +170,16 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     cfg.clip = clip_dir.clone();
 
     let paths = data_paths(&args.data, &args.files, args.skip_bad)?;
-    let data = TaskData::load(task, cfg.train_on, &paths)?;
+    let data = TaskData::load(cfg.task, cfg.train_on, &paths)?;
     tracing::info!(
-        "{task}: {} training examples, {} val, {} test",
+        "{}: {} training examples, {} val, {} test",
+        cfg.task,
         data.train.len(),
         data.val.len(),
         data.test.len()
     );
-
     if let (Some(dir), TrainOn::Text) = (&clip_dir, cfg.train_on) {
-        let existing = EmbeddingCache::open(&args.text_cache).ok();
-        let missing: Vec<(String, String)> = data
-            .clip_texts()
-            .into_iter()
-            .filter(|t| existing.as_ref().is_none_or(|c| c.get(t).is_none()))
-            .map(|t| (t.clone(), t))
-            .collect();
-        if !missing.is_empty() {
-            tracing::info!(
-                "embedding {} texts missing from {}",
-                missing.len(),
-                args.text_cache.display()
-            );
-            let clip = close_clip::Clip::load(dir, &dev)?;
-            let p = ctx.progress();
-            close_clip::cache::embed_texts(&clip, &missing, &args.text_cache, 64, p.as_ref())?;
-        }
+        embed_missing_texts(dir, &data, &args.text_cache, &dev, ctx)?;
     }
     let texts = EmbeddingCache::open(&args.text_cache)?;
     let images = EmbeddingCache::open(&args.image_cache)?;
@@ -271,5 +192,86 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let summary =
         close_model::train::train(&cfg, inputs, &args.out, resume, &dev, progress.as_ref())?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}
+
+/// Check --out before any work: whether to resume, or make it ready for a new run.
+fn prepare_out(args: &Args) -> anyhow::Result<bool> {
+    let resume = args.resume && close_model::run::has_checkpoint(&args.out)?;
+    if args.resume && !resume {
+        let out = args.out.display();
+        tracing::info!("{out}: no checkpoint yet, starting from the beginning");
+    }
+    if !resume {
+        let mode = match args.force || args.resume {
+            true => OutDir::Replace,
+            false => OutDir::New,
+        };
+        close_model::run::prepare_new_run(&args.out, mode)?;
+    }
+    Ok(resume)
+}
+
+/// The training config: --config (or the task's small default) with the flags applied.
+fn train_config(args: &Args, ctx: &Ctx) -> anyhow::Result<TrainConfig> {
+    let task = args.task;
+    let mut cfg = match &args.config {
+        Some(p) => close_core::io::read_json::<TrainConfig>(p)?,
+        None => TrainConfig::small(task),
+    };
+    cfg.task = task;
+    cfg.train_on = args.train_on;
+    cfg.adapter.kind = args.adapter;
+    let default_noise = match cfg.adapter.kind {
+        AdapterKind::None => 0.0,
+        _ => task.default_noise(),
+    };
+    cfg.adapter.noise = args.noise.unwrap_or(default_noise);
+    cfg.adapter_stats = args.adapter_stats.clone();
+    if args.config.is_none() || args.t5 != "small" {
+        cfg.t5 = t5_init(&args.t5, args.vocab, &cfg, ctx)?;
+    }
+    cfg.epochs = args.epochs.unwrap_or(cfg.epochs);
+    cfg.batch_size = args.batch_size.unwrap_or(cfg.batch_size);
+    cfg.warmup_steps = args.warmup_steps.unwrap_or(cfg.warmup_steps);
+    cfg.seed = args.seed.unwrap_or(cfg.seed);
+    cfg.beams = args.beams.unwrap_or(cfg.beams);
+    cfg.optim.lr = args.lr.unwrap_or(cfg.optim.lr);
+    cfg.max_examples_per_epoch = args.max_examples_per_epoch.or(cfg.max_examples_per_epoch);
+    cfg.targets_per_step = args.targets_per_step.or(cfg.targets_per_step);
+    cfg.max_steps = args.max_steps.or(cfg.max_steps);
+    cfg.max_val_examples = args.max_val.or(cfg.max_val_examples);
+    cfg.eval_each_epoch &= !args.no_eval;
+    cfg.text_cache = Some(args.text_cache.clone());
+    cfg.image_cache = Some(args.image_cache.clone());
+    Ok(cfg)
+}
+
+/// Embed the stand-in texts that --text-cache lacks with the CLIP in `dir`.
+fn embed_missing_texts(
+    dir: &std::path::Path,
+    data: &TaskData,
+    cache: &std::path::Path,
+    dev: &candle_core::Device,
+    ctx: &Ctx,
+) -> anyhow::Result<()> {
+    let existing = EmbeddingCache::open(cache).ok();
+    let missing: Vec<(String, String)> = data
+        .clip_texts()
+        .into_iter()
+        .filter(|t| existing.as_ref().is_none_or(|c| c.get(t).is_none()))
+        .map(|t| (t.clone(), t))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(
+        "embedding {} texts missing from {}",
+        missing.len(),
+        cache.display()
+    );
+    let clip = close_clip::Clip::load(dir, dev)?;
+    let p = ctx.progress();
+    close_clip::cache::embed_texts(&clip, &missing, cache, 64, p.as_ref())?;
     Ok(())
 }
