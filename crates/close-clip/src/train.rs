@@ -66,24 +66,14 @@ pub struct TrainConfig {
     /// Groups of mutually exclusive words (colours, shapes, `left`/`right`; never synonyms)
     /// for hard negatives ([`crate::negatives`]): each training caption also gets a copy with
     /// two words of a group swapped or one replaced, ranked against the true caption by the
-    /// image→text loss. Costs about one more text-tower pass per step. Empty: off.
-    ///
-    /// Measured on the shapes world (15 epochs): held-out colour binding (a two-object
-    /// caption against its colour-swapped copy) rose from 68% to 89% and R@1 from 0.70 to
-    /// 0.71, but the modality gap widened (cos(image, own caption) 0.37 → 0.32) and the
-    /// text-only CLOSE models transferred worse (s-cap 0.97× → 0.79× of the upper bound), so
-    /// the demo does not use it.
+    /// image→text loss. Costs about one more text-tower pass per step. Empty: off. It
+    /// sharpens attribute binding but widens the modality gap, so the demo leaves it off
+    /// (measurements: `docs/demo.md`, "The CLIP on its own, and hard negatives").
     pub hard_negative_groups: Vec<Vec<String>>,
     /// Standard deviation of the vision tower's initial position embeddings (HF: the
-    /// `initializer_range`, 0.02). `None`: HF's.
-    ///
-    /// Measured on the shapes world, where each object fills one patch: at 0.02 the
-    /// position signal starts ~60× below a patch's content, and the trained image vectors
-    /// held no position (a linear probe read a lone object's cell at chance, 10%). At 0.5
-    /// the probe read 92–97%, R@1 was unchanged (0.68–0.72), but the positions did not
-    /// become matchable to captions (zero-shot cell still at chance) and text-only transfer
-    /// did not improve reliably (VQA 0.98× and 0.89× of the upper bound in two CLIPs), so
-    /// the demo keeps HF's init.
+    /// `initializer_range`, 0.02). `None`: HF's. A larger value makes the image vectors hold
+    /// position, but not in a way captions match, so the demo keeps HF's (`docs/demo.md`,
+    /// "Position embeddings").
     pub vision_position_init_std: Option<f64>,
 }
 
@@ -92,11 +82,8 @@ impl Default for TrainConfig {
         Self {
             model: ClipConfig::shapes(),
             epochs: 10,
-            // Measured on the shapes world at equal time (4 minutes, 2 cores): batch 32 gave
-            // the best held-out R@1 (0.47; 64: 0.40, 128: 0.30, 16: 0.43).
+            // The best held-out R@1 on the shapes world (batch and lr: `docs/demo.md`, CLIP).
             batch_size: 32,
-            // Measured on the shapes world: lr 1e-3 reached R@1 0.08 where 5e-4 reached 0.40;
-            // with the HF default temperature, lr ≥ 1e-3 sat at the chance loss ln(batch).
             lr: 5e-4,
             weight_decay: 0.05,
             warmup_frac: 0.05,

@@ -3,9 +3,8 @@
 //! Training and embedding allocate and free many large tensors (T5-small's logits alone are
 //! 41 MB per step). glibc's malloc returns blocks this large to the OS on every free and
 //! maps fresh zero pages on the next allocation, so each step pays page faults and, with
-//! several threads, TLB shootdowns. Measured on the T5-small train-step bench (2 threads):
-//! 1.66–1.88 s per step with glibc, 1.50–1.56 s with mimalloc keeping freed memory
-//! ([`init`]).
+//! several threads, TLB shootdowns; mimalloc keeping freed memory avoids both ([`init`];
+//! the train-step numbers are in `docs/performance.md`).
 //!
 //! [`init`] also turns transparent huge pages off for the process. mimalloc asks for them
 //! (`MADV_HUGEPAGE`), and on virtual machines the first touch of each 2 MiB page can stall

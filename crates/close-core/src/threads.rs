@@ -3,11 +3,8 @@
 //! candle 0.11 runs its element-wise CPU ops on its own pool of spinning worker threads
 //! (`CANDLE_NUM_THREADS`, default: the physical cores), beside rayon's pool that gemm and
 //! our fused kernels use. On a 2-core machine the spinning workers compete with the threads
-//! doing the work. Measured on 2 cores, same results bit for bit:
-//!
-//! - `close demo --quick`: 60 s with candle's pool, 37 s without (its CLIP stage 31 → 24 s);
-//! - four demo CLOSE runs, two side by side: 95 s → 38 s (each run 26 → 8 s), because two
-//!   trainings shared one spinning pool and waited on each other's barriers.
+//! doing the work (and two trainings sharing one spinning pool wait on each other's
+//! barriers); the numbers are in `docs/performance.md`. Results are the same bit for bit.
 //!
 //! Besides, when `RAYON_NUM_THREADS` is unset candle re-counts the physical cores from
 //! `/proc/cpuinfo` on every matmul. [`init`] therefore fixes both at process start:

@@ -146,7 +146,7 @@ pub(crate) fn parse_records_with<T: DeserializeOwned>(
 ) -> Result<Vec<T>> {
     let mut out = Vec::with_capacity(raws.len());
     // The line is only computed for bad records: counting newlines up to every record
-    // made loading quadratic (a 30k-annotation VQA file took over a minute).
+    // would make loading quadratic.
     let line = |raw: &RawValue| line_of(text, offset_in(text, raw));
     for (i, raw) in raws.iter().enumerate() {
         match serde_json::from_str::<T>(raw.get()) {

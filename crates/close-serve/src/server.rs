@@ -692,8 +692,8 @@ impl RunningServer {
 /// Unix), then shut down gracefully. For programs without a runtime of their own (the CLI).
 ///
 /// The signal handlers are installed before the port is bound, so a signal sent as soon as
-/// the address is logged already means "shut down gracefully" (before, a SIGTERM arriving
-/// before the shutdown future was first polled killed the process).
+/// the address is logged already means "shut down gracefully" (a SIGTERM that arrives
+/// before a handler exists kills the process).
 pub fn serve_blocking(cfg: ServeConfig, predictors: Vec<Box<dyn Predictor>>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
