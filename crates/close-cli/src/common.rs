@@ -43,6 +43,20 @@ pub fn init_logging(filter: &str, quiet: bool) {
         .try_init();
 }
 
+/// The `--device` flag every computing subcommand takes.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct DeviceArg {
+    /// Compute device: cpu, cuda or cuda:N.
+    #[arg(long = "device", value_name = "DEVICE", default_value = "cpu")]
+    pub spec: close_core::DeviceSpec,
+}
+
+impl DeviceArg {
+    pub fn open(&self) -> anyhow::Result<candle_core::Device> {
+        Ok(self.spec.open()?)
+    }
+}
+
 /// clap value parser: an integer ≥ 1 (batch sizes, epochs, counts). Use with
 /// `allow_negative_numbers = true` so that `-1` reaches it instead of being read as a flag.
 pub fn positive(s: &str) -> Result<usize, String> {

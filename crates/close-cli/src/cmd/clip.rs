@@ -82,9 +82,8 @@ pub struct TrainArgs {
     /// Held-out split for retrieval.
     #[arg(long, default_value = "test")]
     pub eval_split: String,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: close_core::DeviceSpec,
+    #[command(flatten)]
+    pub device: crate::common::DeviceArg,
 }
 
 #[derive(clap::Args, Debug)]
@@ -97,8 +96,8 @@ pub struct ScoreArgs {
     /// Texts to score against the image.
     #[arg(required = true)]
     pub texts: Vec<String>,
-    #[arg(long, default_value = "cpu")]
-    pub device: close_core::DeviceSpec,
+    #[command(flatten)]
+    pub device: crate::common::DeviceArg,
 }
 
 impl TrainArgs {

@@ -21,9 +21,8 @@ pub struct Args {
     /// `--quick` and `--seed`. Stages whose outputs in `--out` match it are reused.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Compute device: cpu, cuda, cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: close_core::DeviceSpec,
+    #[command(flatten)]
+    device: crate::common::DeviceArg,
 }
 
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
@@ -40,7 +39,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1),
-        args.device
+        args.device.spec
     );
     close_demo::report::write_demo_outputs(&cfg, &output, &args.out, &machine)?;
     if !ctx.quiet {

@@ -41,8 +41,8 @@ pub struct Args {
     pub out: PathBuf,
     #[arg(long, default_value_t = 64, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub batch_size: usize,
-    #[arg(long, default_value = "cpu")]
-    pub device: close_core::DeviceSpec,
+    #[command(flatten)]
+    pub device: crate::common::DeviceArg,
 }
 
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {

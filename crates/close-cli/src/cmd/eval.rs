@@ -39,8 +39,8 @@ pub struct Args {
     /// Output dir (default RUN/eval/SPLIT).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    #[arg(long, default_value = "cpu")]
-    pub device: close_core::DeviceSpec,
+    #[command(flatten)]
+    pub device: crate::common::DeviceArg,
 }
 
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {

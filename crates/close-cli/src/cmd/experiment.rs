@@ -50,9 +50,8 @@ pub struct Args {
     /// Seed of every run [default: 0].
     #[arg(long)]
     seed: Option<u64>,
-    /// Compute device: cpu, cuda, cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: close_core::DeviceSpec,
+    #[command(flatten)]
+    device: crate::common::DeviceArg,
 }
 
 fn config(args: &Args, tasks: &[Task], ctx: &Ctx) -> anyhow::Result<ExperimentConfig> {

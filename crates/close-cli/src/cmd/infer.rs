@@ -21,9 +21,8 @@ pub struct ModelArgs {
     /// Maximum generated tokens (default: the task's: 32 caption, 16 VQA, 8 entailment).
     #[arg(long, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub max_tokens: Option<usize>,
-    /// Device: cpu, cuda, cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: close_core::DeviceSpec,
+    #[command(flatten)]
+    pub device: crate::common::DeviceArg,
     /// CLIP model dir (default: the one recorded in the run).
     #[arg(long)]
     pub clip: Option<PathBuf>,

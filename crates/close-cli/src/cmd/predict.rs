@@ -36,8 +36,8 @@ pub struct Args {
     pub max_steps: Option<usize>,
     #[arg(long, default_value_t = 16, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub batch_size: usize,
-    #[arg(long, default_value = "cpu")]
-    pub device: close_core::DeviceSpec,
+    #[command(flatten)]
+    pub device: crate::common::DeviceArg,
 }
 
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {

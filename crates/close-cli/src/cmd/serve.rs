@@ -26,9 +26,8 @@ pub struct Args {
     /// A folder of example images offered on the page.
     #[arg(long)]
     pub examples: Option<PathBuf>,
-    /// Device: cpu, cuda, cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: close_core::DeviceSpec,
+    #[command(flatten)]
+    pub device: crate::common::DeviceArg,
     /// Largest accepted upload, in MiB.
     #[arg(long, default_value_t = 10.0, value_parser = crate::common::positive_f64, allow_negative_numbers = true)]
     pub max_upload_mb: f64,

@@ -97,8 +97,8 @@ pub struct Args {
     /// Skip the per-epoch validation (the last epoch becomes the best checkpoint).
     #[arg(long)]
     pub no_eval: bool,
-    #[arg(long, default_value = "cpu")]
-    pub device: close_core::DeviceSpec,
+    #[command(flatten)]
+    pub device: crate::common::DeviceArg,
 }
 
 fn parse_files(files: &[String], paths: &mut DataPaths) -> anyhow::Result<()> {
