@@ -43,19 +43,34 @@ pub struct Metrics {
     pub count: usize,
 }
 
+/// A model ready to be evaluated: what [`predict_examples`] and [`evaluate_examples`] need
+/// besides the examples.
+#[derive(Clone, Copy)]
+pub struct Evaluator<'a> {
+    pub task: Task,
+    pub model: &'a CloseModel,
+    pub codec: &'a TextCodec,
+    /// Truncation of the input text (question, hypothesis, article).
+    pub max_input_tokens: usize,
+    /// Examples decoded at a time.
+    pub batch_size: usize,
+}
+
 /// Generate for `examples` from their image vectors. Batched; progress per batch.
-// To become a struct of options with the trainer's split into steps (issue 21).
-#[allow(clippy::too_many_arguments)]
 pub fn predict_examples(
-    model: &CloseModel,
-    codec: &TextCodec,
+    ev: &Evaluator,
     examples: &[EvalExample],
     images: &dyn Embeddings,
     gen: &GenerateConfig,
-    max_input_tokens: usize,
-    batch_size: usize,
     progress: &dyn Progress,
 ) -> Result<Vec<Prediction>> {
+    let Evaluator {
+        model,
+        codec,
+        max_input_tokens,
+        batch_size,
+        ..
+    } = *ev;
     let dev: &Device = model.device();
     let dim = model.config().clip_dim;
     if images.dim() != dim {
@@ -232,29 +247,15 @@ pub fn write_results(
 
 /// Predict, score and (when `out_dir` is given) write the results file, the predictions
 /// with log-probs and `metrics.json` there.
-#[allow(clippy::too_many_arguments)]
 pub fn evaluate_examples(
-    task: Task,
-    model: &CloseModel,
-    codec: &TextCodec,
+    ev: &Evaluator,
     examples: &[EvalExample],
-    images: &dyn Embeddings,
-    gen: &GenerateConfig,
-    max_input_tokens: usize,
-    batch_size: usize,
+    (images, gen): (&dyn Embeddings, &GenerateConfig),
     out_dir: Option<&Path>,
     progress: &dyn Progress,
 ) -> Result<(Metrics, Vec<Prediction>)> {
-    let preds = predict_examples(
-        model,
-        codec,
-        examples,
-        images,
-        gen,
-        max_input_tokens,
-        batch_size,
-        progress,
-    )?;
+    let task = ev.task;
+    let preds = predict_examples(ev, examples, images, gen, progress)?;
     let metrics = score(task, examples, &preds)?;
     if let Some(dir) = out_dir {
         write_results(task, dir, examples, &preds)?;

@@ -29,7 +29,7 @@ use close_t5::T5Config;
 use crate::adapter::{Adapter, AdapterStats};
 use crate::config::{T5Init, TrainConfig};
 use crate::embeddings::{lookup, mean_vector, stack_rows, Embeddings};
-use crate::eval::{evaluate_examples, Metrics};
+use crate::eval::{evaluate_examples, Evaluator, Metrics};
 use crate::model::{CloseModel, ModelConfig};
 use crate::run::{self, TextCodec};
 use crate::schedule::LinearSchedule;
@@ -416,18 +416,15 @@ impl<'a> Trainer<'a> {
         let gen = close_t5::GenerateConfig::beam(self.cfg.beams, self.cfg.max_steps());
         self.model.set_training(false);
         progress.start(&format!("{} val", self.cfg.task), n as u64);
-        let (m, _) = evaluate_examples(
-            self.cfg.task,
-            &self.model,
-            &self.codec,
-            &data.val[..n],
-            self.inputs.images,
-            &gen,
-            self.cfg.max_input_tokens,
-            self.cfg.eval_batch_size,
-            None,
-            progress,
-        )?;
+        let ev = Evaluator {
+            task: self.cfg.task,
+            model: &self.model,
+            codec: &self.codec,
+            max_input_tokens: self.cfg.max_input_tokens,
+            batch_size: self.cfg.eval_batch_size,
+        };
+        let images = self.inputs.images;
+        let (m, _) = evaluate_examples(&ev, &data.val[..n], (images, &gen), None, progress)?;
         progress.finish();
         self.model.set_training(true);
         Ok(Some(m))
@@ -723,18 +720,14 @@ pub fn evaluate(
         &format!("{} {split}", run.config.task),
         examples.len() as u64,
     );
-    let (m, _) = evaluate_examples(
-        run.config.task,
-        &run.model,
-        &run.codec,
-        examples,
-        images,
-        gen,
-        run.config.max_input_tokens,
-        run.config.eval_batch_size,
-        Some(&dir),
-        progress,
-    )?;
+    let ev = Evaluator {
+        task: run.config.task,
+        model: &run.model,
+        codec: &run.codec,
+        max_input_tokens: run.config.max_input_tokens,
+        batch_size: run.config.eval_batch_size,
+    };
+    let (m, _) = evaluate_examples(&ev, examples, (images, gen), Some(&dir), progress)?;
     progress.finish();
     Ok(m)
 }
