@@ -13,7 +13,7 @@
 //!   implemented by `close_clip::cache::EmbeddingCache` and the in-memory
 //!   [`embeddings::MemEmbeddings`].
 //! - [`adapter`]: what happens to a text vector in training (`none`, `noise`, `mean-shift`,
-//!   `cov`, `linear`) and fitting the statistics ourselves ([`adapter::fit_adapter`]) with
+//!   `cov`, `linear`: one [`adapter::LanguageAdapter`] type each) and fitting the statistics ourselves ([`adapter::fit_adapter`]) with
 //!   the f64 linear algebra of [`linalg`] (Cholesky, least squares, covariances).
 //! - [`model`]: [`model::CloseModel`] — `prefix.lin` (Linear(clip_dim, n_prefix·d_model))
 //!   → `[B, n_prefix, D]` ++ T5 embeddings of the extra text, masked T5 encoder, several
@@ -21,13 +21,17 @@
 //! - [`config`]: [`config::TrainConfig`] with the reference preset
 //!   ([`config::TrainConfig::reference`]) and a small from-scratch preset for the shapes world
 //!   ([`config::TrainConfig::small`]).
-//! - [`train`]: [`train::train`] → [`train::RunSummary`] (AdamW, warmup + linear decay from
+//! - [`train`]: [`train::train`] → [`train::RunSummary`], step by step in
+//!   [`train::Trainer`] (AdamW, warmup + linear decay from
 //!   [`schedule`], fresh seeded noise per batch, epochs with a cap, per-epoch validation with
 //!   the task metric, best + last checkpoints, `--resume`, JSONL log, loss PNG via `close_core::plot`),
 //!   and [`train::evaluate`] of a loaded run on val / test images.
 //! - [`eval`]: batched prediction, scoring with `close-metrics`, standard results files.
 //! - [`run`]: the run-dir layout and [`run::Run`] (load a run, [`run::Run::predict`] from
-//!   image vectors — what `close predict` and the server call).
+//!   image vectors).
+//! - [`infer`]: a run with its CLIP on image files ([`infer::run::RunPredictor`], batch
+//!   inference with bad files skipped and reported) — what `close caption|vqa|entail`,
+//!   `close predict` and `close serve` call.
 //! - [`import`]: official checkpoints (`model.json` + `state-ep8.pth`) into a run dir.
 //! - [`hub`]: `--clip` / `--t5` as a local dir or a hub id (HF cache first, then download).
 //!
