@@ -26,11 +26,13 @@ use close_data::load::LoadOptions;
 /// A CLOSE task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Task {
     /// Captioning, each caption its own stand-in and target (`1to1`).
     SCap,
     /// Captioning, caption i → the other captions (`other-target`).
     MCap,
+    /// VQA v2, the image's captions as the stand-in.
     Vqa,
     /// VQA with VQA-E explanations as the stand-in.
     Evqa,
@@ -145,6 +147,7 @@ pub enum MetricKind {
 /// What the model sees during training.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum TrainOn {
     /// CLIP text vectors of the stand-in text (+ adapter): the CLOSE method.
     #[default]

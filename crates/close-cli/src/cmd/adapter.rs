@@ -17,7 +17,7 @@ pub enum AdapterCommand {
 #[derive(clap::Args, Debug)]
 pub struct FitArgs {
     /// mean-shift, cov or linear.
-    #[arg(long)]
+    #[arg(long, value_enum)]
     pub kind: AdapterKind,
     /// Image embedding cache (keyed by image id).
     #[arg(long)]

@@ -38,8 +38,8 @@ pub struct Args {
     #[arg(long)]
     out: PathBuf,
     /// Comma-separated tasks (default: every task whose files are in --data).
-    #[arg(long, value_delimiter = ',')]
-    tasks: Vec<String>,
+    #[arg(long, value_enum, value_delimiter = ',')]
+    tasks: Vec<Task>,
     /// An experiment.json (as a run writes it) with every setting, T5 and seed included
     /// (so it does not go with --t5, --quick or --seed).
     #[arg(long)]
@@ -79,10 +79,7 @@ fn config(args: &Args, tasks: &[Task], ctx: &Ctx) -> anyhow::Result<ExperimentCo
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     let explicit = !args.tasks.is_empty();
     let tasks: Vec<Task> = if explicit {
-        args.tasks
-            .iter()
-            .map(|t| t.trim().parse())
-            .collect::<Result<_, _>>()?
+        args.tasks.clone()
     } else {
         Task::ALL.to_vec()
     };

@@ -22,7 +22,7 @@ pub struct Args {
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// The task the checkpoint was trained for.
-    #[arg(long)]
+    #[arg(long, value_enum)]
     pub task: close_model::task::Task,
     /// CLIP model dir / hub id matching model.json's `clip_model` (recorded for predict).
     #[arg(long)]

@@ -14,8 +14,8 @@ use crate::common::{resolve, Ctx};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// s-cap, m-cap, vqa, evqa, ve, news or style.
-    #[arg(long)]
+    /// The task.
+    #[arg(long, value_enum)]
     pub task: Task,
     /// Dataset dir (e.g. a `close world` output) with the standard file names.
     #[arg(long)]
@@ -47,11 +47,11 @@ pub struct Args {
     /// Delete the run already in --out and start a new one.
     #[arg(long, conflicts_with = "resume")]
     pub force: bool,
-    /// text (CLOSE) or images (the image-trained upper bound).
-    #[arg(long, default_value = "text")]
+    /// What the model sees in training.
+    #[arg(long, value_enum, default_value_t = TrainOn::Text)]
     pub train_on: TrainOn,
-    /// none, noise, mean-shift, cov or linear.
-    #[arg(long, default_value = "noise")]
+    /// What is done to the text vector in training.
+    #[arg(long, value_enum, default_value_t = AdapterKind::Noise)]
     pub adapter: AdapterKind,
     /// Noise level w (default: the reference's value for the task).
     #[arg(long, value_parser = crate::common::non_negative, allow_negative_numbers = true)]

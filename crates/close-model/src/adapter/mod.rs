@@ -46,6 +46,7 @@ pub use stats::{AdapterStats, FitInfo, STATS_JSON, STATS_TENSORS};
 /// Adapter kinds (names as in the paper's tables).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum AdapterKind {
     /// No change (the "w/o noise" ablation).
     None,
@@ -56,6 +57,7 @@ pub enum AdapterKind {
     MeanShift,
     /// Mean difference + structured noise from the covariance of image − text differences.
     #[serde(alias = "cov-noise")]
+    #[cfg_attr(feature = "clap", value(alias = "cov-noise"))]
     Cov,
     /// A least-squares linear map text → image, then noise.
     Linear,
