@@ -332,21 +332,28 @@ fn existing_outputs_are_kept_unless_forced() {
     forced_train.push("--force".into());
     ok(&strs(&forced_train));
     assert!(snapshot(&run_dir) != before[0]);
-    // A non-run directory is never deleted, even with --force.
-    let mut into_world = train_args(f, world.to_str().unwrap());
-    into_world.push("--force".into());
-    let o = run(&strs(&into_world));
-    assert!(
-        stderr(&o).contains("holds no run: choose a new or empty --out"),
-        "{}",
-        stderr(&o)
-    );
-    assert!(snapshot(&world) == before[2]);
+    // A non-run directory is never deleted, even with --force: not a world, and not an HF
+    // model dir (which has a `config.json` like a run).
+    for (dir, was) in [(&world, &before[2]), (&clip_dir, &before[1])] {
+        let mut into = train_args(f, dir.to_str().unwrap());
+        into.push("--force".into());
+        let o = run(&strs(&into));
+        assert!(
+            stderr(&o).contains("holds no run: choose a new or empty --out"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(snapshot(dir) == *was, "{} changed", dir.display());
+    }
     // --force replaces.
     let mut forced = clip_args.map(String::from).to_vec();
     forced.extend(["--force", "--epochs", "1"].map(String::from));
     ok(&strs(&forced));
     assert!(snapshot(&clip_dir) != before[1]);
+    // The report names the model's dir, not the staging dir it was trained in.
+    let report = std::fs::read(clip_dir.join("clip_train_report.json")).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&report).unwrap();
+    assert_eq!(report["out_dir"].as_str(), clip_dir.to_str());
     assert!(!tmp.path().join("clip.new").exists() && !tmp.path().join("clip.old").exists());
 }
 

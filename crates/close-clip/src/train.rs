@@ -36,6 +36,9 @@ use crate::preprocess::{load_image, ImageProcessor, ImageProcessorConfig};
 use crate::retrieval::{retrieval_metrics, Retrieval};
 use crate::tokenizer::{hf_tokenizer_config, train_word_level, ClipTokenizer};
 
+/// The training report written beside the model.
+pub const REPORT_FILE: &str = "clip_train_report.json";
+
 /// Training hyper-parameters (saved as `clip_train.json` beside the model).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -304,7 +307,7 @@ pub fn train_clip(
         out_dir: out_dir.to_path_buf(),
         stopped_early: run.stopped_early,
     };
-    close_core::io::write_json_atomic(out_dir.join("clip_train_report.json"), &report)?;
+    close_core::io::write_json_atomic(out_dir.join(REPORT_FILE), &report)?;
     Ok(report)
 }
 

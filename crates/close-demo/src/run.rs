@@ -36,7 +36,7 @@ fn reusable_clip(clip_dir: &Path, cfg: &DemoConfig) -> Option<TrainReport> {
     if world != cfg.world || clip != cfg.clip || !clip_dir.join("model.safetensors").exists() {
         return None;
     }
-    io::read_json(clip_dir.join("clip_train_report.json")).ok()
+    io::read_json(clip_dir.join(close_clip::train::REPORT_FILE)).ok()
 }
 
 /// Train the demo's CLIP into `clip_dir`, or reuse the one a run with the same world and CLIP
@@ -146,7 +146,7 @@ mod tests {
         let dir = tmp.path();
         let cfg = DemoConfig::new(true, 0);
         assert!(reusable_clip(dir, &cfg).is_none());
-        io::write_json_atomic(dir.join("clip_train_report.json"), &report(dir))?;
+        io::write_json_atomic(dir.join(close_clip::train::REPORT_FILE), &report(dir))?;
         io::write_json_atomic(dir.join(CLIP_STAGE_FILE), &(&cfg.world, &cfg.clip))?;
         // A stage record without the model is not enough.
         assert!(reusable_clip(dir, &cfg).is_none());

@@ -54,7 +54,8 @@ pub fn prepare_new_run(out: &Path, mode: OutDir) -> Result<()> {
     if !io::is_occupied(out)? {
         return Ok(());
     }
-    let is_run = out.join(CONFIG_FILE).exists() || out.join(LAST_DIR).exists();
+    // `model.json` (not `config.json`, which HF model dirs have too) marks a CLOSE run.
+    let is_run = out.join(MODEL_CONFIG_FILE).exists() || out.join(LAST_DIR).exists();
     match (mode, is_run) {
         (OutDir::New, true) => Err(Error::Exists {
             path: out.to_path_buf(),

@@ -161,7 +161,10 @@ pub fn run(cmd: ClipCommand, ctx: &Ctx) -> anyhow::Result<()> {
             // none), never a mix.
             let mut report = None;
             close_core::io::replace_dir_atomic(&a.out, |dir| {
-                let r = train_clip(&data, &a.images, dir, &cfg, tok, &dev, progress.as_ref())?;
+                let mut r = train_clip(&data, &a.images, dir, &cfg, tok, &dev, progress.as_ref())?;
+                // The report names where the model ends up, not the staging dir.
+                r.out_dir = a.out.clone();
+                close_core::io::write_json_atomic(dir.join(close_clip::train::REPORT_FILE), &r)?;
                 report = Some(r);
                 Ok(())
             })
