@@ -328,8 +328,21 @@ fn existing_outputs_are_kept_unless_forced() {
     assert!(snapshot(&run_dir) == before[0], "run changed");
     assert!(snapshot(&clip_dir) == before[1], "clip changed");
     assert!(snapshot(&world) == before[2], "world changed");
+    // --force with an input that fails to load keeps the old run.
     let mut forced_train = train.clone();
     forced_train.push("--force".into());
+    let missing = tmp.path().join("no-such-config.json");
+    let with_bad_config = [
+        &forced_train[..],
+        &["--config".into(), missing.to_str().unwrap().into()],
+    ]
+    .concat();
+    let o = run(&strs(&with_bad_config));
+    assert!(stderr(&o).contains("no-such-config.json"), "{}", stderr(&o));
+    assert!(
+        snapshot(&run_dir) == before[0],
+        "a failed --force run deleted the old one"
+    );
     ok(&strs(&forced_train));
     assert!(snapshot(&run_dir) != before[0]);
     // A non-run directory is never deleted, even with --force: not a world, and not an HF

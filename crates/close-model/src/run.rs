@@ -47,12 +47,13 @@ pub enum OutDir {
     Replace,
 }
 
-/// Make `out` ready for a new run, before any work starts. An existing run is an error
+/// Check that `out` can take a new run, without changing anything; `Ok(true)` when an
+/// old run there has to be deleted first ([`prepare_new_run`]). An existing run is an error
 /// unless it is to be replaced: training over it would mix the new config with the old
 /// weights. A non-empty dir that is not a run is never deleted.
-pub fn prepare_new_run(out: &Path, mode: OutDir) -> Result<()> {
+pub fn check_new_run(out: &Path, mode: OutDir) -> Result<bool> {
     if !io::is_occupied(out)? {
-        return Ok(());
+        return Ok(false);
     }
     // `model.json` (not `config.json`, which HF model dirs have too) marks a CLOSE run.
     let is_run = out.join(MODEL_CONFIG_FILE).exists() || out.join(LAST_DIR).exists();
@@ -67,8 +68,17 @@ pub fn prepare_new_run(out: &Path, mode: OutDir) -> Result<()> {
             path: out.to_path_buf(),
             hint: "it is not empty and holds no run: choose a new or empty --out".into(),
         }),
-        (OutDir::Replace, true) => std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e)),
+        (OutDir::Replace, true) => Ok(true),
     }
+}
+
+/// [`check_new_run`], then delete the old run if one is to be replaced. Call it as late as
+/// possible (after the inputs have loaded), so that a failing command keeps the old run.
+pub fn prepare_new_run(out: &Path, mode: OutDir) -> Result<()> {
+    if check_new_run(out, mode)? {
+        std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
+    }
+    Ok(())
 }
 
 /// Whether `dir` holds a run that can continue from its last checkpoint (after finishing or

@@ -40,9 +40,10 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         true => close_model::run::OutDir::Replace,
         false => close_model::run::OutDir::New,
     };
-    close_model::run::prepare_new_run(&args.out, mode)?;
+    close_model::run::check_new_run(&args.out, mode)?;
     let t5 = resolve(&args.t5, ModelKind::T5, ctx)?;
     let task = args.task;
+    close_model::run::prepare_new_run(&args.out, mode)?;
     let rep = close_model::import::import_official(
         &args.model_json,
         &args.checkpoint,

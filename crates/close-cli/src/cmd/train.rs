@@ -159,7 +159,7 @@ pub(crate) fn t5_init(
 }
 
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
-    let resume = prepare_out(&args)?;
+    let (resume, out_mode) = check_out(&args)?;
     let mut cfg = train_config(&args, ctx)?;
     let dev = args.device.open()?;
     let clip_dir = args
@@ -183,6 +183,10 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     }
     let texts = EmbeddingCache::open(&args.text_cache)?;
     let images = EmbeddingCache::open(&args.image_cache)?;
+    if let Some(mode) = out_mode {
+        // Only now, with every input loaded, may an old run be deleted.
+        close_model::run::prepare_new_run(&args.out, mode)?;
+    }
     let progress = ctx.progress();
     let inputs = close_model::train::TrainInputs {
         data: &data,
@@ -195,21 +199,22 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Check --out before any work: whether to resume, or make it ready for a new run.
-fn prepare_out(args: &Args) -> anyhow::Result<bool> {
+/// Check --out before any work: whether to resume, or how to prepare it for a new run.
+fn check_out(args: &Args) -> anyhow::Result<(bool, Option<OutDir>)> {
     let resume = args.resume && close_model::run::has_checkpoint(&args.out)?;
     if args.resume && !resume {
         let out = args.out.display();
         tracing::info!("{out}: no checkpoint yet, starting from the beginning");
     }
-    if !resume {
-        let mode = match args.force || args.resume {
-            true => OutDir::Replace,
-            false => OutDir::New,
-        };
-        close_model::run::prepare_new_run(&args.out, mode)?;
+    if resume {
+        return Ok((true, None));
     }
-    Ok(resume)
+    let mode = match args.force || args.resume {
+        true => OutDir::Replace,
+        false => OutDir::New,
+    };
+    close_model::run::check_new_run(&args.out, mode)?;
+    Ok((false, Some(mode)))
 }
 
 /// The training config: --config (or the task's small default) with the flags applied.
