@@ -271,3 +271,47 @@ fn the_same_seed_trains_the_same_clip() {
     assert_eq!(a, b, "same seed, different weights");
     assert_ne!(a, c);
 }
+
+/// The composed candle ops that GPUs run (the fused CPU kernels switched off) give the same
+/// embeddings, contrastive loss and gradients as the fused path.
+#[test]
+fn the_composed_path_matches_the_fused_one() {
+    use close_core::fused::with_composed_ops;
+    let dev = Device::Cpu;
+    for act in [Activation::QuickGelu, Activation::Gelu] {
+        let mut cfg = ClipConfig::tiny();
+        cfg.text_config.hidden_act = act;
+        cfg.vision_config.hidden_act = act;
+        let vm = VarMap::new();
+        let model = ClipModel::new(VarBuilder::from_varmap(&vm, DType::F32, &dev), &cfg).unwrap();
+        let px = Tensor::randn(0f32, 1., (3, 3, 32, 32), &dev).unwrap();
+        let ids = Tensor::new(
+            &[[2u32, 10, 11, 3, 0], [2, 12, 3, 0, 0], [2, 13, 14, 15, 3]],
+            &dev,
+        )
+        .unwrap();
+        let pass = || {
+            let (logits, img, txt) = model.forward(&px, &ids).unwrap();
+            let loss = clip_loss(&logits).unwrap();
+            let grads = loss.backward().unwrap();
+            let emb = [img, txt].map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            (loss.to_scalar::<f32>().unwrap(), grads, emb)
+        };
+        let (la, ga, ea) = pass();
+        let (lb, gb, eb) = with_composed_ops(pass);
+        assert!(
+            (la - lb).abs() <= 1e-5 * la.abs().max(1.0),
+            "{act:?}: loss {la} vs {lb}"
+        );
+        for (a, b) in ea.iter().zip(&eb) {
+            let worst = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-5, "{act:?}: embeddings differ by {worst}");
+        }
+        let diff = close_core::ops::gradient_differences(&vm, &ga, &gb, 1e-4).unwrap();
+        assert!(diff.is_empty(), "{act:?}: gradients differ: {diff:?}");
+    }
+}

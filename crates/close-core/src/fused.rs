@@ -23,9 +23,37 @@ pub fn num_threads() -> usize {
     rayon::current_num_threads().max(1)
 }
 
+/// Whether the fused CPU kernels apply to `ts`: f32 on the CPU, unless the composed path is
+/// forced ([`with_composed_ops`], or `CLOSE_FUSED=0` for the whole process).
 pub fn use_fused(ts: &[&Tensor]) -> bool {
-    ts.iter()
-        .all(|t| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32)
+    !COMPOSED.get()
+        && !composed_by_env()
+        && ts
+            .iter()
+            .all(|t| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32)
+}
+
+thread_local! {
+    static COMPOSED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn composed_by_env() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| std::env::var("CLOSE_FUSED").is_ok_and(|v| v.trim() == "0"))
+}
+
+/// Run `f` with the fused kernels off on this thread: every op takes the composed candle
+/// path that other devices (GPUs) and dtypes run. For parity tests of that path on a CPU,
+/// and for debugging. Forward and backward passes must both run inside `f`.
+pub fn with_composed_ops<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            COMPOSED.set(self.0);
+        }
+    }
+    let _restore = Restore(COMPOSED.replace(true));
+    f()
 }
 
 /// Runs `f(first_row, rows_chunk)` over `out` split into whole rows of `row` elements, on
@@ -510,7 +538,27 @@ pub fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use candle_core::Var;
+
+    #[test]
+    fn composed_ops_are_forced_on_this_thread_only_and_restored() {
+        if composed_by_env() {
+            return; // CLOSE_FUSED=0 switches every thread
+        }
+        let x = Tensor::new(&[[1f32, 2., 3.]], &Device::Cpu).unwrap();
+        assert!(use_fused(&[&x]));
+        with_composed_ops(|| {
+            assert!(!use_fused(&[&x]));
+            let y = x.clone();
+            let other = std::thread::spawn(move || use_fused(&[&y])).join().unwrap();
+            assert!(other, "another thread was switched too");
+        });
+        assert!(use_fused(&[&x]));
+        let r = std::panic::catch_unwind(|| with_composed_ops(|| panic!("inside")));
+        assert!(r.is_err());
+        assert!(use_fused(&[&x]), "not restored after a panic");
+    }
 
     fn maxdiff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)

@@ -98,6 +98,52 @@ pub fn vars_without_gradient(
     Ok(missing)
 }
 
+/// The variables of `varmap` whose gradients differ between two backward passes (e.g. the
+/// fused and the composed path): `(name, max |a − b| / scale)` for every variable above
+/// `rel_tol`, sorted by name. `scale` is the variable's largest gradient, but at least a
+/// thousandth of the largest gradient of any variable: gradients that are zero in exact
+/// arithmetic (an attention key bias's, since softmax ignores a per-row constant) then do
+/// not compare their rounding noise. A gradient in one pass only is reported as infinity.
+pub fn gradient_differences(
+    varmap: &candle_nn::VarMap,
+    a: &candle_core::backprop::GradStore,
+    b: &candle_core::backprop::GradStore,
+    rel_tol: f64,
+) -> Result<Vec<(String, f64)>> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| crate::Error::invalid("varmap lock poisoned"))?;
+    let max = |t: &Tensor| -> Result<f64> {
+        Ok(t.abs()?
+            .max_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?)
+    };
+    let mut pairs = Vec::new();
+    let mut largest = 0f64;
+    for (name, var) in data.iter() {
+        let (ga, gb) = (a.get(var.as_tensor()), b.get(var.as_tensor()));
+        if let Some(x) = ga {
+            largest = largest.max(max(x)?);
+        }
+        pairs.push((name, ga, gb));
+    }
+    let mut out = Vec::new();
+    for (name, ga, gb) in pairs {
+        let rel = match (ga, gb) {
+            (None, None) => continue,
+            (Some(x), Some(y)) => max(&(x - y)?)? / max(x)?.max(largest * 1e-3).max(1e-30),
+            _ => f64::INFINITY,
+        };
+        if rel.is_nan() || rel > rel_tol {
+            out.push((name.clone(), rel));
+        }
+    }
+    out.sort_by(|x, y| x.0.cmp(&y.0));
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

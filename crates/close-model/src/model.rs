@@ -321,6 +321,39 @@ mod tests {
         Ok(())
     }
 
+    /// The composed candle ops that GPUs run (the fused CPU kernels switched off) give the
+    /// same CLOSE loss, gradients (prefix included) and generated tokens as the fused path.
+    #[test]
+    fn the_composed_path_matches_the_fused_one() -> Result<()> {
+        let dev = Device::Cpu;
+        let m = CloseModel::new(tiny(16), 1, &dev)?;
+        let v: Vec<f32> = (0..32)
+            .map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0)
+            .collect();
+        let clip = Tensor::from_vec(v, (2, 16), &dev)?;
+        let pass = || -> Result<_> {
+            let targets = [vec![3, 4, 1], vec![5, 1], vec![6, 7, 8, 1]];
+            let loss = m.loss(&clip, Some(&text(&dev)), &targets, &[0, 0, 1])?;
+            let grads = loss.backward()?;
+            let gen = m.generate(&clip, Some(&text(&dev)), &GenerateConfig::beam(3, 6))?;
+            let tokens: Vec<Vec<Vec<u32>>> = gen
+                .into_iter()
+                .map(|hs| hs.into_iter().map(|h| h.tokens).collect())
+                .collect();
+            Ok((loss.to_scalar::<f32>()?, grads, tokens))
+        };
+        let (la, ga, ta) = pass()?;
+        let (lb, gb, tb) = close_core::fused::with_composed_ops(pass)?;
+        assert!(
+            (la - lb).abs() <= 1e-5 * la.abs().max(1.0),
+            "loss {la} vs {lb}"
+        );
+        let diff = close_core::ops::gradient_differences(m.varmap(), &ga, &gb, 1e-4)?;
+        assert!(diff.is_empty(), "gradients differ: {diff:?}");
+        assert_eq!(ta, tb, "generated tokens differ");
+        Ok(())
+    }
+
     #[test]
     fn seeded_init_is_reproducible_and_save_load_round_trips() -> Result<()> {
         let dev = Device::Cpu;
