@@ -694,7 +694,7 @@ async fn a_client_trickling_header_bytes_is_cut_off_at_the_header_timeout() {
 #[tokio::test]
 async fn connections_beyond_the_cap_wait_for_a_free_slot() {
     let cfg = ServeConfig {
-        header_timeout: Duration::from_millis(800),
+        header_timeout: Duration::from_secs(3),
         max_connections: 2,
         ..cfg()
     };
