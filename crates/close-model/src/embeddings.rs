@@ -98,19 +98,15 @@ pub fn normalized(v: &[f32]) -> Result<Vec<f32>> {
     Ok(v.iter().map(|&x| (x as f64 / n) as f32).collect())
 }
 
-/// Look up `key`, naming the store (`what`) and the key when it is missing.
+/// Look up `key`, naming the store (`what`) and the key when it is missing. The stores
+/// hold only finite vectors: `EmbeddingCache::open` and [`MemEmbeddings::insert`] refuse
+/// the others, so this hot-path lookup need not check again.
 pub fn lookup<'a>(emb: &'a dyn Embeddings, what: &str, key: &str) -> Result<&'a [f32]> {
-    let v = emb.vector(key).ok_or_else(|| {
+    emb.vector(key).ok_or_else(|| {
         Error::invalid(format!(
             "{what} embedding cache has no vector for `{key}` (run `close embed` over this data)"
         ))
-    })?;
-    if close_core::check::count_non_finite(v) > 0 {
-        return Err(Error::invalid(format!(
-            "the {what} embedding of `{key}` holds NaN or Inf; rebuild the cache with `close embed`"
-        )));
-    }
-    Ok(v)
+    })
 }
 
 /// The mean of the vectors of `keys`, re-normalized: the text stand-in of an image described
