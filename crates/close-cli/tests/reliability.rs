@@ -54,17 +54,7 @@ fn fixture() -> &'static Fixture {
         ok(&[
             "clip", "train", "--data", &data, "--images", &w, "--out", &clip,
         ]);
-        ok(&[
-            "embed",
-            "--clip",
-            &clip,
-            "--data",
-            &data,
-            "--images",
-            &w,
-            "--out",
-            &f.p("emb"),
-        ]);
+        ok(&strs(&embed_args(&clip, &data, &w, &f.p("emb"), &[])));
         let mut args = train_args(&f, &f.p("run"));
         let i = args.iter().position(|a| a == "--epochs").unwrap();
         args[i + 1] = "1".into();
@@ -100,6 +90,14 @@ fn train_args(f: &Fixture, out: &str) -> Vec<String> {
     ]
     .map(String::from)
     .to_vec()
+}
+
+/// `close embed` of `data` (images under `images`) with `clip` into `out`, plus `extra`.
+fn embed_args(clip: &str, data: &str, images: &str, out: &str, extra: &[&str]) -> Vec<String> {
+    let base = [
+        "embed", "--clip", clip, "--data", data, "--images", images, "--out", out,
+    ];
+    base.iter().chain(extra).map(|s| s.to_string()).collect()
 }
 
 fn strs(v: &[String]) -> Vec<&str> {
@@ -177,21 +175,7 @@ fn bad_flags_and_inputs_are_refused_with_what_to_do() {
         (train(&["--device", "gpu"]), "expected cpu, cuda or cuda:N"),
         (train(&["--task", "poetry"]), "poetry"),
         (
-            [
-                "embed",
-                "--clip",
-                &clip,
-                "--data",
-                &data,
-                "--images",
-                &w,
-                "--out",
-                &fresh("e"),
-            ]
-            .iter()
-            .chain(&["--batch-size", "0"])
-            .map(|s| s.to_string())
-            .collect(),
+            embed_args(&clip, &data, &w, &fresh("e"), &["--batch-size", "0"]),
             "'--batch-size <BATCH_SIZE>': must be at least 1",
         ),
         (
@@ -393,19 +377,15 @@ fn broken_weights_caches_and_data_are_named() {
         |t| (t * f64::NAN).unwrap(),
     );
     let out = tmp.path().join("emb");
-    let o = run(&[
-        "embed",
-        "--clip",
-        nan_clip.to_str().unwrap(),
-        "--data",
+    let nan_clip = nan_clip.to_str().unwrap();
+    let what = ["--what", "images"];
+    let o = run(&strs(&embed_args(
+        nan_clip,
         &data,
-        "--images",
         &w,
-        "--out",
         out.to_str().unwrap(),
-        "--what",
-        "images",
-    ]);
+        &what,
+    )));
     assert!(
         stderr(&o).contains("gave a non-finite embedding (NaN or Inf) for `"),
         "{}",
@@ -468,17 +448,15 @@ fn broken_weights_caches_and_data_are_named() {
     doc["images"][5]["cocoid"] = first;
     let dup = tmp.path().join("dup.json");
     std::fs::write(&dup, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
-    let o = run(&[
-        "embed",
-        "--clip",
+    let e3 = tmp.path().join("e3");
+    let args = embed_args(
         &f.p("clip"),
-        "--data",
         dup.to_str().unwrap(),
-        "--images",
         &w,
-        "--out",
-        tmp.path().join("e3").to_str().unwrap(),
-    ]);
+        e3.to_str().unwrap(),
+        &[],
+    );
+    let o = run(&strs(&args));
     assert!(
         stderr(&o).contains("dup.json:") && stderr(&o).contains("duplicate image id"),
         "{}",
@@ -608,21 +586,7 @@ fn embed_killed_at_random_moments_reruns_to_the_same_cache() {
         f.p("w/dataset_coco.json"),
         f.p("w"),
     );
-    let args: Vec<String> = [
-        "embed",
-        "--clip",
-        &clip,
-        "--data",
-        &data,
-        "--images",
-        &w,
-        "--out",
-        o,
-        "--batch-size",
-        "16",
-    ]
-    .map(String::from)
-    .to_vec();
+    let args = embed_args(&clip, &data, &w, o, &["--batch-size", "16"]);
     let vectors = || {
         ["images", "texts"].map(|k| {
             let c = close_clip::cache::EmbeddingCache::open(out.join(k)).unwrap();
@@ -778,19 +742,19 @@ fn bad_images_are_listed_and_bad_json_names_the_line() {
     std::fs::write(rel(1), b"").unwrap(); // empty
     std::fs::remove_file(rel(2)).unwrap(); // missing
     let (data, out) = (w.join("dataset_coco.json"), tmp.path().join("emb"));
-    let o = run(&[
-        "embed",
-        "--clip",
-        &f.p("clip"),
-        "--data",
+    let (data, w, out) = (
         data.to_str().unwrap(),
-        "--images",
         w.to_str().unwrap(),
-        "--out",
         out.to_str().unwrap(),
-        "--what",
-        "images",
-    ]);
+    );
+    let clip = f.p("clip");
+    let o = run(&strs(&embed_args(
+        &clip,
+        data,
+        w,
+        out,
+        &["--what", "images"],
+    )));
     assert!(o.status.success(), "{}", stderr(&o));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let bad = report["images"]["bad"].as_array().unwrap();
@@ -800,21 +764,11 @@ fn bad_images_are_listed_and_bad_json_names_the_line() {
         doc["images"].as_array().unwrap().len() as u64
     );
     // A syntax error in the Karpathy file: the file and line.
-    let text = std::fs::read_to_string(&data)
+    let text = std::fs::read_to_string(data)
         .unwrap()
         .replacen("\"split\"", "\"split\" oops", 1);
-    std::fs::write(&data, text).unwrap();
-    let o = run(&[
-        "embed",
-        "--clip",
-        &f.p("clip"),
-        "--data",
-        data.to_str().unwrap(),
-        "--images",
-        w.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    std::fs::write(data, text).unwrap();
+    let o = run(&strs(&embed_args(&clip, data, w, out, &[])));
     let e = stderr(&o);
     assert!(
         !o.status.success() && e.contains("dataset_coco.json:") && e.contains("line"),
