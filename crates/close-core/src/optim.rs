@@ -2,6 +2,14 @@
 //! `m = β1 m + (1-β1) g; v = β2 v + (1-β2) g²; θ -= lr·wd·θ; θ -= lr · m̂ / (sqrt(v̂) + eps)`.
 //! Optional global gradient-norm clipping (as `torch.nn.utils.clip_grad_norm_`).
 //! The optimizer state can be exported / restored for `--resume`.
+//!
+//! Half-precision variables (bf16, f16) get an f32 master copy: the update runs on the
+//! master and the variable receives it rounded, so steps far below the half type's
+//! resolution still accumulate (mixed precision with master weights).
+//!
+//! On a GPU a step never reads a value back to the host: the clipping factor stays a
+//! device scalar. [`AdamW::step_unscaled`] (for f16 loss scaling) is the exception: it must
+//! know whether the gradients overflowed, which costs one read per step.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -48,16 +56,55 @@ enum Moments {
     Tensors { m: Tensor, v: Tensor },
 }
 
+/// Whether a variable's update can take the fused host path: a contiguous f32 parameter
+/// (the variable itself, or its master copy) on the CPU.
 fn host_eligible(var: &Var) -> bool {
-    matches!(var.device(), Device::Cpu)
-        && var.dtype() == DType::F32
-        && var.as_tensor().is_contiguous()
+    matches!(var.device(), Device::Cpu) && var.as_tensor().is_contiguous()
+}
+
+fn is_half(dtype: DType) -> bool {
+    matches!(dtype, DType::BF16 | DType::F16)
+}
+
+/// The f32 master copy of a half-precision variable (None for f32 variables).
+fn master_of(var: &Var) -> Result<Option<Tensor>> {
+    if !is_half(var.dtype()) {
+        return Ok(None);
+    }
+    // `copy` gives the master its own storage: the fused update writes it in place.
+    Ok(Some(var.as_tensor().to_dtype(DType::F32)?.copy()?))
+}
+
+/// How much to scale the gradients by before the update: global-norm clipping (and, for a
+/// loss-scaled step, the inverse loss scale), on the host or as a device scalar.
+enum GradScale {
+    Host(f64),
+    Device(Tensor),
+}
+
+impl GradScale {
+    fn host(&self) -> Result<f32> {
+        Ok(match self {
+            GradScale::Host(s) => *s as f32,
+            GradScale::Device(t) => t.to_scalar::<f32>()?,
+        })
+    }
+
+    fn apply(&self, g: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            GradScale::Host(s) if *s == 1.0 => g.clone(),
+            GradScale::Host(s) => (g * *s)?,
+            GradScale::Device(t) => g.broadcast_mul(t)?,
+        })
+    }
 }
 
 /// AdamW over a fixed list of named variables.
 pub struct AdamW {
     cfg: AdamWConfig,
     vars: Vec<(String, Var)>,
+    /// f32 master weights of the half-precision variables, by index into `vars`.
+    masters: Vec<Option<Tensor>>,
     moments: Vec<Moments>,
     step: u64,
 }
@@ -189,25 +236,18 @@ impl InplaceOp2 for HostUpdate<'_> {
 impl AdamW {
     /// Optimizer for `vars` (name, variable); names key the exported state.
     pub fn new(vars: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self> {
+        let masters = vars
+            .iter()
+            .map(|(_, v)| master_of(v))
+            .collect::<Result<Vec<_>>>()?;
         let moments = vars
             .iter()
-            .map(|(_, v)| {
-                Ok(if host_eligible(v) {
-                    Moments::Host {
-                        m: vec![0f32; v.elem_count()],
-                        v: vec![0f32; v.elem_count()],
-                    }
-                } else {
-                    Moments::Tensors {
-                        m: v.zeros_like()?,
-                        v: v.zeros_like()?,
-                    }
-                })
-            })
+            .map(|(_, v)| fresh_moments(v))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             cfg,
             vars,
+            masters,
             moments,
             step: 0,
         })
@@ -239,85 +279,120 @@ impl AdamW {
         self.step
     }
 
-    /// Global L2 norm of the gradients of the optimizer's variables.
+    /// Global L2 norm of the gradients of the optimizer's variables (read to the host).
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
+        if self.all_host() {
+            return self.host_sum_sq(grads).map(f64::sqrt);
+        }
+        match self.device_sum_sq(grads)? {
+            Some(t) => Ok((t.to_scalar::<f32>()? as f64).sqrt()),
+            None => Ok(0.0),
+        }
+    }
+
+    fn all_host(&self) -> bool {
+        self.moments
+            .iter()
+            .all(|m| matches!(m, Moments::Host { .. }))
+    }
+
+    fn host_sum_sq(&self, grads: &GradStore) -> Result<f64> {
         let mut total = 0f64;
         for (_, var) in &self.vars {
             if let Some(g) = grads.get(var.as_tensor()) {
-                total += if matches!(g.device(), Device::Cpu) && g.dtype() == DType::F32 {
-                    with_host_f32(g, sum_sq)?
-                } else {
-                    g.to_dtype(DType::F32)?
-                        .sqr()?
-                        .sum_all()?
-                        .to_dtype(DType::F64)?
-                        .to_scalar::<f64>()?
-                };
+                total += with_host_f32(g, sum_sq)?;
             }
         }
-        Ok(total.sqrt())
+        Ok(total)
+    }
+
+    /// Sum of squared gradients as an f32 scalar on the variables' device (no host read).
+    fn device_sum_sq(&self, grads: &GradStore) -> Result<Option<Tensor>> {
+        let mut total: Option<Tensor> = None;
+        for (_, var) in &self.vars {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                let s = g.to_dtype(DType::F32)?.sqr()?.sum_all()?;
+                total = Some(match total {
+                    Some(t) => (t + s)?,
+                    None => s,
+                });
+            }
+        }
+        Ok(total)
+    }
+
+    /// The gradient factor for this step: `unscale` (1 / loss scale) times the clipping
+    /// factor `min(1, max_norm / (norm + 1e-6))` of the unscaled gradients.
+    fn grad_scale(&self, grads: &GradStore, unscale: f64) -> Result<GradScale> {
+        let Some(max) = self.cfg.max_grad_norm else {
+            return Ok(GradScale::Host(unscale));
+        };
+        if self.all_host() {
+            let n = self.host_sum_sq(grads)?.sqrt() * unscale;
+            let clip = if n > max { max / (n + 1e-6) } else { 1.0 };
+            return Ok(GradScale::Host(clip * unscale));
+        }
+        let Some(sum_sq) = self.device_sum_sq(grads)? else {
+            return Ok(GradScale::Host(unscale));
+        };
+        let norm = (sum_sq.sqrt()? * unscale)?;
+        let clip = ((norm + 1e-6)?.recip()? * max)?.clamp(0f32, 1f32)?;
+        Ok(GradScale::Device((clip * unscale)?))
     }
 
     /// One update from `grads`. Variables without a gradient are left unchanged.
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
-        self.step += 1;
-        let c = self.cfg;
-        let scale = match c.max_grad_norm {
-            Some(max) => {
-                let n = self.grad_norm(grads)?;
-                if n > max {
-                    max / (n + 1e-6)
-                } else {
-                    1.0
-                }
+        let scale = self.grad_scale(grads, 1.0)?;
+        self.update(grads, &scale)
+    }
+
+    /// One update from gradients of a loss that was multiplied by `loss_scale` (f16
+    /// training): the gradients are divided by it first. When any of them is not finite
+    /// (the scaled loss overflowed), nothing changes and `false` comes back, so that the
+    /// caller can lower the scale. Reads one value to the host.
+    pub fn step_unscaled(&mut self, grads: &GradStore, loss_scale: f64) -> Result<bool> {
+        let sum_sq = if self.all_host() {
+            self.host_sum_sq(grads)?
+        } else {
+            match self.device_sum_sq(grads)? {
+                Some(t) => t.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+                None => 0.0,
             }
-            None => 1.0,
         };
-        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
-        let bc2 = 1.0 - c.beta2.powi(self.step as i32);
-        for (i, (_, var)) in self.vars.iter().enumerate() {
+        if !sum_sq.is_finite() {
+            return Ok(false);
+        }
+        let scale = self.grad_scale(grads, 1.0 / loss_scale)?;
+        self.update(grads, &scale)?;
+        Ok(true)
+    }
+
+    fn update(&mut self, grads: &GradStore, scale: &GradScale) -> Result<()> {
+        self.step += 1;
+        for i in 0..self.vars.len() {
+            let var = self.vars[i].1.clone();
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
+            let param = match &self.masters[i] {
+                Some(m) => m.clone(),
+                None => var.as_tensor().clone(),
+            };
             match &mut self.moments[i] {
                 Moments::Host { m, v } => {
-                    let g = if g.dtype() == DType::F32 && g.is_contiguous() {
-                        g.clone()
-                    } else {
-                        g.to_dtype(DType::F32)?.contiguous()?
-                    };
-                    let op = HostUpdate {
-                        moments: Mutex::new((m.as_mut_slice(), v.as_mut_slice())),
-                        scale: scale as f32,
-                        beta1: c.beta1 as f32,
-                        beta2: c.beta2 as f32,
-                        decay: (1.0 - c.lr * c.weight_decay) as f32,
-                        step_size: (c.lr / bc1) as f32,
-                        inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
-                        eps: c.eps as f32,
-                    };
-                    var.as_tensor().inplace_op2(&g, &op)?;
+                    host_update(&self.cfg, self.step, &param, g, scale.host()?, m, v)?;
                 }
                 Moments::Tensors { m, v } => {
-                    let g = if scale != 1.0 {
-                        (g * scale)?
-                    } else {
-                        g.clone()
-                    };
-                    let m_new = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
-                    let v_new = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-                    let theta = var.as_tensor();
-                    let theta = if c.weight_decay != 0.0 {
-                        (theta * (1.0 - c.lr * c.weight_decay))?
-                    } else {
-                        theta.clone()
-                    };
-                    let denom = ((v_new.sqrt()? / bc2.sqrt())? + c.eps)?;
-                    let upd = ((&m_new / denom)? * (c.lr / bc1))?;
-                    var.set(&(theta - upd)?)?;
-                    *m = m_new;
-                    *v = v_new;
+                    let g = scale.apply(&g.to_dtype(DType::F32)?)?;
+                    let theta = tensor_update(&self.cfg, self.step, &param, &g, m, v)?;
+                    match &mut self.masters[i] {
+                        Some(master) => *master = theta,
+                        None => var.set(&theta)?,
+                    }
                 }
+            }
+            if let Some(master) = &self.masters[i] {
+                var.set(&master.to_dtype(var.dtype())?)?;
             }
         }
         Ok(())
@@ -329,7 +404,8 @@ impl AdamW {
         self.step(&grads)
     }
 
-    /// Optimizer state as named tensors (`{name}.exp_avg`, `{name}.exp_avg_sq`) and the step.
+    /// Optimizer state as named tensors (`{name}.exp_avg`, `{name}.exp_avg_sq`, and
+    /// `{name}.master` for half-precision variables) and the step.
     pub fn state(&self) -> (HashMap<String, Tensor>, u64) {
         let mut out = HashMap::new();
         for (i, (name, var)) in self.vars.iter().enumerate() {
@@ -345,52 +421,148 @@ impl AdamW {
             };
             out.insert(format!("{name}.exp_avg"), m);
             out.insert(format!("{name}.exp_avg_sq"), v);
+            if let Some(master) = &self.masters[i] {
+                out.insert(format!("{name}.master"), master.clone());
+            }
         }
         (out, self.step)
     }
 
-    /// Restore a state exported by [`AdamW::state`]; every variable must be present.
+    /// Restore a state exported by [`AdamW::state`]; every variable must be present. A
+    /// half-precision variable without a saved master takes its master from its value.
     pub fn load_state(&mut self, state: &HashMap<String, Tensor>, step: u64) -> Result<()> {
         let mut restored = Vec::with_capacity(self.vars.len());
+        let mut masters = Vec::with_capacity(self.vars.len());
         for (name, var) in self.vars.iter() {
-            let mut pair = Vec::with_capacity(2);
-            for suffix in ["exp_avg", "exp_avg_sq"] {
-                let key = format!("{name}.{suffix}");
-                let t = state.get(&key).ok_or_else(|| Error::MissingKey {
-                    file: "optimizer state".into(),
-                    key: key.clone(),
-                })?;
-                if t.dims() != var.dims() {
-                    return Err(Error::Shape {
-                        what: key,
-                        expected: var.dims().to_vec(),
-                        got: t.dims().to_vec(),
-                    });
-                }
-                pair.push(t);
-            }
+            let m = state_tensor(state, &format!("{name}.exp_avg"), var)?;
+            let v = state_tensor(state, &format!("{name}.exp_avg_sq"), var)?;
             restored.push(if host_eligible(var) {
+                let host = |t: &Tensor| -> Result<Vec<f32>> {
+                    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+                };
                 Moments::Host {
-                    m: pair[0]
-                        .to_dtype(DType::F32)?
-                        .flatten_all()?
-                        .to_vec1::<f32>()?,
-                    v: pair[1]
-                        .to_dtype(DType::F32)?
-                        .flatten_all()?
-                        .to_vec1::<f32>()?,
+                    m: host(m)?,
+                    v: host(v)?,
                 }
             } else {
+                let dev = |t: &Tensor| -> Result<Tensor> {
+                    Ok(t.to_device(var.device())?.to_dtype(DType::F32)?)
+                };
                 Moments::Tensors {
-                    m: pair[0].to_device(var.device())?.to_dtype(var.dtype())?,
-                    v: pair[1].to_device(var.device())?.to_dtype(var.dtype())?,
+                    m: dev(m)?,
+                    v: dev(v)?,
                 }
+            });
+            let key = format!("{name}.master");
+            masters.push(match master_of(var)? {
+                Some(_) if state.contains_key(&key) => Some(
+                    state_tensor(state, &key, var)?
+                        .to_device(var.device())?
+                        .to_dtype(DType::F32)?
+                        .copy()?,
+                ),
+                m => m,
             });
         }
         self.moments = restored;
+        self.masters = masters;
         self.step = step;
         Ok(())
     }
+}
+
+fn fresh_moments(var: &Var) -> Result<Moments> {
+    Ok(if host_eligible(var) {
+        Moments::Host {
+            m: vec![0f32; var.elem_count()],
+            v: vec![0f32; var.elem_count()],
+        }
+    } else {
+        let zeros = || Tensor::zeros(var.shape(), DType::F32, var.device());
+        Moments::Tensors {
+            m: zeros()?,
+            v: zeros()?,
+        }
+    })
+}
+
+/// The fused in-place update of a contiguous f32 CPU parameter (`param` shares storage
+/// with the variable or its master).
+fn host_update(
+    c: &AdamWConfig,
+    step: u64,
+    param: &Tensor,
+    g: &Tensor,
+    scale: f32,
+    m: &mut [f32],
+    v: &mut [f32],
+) -> Result<()> {
+    let bc1 = 1.0 - c.beta1.powi(step as i32);
+    let bc2 = 1.0 - c.beta2.powi(step as i32);
+    let g = if g.dtype() == DType::F32 && g.is_contiguous() {
+        g.clone()
+    } else {
+        g.to_dtype(DType::F32)?.contiguous()?
+    };
+    let op = HostUpdate {
+        moments: Mutex::new((m, v)),
+        scale,
+        beta1: c.beta1 as f32,
+        beta2: c.beta2 as f32,
+        decay: (1.0 - c.lr * c.weight_decay) as f32,
+        step_size: (c.lr / bc1) as f32,
+        inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
+        eps: c.eps as f32,
+    };
+    param.inplace_op2(&g, &op)?;
+    Ok(())
+}
+
+/// The update written with tensor ops (GPU): new moments in `m`, `v`; returns the new
+/// parameter (f32).
+fn tensor_update(
+    c: &AdamWConfig,
+    step: u64,
+    param: &Tensor,
+    g: &Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
+) -> Result<Tensor> {
+    let bc1 = 1.0 - c.beta1.powi(step as i32);
+    let bc2 = 1.0 - c.beta2.powi(step as i32);
+    let m_new = ((&*m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
+    let v_new = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+    let theta = param.to_dtype(DType::F32)?;
+    let theta = if c.weight_decay != 0.0 {
+        (theta * (1.0 - c.lr * c.weight_decay))?
+    } else {
+        theta
+    };
+    let denom = ((v_new.sqrt()? / bc2.sqrt())? + c.eps)?;
+    let upd = ((&m_new / denom)? * (c.lr / bc1))?;
+    *m = m_new;
+    *v = v_new;
+    Ok((theta - upd)?)
+}
+
+/// `key` from a saved optimizer state, with the variable's shape.
+fn state_tensor<'a>(
+    state: &'a HashMap<String, Tensor>,
+    key: &str,
+    var: &Var,
+) -> Result<&'a Tensor> {
+    let t = state.get(key).ok_or_else(|| Error::MissingKey {
+        file: "optimizer state".into(),
+        key: key.to_string(),
+    })?;
+    if t.dims() != var.dims() {
+        return Err(Error::Shape {
+            what: key.to_string(),
+            expected: var.dims().to_vec(),
+            got: t.dims().to_vec(),
+        });
+    }
+    Ok(t)
 }
 
 #[cfg(test)]
@@ -508,6 +680,70 @@ mod tests {
             st3["b.exp_avg"].to_vec1::<f32>()?,
             st["b.exp_avg"].to_vec1::<f32>()?
         );
+        Ok(())
+    }
+
+    #[test]
+    fn half_precision_variables_step_through_an_f32_master() -> Result<()> {
+        // 40 steps of lr 1e-4 on a weight of 1.0: each step is below bf16's resolution
+        // there (2^-8 relative), so only a master copy lets them add up.
+        let dev = Device::Cpu;
+        let w = Var::from_tensor(&Tensor::new(&[1.0f32, -1.0], &dev)?.to_dtype(DType::BF16)?)?;
+        let cfg = AdamWConfig {
+            lr: 1e-4,
+            ..Default::default()
+        };
+        let mut opt = AdamW::new(vec![("w".into(), w.clone())], cfg)?;
+        for _ in 0..40 {
+            let loss = w.as_tensor().to_dtype(DType::F32)?.sum_all()?;
+            opt.backward_step(&loss)?;
+        }
+        // Adam with a constant gradient moves by lr per step.
+        let (st, step) = opt.state();
+        let master = st["w.master"].to_vec1::<f32>()?;
+        assert!((master[0] - (1.0 - 40e-4)).abs() < 1e-5, "{master:?}");
+        assert!((master[1] - (-1.0 - 40e-4)).abs() < 1e-5, "{master:?}");
+        let rounded = st["w.master"].to_dtype(DType::BF16)?.to_dtype(DType::F32)?;
+        let got = w.as_tensor().to_dtype(DType::F32)?;
+        assert_eq!(got.to_vec1::<f32>()?, rounded.to_vec1::<f32>()?);
+        assert_ne!(got.to_vec1::<f32>()?, vec![1.0, -1.0]);
+        // The master survives a state round trip.
+        let mut again = AdamW::new(vec![("w".into(), w.clone())], cfg)?;
+        again.load_state(&st, step)?;
+        assert_eq!(again.state().0["w.master"].to_vec1::<f32>()?, master);
+        Ok(())
+    }
+
+    #[test]
+    fn a_loss_scaled_step_equals_the_plain_step_and_skips_overflow() -> Result<()> {
+        let dev = Device::Cpu;
+        let cfg = AdamWConfig {
+            lr: 1e-2,
+            max_grad_norm: Some(0.3),
+            ..Default::default()
+        };
+        let init = Tensor::new(&[0.5f32, -2.0, 3.0], &dev)?;
+        let (a, b) = (
+            Var::from_tensor(&init.copy()?)?,
+            Var::from_tensor(&init.copy()?)?,
+        );
+        let mut plain = AdamW::new(vec![("w".into(), a.clone())], cfg)?;
+        let mut scaled = AdamW::new(vec![("w".into(), b.clone())], cfg)?;
+        for _ in 0..3 {
+            plain.backward_step(&a.as_tensor().sqr()?.sum_all()?)?;
+            let grads = (b.as_tensor().sqr()?.sum_all()? * 1024.0)?.backward()?;
+            assert!(scaled.step_unscaled(&grads, 1024.0)?);
+        }
+        let d = (a.as_tensor() - b.as_tensor())?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(d < 1e-6, "{d}");
+        let before = b.as_tensor().to_vec1::<f32>()?;
+        let grads = (b.as_tensor().sqr()?.sum_all()? * f64::INFINITY)?.backward()?;
+        assert!(!scaled.step_unscaled(&grads, 1024.0)?);
+        assert_eq!(b.as_tensor().to_vec1::<f32>()?, before);
+        assert_eq!(scaled.step_count(), 3);
         Ok(())
     }
 }
