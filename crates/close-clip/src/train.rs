@@ -547,18 +547,15 @@ impl Optimizers {
 
     /// One update at learning rate `lr` from `loss`, then the temperature clamped to
     /// `[0, ln 100]`.
-    fn step(&mut self, loss: &Tensor, lr: f64, device: &Device) -> Result<()> {
+    fn step(&mut self, loss: &Tensor, lr: f64) -> Result<()> {
         self.decay.set_lr(lr);
         self.plain.set_lr(lr);
         let grads = loss.backward()?;
         self.decay.step(&grads)?;
         self.plain.step(&grads)?;
         if let Some(v) = &self.logit_scale {
-            let val = v.as_tensor().to_scalar::<f32>()?;
-            let clamped = val.clamp(0.0, 100f32.ln());
-            if clamped != val {
-                v.set(&Tensor::new(clamped, device)?)?;
-            }
+            // On the device: no read to the host per step.
+            v.set(&v.as_tensor().clamp(0f32, 100f32.ln())?)?;
         }
         Ok(())
     }
@@ -711,7 +708,7 @@ impl Epochs<'_> {
         let tid = self.ctok.pad(&batch.rows, device)?;
         let (logits, _, _) = self.model.forward(&px, &tid)?;
         let loss = clip_loss(&logits)?;
-        opt.step(&loss, lr, device)?;
+        opt.step(&loss, lr)?;
         let loss = loss.to_scalar::<f32>()? as f64;
         if !loss.is_finite() {
             return Err(Error::invalid(format!(

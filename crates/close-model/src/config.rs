@@ -84,8 +84,46 @@ pub struct TrainConfig {
     pub text_cache: Option<PathBuf>,
     #[serde(default)]
     pub image_cache: Option<PathBuf>,
-    /// Log the training loss every this many steps.
+    /// Log the training loss every this many steps. On a GPU the loss is read back only
+    /// then (and at the end of each epoch), so it is also how often the host waits for it.
     pub log_every: u64,
+    /// The dtype the model trains in (see [`Precision`]).
+    #[serde(default)]
+    pub dtype: Precision,
+}
+
+/// The dtype the model's weights and activations use in training. Half precision is for
+/// GPUs (on a CPU it is slower than f32): the optimizer keeps f32 master weights and moments,
+/// the loss is computed in f32, and f16 scales the loss dynamically against underflow. The
+/// run's weights are saved in this dtype; inference loads them into f32.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl Precision {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::Bf16 => candle_core::DType::BF16,
+            Precision::F16 => candle_core::DType::F16,
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        })
+    }
 }
 
 impl TrainConfig {
@@ -126,6 +164,7 @@ impl TrainConfig {
             text_cache: None,
             image_cache: None,
             log_every: 10,
+            dtype: Precision::F32,
         }
     }
 

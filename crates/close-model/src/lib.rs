@@ -79,5 +79,6 @@ pub mod linalg;
 pub mod model;
 pub mod run;
 pub mod schedule;
+pub mod step_losses;
 pub mod task;
 pub mod train;

@@ -110,6 +110,27 @@ impl CloseModel {
         })
     }
 
+    /// This model with every parameter converted to `dtype`, as new variables (for half
+    /// precision training from the same initial weights). An f32 model asked for f32 is
+    /// returned as it is.
+    pub fn into_dtype(self, dtype: DType) -> Result<Self> {
+        if self.prefix_w.dtype() == dtype {
+            return Ok(self);
+        }
+        let varmap = VarMap::new();
+        let device = self.prefix_w.device().clone();
+        let vb = VarBuilder::from_varmap(&varmap, dtype, &device);
+        let mut converted = Self::build(self.cfg.clone(), vb, varmap)?;
+        converted.set_weights(&self.tensors()?, "the initial weights")?;
+        converted.set_training(self.t5.is_training());
+        Ok(converted)
+    }
+
+    /// The parameters' dtype.
+    pub fn dtype(&self) -> DType {
+        self.prefix_w.dtype()
+    }
+
     /// A model whose parameters are variables initialised from the safetensors file `path`
     /// (every tensor must be present with the right shape; extra tensors are ignored).
     pub fn load(cfg: ModelConfig, path: &Path, device: &Device) -> Result<Self> {
@@ -202,6 +223,7 @@ impl CloseModel {
             });
         }
         let y = clip
+            .to_dtype(self.prefix_w.dtype())?
             .matmul(&self.prefix_w.t()?)?
             .broadcast_add(&self.prefix_b)?;
         Ok(y.reshape((b, self.cfg.n_prefix, self.cfg.t5.d_model))?)

@@ -106,6 +106,25 @@ impl TextCodec {
         }
     }
 
+    /// The codec of a model with config `t5`, whose tokenizer was read from `file`: every
+    /// id the tokenizer can produce must be inside the model's vocabulary (a GPU forward
+    /// does not check ids one by one).
+    pub fn for_model(tokenizer: Tokenizer, t5: &close_t5::T5Config, file: &Path) -> Result<Self> {
+        let n = tokenizer.get_vocab_size(true);
+        if n > t5.vocab_size {
+            return Err(Error::format(
+                file,
+                None,
+                format!(
+                    "the tokenizer has {n} tokens but the model's vocabulary only {}; \
+                     give the tokenizer that belongs to this model",
+                    t5.vocab_size
+                ),
+            ));
+        }
+        Ok(Self::new(tokenizer, t5.pad_token_id, t5.eos_token_id))
+    }
+
     /// Token ids of `text` with a final EOS, at most `max` tokens.
     pub fn encode(&self, text: &str, max: usize) -> Result<Vec<u32>> {
         let mut ids = self.tokenizer.encode(text, true)?.get_ids().to_vec();
@@ -179,8 +198,9 @@ impl Run {
                 .unwrap_or_else(|| dir.join(MODEL_FILE)),
             device,
         )?;
-        let tok = close_t5::tokenizer::load(dir.join(TOKENIZER_FILE))?;
-        let codec = TextCodec::new(tok, mcfg.t5.pad_token_id, mcfg.t5.eos_token_id);
+        let tok_path = dir.join(TOKENIZER_FILE);
+        let tok = close_t5::tokenizer::load(&tok_path)?;
+        let codec = TextCodec::for_model(tok, &mcfg.t5, &tok_path)?;
         Ok(Self {
             dir,
             config,

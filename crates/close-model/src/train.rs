@@ -33,6 +33,7 @@ use crate::eval::{evaluate_examples, Evaluator, Metrics};
 use crate::model::{CloseModel, ModelConfig};
 use crate::run::{self, TextCodec};
 use crate::schedule::LinearSchedule;
+use crate::step_losses::{LossBook, LossScale, StepLoss};
 use crate::task::{ClipSource, TaskData, TrainOn};
 
 /// One epoch's record.
@@ -59,6 +60,9 @@ pub struct TrainState {
     /// (step, loss) of every logged step.
     pub losses: Vec<(u64, f64)>,
     pub seconds: f64,
+    /// The loss scale of f16 training (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<LossScale>,
 }
 
 /// What [`train`] returns.
@@ -99,11 +103,12 @@ fn setup_model(
 ) -> Result<(ModelConfig, TextCodec, Option<Vec<PathBuf>>)> {
     if resume {
         let mcfg: ModelConfig = io::read_json(dir.join(run::MODEL_CONFIG_FILE))?;
-        let tok = close_t5::tokenizer::load(dir.join(run::TOKENIZER_FILE))?;
-        let codec = TextCodec::new(tok, mcfg.t5.pad_token_id, mcfg.t5.eos_token_id);
+        let tok_path = dir.join(run::TOKENIZER_FILE);
+        let tok = close_t5::tokenizer::load(&tok_path)?;
+        let codec = TextCodec::for_model(tok, &mcfg.t5, &tok_path)?;
         return Ok((mcfg, codec, None));
     }
-    let (t5, tok, weights) = match &cfg.t5 {
+    let (t5, tok, weights, tok_path) = match &cfg.t5 {
         T5Init::Scratch {
             config,
             vocab,
@@ -117,13 +122,17 @@ fn setup_model(
                 vocab_size: tok.get_vocab_size(true),
                 ..config.clone()
             };
-            (t5, tok, None)
+            let from = tokenizer
+                .clone()
+                .unwrap_or_else(|| "the trained tokenizer".into());
+            (t5, tok, None, from)
         }
         T5Init::Pretrained { dir: t5dir } => {
             let (config, files) = close_t5::weights::checkpoint_files(t5dir)?;
             let t5 = T5Config::from_file(&config)?;
-            let tok = close_t5::tokenizer::load(t5dir.join("tokenizer.json"))?;
-            (t5, tok, Some(files))
+            let tok_path = t5dir.join("tokenizer.json");
+            let tok = close_t5::tokenizer::load(&tok_path)?;
+            (t5, tok, Some(files), tok_path)
         }
     };
     let mcfg = ModelConfig {
@@ -132,7 +141,7 @@ fn setup_model(
         n_prefix: cfg.n_prefix,
         reference_encoder_mask_quirk: cfg.reference_encoder_mask_quirk,
     };
-    let codec = TextCodec::new(tok, mcfg.t5.pad_token_id, mcfg.t5.eos_token_id);
+    let codec = TextCodec::for_model(tok, &mcfg.t5, &tok_path)?;
     Ok((mcfg, codec, weights))
 }
 
@@ -181,6 +190,10 @@ pub struct Trainer<'a> {
     started: Instant,
     prior_seconds: f64,
     last_loss: f64,
+    /// Losses of this epoch's steps not yet read from the device.
+    pending: LossBook,
+    /// (sum, count) of this epoch's read losses.
+    epoch_loss: (f64, usize),
 }
 
 impl<'a> Trainer<'a> {
@@ -198,11 +211,12 @@ impl<'a> Trainer<'a> {
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
         let adapter = build_adapter(&cfg, clip_dim, out, resume, device)?;
         let (mcfg, codec, pretrained) = setup_model(&cfg, inputs.data, clip_dim, out, resume)?;
-        let mut model = CloseModel::new(mcfg.clone(), cfg.seed, device)?;
+        let model = CloseModel::new(mcfg.clone(), cfg.seed, device)?;
         if let Some(files) = &pretrained {
             let skip = |n: &str| n.starts_with("prefix.");
             close_t5::weights::load_into_varmap(model.varmap(), files, skip)?;
         }
+        let mut model = model.into_dtype(cfg.dtype.dtype())?;
         model.set_training(true);
         if !resume {
             record_run(&cfg, &mcfg, &codec, out)?;
@@ -241,9 +255,13 @@ impl<'a> Trainer<'a> {
             started: Instant::now(),
             prior_seconds: 0.0,
             last_loss: f64::NAN,
+            pending: LossBook::default(),
+            epoch_loss: (0.0, 0),
         };
         if resume {
             trainer.resume()?;
+        } else if trainer.cfg.dtype == crate::config::Precision::F16 {
+            trainer.state.loss_scale = Some(LossScale::default());
         }
         Ok(trainer)
     }
@@ -300,22 +318,26 @@ impl<'a> Trainer<'a> {
         order.truncate(self.per_epoch);
         let stage = format!("{} ep {}/{}", self.cfg.task, epoch + 1, self.cfg.epochs);
         progress.start(&stage, self.steps_per_epoch);
-        let (mut loss_sum, mut loss_n) = (0.0, 0usize);
+        self.epoch_loss = (0.0, 0);
         let mut lr = self.sched.lr(self.state.step);
         for batch in order.chunks(self.cfg.batch_size) {
             lr = self.sched.lr(self.state.step);
-            let lv = self.train_step(batch, epoch, lr)?;
-            loss_sum += lv;
-            loss_n += 1;
+            self.train_step(batch, lr)?;
             progress.inc(1);
-            progress.message(&format!("loss {lv:.3} lr {lr:.2e}"));
+            let step = self.state.step;
+            if step.is_multiple_of(self.cfg.log_every.max(1)) || step == 1 {
+                self.read_losses(epoch, progress)?;
+            }
         }
+        self.read_losses(epoch, progress)?;
         progress.finish();
-        Ok((loss_sum / loss_n.max(1) as f64, lr))
+        let (sum, n) = self.epoch_loss;
+        Ok((sum / n.max(1) as f64, lr))
     }
 
-    /// One optimizer step on `batch` (indices into the training examples).
-    fn train_step(&mut self, batch: &[usize], epoch: usize, lr: f64) -> Result<f64> {
+    /// One optimizer step on `batch` (indices into the training examples). Its loss is
+    /// kept on the device for [`Trainer::read_losses`].
+    fn train_step(&mut self, batch: &[usize], lr: f64) -> Result<()> {
         let (seed, step) = (self.cfg.seed, self.state.step);
         self.opt.set_lr(lr);
         let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, 2, step));
@@ -326,26 +348,50 @@ impl<'a> Trainer<'a> {
         let input = self.batch_inputs(batch)?;
         let (targets, mapping) = self.batch_targets(batch);
         let loss = self.model.loss(&clip, input.as_ref(), &targets, &mapping)?;
-        let lv = loss.to_scalar::<f32>()? as f64;
-        if !lv.is_finite() {
-            return Err(Error::invalid(format!(
-                "training diverged: loss {lv} at epoch {}, step {} (learning rate {lr:.2e}; \
-                 the batch's embeddings are finite): lower --lr, or check the targets",
-                epoch + 1,
-                step + 1
-            )));
-        }
-        self.opt.backward_step(&loss)?;
+        self.optimize(&loss)?;
         close_core::pace::step();
         self.state.step += 1;
-        self.last_loss = lv;
-        let step = self.state.step;
-        if step.is_multiple_of(self.cfg.log_every.max(1)) || step == 1 {
-            self.state.losses.push((step, lv));
-            let line = serde_json::json!({"step": step, "epoch": epoch + 1, "loss": lv, "lr": lr});
-            self.log_line(line)?;
+        self.pending.push(self.state.step, lr, &loss);
+        Ok(())
+    }
+
+    /// Backward and AdamW; with f16, through the dynamic loss scale.
+    fn optimize(&mut self, loss: &candle_core::Tensor) -> Result<()> {
+        let Some(ls) = &mut self.state.loss_scale else {
+            return self.opt.backward_step(loss);
+        };
+        let grads = (loss * ls.scale)?.backward()?;
+        let stepped = self.opt.step_unscaled(&grads, ls.scale)?;
+        ls.update(stepped);
+        Ok(())
+    }
+
+    /// Read the pending losses: stop on a non-finite one (a NaN step is never
+    /// checkpointed: every checkpoint comes after a read), add them to the epoch's mean, and
+    /// log the steps that `log_every` picks.
+    fn read_losses(&mut self, epoch: usize, progress: &dyn Progress) -> Result<()> {
+        let read = self.pending.drain()?;
+        for StepLoss { step, lr, loss } in read {
+            if !loss.is_finite() {
+                return Err(Error::invalid(format!(
+                    "training diverged: loss {loss} at epoch {}, step {step} (learning rate \
+                     {lr:.2e}; the batch's embeddings are finite): lower --lr, or check the \
+                     targets",
+                    epoch + 1
+                )));
+            }
+            self.epoch_loss.0 += loss;
+            self.epoch_loss.1 += 1;
+            self.last_loss = loss;
+            if step.is_multiple_of(self.cfg.log_every.max(1)) || step == 1 {
+                self.state.losses.push((step, loss));
+                let line =
+                    serde_json::json!({"step": step, "epoch": epoch + 1, "loss": loss, "lr": lr});
+                self.log_line(line)?;
+            }
+            progress.message(&format!("loss {loss:.3} lr {lr:.2e}"));
         }
-        Ok(lv)
+        Ok(())
     }
 
     /// The batch's CLIP vectors: a caption's text vector, the normalized mean of an

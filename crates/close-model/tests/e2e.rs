@@ -11,7 +11,7 @@
 use candle_core::Device;
 use close_core::progress::NoProgress;
 use close_model::adapter::{AdapterConfig, AdapterKind};
-use close_model::config::TrainConfig;
+use close_model::config::{Precision, TrainConfig};
 use close_model::embeddings::{Embeddings, MemEmbeddings};
 use close_model::run::Run;
 use close_model::task::{caption_train_examples, EvalExample, Task, TaskData, TrainOn};
@@ -270,10 +270,25 @@ fn text_only_with_noise_beats_no_noise_on_images() {
 
 #[test]
 fn resume_reproduces_an_uninterrupted_run() {
+    resume_reproduces(Precision::F32);
+}
+
+/// The f32 master weights and the loss scale are part of the checkpoint.
+#[test]
+fn resume_reproduces_an_uninterrupted_half_precision_run() {
+    resume_reproduces(Precision::Bf16);
+    resume_reproduces(Precision::F16);
+}
+
+fn resume_reproduces(dtype: Precision) {
     let w = world();
     let dev = Device::Cpu;
     let dir = tempfile::tempdir().unwrap();
     let full = dir.path().join("full");
+    let config = |noise, epochs| TrainConfig {
+        dtype,
+        ..config(noise, epochs)
+    };
     let a = close_model::train::train(
         &config(0.3, 3),
         TrainInputs {
@@ -379,4 +394,60 @@ fn targets_per_step_samples_targets_reproducibly() {
     let mut bad = config(0.1, 1);
     bad.targets_per_step = Some(0);
     assert!(bad.validate().is_err());
+}
+
+/// bf16 and f16 training (f32 master weights; a dynamic loss scale for f16) follows the
+/// f32 run: every logged loss within the stated tolerance of f32's, the same final
+/// tokenizer and steps. Half precision rounds every activation (bf16 keeps 8 bits of
+/// mantissa, f16 11), so the curves drift apart slowly; the tolerance is relative.
+#[test]
+fn half_precision_training_follows_f32() {
+    let w = world();
+    let dev = Device::Cpu;
+    let dir = tempfile::tempdir().unwrap();
+    let run = |dtype: Precision| {
+        let mut cfg = config(noise_w(), 3);
+        cfg.dtype = dtype;
+        cfg.log_every = 1;
+        let out = dir.path().join(dtype.to_string());
+        let inputs = TrainInputs {
+            data: &w.data,
+            texts: &w.texts,
+            images: &w.images,
+        };
+        let s = close_model::train::train(&cfg, inputs, &out, false, &dev, &NoProgress).unwrap();
+        let state: close_model::train::TrainState =
+            close_core::io::read_json(out.join("last/state.json")).unwrap();
+        // The weights are saved in the training dtype, the optimizer's master in f32.
+        let w = candle_core::safetensors::load(out.join("last/model.safetensors"), &dev).unwrap();
+        assert_eq!(w["prefix.lin.weight"].dtype(), dtype.dtype());
+        let o = candle_core::safetensors::load(out.join("last/optimizer.safetensors"), &dev);
+        let master = o.unwrap().contains_key("prefix.lin.weight.master");
+        assert_eq!(master, dtype != Precision::F32);
+        (s, state)
+    };
+    let (f32_run, f32_state) = run(Precision::F32);
+    for (dtype, tol) in [(Precision::Bf16, 0.02), (Precision::F16, 0.01)] {
+        let (half, state) = run(dtype);
+        assert_eq!(half.steps, f32_run.steps);
+        let worst = f32_state
+            .losses
+            .iter()
+            .zip(&state.losses)
+            .map(|((sa, a), (sb, b))| {
+                assert_eq!(sa, sb);
+                (a - b).abs() / a
+            })
+            .fold(0.0, f64::max);
+        eprintln!(
+            "{dtype}: worst relative loss difference {worst:.4}, final {:.4} vs {:.4}",
+            half.final_train_loss, f32_run.final_train_loss
+        );
+        assert!(
+            worst < tol,
+            "{dtype}: loss differs from f32 by {worst:.4} (> {tol})"
+        );
+        assert_eq!(state.loss_scale.is_some(), dtype == Precision::F16);
+    }
+    assert!(f32_state.loss_scale.is_none());
 }

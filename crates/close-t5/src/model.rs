@@ -470,8 +470,11 @@ impl T5 {
         Ok(())
     }
 
+    /// Ids outside the vocabulary are an error on the CPU. Elsewhere the check would cost a
+    /// read to the host on every forward; there the tokenizer and the vocabulary are checked
+    /// against each other when a run loads instead.
     fn check_ids(&self, what: &str, ids: &Tensor) -> Result<()> {
-        if ids.elem_count() == 0 {
+        if ids.elem_count() == 0 || !ids.device().is_cpu() {
             return Ok(());
         }
         let max = ids
@@ -838,6 +841,13 @@ pub fn masked_cross_entropy(logits: &Tensor, labels: &Tensor, mask: &Tensor) -> 
         });
     }
     let m = mask.to_dtype(DType::F32)?.ne(0f64)?.to_dtype(DType::F32)?;
+    if !m.device().is_cpu() {
+        // No read to the host off the CPU: an empty mask gives a NaN loss there, which the
+        // trainer reports.
+        let nll =
+            fused::nll_of_labels(&logits.to_dtype(DType::F32)?, &labels.to_dtype(DType::U32)?)?;
+        return Ok((nll * &m)?.sum_all()?.broadcast_div(&m.sum_all()?)?);
+    }
     let count = m.sum_all()?.to_scalar::<f32>()?;
     if count == 0.0 {
         return Err(Error::invalid(

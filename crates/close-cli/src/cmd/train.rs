@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use close_clip::cache::EmbeddingCache;
 use close_model::adapter::AdapterKind;
-use close_model::config::{T5Init, TrainConfig};
+use close_model::config::{Precision, T5Init, TrainConfig};
 use close_model::task::{DataPaths, Task, TaskData, TrainOn};
 
 use close_model::hub::ModelKind;
@@ -97,6 +97,10 @@ pub struct Args {
     /// Skip the per-epoch validation (the last epoch becomes the best checkpoint).
     #[arg(long)]
     pub no_eval: bool,
+    /// The dtype to train in: bf16 or f16 for GPUs, with f32 master weights in the
+    /// optimizer (and a dynamic loss scale for f16). Default: the config's, else f32.
+    #[arg(long, value_enum)]
+    pub dtype: Option<Precision>,
     #[command(flatten)]
     pub device: crate::common::DeviceArg,
 }
@@ -247,6 +251,7 @@ fn train_config(args: &Args, ctx: &Ctx) -> anyhow::Result<TrainConfig> {
     cfg.max_steps = args.max_steps.or(cfg.max_steps);
     cfg.max_val_examples = args.max_val.or(cfg.max_val_examples);
     cfg.eval_each_epoch &= !args.no_eval;
+    cfg.dtype = args.dtype.unwrap_or(cfg.dtype);
     cfg.text_cache = Some(args.text_cache.clone());
     cfg.image_cache = Some(args.image_cache.clone());
     Ok(cfg)
