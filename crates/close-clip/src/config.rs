@@ -129,6 +129,30 @@ impl ClipConfig {
         Self::default()
     }
 
+    /// The shape of openai/clip-vit-large-patch14 (428M parameters, 768-d embeddings), the
+    /// CLIP the paper uses.
+    pub fn vit_l14() -> Self {
+        Self {
+            text_config: ClipTextConfig {
+                hidden_size: 768,
+                intermediate_size: 3072,
+                num_attention_heads: 12,
+                ..Default::default()
+            },
+            vision_config: ClipVisionConfig {
+                hidden_size: 1024,
+                intermediate_size: 4096,
+                num_hidden_layers: 24,
+                num_attention_heads: 16,
+                image_size: 224,
+                patch_size: 14,
+                ..Default::default()
+            },
+            projection_dim: 768,
+            ..Self::default()
+        }
+    }
+
     /// A tiny model for unit tests (runs in milliseconds).
     pub fn tiny() -> Self {
         Self {

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use close_core::init::{init_tensor, name_seed, SeededInit};
 use close_core::optim::{AdamW, AdamWConfig};
 use close_core::progress::Progress;
+use close_core::step_losses::{LossBook, StepLoss};
 use close_core::{Error, Result};
 use close_data::coco::Karpathy;
 
@@ -585,6 +586,27 @@ struct Batch {
     rows: Vec<Vec<u32>>,
 }
 
+/// Steps between reads of the losses (and log lines). On a GPU a read waits for the
+/// queued steps, so the loop does not read every step.
+const LOG_EVERY: usize = 50;
+
+/// Read the pending losses into `out` (last loss, moving average, progress message);
+/// a loss that is not finite stops the training.
+fn read_losses(book: &mut LossBook, out: &mut Outcome, progress: &dyn Progress) -> Result<()> {
+    for StepLoss { step, lr, loss } in book.drain()? {
+        if !loss.is_finite() {
+            return Err(Error::invalid(format!(
+                "loss became {loss} at step {step}; lower --lr"
+            )));
+        }
+        out.last_loss = loss;
+        let e = out.ema.map_or(loss, |e| 0.95 * e + 0.05 * loss);
+        out.ema = Some(e);
+        progress.message(&format!("loss {e:.3} lr {lr:.1e}"));
+    }
+    Ok(())
+}
+
 /// What the optimisation loop did.
 struct Outcome {
     steps: usize,
@@ -612,6 +634,7 @@ impl Epochs<'_> {
             train_seconds: 0.0,
         };
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let mut book = LossBook::default();
         let start = Instant::now();
         progress.start("train clip", total as u64);
         'epochs: for _epoch in 0..cfg.epochs {
@@ -626,14 +649,11 @@ impl Epochs<'_> {
                 }
                 let batch = self.batch(chunk, &order, &mut rng);
                 let lr = lr_at(out.steps, total, warmup, cfg.lr);
-                let loss = self.step(opt, batch, lr, out.steps)?;
-                out.last_loss = loss;
-                let e = out.ema.map_or(loss, |e| 0.95 * e + 0.05 * loss);
-                out.ema = Some(e);
+                let loss = self.step(opt, batch, lr)?;
                 out.steps += 1;
                 let step = out.steps;
+                book.push(step as u64, lr, &loss);
                 progress.inc(1);
-                progress.message(&format!("loss {e:.3} lr {lr:.1e}"));
                 close_core::pace::step();
                 if let Some(limit) = cfg.max_train_seconds {
                     if start.elapsed().as_secs_f64() >= limit && step < total {
@@ -645,16 +665,19 @@ impl Epochs<'_> {
                         break 'epochs;
                     }
                 }
-                if step.is_multiple_of(50) {
+                if step.is_multiple_of(LOG_EVERY) {
+                    read_losses(&mut book, &mut out, progress)?;
                     let el = start.elapsed().as_secs_f64();
                     tracing::info!(
-                        "step {step}/{total} loss {e:.3} lr {lr:.2e} logit_scale {:.1} ({:.2} s/step)",
+                        "step {step}/{total} loss {:.3} lr {lr:.2e} logit_scale {:.1} ({:.2} s/step)",
+                        out.ema.unwrap_or(f64::NAN),
                         self.model.logit_scale()?,
                         el / step as f64
                     );
                 }
             }
         }
+        read_losses(&mut book, &mut out, progress)?;
         progress.finish();
         out.train_seconds = start.elapsed().as_secs_f64();
         Ok(out)
@@ -699,9 +722,8 @@ impl Epochs<'_> {
         }
     }
 
-    /// One optimisation step (number `step`, 0-based) on a batch; returns its loss, or an
-    /// error when the loss is not finite.
-    fn step(&self, opt: &mut Optimizers, batch: Batch, lr: f64, step: usize) -> Result<f64> {
+    /// One optimisation step on a batch; returns its loss, still on the device.
+    fn step(&self, opt: &mut Optimizers, batch: Batch, lr: f64) -> Result<Tensor> {
         let device = self.job.device;
         let (c, s) = self.image_shape;
         let px = Tensor::from_vec(batch.px, (batch.images, c, s, s), device)?;
@@ -709,12 +731,6 @@ impl Epochs<'_> {
         let (logits, _, _) = self.model.forward(&px, &tid)?;
         let loss = clip_loss(&logits)?;
         opt.step(&loss, lr)?;
-        let loss = loss.to_scalar::<f32>()? as f64;
-        if !loss.is_finite() {
-            return Err(Error::invalid(format!(
-                "loss became {loss} at step {step}; lower --lr"
-            )));
-        }
         Ok(loss)
     }
 }

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use close_clip::{load_image, Clip, ClipTokenizer};
 
 fn fixtures() -> PathBuf {
@@ -32,7 +32,7 @@ struct Expected {
 }
 
 fn check(name: &str) {
-    let dev = Device::Cpu;
+    let dev = close_core::device::test_device().unwrap();
     let dir = fixtures().join(name);
     let clip = Clip::load(&dir, &dev).unwrap();
     let exp: Expected =

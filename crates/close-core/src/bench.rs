@@ -112,6 +112,14 @@ impl fmt::Display for CpuInfo {
     }
 }
 
+/// This process's peak resident memory in MiB (`VmHWM`), where `/proc` has it.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
 /// The PyTorch side's line for the same report, from the fields the benches' Python
 /// snippets print (`torch`, `capability`).
 pub fn torch_line(v: &serde_json::Value) -> String {
@@ -126,6 +134,14 @@ pub fn torch_line(v: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_peak_rss_on_linux() {
+        if cfg!(target_os = "linux") {
+            let mib = peak_rss_mib().unwrap();
+            assert!(mib > 1.0 && mib < 1e6, "{mib}");
+        }
+    }
 
     #[test]
     fn describes_this_cpu() {

@@ -72,6 +72,19 @@ impl DeviceSpec {
     }
 }
 
+/// The environment variable that moves the parity tests to another device.
+pub const TEST_DEVICE_VAR: &str = "CLOSE_TEST_DEVICE";
+
+/// The device the HF parity and precision tests run on: `CLOSE_TEST_DEVICE` (`cpu`,
+/// `cuda`, `cuda:N`), the CPU when unset. `scripts/gpu-check.sh` sets it; a value that does
+/// not parse or open fails the test instead of quietly testing the CPU.
+pub fn test_device() -> Result<candle_core::Device> {
+    match std::env::var(TEST_DEVICE_VAR) {
+        Ok(s) if !s.trim().is_empty() => s.parse::<DeviceSpec>()?.open(),
+        _ => Ok(candle_core::Device::Cpu),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,7 @@ pub mod pace;
 pub mod plot;
 pub mod progress;
 pub mod simd;
+pub mod step_losses;
 pub mod threads;
 
 pub use device::DeviceSpec;

@@ -79,6 +79,5 @@ pub mod linalg;
 pub mod model;
 pub mod run;
 pub mod schedule;
-pub mod step_losses;
 pub mod task;
 pub mod train;

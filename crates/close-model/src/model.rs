@@ -71,6 +71,9 @@ pub struct CloseModel {
     prefix_w: Tensor, // [n·D, C]
     prefix_b: Tensor, // [n·D]
     varmap: VarMap,
+    /// The weights of a frozen model (empty for a trainable one, whose weights are the
+    /// varmap's variables).
+    constants: HashMap<String, Tensor>,
 }
 
 /// Checkpoint key of the prefix weight.
@@ -107,6 +110,7 @@ impl CloseModel {
             prefix_w,
             prefix_b,
             varmap,
+            constants: HashMap::new(),
         })
     }
 
@@ -131,11 +135,35 @@ impl CloseModel {
         self.prefix_w.dtype()
     }
 
-    /// A model whose parameters are variables initialised from the safetensors file `path`
-    /// (every tensor must be present with the right shape; extra tensors are ignored).
+    /// A model for inference with the weights of the safetensors file `path` (every tensor
+    /// must be present with the right shape; extra tensors are ignored). Its weights are
+    /// constants ([`CloseModel::frozen`]).
     pub fn load(cfg: ModelConfig, path: &Path, device: &Device) -> Result<Self> {
         let m = Self::new(cfg, 0, device)?;
         m.load_weights(path)?;
+        m.frozen()
+    }
+
+    /// This model with its weights as constants instead of variables, sharing their memory.
+    /// An op on a variable records its inputs for backprop, so a forward pass through a
+    /// trainable model keeps every activation alive as long as its output lives; a frozen
+    /// model keeps none. Its [`CloseModel::varmap`] is empty.
+    pub fn frozen(self) -> Result<Self> {
+        let tensors: HashMap<String, Tensor> = {
+            let data = self
+                .varmap
+                .data()
+                .lock()
+                .map_err(|_| Error::invalid("varmap lock poisoned"))?;
+            data.iter()
+                .map(|(k, v)| (k.clone(), v.as_detached_tensor()))
+                .collect()
+        };
+        let device = self.prefix_w.device().clone();
+        let vb = VarBuilder::from_tensors(tensors.clone(), self.dtype(), &device);
+        let mut m = Self::build(self.cfg.clone(), vb, VarMap::new())?;
+        m.set_training(self.t5.is_training());
+        m.constants = tensors;
         Ok(m)
     }
 
@@ -147,7 +175,14 @@ impl CloseModel {
     }
 
     /// Overwrite all parameters from named tensors (`file` names the source in errors).
+    /// A frozen model cannot be overwritten: load a new one.
     pub fn set_weights(&self, tensors: &HashMap<String, Tensor>, file: &str) -> Result<()> {
+        if !self.constants.is_empty() {
+            return Err(Error::invalid(format!(
+                "{file}: this model's weights are constants (loaded for inference); \
+                 load the file as a new model"
+            )));
+        }
         let data = self
             .varmap
             .data()
@@ -178,6 +213,9 @@ impl CloseModel {
 
     /// All parameters by name (T5's HF names + `prefix.lin.*`).
     pub fn tensors(&self) -> Result<HashMap<String, Tensor>> {
+        if !self.constants.is_empty() {
+            return Ok(self.constants.clone());
+        }
         let data = self
             .varmap
             .data()
@@ -300,7 +338,12 @@ impl CloseModel {
         text: Option<&TextInput>,
         gen: &GenerateConfig,
     ) -> Result<Vec<Vec<Hypothesis>>> {
-        let (enc, mask) = self.encode(clip, text)?;
+        // No gradients here: detaching drops the encoder's recorded graph (and with it
+        // every encoder activation) before decoding starts.
+        let (enc, mask) = {
+            let (enc, mask) = self.encode(clip, text)?;
+            (enc.detach(), mask)
+        };
         self.t5.generate(&enc, &mask, gen)
     }
 }
@@ -407,11 +450,16 @@ mod tests {
         // A missing key is named.
         let mut t = a.tensors()?;
         t.remove(PREFIX_BIAS);
+        let e = c.set_weights(&t, "x.safetensors").unwrap_err().to_string();
+        assert!(e.contains(PREFIX_BIAS), "{e}");
+        // A loaded model is frozen: no variables, the same weights, and no overwriting.
+        assert!(back.varmap().all_vars().is_empty());
+        assert_eq!(w(&ta), w(&back.tensors()?));
         let e = back
-            .set_weights(&t, "x.safetensors")
+            .set_weights(&ta, "y.safetensors")
             .unwrap_err()
             .to_string();
-        assert!(e.contains(PREFIX_BIAS), "{e}");
+        assert!(e.contains("constants"), "{e}");
         Ok(())
     }
 

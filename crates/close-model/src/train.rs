@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use close_core::optim::AdamW;
 use close_core::progress::Progress;
+use close_core::step_losses::{LossBook, LossScale, StepLoss};
 use close_core::{io, Error, Result};
 use close_t5::T5Config;
 
@@ -33,7 +34,6 @@ use crate::eval::{evaluate_examples, Evaluator, Metrics};
 use crate::model::{CloseModel, ModelConfig};
 use crate::run::{self, TextCodec};
 use crate::schedule::LinearSchedule;
-use crate::step_losses::{LossBook, LossScale, StepLoss};
 use crate::task::{ClipSource, TaskData, TrainOn};
 
 /// One epoch's record.

@@ -403,7 +403,7 @@ fn targets_per_step_samples_targets_reproducibly() {
 #[test]
 fn half_precision_training_follows_f32() {
     let w = world();
-    let dev = Device::Cpu;
+    let dev = close_core::device::test_device().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let run = |dtype: Precision| {
         let mut cfg = config(noise_w(), 3);

@@ -723,8 +723,10 @@ impl T5 {
                 .cross
                 .as_ref()
                 .ok_or_else(|| Error::invalid("decoder block without cross-attention"))?;
-            let ck = split_heads(&linear(enc_out, &ca.k)?, h)?;
-            let cv = split_heads(&linear(enc_out, &ca.v)?, h)?;
+            // Decoding needs no gradients: a detached cache holds no graph, so nothing
+            // computed before it stays alive (the weights may be trainable variables).
+            let ck = split_heads(&linear(enc_out, &ca.k)?, h)?.detach();
+            let cv = split_heads(&linear(enc_out, &ca.v)?, h)?.detach();
             let (ck, cv) = if expand > 1 {
                 (ck.index_select(&rows, 0)?, cv.index_select(&rows, 0)?)
             } else {
@@ -777,8 +779,8 @@ impl T5 {
             let s = q.matmul(&k.t()?)?.broadcast_add(&pos)?;
             let o = candle_nn::ops::softmax_last_dim(&s)?.matmul(&v)?;
             x = (x + linear(&o.reshape((n, 1, h * dk))?, &a.o)?)?;
-            lc.k = Some(k);
-            lc.v = Some(v);
+            lc.k = Some(k.detach());
+            lc.v = Some(v.detach());
             let (ca, cln) = blk
                 .cross
                 .as_ref()

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use close_t5::{GenerateConfig, T5};
 
 fn fixture(variant: &str) -> PathBuf {
@@ -17,8 +17,8 @@ fn fixture(variant: &str) -> PathBuf {
 }
 
 fn expected(variant: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(variant).join("expected.safetensors"), &Device::Cpu)
-        .unwrap()
+    let dev = close_core::device::test_device().unwrap();
+    candle_core::safetensors::load(fixture(variant).join("expected.safetensors"), &dev).unwrap()
 }
 
 /// max |a - b| / max(1, max |b|)
@@ -55,7 +55,7 @@ fn split_labels(labels: &Tensor) -> (Tensor, Tensor) {
 }
 
 fn check_forward(variant: &str) {
-    let dev = Device::Cpu;
+    let dev = close_core::device::test_device().unwrap();
     let (model, cfg) = T5::load(fixture(variant), &dev).unwrap();
     assert_eq!(cfg.tie_word_embeddings, variant == "v1_0");
     let e = expected(variant);
@@ -83,7 +83,7 @@ fn check_forward(variant: &str) {
 }
 
 fn check_gradients(variant: &str) {
-    let dev = Device::Cpu;
+    let dev = close_core::device::test_device().unwrap();
     let (model, _cfg, varmap) = T5::load_trainable(fixture(variant), &dev).unwrap();
     let e = expected(variant);
     let x = Var::from_tensor(&e["inputs_embeds"]).unwrap();
@@ -137,7 +137,7 @@ struct GenExpected {
 }
 
 fn check_generation(variant: &str) {
-    let dev = Device::Cpu;
+    let dev = close_core::device::test_device().unwrap();
     let (model, _) = T5::load(fixture(variant), &dev).unwrap();
     let e = expected(variant);
     let want: GenExpected = serde_json::from_str(

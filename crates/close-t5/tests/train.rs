@@ -1,7 +1,7 @@
 //! Training-path tests: every parameter receives a gradient, and a tiny T5 learns to reverse
 //! short sequences.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use close_core::optim::{AdamW, AdamWConfig};
 use close_t5::{pad_targets, GenerateConfig, T5Config, T5};
@@ -17,7 +17,7 @@ fn tiny(proj: &str, tied: bool) -> T5Config {
 
 #[test]
 fn every_parameter_gets_a_gradient() {
-    let dev = Device::Cpu;
+    let dev = close_core::device::test_device().unwrap();
     for (proj, tied) in [("relu", true), ("gated-gelu", false)] {
         let cfg = tiny(proj, tied);
         let vm = VarMap::new();
@@ -40,7 +40,7 @@ fn every_parameter_gets_a_gradient() {
 
 #[test]
 fn dropout_is_active_only_in_training_mode() {
-    let dev = Device::Cpu;
+    let dev = close_core::device::test_device().unwrap();
     let cfg = T5Config {
         dropout_rate: 0.3,
         ..T5Config::tiny()
@@ -67,7 +67,7 @@ fn dropout_is_active_only_in_training_mode() {
 
 #[test]
 fn learns_to_reverse_short_sequences() {
-    let dev = Device::Cpu;
+    let dev = close_core::device::test_device().unwrap();
     let cfg = T5Config {
         vocab_size: 16,
         d_model: 64,
@@ -144,7 +144,7 @@ fn learns_to_reverse_short_sequences() {
 #[test]
 fn the_composed_path_matches_the_fused_one() {
     use close_core::fused::with_composed_ops;
-    let dev = Device::Cpu;
+    let dev = close_core::device::test_device().unwrap();
     for (proj, tied) in [("relu", true), ("gated-gelu", false)] {
         let cfg = tiny(proj, tied);
         let vm = VarMap::new();

@@ -1,4 +1,4 @@
-//! Per-step training losses kept on the device until the trainer reads them, and the
+//! Per-step training losses kept on the device until a training loop reads them, and the
 //! dynamic loss scale of f16 training.
 //!
 //! Reading a loss makes the host wait for the device to finish the step. Reading them in
@@ -8,11 +8,11 @@
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use close_core::Result;
+use crate::Result;
 
 /// A training loss read back to the host.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct StepLoss {
+pub struct StepLoss {
     /// The optimizer step it belongs to (1-based).
     pub step: u64,
     pub lr: f64,
@@ -21,7 +21,7 @@ pub(crate) struct StepLoss {
 
 /// Losses of finished steps not yet read.
 #[derive(Default)]
-pub(crate) struct LossBook {
+pub struct LossBook {
     pending: Vec<(u64, f64, Tensor)>,
 }
 
