@@ -16,6 +16,8 @@ use rand_chacha::ChaCha8Rng;
 pub struct SeededInit {
     varmap: VarMap,
     seed: u64,
+    /// Names of variables that start as zeros ([`SeededInit::zeros_for`]).
+    zeros: Option<Box<dyn Fn(&str) -> bool + Send + Sync>>,
 }
 
 pub fn name_seed(seed: u64, name: &str) -> u64 {
@@ -79,6 +81,10 @@ impl candle_nn::var_builder::SimpleBackend for SeededInit {
             }
             return Ok(v.as_tensor().clone());
         }
+        let h = match &self.zeros {
+            Some(zero) if zero(name) => Init::Const(0.0),
+            _ => h,
+        };
         let t = init_tensor(h, &s, name_seed(self.seed, name), dtype, dev)?;
         let var = Var::from_tensor(&t)?;
         let out = var.as_tensor().clone();
@@ -105,7 +111,19 @@ impl candle_nn::var_builder::SimpleBackend for SeededInit {
 impl SeededInit {
     /// Variables created through this backend land in `varmap`.
     pub fn new(varmap: VarMap, seed: u64) -> Self {
-        Self { varmap, seed }
+        Self {
+            varmap,
+            seed,
+            zeros: None,
+        }
+    }
+
+    /// Variables whose name `overwritten` accepts start as zeros: for weights a checkpoint
+    /// replaces right away, whose random draw would cost seconds at real sizes. Every other
+    /// variable gets the same values as without it (each draws from its own name's seed).
+    pub fn zeros_for(mut self, overwritten: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        self.zeros = Some(Box::new(overwritten));
+        self
     }
 }
 

@@ -92,6 +92,28 @@ impl CloseModel {
         Self::build(cfg, vb, varmap)
     }
 
+    /// A model whose every weight is loaded next ([`CloseModel::load_weights`] checks that
+    /// all are present): zeros instead of a random draw.
+    pub fn to_be_loaded(cfg: ModelConfig, device: &Device) -> Result<Self> {
+        cfg.validate()?;
+        let varmap = VarMap::new();
+        let backend = SeededInit::new(varmap.clone(), 0).zeros_for(|_| true);
+        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
+        Self::build(cfg, vb, varmap)
+    }
+
+    /// A model about to receive pretrained T5 weights: the prefix is initialised as by
+    /// [`CloseModel::new`], the T5 variables start as zeros (every one of them must then be
+    /// loaded, as `close_t5::weights::load_into_varmap` checks).
+    pub fn for_pretrained_t5(cfg: ModelConfig, seed: u64, device: &Device) -> Result<Self> {
+        cfg.validate()?;
+        let varmap = VarMap::new();
+        let backend =
+            SeededInit::new(varmap.clone(), seed).zeros_for(|n| !n.starts_with("prefix."));
+        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
+        Self::build(cfg, vb, varmap)
+    }
+
     fn build(cfg: ModelConfig, vb: VarBuilder, varmap: VarMap) -> Result<Self> {
         let t5 = T5::new(&cfg.t5, vb.clone())?;
         // torch.nn.Linear's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
@@ -139,7 +161,7 @@ impl CloseModel {
     /// must be present with the right shape; extra tensors are ignored). Its weights are
     /// constants ([`CloseModel::frozen`]).
     pub fn load(cfg: ModelConfig, path: &Path, device: &Device) -> Result<Self> {
-        let m = Self::new(cfg, 0, device)?;
+        let m = Self::to_be_loaded(cfg, device)?;
         m.load_weights(path)?;
         m.frozen()
     }

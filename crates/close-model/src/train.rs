@@ -211,11 +211,17 @@ impl<'a> Trainer<'a> {
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
         let adapter = build_adapter(&cfg, clip_dim, out, resume, device)?;
         let (mcfg, codec, pretrained) = setup_model(&cfg, inputs.data, clip_dim, out, resume)?;
-        let model = CloseModel::new(mcfg.clone(), cfg.seed, device)?;
-        if let Some(files) = &pretrained {
-            let skip = |n: &str| n.starts_with("prefix.");
-            close_t5::weights::load_into_varmap(model.varmap(), files, skip)?;
-        }
+        let model = match &pretrained {
+            Some(files) => {
+                let model = CloseModel::for_pretrained_t5(mcfg.clone(), cfg.seed, device)?;
+                let skip = |n: &str| n.starts_with("prefix.");
+                close_t5::weights::load_into_varmap(model.varmap(), files, skip)?;
+                model
+            }
+            // Resuming loads every weight from `last/`.
+            None if resume => CloseModel::to_be_loaded(mcfg.clone(), device)?,
+            None => CloseModel::new(mcfg.clone(), cfg.seed, device)?,
+        };
         let mut model = model.into_dtype(cfg.dtype.dtype())?;
         model.set_training(true);
         if !resume {
