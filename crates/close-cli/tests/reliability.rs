@@ -775,3 +775,53 @@ fn bad_images_are_listed_and_bad_json_names_the_line() {
         "{e}"
     );
 }
+
+/// `close embed --shard I/N` three times plus `close embed merge` writes the same files as
+/// one `close embed`, byte for byte; a shard of another model is refused, naming it.
+#[test]
+fn sharded_embedding_merges_to_the_single_process_cache() {
+    let f = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |rel: &str| tmp.path().join(rel).to_str().unwrap().to_string();
+    let (clip, data, w) = (f.p("clip"), f.p("w/dataset_coco.json"), f.p("w"));
+    // Small batches, so that every shard gets several (200 images, 1000 captions).
+    let batch = ["--batch-size", "16"];
+    ok(&strs(&embed_args(&clip, &data, &w, &p("single"), &batch)));
+    let mut parts = Vec::new();
+    for i in 0..3 {
+        let part = p(&format!("part{i}"));
+        let shard = format!("{i}/3");
+        let extra = [batch[0], batch[1], "--shard", shard.as_str()];
+        ok(&strs(&embed_args(&clip, &data, &w, &part, &extra)));
+        parts.push(part);
+    }
+    let mut merge = vec!["embed", "merge", "--data", &data];
+    let merged = p("merged");
+    merge.extend(["--out", merged.as_str()]);
+    merge.extend(parts.iter().map(String::as_str));
+    ok(&merge);
+    let single = snapshot(&tmp.path().join("single"));
+    assert!(single.len() >= 4, "{} files", single.len());
+    assert!(
+        single == snapshot(&tmp.path().join("merged")),
+        "merged cache differs"
+    );
+    // Each shard holds only its part; a second merge into the same --out is refused.
+    let part0 = close_clip::EmbeddingCache::open(tmp.path().join("part0/images")).unwrap();
+    assert!(part0.len() < 200 && !part0.is_empty(), "{}", part0.len());
+    let o = run(&merge);
+    assert!(
+        !o.status.success() && stderr(&o).contains("--force"),
+        "{}",
+        stderr(&o)
+    );
+    // A bad --shard is refused with the expected form.
+    let o = run(&strs(&embed_args(
+        &clip,
+        &data,
+        &w,
+        &p("x"),
+        &["--shard", "3/3"],
+    )));
+    assert!(stderr(&o).contains("INDEX/COUNT"), "{}", stderr(&o));
+}

@@ -336,6 +336,125 @@ fn commit(
     Ok(())
 }
 
+/// One of `count` parts of an embedding job (`close embed --shard INDEX/COUNT`): the
+/// batches whose number is `index` modulo `count`, of the batches a single process would
+/// make. Every item is thus embedded in the same batch as by one process, and
+/// [`merge_shards`] gives the files of a single run, byte for byte. Any scheduler can run
+/// the parts: a Slurm array, a Kubernetes indexed job, `mpirun`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// The whole job.
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+
+    /// This shard's items: the batches of `batch` items whose number is `index` mod `count`.
+    pub fn select<T: Clone>(&self, items: &[T], batch: usize) -> Vec<T> {
+        items
+            .chunks(batch.max(1))
+            .enumerate()
+            .filter(|(j, _)| j % self.count == self.index)
+            .flat_map(|(_, c)| c.iter().cloned())
+            .collect()
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::config(
+                "shard",
+                format!("`{s}`: expected INDEX/COUNT with 0 ≤ INDEX < COUNT, e.g. 0/4"),
+            )
+        };
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count): (usize, usize) = (
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+/// What [`merge_shards`] wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct MergeReport {
+    pub dir: PathBuf,
+    pub kind: CacheKind,
+    pub parts: usize,
+    /// Keys in the merged cache.
+    pub total: usize,
+    /// Keys that no part holds (items every shard skipped, such as unreadable images).
+    pub missing: Vec<String>,
+}
+
+/// Join the caches of a sharded job (`parts`, one per shard) into a new cache at `dir`,
+/// rows in the order of `keys`: the order in which a single process embeds them (the job's
+/// items, without duplicates and, for texts, without empty ones). A single run from scratch
+/// and this merge write the same files. Parts of another model, kind or dimension are an
+/// error that names the part; `dir` must not hold a cache yet.
+pub fn merge_shards(parts: &[PathBuf], keys: &[String], dir: &Path) -> Result<MergeReport> {
+    let Some(first) = parts.first() else {
+        return Err(Error::invalid("merge: no shard caches given"));
+    };
+    if dir.join(INDEX_FILE).exists() {
+        return Err(Error::Exists {
+            path: dir.to_path_buf(),
+            hint: "merge into a new directory, or delete this cache first".into(),
+        });
+    }
+    let caches = parts
+        .iter()
+        .map(EmbeddingCache::open)
+        .collect::<Result<Vec<_>>>()?;
+    let c0 = &caches[0];
+    for c in &caches[1..] {
+        if (c.kind, c.dim, &c.model_hash) != (c0.kind, c0.dim, &c0.model_hash) {
+            return Err(Error::invalid(format!(
+                "{}: a {:?} cache of model {} (dim {}), but {} is a {:?} cache of model {} \
+                 (dim {}); merge the shards of one `close embed` job",
+                c.dir.display(),
+                c.kind,
+                &c.model_hash[..c.model_hash.len().min(12)],
+                c.dim,
+                first.display(),
+                c0.kind,
+                &c0.model_hash[..c0.model_hash.len().min(12)],
+                c0.dim
+            )));
+        }
+    }
+    let mut rows = Vec::new();
+    let mut missing = Vec::new();
+    let mut seen = HashSet::new();
+    for k in keys.iter().filter(|k| seen.insert(k.as_str())) {
+        let found = caches.iter().find_map(|c| c.pos.get(k).map(|&i| (c, i)));
+        match found {
+            Some((c, i)) => {
+                let row = c.data[i * c.dim..(i + 1) * c.dim].to_vec();
+                rows.push((k.clone(), c.fingerprints[i].clone(), row));
+            }
+            None => missing.push(k.clone()),
+        }
+    }
+    let total = rows.len();
+    commit(dir, c0.kind, &c0.model_hash, c0.dim, Vec::new(), rows)?;
+    Ok(MergeReport {
+        dir: dir.to_path_buf(),
+        kind: c0.kind,
+        parts: parts.len(),
+        total,
+        missing,
+    })
+}
+
 fn check_batch(batch: usize) -> Result<()> {
     if batch == 0 {
         return Err(Error::config("batch_size", "must be at least 1"));
@@ -379,6 +498,18 @@ pub fn embed_images(
     batch: usize,
     progress: &dyn Progress,
 ) -> Result<EmbedReport> {
+    embed_images_part(clip, items, dir, batch, Shard::WHOLE, progress)
+}
+
+/// [`embed_images`] of one [`Shard`] of the batches.
+pub fn embed_images_part(
+    clip: &Clip,
+    items: &[(String, PathBuf)],
+    dir: &Path,
+    batch: usize,
+    shard: Shard,
+    progress: &dyn Progress,
+) -> Result<EmbedReport> {
     check_batch(batch)?;
     let hash = clip.model_hash()?;
     let dim = clip.model.config().projection_dim;
@@ -394,6 +525,7 @@ pub fn embed_images(
             _ => todo.push((k.clone(), p.clone(), fp)),
         }
     }
+    let todo = shard.select(&todo, batch);
     let mut bad = Vec::new();
     let mut new = Vec::new();
     progress.start("embed images", todo.len() as u64);
@@ -453,6 +585,18 @@ pub fn embed_texts(
     batch: usize,
     progress: &dyn Progress,
 ) -> Result<EmbedReport> {
+    embed_texts_part(clip, items, dir, batch, Shard::WHOLE, progress)
+}
+
+/// [`embed_texts`] of one [`Shard`] of the batches.
+pub fn embed_texts_part(
+    clip: &Clip,
+    items: &[(String, String)],
+    dir: &Path,
+    batch: usize,
+    shard: Shard,
+    progress: &dyn Progress,
+) -> Result<EmbedReport> {
     check_batch(batch)?;
     let hash = clip.model_hash()?;
     let dim = clip.model.config().projection_dim;
@@ -477,6 +621,7 @@ pub fn embed_texts(
             _ => todo.push((k.clone(), t.clone(), fp)),
         }
     }
+    let todo = shard.select(&todo, batch);
     let mut new = Vec::new();
     progress.start("embed texts", todo.len() as u64);
     for chunk in todo.chunks(batch) {

@@ -10,6 +10,9 @@ use candle_nn::{Init, VarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// Which variable names start as zeros.
+type NameFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// A deterministic parameter initialiser: every variable is drawn from a ChaCha stream
 /// seeded by (seed, name), so the same seed gives the same initial model whatever the
 /// construction order (candle's CPU RNG cannot be seeded).
@@ -17,7 +20,7 @@ pub struct SeededInit {
     varmap: VarMap,
     seed: u64,
     /// Names of variables that start as zeros ([`SeededInit::zeros_for`]).
-    zeros: Option<Box<dyn Fn(&str) -> bool + Send + Sync>>,
+    zeros: Option<NameFilter>,
 }
 
 pub fn name_seed(seed: u64, name: &str) -> u64 {

@@ -1,11 +1,15 @@
 //! `close embed`: encode a dataset's images and/or captions once into embedding caches
 //! (`OUT/images`, keyed by image id; `OUT/texts`, keyed by caption text). A second run with
 //! the same model reuses everything and computes only what is missing.
+//!
+//! Large jobs split over processes or machines: `close embed --shard I/N` embeds every
+//! N-th batch starting at batch I into its own `--out`, and `close embed merge` joins the
+//! shards into the cache a single process would have written, byte for byte.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use close_clip::cache::{embed_images, embed_texts};
+use close_clip::cache::{embed_images_part, embed_texts_part, merge_shards, Shard};
 use close_clip::Clip;
 use close_data::coco::Karpathy;
 
@@ -19,17 +23,29 @@ pub enum What {
     Both,
 }
 
+impl What {
+    fn images(self) -> bool {
+        matches!(self, What::Images | What::Both)
+    }
+    fn texts(self) -> bool {
+        matches!(self, What::Texts | What::Both)
+    }
+}
+
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Sub>,
     /// HF-layout CLIP model dir.
-    #[arg(long)]
-    pub clip: PathBuf,
+    #[arg(long, required = true)]
+    pub clip: Option<PathBuf>,
     /// Karpathy-format json (`dataset_coco.json`).
-    #[arg(long)]
-    pub data: PathBuf,
+    #[arg(long, required = true)]
+    pub data: Option<PathBuf>,
     /// Image root (`filepath/filename` of each image is relative to it).
-    #[arg(long)]
-    pub images: PathBuf,
+    #[arg(long, required = true)]
+    pub images: Option<PathBuf>,
     /// Comma-separated splits (`train` includes `restval`).
     #[arg(long, default_value = "train,val,test")]
     pub splits: String,
@@ -37,25 +53,54 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = What::Both)]
     pub what: What,
     /// Cache root: images go to OUT/images, captions to OUT/texts.
-    #[arg(long)]
-    pub out: PathBuf,
+    #[arg(long, required = true)]
+    pub out: Option<PathBuf>,
     #[arg(long, default_value_t = 64, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub batch_size: usize,
+    /// Embed only part I of N of the job (0 ≤ I < N): every N-th batch from batch I. Give
+    /// each part its own --out, then join them with `close embed merge`.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
     #[command(flatten)]
     pub device: crate::common::DeviceArg,
 }
 
-pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
-    let (do_images, do_texts) = match args.what {
-        What::Images => (true, false),
-        What::Texts => (false, true),
-        What::Both => (true, true),
-    };
-    let dev = args.device.open()?;
-    let clip = Clip::load(&args.clip, &dev)?;
-    let data = Karpathy::load(&args.data)?;
-    let splits: Vec<&str> = args
-        .splits
+#[derive(clap::Subcommand, Debug)]
+pub enum Sub {
+    /// Join the caches of `close embed --shard I/N` runs into one, the same files as a
+    /// single run's.
+    Merge(MergeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MergeArgs {
+    /// The Karpathy-format json the shards embedded (it gives the order of the rows).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The shards' --splits.
+    #[arg(long, default_value = "train,val,test")]
+    pub splits: String,
+    /// Which caches to merge.
+    #[arg(long, value_enum, default_value_t = What::Both)]
+    pub what: What,
+    /// Cache root to write (OUT/images, OUT/texts).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace caches already at --out (once the merge has succeeded).
+    #[arg(long)]
+    pub force: bool,
+    /// The shards' cache roots (each one's --out).
+    #[arg(required = true)]
+    pub parts: Vec<PathBuf>,
+}
+
+/// The job's items in the order a single process embeds them: images `(id, path)` and
+/// captions `(text, text)`, each without duplicates.
+type Items = (Vec<(String, PathBuf)>, Vec<(String, String)>);
+
+fn job_items(data: &Path, splits: &str, image_root: &Path) -> anyhow::Result<Items> {
+    let karpathy = Karpathy::load(data)?;
+    let splits: Vec<&str> = splits
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -63,52 +108,110 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     if splits.is_empty() {
         anyhow::bail!("--splits: no split given");
     }
-    let mut seen = HashSet::new();
-    let mut image_items = Vec::new();
-    let mut text_items = Vec::new();
-    let mut seen_text = HashSet::new();
-    for im in data
+    let (mut seen, mut seen_text) = (HashSet::new(), HashSet::new());
+    let (mut images, mut texts) = (Vec::new(), Vec::new());
+    let selected = karpathy
         .images
         .iter()
-        .filter(|im| splits.iter().any(|s| im.in_split(s)))
-    {
+        .filter(|im| splits.iter().any(|s| im.in_split(s)));
+    for im in selected {
         if seen.insert(im.image_id()) {
-            image_items.push((im.image_id().to_string(), args.images.join(im.rel_path())));
+            images.push((im.image_id().to_string(), image_root.join(im.rel_path())));
         }
         for c in im.captions() {
             if seen_text.insert(c.to_string()) {
-                text_items.push((c.to_string(), c.to_string()));
+                texts.push((c.to_string(), c.to_string()));
             }
         }
     }
-    if image_items.is_empty() {
-        anyhow::bail!("{}: no images in splits {:?}", args.data.display(), splits);
+    if images.is_empty() {
+        anyhow::bail!("{}: no images in splits {:?}", data.display(), splits);
     }
+    Ok((images, texts))
+}
+
+pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
+    if let Some(Sub::Merge(m)) = args.command {
+        return merge(m);
+    }
+    let (Some(clip), Some(data), Some(image_root), Some(out)) =
+        (&args.clip, &args.data, &args.images, &args.out)
+    else {
+        anyhow::bail!("--clip, --data, --images and --out are required");
+    };
+    let dev = args.device.open()?;
+    let clip = Clip::load(clip, &dev)?;
+    let (image_items, text_items) = job_items(data, &args.splits, image_root)?;
+    let shard = args.shard.unwrap_or(Shard::WHOLE);
     let progress = ctx.progress();
-    let mut out = serde_json::Map::new();
-    if do_images {
-        let r = embed_images(
-            &clip,
-            &image_items,
-            &args.out.join("images"),
-            args.batch_size,
-            progress.as_ref(),
-        )?;
+    let mut report = serde_json::Map::new();
+    if args.what.images() {
+        let (dir, batch) = (out.join("images"), args.batch_size);
+        let r = embed_images_part(&clip, &image_items, &dir, batch, shard, progress.as_ref())?;
         for b in &r.bad {
             tracing::warn!("skipped image {} ({}): {}", b.key, b.input, b.reason);
         }
-        out.insert("images".into(), serde_json::to_value(&r)?);
+        report.insert("images".into(), serde_json::to_value(&r)?);
     }
-    if do_texts {
-        let r = embed_texts(
-            &clip,
-            &text_items,
-            &args.out.join("texts"),
-            args.batch_size.max(1) * 4,
-            progress.as_ref(),
-        )?;
-        out.insert("texts".into(), serde_json::to_value(&r)?);
+    if args.what.texts() {
+        let (dir, batch) = (out.join("texts"), args.batch_size.max(1) * 4);
+        let r = embed_texts_part(&clip, &text_items, &dir, batch, shard, progress.as_ref())?;
+        report.insert("texts".into(), serde_json::to_value(&r)?);
     }
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    if let Some(s) = args.shard {
+        report.insert("shard".into(), format!("{}/{}", s.index, s.count).into());
+    }
+    println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+/// `close embed merge`: each kind is merged into a staging dir first, so that --force
+/// replaces an existing cache only once the merge has succeeded.
+fn merge(m: MergeArgs) -> anyhow::Result<()> {
+    let (image_items, text_items) = job_items(&m.data, &m.splits, Path::new(""))?;
+    let mut report = serde_json::Map::new();
+    let kinds = [
+        ("images", m.what.images(), keys_of(&image_items)),
+        ("texts", m.what.texts(), non_empty_keys(&text_items)),
+    ];
+    for (kind, wanted, keys) in kinds {
+        if !wanted {
+            continue;
+        }
+        let target = m.out.join(kind);
+        if target.exists() && !m.force {
+            anyhow::bail!(
+                "{}: exists; merge into a new --out, or add --force to replace it",
+                target.display()
+            );
+        }
+        let parts: Vec<PathBuf> = m.parts.iter().map(|p| p.join(kind)).collect();
+        let staging = m.out.join(format!(".{kind}.merging"));
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)?;
+        }
+        let r = merge_shards(&parts, &keys, &staging)?;
+        if target.exists() {
+            std::fs::remove_dir_all(&target)?;
+        }
+        std::fs::rename(&staging, &target)?;
+        let mut v = serde_json::to_value(&r)?;
+        v["dir"] = target.display().to_string().into();
+        report.insert(kind.into(), v);
+    }
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+fn keys_of<T>(items: &[(String, T)]) -> Vec<String> {
+    items.iter().map(|(k, _)| k.clone()).collect()
+}
+
+/// Text keys as a single run embeds them: empty texts are skipped there.
+fn non_empty_keys(items: &[(String, String)]) -> Vec<String> {
+    items
+        .iter()
+        .filter(|(_, t)| !t.trim().is_empty())
+        .map(|(k, _)| k.clone())
+        .collect()
 }
