@@ -3,7 +3,7 @@
 Writes, under OUT (default: real-size-checkpoints):
   clip-vit-large-patch14/  CLIPModel with openai/clip-vit-large-patch14's config (428M
                            parameters), its real tokenizer (OpenAI's CLIP BPE, from
-                           ../shared/data/clip-bpe or $BPE_GZ) and its image processor config;
+                           /work/shared/data/clip-bpe or $BPE_GZ) and its image processor config;
   t5-base/                 T5ForConditionalGeneration with t5-base's config (223M
                            parameters) and a Unigram tokenizer.json of t5-base's size and
                            special tokens (32,000 made-up pieces + </s>, <unk>, <pad> and 100
@@ -16,40 +16,23 @@ real sizes (docs/scale.md), not for results. Needs torch, transformers and token
 Usage: python scripts/real-size-checkpoints.py [OUT]
 """
 
-import gzip
-import os
+import importlib.util
 import sys
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer, T5Config,
-                          T5ForConditionalGeneration)
-
-BPE_GZ = Path(os.environ.get("BPE_GZ", Path(__file__).resolve().parents[2] / "shared/data/clip-bpe/bpe_simple_vocab_16e6.txt.gz"))
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, T5Config, T5ForConditionalGeneration
 
 
-def bytes_to_unicode():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
-
-def clip_tokenizer() -> CLIPTokenizer:
-    """OpenAI CLIP's tokenizer (49,408 tokens) from its BPE merge list."""
-    merges = gzip.open(BPE_GZ).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
-    merges = [tuple(m.split()) for m in merges]
-    vocab = list(bytes_to_unicode().values())
-    vocab = vocab + [v + "</w>" for v in vocab]
-    vocab += ["".join(m) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    return CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=list(merges))
+def clip_tokenizer():
+    """OpenAI CLIP's tokenizer (49,408 tokens), built by the close-clip parity fixture
+    generator from the BPE merge list ($BPE_GZ, default /work/shared/data/clip-bpe)."""
+    path = Path(__file__).resolve().parents[1] / "crates/close-clip/tests/fixtures/parity/generate.py"
+    spec = importlib.util.spec_from_file_location("clip_fixtures", path)
+    fixtures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fixtures)
+    return fixtures.full_clip_tokenizer()[0]
 
 
 def write_clip(out: Path):

@@ -3,6 +3,7 @@
 //! every run. [`SeededInit`] is a `VarBuilder` backend over a `VarMap` that draws every
 //! variable from a stream seeded by (seed, variable name).
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
 use candle_core::{DType, Device, Shape, Tensor, Var};
@@ -109,6 +110,19 @@ impl candle_nn::var_builder::SimpleBackend for SeededInit {
             .map(|d| d.contains_key(name))
             .unwrap_or(false)
     }
+}
+
+/// The variables of `varmap` as constants that share their memory: ops on them record no
+/// backprop graph, so a forward pass keeps no activation alive (inference).
+pub fn constants(varmap: &VarMap) -> candle_core::Result<HashMap<String, Tensor>> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("varmap lock poisoned".into()))?;
+    Ok(data
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_detached_tensor()))
+        .collect())
 }
 
 impl SeededInit {

@@ -281,11 +281,16 @@ impl AdamW {
 
     /// Global L2 norm of the gradients of the optimizer's variables (read to the host).
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
+        self.sum_sq_on_host(grads).map(f64::sqrt)
+    }
+
+    /// Sum of squared gradients, read to the host.
+    fn sum_sq_on_host(&self, grads: &GradStore) -> Result<f64> {
         if self.all_host() {
-            return self.host_sum_sq(grads).map(f64::sqrt);
+            return self.host_sum_sq(grads);
         }
         match self.device_sum_sq(grads)? {
-            Some(t) => Ok((t.to_scalar::<f32>()? as f64).sqrt()),
+            Some(t) => Ok(t.to_scalar::<f32>()? as f64),
             None => Ok(0.0),
         }
     }
@@ -329,8 +334,7 @@ impl AdamW {
         };
         if self.all_host() {
             let n = self.host_sum_sq(grads)?.sqrt() * unscale;
-            let clip = if n > max { max / (n + 1e-6) } else { 1.0 };
-            return Ok(GradScale::Host(clip * unscale));
+            return Ok(GradScale::Host(clip_factor(max, n) * unscale));
         }
         let Some(sum_sq) = self.device_sum_sq(grads)? else {
             return Ok(GradScale::Host(unscale));
@@ -351,19 +355,17 @@ impl AdamW {
     /// (the scaled loss overflowed), nothing changes and `false` comes back, so that the
     /// caller can lower the scale. Reads one value to the host.
     pub fn step_unscaled(&mut self, grads: &GradStore, loss_scale: f64) -> Result<bool> {
-        let sum_sq = if self.all_host() {
-            self.host_sum_sq(grads)?
-        } else {
-            match self.device_sum_sq(grads)? {
-                Some(t) => t.to_dtype(DType::F64)?.to_scalar::<f64>()?,
-                None => 0.0,
-            }
-        };
+        // The one read: it decides the overflow and, being on the host, the clipping too.
+        let sum_sq = self.sum_sq_on_host(grads)?;
         if !sum_sq.is_finite() {
             return Ok(false);
         }
-        let scale = self.grad_scale(grads, 1.0 / loss_scale)?;
-        self.update(grads, &scale)?;
+        let unscale = 1.0 / loss_scale;
+        let clip = match self.cfg.max_grad_norm {
+            Some(max) => clip_factor(max, sum_sq.sqrt() * unscale),
+            None => 1.0,
+        };
+        self.update(grads, &GradScale::Host(clip * unscale))?;
         Ok(true)
     }
 
@@ -468,6 +470,16 @@ impl AdamW {
         self.masters = masters;
         self.step = step;
         Ok(())
+    }
+}
+
+/// `torch.nn.utils.clip_grad_norm_`'s factor for a global norm `n`: 1 up to `max`, then
+/// `max / (n + 1e-6)`.
+fn clip_factor(max: f64, n: f64) -> f64 {
+    if n > max {
+        max / (n + 1e-6)
+    } else {
+        1.0
     }
 }
 

@@ -195,15 +195,9 @@ fn t5_train(case: &str, plan: Plan, dev: &Device) -> Result<f64> {
 
 /// Random weights as constants, as a checkpoint loads for inference: with variables every
 /// op would record its inputs for backprop and keep all activations alive.
-fn frozen(vm: &VarMap, dev: &Device) -> VarBuilder<'static> {
-    let tensors = vm
-        .data()
-        .lock()
-        .expect("varmap lock")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_detached_tensor()))
-        .collect();
-    VarBuilder::from_tensors(tensors, DType::F32, dev)
+fn frozen(vm: &VarMap, dev: &Device) -> Result<VarBuilder<'static>> {
+    let tensors = close_core::init::constants(vm)?;
+    Ok(VarBuilder::from_tensors(tensors, DType::F32, dev))
 }
 
 fn t5_beam5(case: &str, plan: Plan, dev: &Device) -> Result<f64> {
@@ -211,7 +205,7 @@ fn t5_beam5(case: &str, plan: Plan, dev: &Device) -> Result<f64> {
     let cfg = t5_config(plan);
     let vm = VarMap::new();
     T5::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, dev))?;
-    let model = T5::new(&cfg, frozen(&vm, dev))?;
+    let model = T5::new(&cfg, frozen(&vm, dev)?)?;
     let (ids, mask) = t5_inputs(b, dev)?;
     let gc = GenerateConfig {
         max_steps: GEN,
@@ -233,7 +227,7 @@ fn clip_embed(case: &str, plan: Plan, dev: &Device) -> Result<f64> {
     let cfg = clip_config(plan);
     let vm = VarMap::new();
     ClipModel::new(VarBuilder::from_varmap(&vm, DType::F32, dev), &cfg)?;
-    let clip = ClipModel::new(frozen(&vm, dev), &cfg)?;
+    let clip = ClipModel::new(frozen(&vm, dev)?, &cfg)?;
     if case.starts_with("clip-image") {
         let s = cfg.vision_config.image_size;
         let px = Tensor::randn(0f32, 1., (b, 3, s, s), dev)?;

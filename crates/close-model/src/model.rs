@@ -76,6 +76,11 @@ pub struct CloseModel {
     constants: HashMap<String, Tensor>,
 }
 
+/// An initialiser that starts every variable as zeros, for weights that are all loaded next.
+fn zeros(varmap: VarMap) -> SeededInit {
+    SeededInit::new(varmap, 0).zeros_for(|_| true)
+}
+
 /// Checkpoint key of the prefix weight.
 pub const PREFIX_WEIGHT: &str = "prefix.lin.weight";
 /// Checkpoint key of the prefix bias.
@@ -85,32 +90,35 @@ impl CloseModel {
     /// A freshly initialised model (deterministic for `seed`). Every parameter is a
     /// trainable variable in [`CloseModel::varmap`].
     pub fn new(cfg: ModelConfig, seed: u64, device: &Device) -> Result<Self> {
-        cfg.validate()?;
-        let varmap = VarMap::new();
-        let backend = SeededInit::new(varmap.clone(), seed);
-        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
-        Self::build(cfg, vb, varmap)
+        Self::initialised(cfg, device, DType::F32, |vm| SeededInit::new(vm, seed))
     }
 
     /// A model whose every weight is loaded next ([`CloseModel::load_weights`] checks that
     /// all are present): zeros instead of a random draw.
     pub fn to_be_loaded(cfg: ModelConfig, device: &Device) -> Result<Self> {
-        cfg.validate()?;
-        let varmap = VarMap::new();
-        let backend = SeededInit::new(varmap.clone(), 0).zeros_for(|_| true);
-        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
-        Self::build(cfg, vb, varmap)
+        Self::initialised(cfg, device, DType::F32, zeros)
     }
 
     /// A model about to receive pretrained T5 weights: the prefix is initialised as by
     /// [`CloseModel::new`], the T5 variables start as zeros (every one of them must then be
     /// loaded, as `close_t5::weights::load_into_varmap` checks).
     pub fn for_pretrained_t5(cfg: ModelConfig, seed: u64, device: &Device) -> Result<Self> {
+        Self::initialised(cfg, device, DType::F32, |vm| {
+            SeededInit::new(vm, seed).zeros_for(|n| !n.starts_with("prefix."))
+        })
+    }
+
+    /// A model with variables in `dtype`, created in a new varmap by the initialiser
+    /// `init` makes for it.
+    fn initialised(
+        cfg: ModelConfig,
+        device: &Device,
+        dtype: DType,
+        init: impl FnOnce(VarMap) -> SeededInit,
+    ) -> Result<Self> {
         cfg.validate()?;
         let varmap = VarMap::new();
-        let backend =
-            SeededInit::new(varmap.clone(), seed).zeros_for(|n| !n.starts_with("prefix."));
-        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
+        let vb = VarBuilder::from_backend(Box::new(init(varmap.clone())), dtype, device.clone());
         Self::build(cfg, vb, varmap)
     }
 
@@ -143,10 +151,8 @@ impl CloseModel {
         if self.prefix_w.dtype() == dtype {
             return Ok(self);
         }
-        let varmap = VarMap::new();
         let device = self.prefix_w.device().clone();
-        let vb = VarBuilder::from_varmap(&varmap, dtype, &device);
-        let mut converted = Self::build(self.cfg.clone(), vb, varmap)?;
+        let mut converted = Self::initialised(self.cfg.clone(), &device, dtype, zeros)?;
         converted.set_weights(&self.tensors()?, "the initial weights")?;
         converted.set_training(self.t5.is_training());
         Ok(converted)
@@ -171,16 +177,7 @@ impl CloseModel {
     /// trainable model keeps every activation alive as long as its output lives; a frozen
     /// model keeps none. Its [`CloseModel::varmap`] is empty.
     pub fn frozen(self) -> Result<Self> {
-        let tensors: HashMap<String, Tensor> = {
-            let data = self
-                .varmap
-                .data()
-                .lock()
-                .map_err(|_| Error::invalid("varmap lock poisoned"))?;
-            data.iter()
-                .map(|(k, v)| (k.clone(), v.as_detached_tensor()))
-                .collect()
-        };
+        let tensors = close_core::init::constants(&self.varmap)?;
         let device = self.prefix_w.device().clone();
         let vb = VarBuilder::from_tensors(tensors.clone(), self.dtype(), &device);
         let mut m = Self::build(self.cfg.clone(), vb, VarMap::new())?;

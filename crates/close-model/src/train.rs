@@ -330,8 +330,7 @@ impl<'a> Trainer<'a> {
             lr = self.sched.lr(self.state.step);
             self.train_step(batch, lr)?;
             progress.inc(1);
-            let step = self.state.step;
-            if step.is_multiple_of(self.cfg.log_every.max(1)) || step == 1 {
+            if self.is_log_step(self.state.step) {
                 self.read_losses(epoch, progress)?;
             }
         }
@@ -359,6 +358,11 @@ impl<'a> Trainer<'a> {
         self.state.step += 1;
         self.pending.push(self.state.step, lr, &loss);
         Ok(())
+    }
+
+    /// Whether step `step` (1-based) is logged: the first and every `log_every`-th.
+    fn is_log_step(&self, step: u64) -> bool {
+        step == 1 || step.is_multiple_of(self.cfg.log_every.max(1))
     }
 
     /// Backward and AdamW; with f16, through the dynamic loss scale.
@@ -389,7 +393,7 @@ impl<'a> Trainer<'a> {
             self.epoch_loss.0 += loss;
             self.epoch_loss.1 += 1;
             self.last_loss = loss;
-            if step.is_multiple_of(self.cfg.log_every.max(1)) || step == 1 {
+            if self.is_log_step(step) {
                 self.state.losses.push((step, loss));
                 let line =
                     serde_json::json!({"step": step, "epoch": epoch + 1, "loss": loss, "lr": lr});

@@ -843,21 +843,24 @@ pub fn masked_cross_entropy(logits: &Tensor, labels: &Tensor, mask: &Tensor) -> 
         });
     }
     let m = mask.to_dtype(DType::F32)?.ne(0f64)?.to_dtype(DType::F32)?;
-    if !m.device().is_cpu() {
-        // No read to the host off the CPU: an empty mask gives a NaN loss there, which the
-        // trainer reports.
-        let nll =
-            fused::nll_of_labels(&logits.to_dtype(DType::F32)?, &labels.to_dtype(DType::U32)?)?;
-        return Ok((nll * &m)?.sum_all()?.broadcast_div(&m.sum_all()?)?);
-    }
-    let count = m.sum_all()?.to_scalar::<f32>()?;
-    if count == 0.0 {
+    // The token count is read on the CPU only. Elsewhere the division stays on the device
+    // (no read to the host), and an empty mask gives a NaN loss, which the trainer reports.
+    let count = if m.device().is_cpu() {
+        Some(m.sum_all()?.to_scalar::<f32>()?)
+    } else {
+        None
+    };
+    if count == Some(0.0) {
         return Err(Error::invalid(
             "loss: the label mask selects no target token",
         ));
     }
     let nll = fused::nll_of_labels(&logits.to_dtype(DType::F32)?, &labels.to_dtype(DType::U32)?)?; // [B, T]
-    Ok(((nll * m)?.sum_all()? / count as f64)?)
+    let total = (nll * &m)?.sum_all()?;
+    Ok(match count {
+        Some(c) => (total / c as f64)?,
+        None => total.broadcast_div(&m.sum_all()?)?,
+    })
 }
 
 /// Pads token lists into `labels [N, T]` (u32, pad where absent) and `mask [N, T]` (f32),
