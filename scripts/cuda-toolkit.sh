@@ -17,17 +17,23 @@ wheels=(
   nvidia-cuda-cccl==13.0.85 nvidia-cuda-nvrtc==13.0.88 nvidia-curand==10.4.0.35
   nvidia-cublas==13.0.2.14
 )
-stamp="$dir/.complete-$(echo "${wheels[*]} libcuda1" | md5sum | cut -c1-12)"
+# NCCL for `--features nccl` (data-parallel training on GPUs); its wheel has its own layout.
+nccl_wheel=nvidia-nccl-cu13==2.32.6
+stamp="$dir/.complete-$(echo "${wheels[*]} $nccl_wheel libcuda1" | md5sum | cut -c1-12)"
 if [ -e "$stamp" ]; then echo "cuda toolkit: reusing $dir"; exit 0; fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 python3 -m pip download --quiet --no-deps --dest "$work/wheels" "${wheels[@]}"
+python3 -m pip download --quiet --no-deps --dest "$work/nccl" "$nccl_wheel"
 mkdir -p "$work/root"
 for w in "$work"/wheels/*.whl; do
   unzip -q -o "$w" 'nvidia/cu13/*' -d "$work/unz"
 done
 cp -a "$work/unz/nvidia/cu13/." "$work/root/"
+unzip -q -o "$work"/nccl/*.whl 'nvidia/nccl/lib/libnccl.so.2' 'nvidia/nccl/include/nccl.h' -d "$work/unz"
+cp -a "$work/unz/nvidia/nccl/lib/libnccl.so.2" "$work/root/lib/"
+cp -a "$work/unz/nvidia/nccl/include/nccl.h" "$work/root/include/"
 
 # libcuda.so: Debian's non-free component, read through a private apt state so that the
 # machine's own sources are left as they are.

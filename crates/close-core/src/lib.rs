@@ -11,6 +11,7 @@ pub mod alloc;
 pub mod bench;
 pub mod check;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod fused;
 pub mod init;

@@ -266,6 +266,11 @@ impl AdamW {
         Self::new(vars, cfg)
     }
 
+    /// The variables, in the order of the optimizer state (by name, from a varmap).
+    pub fn vars(&self) -> Vec<Var> {
+        self.vars.iter().map(|(_, v)| v.clone()).collect()
+    }
+
     pub fn config(&self) -> &AdamWConfig {
         &self.cfg
     }

@@ -336,6 +336,31 @@ impl CloseModel {
         targets: &[Vec<u32>],
         mapping: &[usize],
     ) -> Result<Tensor> {
+        let (enc, mask, labels, label_mask) = self.loss_inputs(clip, text, targets, mapping)?;
+        self.t5.loss(&enc, &mask, &labels, &label_mask)
+    }
+
+    /// [`CloseModel::loss`] summed over the target tokens instead of averaged (for a
+    /// caller that divides by a count of its own, as data-parallel training does).
+    pub fn loss_sum(
+        &self,
+        clip: &Tensor,
+        text: Option<&TextInput>,
+        targets: &[Vec<u32>],
+        mapping: &[usize],
+    ) -> Result<Tensor> {
+        let (enc, mask, labels, label_mask) = self.loss_inputs(clip, text, targets, mapping)?;
+        self.t5.loss_sum(&enc, &mask, &labels, &label_mask)
+    }
+
+    /// The encoder output and mask (one row per target) and the padded targets.
+    fn loss_inputs(
+        &self,
+        clip: &Tensor,
+        text: Option<&TextInput>,
+        targets: &[Vec<u32>],
+        mapping: &[usize],
+    ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
         if targets.len() != mapping.len() || targets.is_empty() {
             return Err(Error::invalid(format!(
                 "loss: {} targets for {} mapping entries",
@@ -347,7 +372,7 @@ impl CloseModel {
         let (enc, mask) = self.t5.repeat_for_targets(&enc, &mask, mapping)?;
         let (labels, label_mask) =
             close_t5::pad_targets(targets, self.cfg.t5.pad_token_id, clip.device())?;
-        self.t5.loss(&enc, &mask, &labels, &label_mask)
+        Ok((enc, mask, labels, label_mask))
     }
 
     /// Beam search / greedy decoding; per input row, the hypotheses best first.

@@ -11,16 +11,22 @@
 //! every random draw is a function of (seed, epoch, step) — ends with the same weights and
 //! metrics as an uninterrupted run (dropout must be 0 for bit-identical results, since
 //! candle's dropout draws from an unseeded generator).
+//!
+//! Data-parallel ([`train_data_parallel`]): every rank draws the same order and noise,
+//! computes the loss of its slice of each batch (its summed NLL over the whole batch's
+//! token count), and the gradients are summed over the ranks before AdamW, so the steps
+//! are those of one process with the whole batch. Rank 0 validates and writes every file.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::Device;
+use candle_core::{DType, Device, Tensor, Var};
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use close_core::dist::{self, Collective};
 use close_core::optim::AdamW;
 use close_core::progress::Progress;
 use close_core::step_losses::{LossBook, LossScale, StepLoss};
@@ -168,6 +174,19 @@ pub fn train(
     Trainer::prepare(cfg, inputs, out, resume, device)?.run(None, progress)
 }
 
+/// [`train`] as one rank of a data-parallel run over `dist` (every rank calls it with the
+/// same arguments). Only rank 0 writes into `out`.
+pub fn train_data_parallel(
+    cfg: &TrainConfig,
+    inputs: TrainInputs,
+    out: &Path,
+    resume: bool,
+    (device, dist): (&Device, &dyn Collective),
+    progress: &dyn Progress,
+) -> Result<RunSummary> {
+    Trainer::prepare_rank(cfg, inputs, out, resume, device, dist)?.run(None, progress)
+}
+
 /// One training run, step by step: [`Trainer::prepare`] (config, adapter, model,
 /// tokenized examples, optimizer, and the checkpoint on resume), then per epoch the
 /// training steps, validation and the `last/` checkpoint ([`Trainer::run`]).
@@ -181,12 +200,16 @@ pub struct Trainer<'a> {
     model: CloseModel,
     codec: TextCodec,
     prepared: Vec<Prepared>,
+    /// The trained variables, sorted by name (the order the ranks' all-reduce shares).
+    vars: Vec<Var>,
     opt: AdamW,
     sched: LinearSchedule,
     per_epoch: usize,
     steps_per_epoch: u64,
     state: TrainState,
-    log: std::fs::File,
+    /// The run's log (rank 0 only).
+    log: Option<std::fs::File>,
+    dist: &'a dyn Collective,
     started: Instant,
     prior_seconds: f64,
     last_loss: f64,
@@ -206,10 +229,26 @@ impl<'a> Trainer<'a> {
         resume: bool,
         device: &Device,
     ) -> Result<Self> {
+        Self::prepare_rank(cfg, inputs, out, resume, device, &dist::LOCAL)
+    }
+
+    /// [`Trainer::prepare`] for one rank of a data-parallel run; fails unless every rank
+    /// starts from the same weights, examples and step.
+    pub fn prepare_rank(
+        cfg: &TrainConfig,
+        inputs: TrainInputs<'a>,
+        out: &Path,
+        resume: bool,
+        device: &Device,
+        dist: &'a dyn Collective,
+    ) -> Result<Self> {
+        let main = dist.is_main();
         let cfg = resolved_config(cfg, out, resume)?;
         let clip_dim = check_dims(&cfg, &inputs)?;
-        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-        let adapter = build_adapter(&cfg, clip_dim, out, resume, device)?;
+        if main {
+            std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        }
+        let adapter = build_adapter(&cfg, clip_dim, (out, resume, main), device)?;
         let (mcfg, codec, pretrained) = setup_model(&cfg, inputs.data, clip_dim, out, resume)?;
         let model = match &pretrained {
             Some(files) => {
@@ -224,7 +263,7 @@ impl<'a> Trainer<'a> {
         };
         let mut model = model.into_dtype(cfg.dtype.dtype())?;
         model.set_training(true);
-        if !resume {
+        if !resume && main {
             record_run(&cfg, &mcfg, &codec, out)?;
         }
         let prepared = prepare_examples(&cfg, &inputs, &codec)?;
@@ -239,11 +278,13 @@ impl<'a> Trainer<'a> {
         };
         let opt = AdamW::from_varmap(model.varmap(), cfg.optim)?;
         let log_path = out.join(run::LOG_FILE);
-        if !resume {
+        if !resume && main {
             io::write_atomic(&log_path, b"")?;
         }
         let mut trainer = Self {
-            log: open_log(&log_path)?,
+            log: main.then(|| open_log(&log_path)).transpose()?,
+            vars: opt.vars(),
+            dist,
             cfg,
             inputs,
             out: out.to_path_buf(),
@@ -269,23 +310,43 @@ impl<'a> Trainer<'a> {
         } else if trainer.cfg.dtype == crate::config::Precision::F16 {
             trainer.state.loss_scale = Some(LossScale::default());
         }
+        trainer.check_ranks_agree()?;
         Ok(trainer)
+    }
+
+    /// With several ranks: the same config, examples, step and weights on every one.
+    fn check_ranks_agree(&self) -> Result<()> {
+        if self.dist.size() == 1 {
+            return Ok(());
+        }
+        let config = serde_json::to_vec(&self.cfg).map_err(|e| Error::invalid(e.to_string()))?;
+        let d = self.dist;
+        dist::check_same(d, "config", dist::digest(&config))?;
+        dist::check_same(d, "number of training examples", self.prepared.len() as u64)?;
+        dist::check_same(d, "checkpoint step", self.state.step)?;
+        dist::check_same(d, "starting weights", dist::fingerprint(&self.vars)?)
     }
 
     /// Load `last/` (weights, optimizer, counters) and drop the log lines written after it.
     fn resume(&mut self) -> Result<()> {
         let last = self.out.join(run::LAST_DIR);
-        io::recover_dir(&last)?;
+        // Rank 0 finishes an interrupted checkpoint replacement before anyone reads it.
+        if self.dist.is_main() {
+            io::recover_dir(&last)?;
+        }
+        self.dist.barrier()?;
         self.model.load_weights(&last.join(run::MODEL_FILE))?;
         let opt_path = last.join(run::OPTIMIZER_FILE);
         let t = candle_core::safetensors::load(&opt_path, &self.device)
             .map_err(|e| Error::format(&opt_path, None, e.to_string()))?;
         self.state = io::read_json(last.join(run::STATE_FILE))?;
         self.opt.load_state(&t, self.state.step)?;
-        let log_path = self.out.join(run::LOG_FILE);
-        truncate_log(&log_path, self.state.step)?;
-        // The truncated log is a new file: append to it, not to the replaced one.
-        self.log = open_log(&log_path)?;
+        if self.dist.is_main() {
+            let log_path = self.out.join(run::LOG_FILE);
+            truncate_log(&log_path, self.state.step)?;
+            // The truncated log is a new file: append to it, not to the replaced one.
+            self.log = Some(open_log(&log_path)?);
+        }
         self.prior_seconds = self.state.seconds;
         tracing::info!(
             "resuming {} at epoch {} (step {})",
@@ -346,18 +407,51 @@ impl<'a> Trainer<'a> {
         let (seed, step) = (self.cfg.seed, self.state.step);
         self.opt.set_lr(lr);
         let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, 2, step));
-        // Dropout masks follow the step too, so a resumed run replays them.
-        close_core::fused::seed_dropout(derive_seed(seed, 3, step));
+        // Dropout masks follow the step too, so a resumed run replays them (each rank has
+        // its own stream; rank 0's is one process's).
+        let rank = self.dist.rank() as u64;
+        close_core::fused::seed_dropout(derive_seed(seed, 3, step).wrapping_add(rank));
+        // Every rank draws the whole batch's noise and targets, then takes its rows.
         let clip = self.stand_in_vectors(batch)?;
         let clip = self.adapter.train_forward(&clip, &mut rng)?;
-        let input = self.batch_inputs(batch)?;
-        let (targets, mapping) = self.batch_targets(batch);
-        let loss = self.model.loss(&clip, input.as_ref(), &targets, &mapping)?;
-        self.optimize(&loss)?;
+        let targets = self.batch_targets(batch);
+        let loss = self.rank_loss(batch, &clip, targets)?;
+        let loss = self.optimize(&loss)?;
         close_core::pace::step();
         self.state.step += 1;
         self.pending.push(self.state.step, lr, &loss);
+        close_core::pace::rank_step_done(self.dist.rank(), self.state.step);
         Ok(())
+    }
+
+    /// This rank's share of the batch's mean loss: the summed NLL of its rows' targets over
+    /// the token count of the whole batch's (so that the ranks' shares add up to it).
+    fn rank_loss(
+        &self,
+        batch: &[usize],
+        clip: &Tensor,
+        (targets, mapping): (Vec<Vec<u32>>, Vec<usize>),
+    ) -> Result<Tensor> {
+        let tokens: usize = targets.iter().map(Vec::len).sum();
+        if tokens == 0 {
+            return Err(Error::invalid("loss: the batch's targets have no token"));
+        }
+        let rows = dist::rank_rows(batch.len(), self.dist.rank(), self.dist.size());
+        if rows.is_empty() {
+            return Ok(Tensor::zeros((), DType::F32, &self.device)?);
+        }
+        let clip = clip.narrow(0, rows.start, rows.len())?;
+        let input = self.batch_inputs(&batch[rows.clone()])?;
+        let (targets, mapping): (Vec<Vec<u32>>, Vec<usize>) = targets
+            .into_iter()
+            .zip(mapping)
+            .filter(|(_, row)| rows.contains(row))
+            .map(|(t, row)| (t, row - rows.start))
+            .unzip();
+        let sum = self
+            .model
+            .loss_sum(&clip, input.as_ref(), &targets, &mapping)?;
+        Ok((sum / tokens as f64)?)
     }
 
     /// Whether step `step` (1-based) is logged: the first and every `log_every`-th.
@@ -365,15 +459,23 @@ impl<'a> Trainer<'a> {
         step == 1 || step.is_multiple_of(self.cfg.log_every.max(1))
     }
 
-    /// Backward and AdamW; with f16, through the dynamic loss scale.
-    fn optimize(&mut self, loss: &candle_core::Tensor) -> Result<()> {
-        let Some(ls) = &mut self.state.loss_scale else {
-            return self.opt.backward_step(loss);
+    /// Backward, the sum over the ranks, and AdamW (with f16, through the dynamic loss
+    /// scale); returns the loss summed over the ranks (the batch's).
+    fn optimize(&mut self, loss: &Tensor) -> Result<Tensor> {
+        let scale = self.state.loss_scale.as_ref().map(|ls| ls.scale);
+        let mut grads = match scale {
+            Some(s) => (loss * s)?.backward()?,
+            None => loss.backward()?,
         };
-        let grads = (loss * ls.scale)?.backward()?;
-        let stepped = self.opt.step_unscaled(&grads, ls.scale)?;
-        ls.update(stepped);
-        Ok(())
+        let loss = dist::all_reduce_grads(self.dist, &self.vars, &mut grads, loss)?;
+        match &mut self.state.loss_scale {
+            None => self.opt.step(&grads)?,
+            Some(ls) => {
+                let stepped = self.opt.step_unscaled(&grads, ls.scale)?;
+                ls.update(stepped);
+            }
+        }
+        Ok(loss)
     }
 
     /// Read the pending losses: stop on a non-finite one (a NaN step is never
@@ -460,6 +562,9 @@ impl<'a> Trainer<'a> {
 
     /// The task metric on the (capped) val images, when the config asks for it.
     fn validate(&mut self, progress: &dyn Progress) -> Result<Option<Metrics>> {
+        if !self.dist.is_main() {
+            return Ok(None);
+        }
         let data = self.inputs.data;
         let n = self
             .cfg
@@ -502,7 +607,9 @@ impl<'a> Trainer<'a> {
         if improved {
             self.state.best_epoch = Some(epoch + 1);
             self.state.best_metric = val.as_ref().map(|m| m.primary);
-            self.model.save(&self.out.join(run::MODEL_FILE))?;
+            if self.dist.is_main() {
+                self.model.save(&self.out.join(run::MODEL_FILE))?;
+            }
         }
         self.state.epoch = epoch + 1;
         self.state.seconds = self.prior_seconds + self.started.elapsed().as_secs_f64();
@@ -530,8 +637,15 @@ impl<'a> Trainer<'a> {
     }
 
     /// The `last/` checkpoint: weights, optimizer and counters as one unit, so a kill at
-    /// any moment leaves a checkpoint whose three files belong to the same epoch.
+    /// any moment leaves a checkpoint whose three files belong to the same epoch. With
+    /// several ranks, first a check that their weights are still the same.
     fn checkpoint(&self) -> Result<()> {
+        if self.dist.size() > 1 {
+            dist::check_same(self.dist, "weights", dist::fingerprint(&self.vars)?)?;
+        }
+        if !self.dist.is_main() {
+            return Ok(());
+        }
         let (ost, _) = self.opt.state();
         io::replace_dir_atomic(&self.out.join(run::LAST_DIR), |dir| {
             self.model.save(&dir.join(run::MODEL_FILE))?;
@@ -544,7 +658,10 @@ impl<'a> Trainer<'a> {
 
     fn log_line(&mut self, v: serde_json::Value) -> Result<()> {
         use std::io::Write;
-        writeln!(self.log, "{v}").map_err(|e| Error::io(self.out.join(run::LOG_FILE), e))
+        let Some(log) = &mut self.log else {
+            return Ok(());
+        };
+        writeln!(log, "{v}").map_err(|e| Error::io(self.out.join(run::LOG_FILE), e))
     }
 
     /// Write `metrics.json` and return the summary.
@@ -566,7 +683,9 @@ impl<'a> Trainer<'a> {
             history: state.history.clone(),
             seconds: self.prior_seconds + self.started.elapsed().as_secs_f64(),
         };
-        io::write_json_atomic(self.out.join(run::METRICS_FILE), &summary)?;
+        if self.dist.is_main() {
+            io::write_json_atomic(self.out.join(run::METRICS_FILE), &summary)?;
+        }
         Ok(summary)
     }
 }
@@ -604,11 +723,11 @@ fn check_dims(cfg: &TrainConfig, inputs: &TrainInputs) -> Result<usize> {
 
 /// The adapter of a text-only run (its statistics copied into the run dir), or none for
 /// the image-trained upper bound.
+/// A new run's statistics are copied into `out` where `write` (rank 0).
 fn build_adapter(
     cfg: &TrainConfig,
     clip_dim: usize,
-    out: &Path,
-    resume: bool,
+    (out, resume, write): (&Path, bool, bool),
     device: &Device,
 ) -> Result<Adapter> {
     let on_text = cfg.train_on == TrainOn::Text;
@@ -618,7 +737,7 @@ fn build_adapter(
             false => cfg.adapter_stats.clone().unwrap_or_default(),
         };
         let s = AdapterStats::load(&src)?;
-        if !resume {
+        if !resume && write {
             s.save(out)?;
         }
         Some(s)

@@ -680,10 +680,34 @@ impl T5 {
         labels: &Tensor,
         label_mask: &Tensor,
     ) -> Result<Tensor> {
+        let (logits, clean) = self.teacher_forced(enc_out, enc_mask, labels, label_mask)?;
+        masked_cross_entropy(&logits, &clean, label_mask)
+    }
+
+    /// [`T5::loss`] summed over the label tokens instead of averaged.
+    pub fn loss_sum(
+        &self,
+        enc_out: &Tensor,
+        enc_mask: &Tensor,
+        labels: &Tensor,
+        label_mask: &Tensor,
+    ) -> Result<Tensor> {
+        let (logits, clean) = self.teacher_forced(enc_out, enc_mask, labels, label_mask)?;
+        masked_nll_sum(&logits, &clean, label_mask)
+    }
+
+    /// The decoder's logits for `labels` (shifted right as its input) and the labels with
+    /// padding cleaned, for the losses.
+    fn teacher_forced(
+        &self,
+        enc_out: &Tensor,
+        enc_mask: &Tensor,
+        labels: &Tensor,
+        label_mask: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let dec_in = self.shift_right(labels, label_mask)?;
         let logits = self.decode(enc_out, enc_mask, &dec_in)?;
-        let clean = self.clean_labels(labels, label_mask)?;
-        masked_cross_entropy(&logits, &clean, label_mask)
+        Ok((logits, self.clean_labels(labels, label_mask)?))
     }
 
     /// Repeats encoder rows for several targets per input: row `i` of the result is row
@@ -834,15 +858,7 @@ pub fn repeat_rows(enc_out: &Tensor, mask: &Tensor, mapping: &[usize]) -> Result
 /// Mean cross-entropy of `logits [B, T, V]` against `labels [B, T]` (u32) over the positions
 /// where `mask [B, T]` is non-zero. Errors when the mask selects no token.
 pub fn masked_cross_entropy(logits: &Tensor, labels: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let (b, t, _v) = logits.dims3()?;
-    if labels.dims() != [b, t] || mask.dims() != [b, t] {
-        return Err(Error::Shape {
-            what: "masked_cross_entropy: labels / mask".into(),
-            expected: vec![b, t],
-            got: labels.dims().to_vec(),
-        });
-    }
-    let m = mask.to_dtype(DType::F32)?.ne(0f64)?.to_dtype(DType::F32)?;
+    let (total, m) = masked_nll(logits, labels, mask)?;
     // The token count is read on the CPU only. Elsewhere the division stays on the device
     // (no read to the host), and an empty mask gives a NaN loss, which the trainer reports.
     let count = if m.device().is_cpu() {
@@ -855,12 +871,33 @@ pub fn masked_cross_entropy(logits: &Tensor, labels: &Tensor, mask: &Tensor) -> 
             "loss: the label mask selects no target token",
         ));
     }
-    let nll = fused::nll_of_labels(&logits.to_dtype(DType::F32)?, &labels.to_dtype(DType::U32)?)?; // [B, T]
-    let total = (nll * &m)?.sum_all()?;
     Ok(match count {
         Some(c) => (total / c as f64)?,
         None => total.broadcast_div(&m.sum_all()?)?,
     })
+}
+
+/// The summed cross-entropy over the masked positions (the numerator of
+/// [`masked_cross_entropy`]), for a loss whose count is known elsewhere (data-parallel
+/// training divides each rank's sum by the whole batch's count).
+pub fn masked_nll_sum(logits: &Tensor, labels: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    Ok(masked_nll(logits, labels, mask)?.0)
+}
+
+/// The summed masked NLL and the mask as 0/1 f32.
+fn masked_nll(logits: &Tensor, labels: &Tensor, mask: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (b, t, _v) = logits.dims3()?;
+    if labels.dims() != [b, t] || mask.dims() != [b, t] {
+        return Err(Error::Shape {
+            what: "masked_cross_entropy: labels / mask".into(),
+            expected: vec![b, t],
+            got: labels.dims().to_vec(),
+        });
+    }
+    let m = mask.to_dtype(DType::F32)?.ne(0f64)?.to_dtype(DType::F32)?;
+    let nll = fused::nll_of_labels(&logits.to_dtype(DType::F32)?, &labels.to_dtype(DType::U32)?)?; // [B, T]
+    let total = (nll * &m)?.sum_all()?;
+    Ok((total, m))
 }
 
 /// Pads token lists into `labels [N, T]` (u32, pad where absent) and `mask [N, T]` (f32),

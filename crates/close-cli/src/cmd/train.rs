@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use close_clip::cache::EmbeddingCache;
+use close_core::dist::{Backend, Collective};
 use close_model::adapter::AdapterKind;
 use close_model::config::{Precision, T5Init, TrainConfig};
 use close_model::task::{DataPaths, Task, TaskData, TrainOn};
@@ -101,8 +102,33 @@ pub struct Args {
     /// optimizer (and a dynamic loss scale for f16). Default: the config's, else f32.
     #[arg(long, value_enum)]
     pub dtype: Option<Precision>,
+    /// Log the loss every N steps (and at step 1).
+    #[arg(long, value_parser = crate::common::positive, allow_negative_numbers = true)]
+    pub log_every: Option<usize>,
+    /// How the ranks of `mpirun -np N close train …` sum their gradients: nccl on GPUs when
+    /// built with the nccl feature, else mpi (docs/scale.md).
+    #[arg(long, value_enum, default_value_t = AllReduce::Auto)]
+    pub all_reduce: AllReduce,
     #[command(flatten)]
     pub device: crate::common::DeviceArg,
+}
+
+/// `--all-reduce`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllReduce {
+    Auto,
+    Mpi,
+    Nccl,
+}
+
+impl From<AllReduce> for Backend {
+    fn from(a: AllReduce) -> Self {
+        match a {
+            AllReduce::Auto => Backend::Auto,
+            AllReduce::Mpi => Backend::Mpi,
+            AllReduce::Nccl => Backend::Nccl,
+        }
+    }
 }
 
 fn parse_files(files: &[String], paths: &mut DataPaths) -> anyhow::Result<()> {
@@ -162,10 +188,28 @@ pub(crate) fn t5_init(
     }
 }
 
+/// `close train`, alone or as one rank of `mpirun -np N close train …`. A rank that fails
+/// ends every rank, so that none waits for it.
 pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
+    let (dist, device) = close_core::dist::connect(args.all_reduce.into(), args.device.spec)?;
+    let result = run_rank(args, device, dist.as_ref(), ctx);
+    if let (Err(e), true) = (&result, dist.size() > 1) {
+        eprintln!("error on rank {} of {}: {e:#}", dist.rank(), dist.size());
+        dist.abort(1);
+    }
+    result
+}
+
+fn run_rank(
+    args: Args,
+    device: close_core::DeviceSpec,
+    dist: &dyn Collective,
+    ctx: &Ctx,
+) -> anyhow::Result<()> {
+    let main = dist.is_main();
     let (resume, out_mode) = check_out(&args)?;
     let mut cfg = train_config(&args, ctx)?;
-    let dev = args.device.open()?;
+    let dev = device.open()?;
     let clip_dir = args
         .clip
         .as_deref()
@@ -182,24 +226,37 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         data.val.len(),
         data.test.len()
     );
-    if let (Some(dir), TrainOn::Text) = (&clip_dir, cfg.train_on) {
+    if let (Some(dir), TrainOn::Text, true) = (&clip_dir, cfg.train_on, main) {
         embed_missing_texts(dir, &data, &args.text_cache, &dev, ctx)?;
     }
+    // Every rank has checked --out, and the text cache is complete.
+    dist.barrier()?;
     let texts = EmbeddingCache::open(&args.text_cache)?;
     let images = EmbeddingCache::open(&args.image_cache)?;
-    if let Some(mode) = out_mode {
+    if let (Some(mode), true) = (out_mode, main) {
         // Only now, with every input loaded, may an old run be deleted.
         close_model::run::prepare_new_run(&args.out, mode)?;
     }
-    let progress = ctx.progress();
+    let quiet = Ctx {
+        quiet: ctx.quiet || !main,
+    };
+    let progress = quiet.progress();
     let inputs = close_model::train::TrainInputs {
         data: &data,
         texts: &texts,
         images: &images,
     };
-    let summary =
-        close_model::train::train(&cfg, inputs, &args.out, resume, &dev, progress.as_ref())?;
-    println!("{}", serde_json::to_string_pretty(&summary)?);
+    let summary = close_model::train::train_data_parallel(
+        &cfg,
+        inputs,
+        &args.out,
+        resume,
+        (&dev, dist),
+        progress.as_ref(),
+    )?;
+    if main {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    }
     Ok(())
 }
 
@@ -252,6 +309,7 @@ fn train_config(args: &Args, ctx: &Ctx) -> anyhow::Result<TrainConfig> {
     cfg.max_val_examples = args.max_val.or(cfg.max_val_examples);
     cfg.eval_each_epoch &= !args.no_eval;
     cfg.dtype = args.dtype.unwrap_or(cfg.dtype);
+    cfg.log_every = args.log_every.map_or(cfg.log_every, |n| n as u64);
     cfg.text_cache = Some(args.text_cache.clone());
     cfg.image_cache = Some(args.image_cache.clone());
     Ok(cfg)
