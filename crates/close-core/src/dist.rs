@@ -44,6 +44,14 @@ pub trait Collective {
     fn is_main(&self) -> bool {
         self.rank() == 0
     }
+    /// Sum `grads` (of `vars`, in an order every rank shares) and the scalar `loss` over
+    /// all ranks; see [`all_reduce_grads`], which calls this. The default packs everything
+    /// into one tensor for [`Collective::all_reduce_sum`].
+    fn sum_grads(&self, vars: &[Var], grads: &mut GradStore, loss: &Tensor) -> Result<Tensor> {
+        let packed = pack(vars, grads, loss)?;
+        let sum = self.all_reduce_sum(&packed.buffer)?;
+        unpack(&sum, vars, grads, packed.all_present)
+    }
 }
 
 /// One process: nothing to communicate.
@@ -95,9 +103,7 @@ pub fn all_reduce_grads(
     if c.size() == 1 {
         return Ok(loss.clone());
     }
-    let packed = pack(vars, grads, loss)?;
-    let sum = c.all_reduce_sum(&packed.buffer)?;
-    unpack(&sum, vars, grads, packed.all_present)
+    c.sum_grads(vars, grads, loss)
 }
 
 /// One rank's share of an all-reduce: `[every gradient, flattened (zeros where absent);

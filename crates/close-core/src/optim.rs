@@ -145,8 +145,9 @@ fn sum_sq(x: &[f32]) -> f64 {
     x.par_chunks(chunk).map(seq).sum()
 }
 
-/// Applies `f` to the contiguous f32 data of a CPU tensor (made contiguous if needed).
-fn with_host_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+/// Applies `f` to the contiguous f32 data of a CPU tensor (made contiguous and f32 if
+/// needed).
+pub fn with_host_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let t = if t.is_contiguous() {
         t.clone()
     } else {
@@ -159,11 +160,11 @@ fn with_host_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     };
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
-        return Err(Error::invalid("optimizer: expected a CPU f32 gradient"));
+        return Err(Error::invalid("expected a CPU tensor"));
     };
     let (a, b) = layout
         .contiguous_offsets()
-        .ok_or_else(|| Error::invalid("optimizer: non-contiguous gradient"))?;
+        .ok_or_else(|| Error::invalid("non-contiguous tensor"))?;
     Ok(f(&data[a..b]))
 }
 
