@@ -213,6 +213,65 @@ pub fn nll_of_labels(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     Ok(flat.apply_op2(&lab, op)?.reshape((b, t))?)
 }
 
+// ---------------------------------------------------------------- decoding attention
+
+/// Attention of the one new position while decoding (no gradient): `softmax(q kᵀ + bias) v`
+/// for `q [N, H, 1, dk]`, `k`, `v [N, H, T, dk]` and `bias` broadcastable to
+/// `[N, H, 1, T]` (T5 does not scale the scores). One pass per (row, head) instead of a
+/// batch of N·H tiny matrix products; other devices and dtypes use those products.
+pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let (n, h, one, dk) = q.dims4()?;
+    let t = k.dim(2)?;
+    if !use_fused(&[q, k, v]) || one != 1 {
+        let s = q.matmul(&k.t()?)?.broadcast_add(bias)?;
+        return Ok(candle_nn::ops::softmax_last_dim(&s)?.matmul(v)?);
+    }
+    let bias = bias
+        .broadcast_as((n, h, 1, t))?
+        .to_dtype(candle_core::DType::F32)?;
+    let mut out = vec![0f32; n * h * dk];
+    with_data(q, |q| {
+        with_data(k, |k| {
+            with_data(v, |v| {
+                with_data(&bias, |b| {
+                    par_rows(&mut out, dk, |r0, rows| {
+                        for (i, o) in rows.chunks_mut(dk).enumerate() {
+                            let r = r0 + i;
+                            let kv = r * t * dk..(r + 1) * t * dk;
+                            let (qr, br) = (&q[r * dk..(r + 1) * dk], &b[r * t..(r + 1) * t]);
+                            attend_one(qr, (&k[kv.clone()], &v[kv]), br, o);
+                        }
+                    });
+                    Ok(())
+                })
+            })
+        })
+    })?;
+    Ok(Tensor::from_vec(out, (n, h, 1, dk), q.device())?)
+}
+
+/// `out = softmax(keys · q + bias) · values` for one query; `keys` and `values` hold
+/// `bias.len()` rows of `q.len()` values.
+fn attend_one(q: &[f32], (keys, values): (&[f32], &[f32]), bias: &[f32], out: &mut [f32]) {
+    let dk = q.len();
+    let mut p: Vec<f32> = keys
+        .chunks_exact(dk)
+        .zip(bias)
+        .map(|(kr, b)| kr.iter().zip(q).map(|(a, b)| a * b).sum::<f32>() + b)
+        .collect();
+    let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for x in p.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    out.fill(0.0);
+    for (w, vr) in p.iter().zip(values.chunks_exact(dk)) {
+        let w = w / sum;
+        out.iter_mut().zip(vr).for_each(|(o, x)| *o += w * x);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,5 +383,28 @@ mod tests {
         assert!(maxdiff(&a.0, &b.0) < 1e-6);
         assert!(maxdiff(&a.1, &b.1) < 1e-5);
         assert!(maxdiff(&a.2, &b.2) < 1e-5);
+    }
+
+    /// The one-pass decoding attention against the batched products it replaces, with a
+    /// per-head position bias (self-attention) and a per-row mask (cross-attention).
+    #[test]
+    fn decode_attention_matches_the_composed_products() -> Result<()> {
+        let dev = Device::Cpu;
+        let (n, h, t, dk) = (3, 2, 5, 8);
+        let q = Tensor::randn(0f32, 1., (n, h, 1, dk), &dev)?;
+        let k = Tensor::randn(0f32, 1., (n, h, t, dk), &dev)?;
+        let v = Tensor::randn(0f32, 1., (n, h, t, dk), &dev)?;
+        let pos = Tensor::randn(0f32, 1., (1, h, 1, t), &dev)?;
+        let mask: Vec<f32> = (0..n * t)
+            .map(|i| if i % t >= t - i / t { -1e9 } else { 0.0 })
+            .collect();
+        let mask = Tensor::from_vec(mask, (n, 1, 1, t), &dev)?;
+        for bias in [&pos, &mask] {
+            let fused = decode_attention(&q, &k, &v, bias)?;
+            let composed =
+                close_core::fused::with_composed_ops(|| decode_attention(&q, &k, &v, bias))?;
+            assert!(maxdiff(&fused, &composed) < 1e-5);
+        }
+        Ok(())
     }
 }

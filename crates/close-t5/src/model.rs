@@ -800,8 +800,7 @@ impl T5 {
                 (Some(pk), Some(pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
                 _ => (k, v),
             };
-            let s = q.matmul(&k.t()?)?.broadcast_add(&pos)?;
-            let o = candle_nn::ops::softmax_last_dim(&s)?.matmul(&v)?;
+            let o = fused::decode_attention(&q, &k, &v, &pos)?;
             x = (x + linear(&o.reshape((n, 1, h * dk))?, &a.o)?)?;
             lc.k = Some(k.detach());
             lc.v = Some(v.detach());
@@ -811,8 +810,7 @@ impl T5 {
                 .ok_or_else(|| Error::invalid("decoder block without cross-attention"))?;
             let xn = candle_nn::ops::rms_norm(&x, cln, eps as f32)?;
             let q = linear(&xn, &ca.q)?.reshape((n, h, 1, dk))?;
-            let s = q.matmul(&lc.ck.t()?)?.broadcast_add(&cache.cross_bias)?;
-            let o = candle_nn::ops::softmax_last_dim(&s)?.matmul(&lc.cv)?;
+            let o = fused::decode_attention(&q, &lc.ck, &lc.cv, &cache.cross_bias)?;
             x = (x + linear(&o.reshape((n, 1, h * dk))?, &ca.o)?)?;
             x = blk.ff.forward(&x, eps, 0.0, false)?;
         }
