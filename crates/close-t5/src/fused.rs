@@ -272,6 +272,45 @@ fn attend_one(q: &[f32], (keys, values): (&[f32], &[f32]), bias: &[f32], out: &m
     }
 }
 
+/// `prev [N, H, T, dk]` with its rows picked by `rows` (row `i` ← `rows[i]`; all in order
+/// when `None`), and `new [N, H, 1, dk]` appended along T: the decoder's self-attention
+/// cache after a step, in one copy.
+pub fn gather_append(prev: &Tensor, rows: Option<&[u32]>, new: &Tensor) -> Result<Tensor> {
+    let (n, h, t, dk) = prev.dims4()?;
+    if let Some(&bad) = rows.and_then(|r| r.iter().find(|&&r| r as usize >= n)) {
+        return Err(close_core::Error::invalid(format!(
+            "gather_append: row {bad} of {n}"
+        )));
+    }
+    if !use_fused(&[prev, new]) {
+        let prev = match rows {
+            Some(r) => prev.index_select(&Tensor::new(r, prev.device())?, 0)?,
+            None => prev.clone(),
+        };
+        return Ok(Tensor::cat(&[&prev, new], 2)?);
+    }
+    let mut out = vec![0f32; n * h * (t + 1) * dk];
+    with_data(prev, |p| {
+        with_data(new, |x| {
+            let row = h * (t + 1) * dk;
+            par_rows(&mut out, row, |r0, block| {
+                for (i, o) in block.chunks_mut(row).enumerate() {
+                    let r = r0 + i;
+                    let src = rows.map_or(r, |rows| rows[r] as usize);
+                    for (hh, oh) in o.chunks_mut((t + 1) * dk).enumerate() {
+                        let from = (src * h + hh) * t * dk;
+                        oh[..t * dk].copy_from_slice(&p[from..from + t * dk]);
+                        let at = (r * h + hh) * dk;
+                        oh[t * dk..].copy_from_slice(&x[at..at + dk]);
+                    }
+                }
+            });
+            Ok(())
+        })
+    })?;
+    Ok(Tensor::from_vec(out, (n, h, t + 1, dk), prev.device())?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,6 +444,21 @@ mod tests {
                 close_core::fused::with_composed_ops(|| decode_attention(&q, &k, &v, bias))?;
             assert!(maxdiff(&fused, &composed) < 1e-5);
         }
+        Ok(())
+    }
+
+    #[test]
+    fn gather_append_matches_index_select_and_cat() -> Result<()> {
+        let dev = Device::Cpu;
+        let prev = Tensor::randn(0f32, 1., (4, 3, 5, 2), &dev)?;
+        let new = Tensor::randn(0f32, 1., (4, 3, 1, 2), &dev)?;
+        for rows in [None, Some(&[2u32, 2, 0, 3][..])] {
+            let fused = gather_append(&prev, rows, &new)?;
+            let composed =
+                close_core::fused::with_composed_ops(|| gather_append(&prev, rows, &new))?;
+            assert_eq!(maxdiff(&fused, &composed), 0.0);
+        }
+        assert!(gather_append(&prev, Some(&[0, 1, 2, 4]), &new).is_err());
         Ok(())
     }
 }

@@ -204,7 +204,7 @@ impl T5 {
             if last {
                 break;
             }
-            self.reorder_cache(&mut cache, &Tensor::from_vec(next.rows, n, &dev)?)?;
+            self.reorder_cache(&mut cache, next.rows);
             if !st.update_improvable(&p, (step + 1) as f64) {
                 break;
             }

@@ -378,6 +378,9 @@ pub(crate) struct DecoderCache {
     cross_bias: Tensor,
     /// Number of target positions already decoded.
     pub(crate) step: usize,
+    /// The source row of each row's self-attention cache, when beams were reordered since
+    /// the last step: applied while appending the next position (one copy, not two).
+    reorder: Option<Vec<u32>>,
 }
 
 /// The T5 encoder-decoder with an LM head (`T5ForConditionalGeneration`).
@@ -773,6 +776,7 @@ impl T5 {
             layers,
             cross_bias,
             step: 0,
+            reorder: None,
         })
     }
 
@@ -796,8 +800,12 @@ impl T5 {
             let q = linear(&xn, &a.q)?.reshape((n, h, 1, dk))?;
             let k = linear(&xn, &a.k)?.reshape((n, h, 1, dk))?;
             let v = linear(&xn, &a.v)?.reshape((n, h, 1, dk))?;
+            let rows = cache.reorder.as_deref();
             let (k, v) = match (&lc.k, &lc.v) {
-                (Some(pk), Some(pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+                (Some(pk), Some(pv)) => (
+                    fused::gather_append(pk, rows, &k)?,
+                    fused::gather_append(pv, rows, &v)?,
+                ),
                 _ => (k, v),
             };
             let o = fused::decode_attention(&q, &k, &v, &pos)?;
@@ -815,21 +823,22 @@ impl T5 {
             x = blk.ff.forward(&x, eps, 0.0, false)?;
         }
         cache.step += 1;
+        cache.reorder = None;
         let x = candle_nn::ops::rms_norm(&x, &self.decoder.final_layer_norm, eps as f32)?;
         let logits = self.lm_logits(&x.squeeze(1)?)?.to_dtype(DType::F32)?;
         close_core::fused::log_softmax_last_dim(&logits)
     }
 
     /// Reorders cache rows (beam search): row `i` becomes old row `rows[i]`. Cross-attention
-    /// entries are left alone (beams only move within their batch item).
-    pub(crate) fn reorder_cache(&self, cache: &mut DecoderCache, rows: &Tensor) -> Result<()> {
-        for lc in cache.layers.iter_mut() {
-            if let (Some(k), Some(v)) = (&lc.k, &lc.v) {
-                lc.k = Some(k.index_select(rows, 0)?);
-                lc.v = Some(v.index_select(rows, 0)?);
-            }
-        }
-        Ok(())
+    /// entries are left alone (beams only move within their batch item). The self-attention
+    /// cache is reordered when the next step appends to it.
+    pub(crate) fn reorder_cache(&self, cache: &mut DecoderCache, rows: Vec<u32>) {
+        // Rows of earlier reorders not yet applied are composed with these.
+        let rows = match cache.reorder.take() {
+            Some(prev) => rows.iter().map(|&r| prev[r as usize]).collect(),
+            None => rows,
+        };
+        cache.reorder = Some(rows);
     }
 }
 
