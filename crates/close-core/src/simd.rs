@@ -311,6 +311,42 @@ multiversion! {
 }
 
 multiversion! {
+    /// Attention of one query per row, for the rows `r0..` of `out` (each `dk` long):
+    /// `out = softmax(keys · q + bias) · values`. `shape = [dk, t, heads, group, r0]`: row `r`
+    /// is head `r % heads` of query row `r / heads`, which reads key/value row
+    /// `(r / heads) / group` (beams of one item share their encoder's keys). `keys` and
+    /// `values` hold `t` vectors of `dk` and `bias` holds `t` values per key/value row and
+    /// head; `q` holds this block's rows only.
+    pub fn attend_rows(q: &[f32], keys: &[f32], values: &[f32], bias: &[f32], shape: [usize; 5], out: &mut [f32]) {
+        let [dk, t, heads, group, r0] = shape;
+        let mut p = vec![0f32; t];
+        for (i, o) in out.chunks_exact_mut(dk).enumerate() {
+            let r = r0 + i;
+            let kr = (r / heads) / group * heads + r % heads;
+            let (qr, br) = (&q[i * dk..(i + 1) * dk], &bias[kr * t..(kr + 1) * t]);
+            let kv = kr * t * dk..(kr + 1) * t * dk;
+            for ((s, kv_row), b) in p.iter_mut().zip(keys[kv.clone()].chunks_exact(dk)).zip(br) {
+                *s = dot(kv_row, qr) + b;
+            }
+            let m = max(&p);
+            let mut total = 0f32;
+            for s in p.iter_mut() {
+                *s = exp(*s - m);
+                total += *s;
+            }
+            let inv = 1.0 / total;
+            o.fill(0.0);
+            for (s, vr) in p.iter().zip(values[kv].chunks_exact(dk)) {
+                let w = s * inv;
+                for (y, x) in o.iter_mut().zip(vr) {
+                    *y += w * x;
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
     /// `out[j] = scale · exp(x[j] - shift)`.
     pub fn scaled_exp(x: &[f32], shift: f32, scale: f32, out: &mut [f32]) {
         for (o, &v) in out.iter_mut().zip(x) {

@@ -216,18 +216,37 @@ pub fn nll_of_labels(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
 // ---------------------------------------------------------------- decoding attention
 
 /// Attention of the one new position while decoding (no gradient): `softmax(q kᵀ + bias) v`
-/// for `q [N, H, 1, dk]`, `k`, `v [N, H, T, dk]` and `bias` broadcastable to
-/// `[N, H, 1, T]` (T5 does not scale the scores). One pass per (row, head) instead of a
-/// batch of N·H tiny matrix products; other devices and dtypes use those products.
-pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> Result<Tensor> {
+/// for `q [N, H, 1, dk]`, where each `group` consecutive rows of `q` (the beams of one
+/// item) share one row of `k`, `v [N / group, H, T, dk]` and of `bias`, which broadcasts to
+/// `[N / group, H, 1, T]` (T5 does not scale the scores). On the CPU one pass per (row,
+/// head) instead of a batch of tiny matrix products; elsewhere each item's beams are one
+/// `[group, dk] · [dk, T]` product per head.
+pub fn decode_attention(
+    q: &Tensor,
+    (k, v): (&Tensor, &Tensor),
+    bias: &Tensor,
+    group: usize,
+) -> Result<Tensor> {
     let (n, h, one, dk) = q.dims4()?;
-    let t = k.dim(2)?;
-    if !use_fused(&[q, k, v]) || one != 1 {
-        let s = q.matmul(&k.t()?)?.broadcast_add(bias)?;
-        return Ok(candle_nn::ops::softmax_last_dim(&s)?.matmul(v)?);
+    let (nk, _, t, _) = k.dims4()?;
+    if one != 1 || group == 0 || nk * group != n {
+        return Err(close_core::Error::Shape {
+            what: "decode_attention: keys for the queries".into(),
+            expected: vec![n / group.max(1), h, t, dk],
+            got: k.dims().to_vec(),
+        });
+    }
+    if !use_fused(&[q, k, v]) {
+        let qg = q
+            .reshape((nk, group, h, dk))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let s = qg.matmul(&k.t()?)?.broadcast_add(bias)?;
+        let o = candle_nn::ops::softmax_last_dim(&s)?.matmul(v)?; // [nk, H, group, dk]
+        return Ok(o.transpose(1, 2)?.contiguous()?.reshape((n, h, 1, dk))?);
     }
     let bias = bias
-        .broadcast_as((n, h, 1, t))?
+        .broadcast_as((nk, h, 1, t))?
         .to_dtype(candle_core::DType::F32)?;
     let mut out = vec![0f32; n * h * dk];
     with_data(q, |q| {
@@ -235,12 +254,9 @@ pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> Re
             with_data(v, |v| {
                 with_data(&bias, |b| {
                     par_rows(&mut out, dk, |r0, rows| {
-                        for (i, o) in rows.chunks_mut(dk).enumerate() {
-                            let r = r0 + i;
-                            let kv = r * t * dk..(r + 1) * t * dk;
-                            let (qr, br) = (&q[r * dk..(r + 1) * dk], &b[r * t..(r + 1) * t]);
-                            attend_one(qr, (&k[kv.clone()], &v[kv]), br, o);
-                        }
+                        let qs = &q[r0 * dk..r0 * dk + rows.len()];
+                        let shape = [dk, t, h, group, r0];
+                        close_core::simd::attend_rows(qs, k, v, b, shape, rows);
                     });
                     Ok(())
                 })
@@ -248,28 +264,6 @@ pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> Re
         })
     })?;
     Ok(Tensor::from_vec(out, (n, h, 1, dk), q.device())?)
-}
-
-/// `out = softmax(keys · q + bias) · values` for one query; `keys` and `values` hold
-/// `bias.len()` rows of `q.len()` values.
-fn attend_one(q: &[f32], (keys, values): (&[f32], &[f32]), bias: &[f32], out: &mut [f32]) {
-    let dk = q.len();
-    let mut p: Vec<f32> = keys
-        .chunks_exact(dk)
-        .zip(bias)
-        .map(|(kr, b)| kr.iter().zip(q).map(|(a, b)| a * b).sum::<f32>() + b)
-        .collect();
-    let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for x in p.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    out.fill(0.0);
-    for (w, vr) in p.iter().zip(values.chunks_exact(dk)) {
-        let w = w / sum;
-        out.iter_mut().zip(vr).for_each(|(o, x)| *o += w * x);
-    }
 }
 
 /// `prev [N, H, T, dk]` with its rows picked by `rows` (row `i` ← `rows[i]`; all in order
@@ -439,10 +433,25 @@ mod tests {
             .collect();
         let mask = Tensor::from_vec(mask, (n, 1, 1, t), &dev)?;
         for bias in [&pos, &mask] {
-            let fused = decode_attention(&q, &k, &v, bias)?;
+            let fused = decode_attention(&q, (&k, &v), bias, 1)?;
             let composed =
-                close_core::fused::with_composed_ops(|| decode_attention(&q, &k, &v, bias))?;
+                close_core::fused::with_composed_ops(|| decode_attention(&q, (&k, &v), bias, 1))?;
             assert!(maxdiff(&fused, &composed) < 1e-5);
+        }
+        // Beams sharing their item's keys: the same as each beam with a copy of them.
+        let group = 3;
+        let qb = Tensor::randn(0f32, 1., (n * group, h, 1, dk), &dev)?;
+        let rows: Vec<u32> = (0..n * group).map(|r| (r / group) as u32).collect();
+        let rows = Tensor::new(rows.as_slice(), &dev)?;
+        let copies = |t: &Tensor| t.index_select(&rows, 0);
+        let want = decode_attention(&qb, (&copies(&k)?, &copies(&v)?), &copies(&mask)?, 1)?;
+        for composed in [false, true] {
+            let shared = || decode_attention(&qb, (&k, &v), &mask, group);
+            let got = match composed {
+                false => shared()?,
+                true => close_core::fused::with_composed_ops(shared)?,
+            };
+            assert!(maxdiff(&got, &want) < 1e-5, "composed: {composed}");
         }
         Ok(())
     }

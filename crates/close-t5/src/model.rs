@@ -374,8 +374,10 @@ pub(crate) struct LayerCache {
 #[derive(Debug, Clone)]
 pub(crate) struct DecoderCache {
     layers: Vec<LayerCache>,
-    /// `[N, 1, 1, L]` additive encoder mask.
+    /// `[B, 1, 1, L]` additive encoder mask (one per item, as the cross-attention cache).
     cross_bias: Tensor,
+    /// Rows (beams) per item.
+    expand: usize,
     /// Number of target positions already decoded.
     pub(crate) step: usize,
     /// The source row of each row's self-attention cache, when beams were reordered since
@@ -741,8 +743,6 @@ impl T5 {
                 got: enc_mask.dims().to_vec(),
             });
         }
-        let rows: Vec<u32> = (0..b * expand).map(|i| (i / expand) as u32).collect();
-        let rows = Tensor::from_vec(rows, b * expand, enc_out.device())?;
         let h = self.cfg.num_heads;
         let mut layers = Vec::with_capacity(self.decoder.blocks.len());
         for blk in &self.decoder.blocks {
@@ -752,13 +752,9 @@ impl T5 {
                 .ok_or_else(|| Error::invalid("decoder block without cross-attention"))?;
             // Decoding needs no gradients: a detached cache holds no graph, so nothing
             // computed before it stays alive (the weights may be trainable variables).
+            // One copy per item: its beams share it (see `decode_attention`).
             let ck = split_heads(&linear(enc_out, &ca.k)?, h)?.detach();
             let cv = split_heads(&linear(enc_out, &ca.v)?, h)?.detach();
-            let (ck, cv) = if expand > 1 {
-                (ck.index_select(&rows, 0)?, cv.index_select(&rows, 0)?)
-            } else {
-                (ck, cv)
-            };
             layers.push(LayerCache {
                 k: None,
                 v: None,
@@ -766,15 +762,10 @@ impl T5 {
                 cv,
             });
         }
-        let bias = additive_mask(enc_mask, enc_out.dtype())?;
-        let cross_bias = if expand > 1 {
-            bias.index_select(&rows, 0)?
-        } else {
-            bias
-        };
         Ok(DecoderCache {
             layers,
-            cross_bias,
+            cross_bias: additive_mask(enc_mask, enc_out.dtype())?,
+            expand,
             step: 0,
             reorder: None,
         })
@@ -808,7 +799,7 @@ impl T5 {
                 ),
                 _ => (k, v),
             };
-            let o = fused::decode_attention(&q, &k, &v, &pos)?;
+            let o = fused::decode_attention(&q, (&k, &v), &pos, 1)?;
             x = (x + linear(&o.reshape((n, 1, h * dk))?, &a.o)?)?;
             lc.k = Some(k.detach());
             lc.v = Some(v.detach());
@@ -818,7 +809,8 @@ impl T5 {
                 .ok_or_else(|| Error::invalid("decoder block without cross-attention"))?;
             let xn = candle_nn::ops::rms_norm(&x, cln, eps as f32)?;
             let q = linear(&xn, &ca.q)?.reshape((n, h, 1, dk))?;
-            let o = fused::decode_attention(&q, &lc.ck, &lc.cv, &cache.cross_bias)?;
+            let kv = (&lc.ck, &lc.cv);
+            let o = fused::decode_attention(&q, kv, &cache.cross_bias, cache.expand)?;
             x = (x + linear(&o.reshape((n, 1, h * dk))?, &ca.o)?)?;
             x = blk.ff.forward(&x, eps, 0.0, false)?;
         }
