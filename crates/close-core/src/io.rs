@@ -46,8 +46,11 @@ pub fn write_atomic_with(
 
 /// Atomically write `value` as pretty JSON.
 pub fn write_json_atomic<T: serde::Serialize>(path: impl AsRef<Path>, value: &T) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(value)?;
-    write_atomic(path, &bytes)
+    // Serialized straight into the file's buffer: a dataset's JSON can be hundreds of MB,
+    // which a whole-file buffer would hold (and copy) once more.
+    write_atomic_with(path, |w| {
+        serde_json::to_writer_pretty(&mut *w, value).map_err(std::io::Error::from)
+    })
 }
 
 /// Read and parse a JSON file, naming the file (and line) in errors.
