@@ -243,6 +243,14 @@ impl<'a> Trainer<'a> {
         dist: &'a dyn Collective,
     ) -> Result<Self> {
         let main = dist.is_main();
+        if dist.size() > 1 {
+            // Before any collective that only one kind of start makes (resume's barrier).
+            dist::check_same(
+                dist,
+                "choice to resume (whether --out has a checkpoint)",
+                resume as u64,
+            )?;
+        }
         let cfg = resolved_config(cfg, out, resume)?;
         let clip_dim = check_dims(&cfg, &inputs)?;
         if main {
