@@ -175,8 +175,7 @@ pub fn check_same(c: &dyn Collective, what: &str, value: u64) -> Result<()> {
 /// A 64-bit digest of `bytes` (configs, for [`check_same`]).
 pub fn digest(bytes: &[u8]) -> u64 {
     use sha2::{Digest, Sha256};
-    let d = Sha256::digest(bytes);
-    u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
+    first_u64(&Sha256::digest(bytes))
 }
 
 /// A fingerprint of variables' values (shapes and bytes, in order), for [`check_same`].
@@ -188,12 +187,20 @@ pub fn fingerprint(vars: &[Var]) -> Result<u64> {
             h.update((*d as u64).to_le_bytes());
         }
         let t = v.as_tensor().to_dtype(DType::F32)?.flatten_all()?;
-        for x in t.to_vec1::<f32>()? {
-            h.update(x.to_bits().to_le_bytes());
-        }
+        // One update per variable: per value, the hasher's call overhead would dominate.
+        let bytes: Vec<u8> = t
+            .to_vec1::<f32>()?
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        h.update(&bytes);
     }
-    let d = h.finalize();
-    Ok(u64::from_le_bytes(d[..8].try_into().expect("8 bytes")))
+    Ok(first_u64(&h.finalize()))
+}
+
+/// The first 8 bytes of a digest as a little-endian `u64`.
+fn first_u64(d: &[u8]) -> u64 {
+    u64::from_le_bytes(d[..8].try_into().expect("a digest has at least 8 bytes"))
 }
 
 /// Which implementation sums the gradients.

@@ -336,8 +336,9 @@ impl CloseModel {
         targets: &[Vec<u32>],
         mapping: &[usize],
     ) -> Result<Tensor> {
-        let (enc, mask, labels, label_mask) = self.loss_inputs(clip, text, targets, mapping)?;
-        self.t5.loss(&enc, &mask, &labels, &label_mask)
+        // The count comes from the targets on the host: no read from the device.
+        let tokens: usize = targets.iter().map(Vec::len).sum();
+        Ok((self.loss_sum(clip, text, targets, mapping)? / tokens as f64)?)
     }
 
     /// [`CloseModel::loss`] summed over the target tokens instead of averaged (for a
@@ -349,18 +350,6 @@ impl CloseModel {
         targets: &[Vec<u32>],
         mapping: &[usize],
     ) -> Result<Tensor> {
-        let (enc, mask, labels, label_mask) = self.loss_inputs(clip, text, targets, mapping)?;
-        self.t5.loss_sum(&enc, &mask, &labels, &label_mask)
-    }
-
-    /// The encoder output and mask (one row per target) and the padded targets.
-    fn loss_inputs(
-        &self,
-        clip: &Tensor,
-        text: Option<&TextInput>,
-        targets: &[Vec<u32>],
-        mapping: &[usize],
-    ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
         if targets.len() != mapping.len() || targets.is_empty() {
             return Err(Error::invalid(format!(
                 "loss: {} targets for {} mapping entries",
@@ -372,7 +361,7 @@ impl CloseModel {
         let (enc, mask) = self.t5.repeat_for_targets(&enc, &mask, mapping)?;
         let (labels, label_mask) =
             close_t5::pad_targets(targets, self.cfg.t5.pad_token_id, clip.device())?;
-        Ok((enc, mask, labels, label_mask))
+        self.t5.loss_sum(&enc, &mask, &labels, &label_mask)
     }
 
     /// Beam search / greedy decoding; per input row, the hypotheses best first.
