@@ -71,13 +71,13 @@ pub struct TrainConfig {
     /// for hard negatives ([`crate::negatives`]): each training caption also gets a copy with
     /// two words of a group swapped or one replaced, ranked against the true caption by the
     /// image→text loss. Costs about one more text-tower pass per step. Empty: off. It
-    /// sharpens attribute binding but widens the modality gap, so the demo leaves it off
-    /// (measurements: `docs/demo.md`, "The CLIP on its own, and hard negatives").
+    /// sharpens attribute binding and, with `vision_position_init_std`, lets the model
+    /// match cells to position words (measurements: `docs/demo/NOTES.md`).
     pub hard_negative_groups: Vec<Vec<String>>,
     /// Standard deviation of the vision tower's initial position embeddings (HF: the
-    /// `initializer_range`, 0.02). `None`: HF's. A larger value makes the image vectors hold
-    /// position, but not in a way captions match, so the demo keeps HF's (`docs/demo.md`,
-    /// "Position embeddings").
+    /// `initializer_range`, 0.02). `None`: HF's. At HF's the position signal starts far
+    /// below a patch's content and the image vectors never held a lone object's cell; the
+    /// demo uses 1.0 (`docs/demo/NOTES.md`).
     pub vision_position_init_std: Option<f64>,
 }
 

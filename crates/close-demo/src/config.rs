@@ -55,6 +55,11 @@ impl DemoConfig {
             epochs: if quick { 10 } else { 15 },
             batch_size: 32,
             warmup_frac: if quick { 0.2 } else { 0.05 },
+            // Both are needed for the image vectors to hold the cell of a lone object in a
+            // form captions match: hard negatives that swap position words, and position
+            // embeddings that start as large as a patch's content (docs/demo/NOTES.md).
+            hard_negative_groups: close_data::world::language::hard_negative_groups(),
+            vision_position_init_std: Some(1.0),
             ..Default::default()
         };
         let tasks = [Task::SCap, Task::MCap, Task::Vqa, Task::Ve, Task::Style];

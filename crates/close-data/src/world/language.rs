@@ -590,6 +590,21 @@ pub fn captions(scene: &Scene, k: usize, rng: &mut impl Rng) -> Vec<Caption> {
         "total",
     ];
     kinds.shuffle(rng);
+    if scene.objects.len() == 1 {
+        // A lone object's cell is all that tells it from the same object elsewhere; with
+        // two captions in five naming it, a CLIP trained on the world never learned to
+        // match cells (docs/world.md, "Captions"). Three of its captions name it.
+        for _ in 0..20 {
+            if out.len() >= 3.min(k) {
+                break;
+            }
+            if let Some(c) = caption_of_kind(scene, "position", rng) {
+                if !out.iter().any(|x| x.text == c.text) {
+                    out.push(c);
+                }
+            }
+        }
+    }
     // later fallbacks when a scene has few distinct sentences
     kinds.extend([
         "listing",
