@@ -5,16 +5,18 @@
 //! results: a CLOSE model can only learn from the image vector what the vector holds, and it
 //! transfers from text only what image and text vectors agree on.
 
-use super::language::indefinite;
-use super::scene::{Color, Object, Scene, Shape, Size};
+use super::language::{indefinite, NUMBER_WORDS};
+use super::scene::{Color, Object, Relation, Scene, Shape, Size};
 
 /// The probe kinds, in report order.
-pub const PROBE_KINDS: [&str; 5] = [
+pub const PROBE_KINDS: [&str; 7] = [
     "colour of a lone object",
     "shape of a lone large object",
     "shape of a lone small object",
     "cell of a lone object",
     "colour binding of two objects",
+    "relation of two objects",
+    "count of a shape",
 ];
 
 /// One probe: candidate captions for an image; `answer` indexes the true one.
@@ -53,59 +55,108 @@ fn probe(kind: &'static str, scene: &Scene, candidates: Vec<String>, answer: usi
 /// The probes of one scene: colour, shape and cell for a lone object (in the world's
 /// caption phrasing, `a picture of a small red star.`, `a small red star in the top
 /// left.`); for two objects of different colours and shapes, the true listing against the
-/// one with their colours swapped. Other scenes have none.
+/// one with their colours swapped; for two objects that are told apart by their words,
+/// their relation against its inverse (`a small red star above a large blue circle.`); for
+/// every scene, the count of the first object's shape (`there are two stars.`).
 pub fn probes(scene: &Scene) -> Vec<Probe> {
-    let objs = &scene.objects;
-    match objs.as_slice() {
-        [o] => {
-            let picture = |c: Color, s: Shape| format!("a picture of {}.", phrase(o, c, s));
-            let shape_kind = match o.size {
-                Size::Large => PROBE_KINDS[1],
-                Size::Small => PROBE_KINDS[2],
-            };
-            let cells: Vec<String> = super::CELL_NAMES
-                .iter()
-                .flatten()
-                .map(|cell| format!("{} in the {cell}.", phrase(o, o.color, o.shape)))
-                .collect();
-            vec![
-                probe(
-                    PROBE_KINDS[0],
-                    scene,
-                    Color::ALL.iter().map(|&c| picture(c, o.shape)).collect(),
-                    index_of(&Color::ALL, o.color),
-                ),
-                probe(
-                    shape_kind,
-                    scene,
-                    Shape::ALL.iter().map(|&s| picture(o.color, s)).collect(),
-                    index_of(&Shape::ALL, o.shape),
-                ),
-                probe(
-                    PROBE_KINDS[3],
-                    scene,
-                    cells,
-                    o.row as usize * 3 + o.col as usize,
-                ),
-            ]
-        }
-        [a, b] if a.color != b.color && a.shape != b.shape => {
-            let listing = |ca: Color, cb: Color| {
-                format!(
-                    "a picture of {} and {}.",
-                    phrase(a, ca, a.shape),
-                    phrase(b, cb, b.shape)
-                )
-            };
-            vec![probe(
-                PROBE_KINDS[4],
-                scene,
-                vec![listing(a.color, b.color), listing(b.color, a.color)],
-                0,
-            )]
+    let mut out = match scene.objects.as_slice() {
+        [o] => lone_probes(scene, o),
+        [a, b] => {
+            let mut v = Vec::new();
+            if a.color != b.color && a.shape != b.shape {
+                v.push(binding_probe(scene, a, b));
+            }
+            v.extend(relation_probe(scene, a, b));
+            v
         }
         _ => Vec::new(),
+    };
+    out.extend(count_probe(scene));
+    out
+}
+
+fn lone_probes(scene: &Scene, o: &Object) -> Vec<Probe> {
+    let picture = |c: Color, s: Shape| format!("a picture of {}.", phrase(o, c, s));
+    let shape_kind = match o.size {
+        Size::Large => PROBE_KINDS[1],
+        Size::Small => PROBE_KINDS[2],
+    };
+    let cells: Vec<String> = super::CELL_NAMES
+        .iter()
+        .flatten()
+        .map(|cell| format!("{} in the {cell}.", phrase(o, o.color, o.shape)))
+        .collect();
+    vec![
+        probe(
+            PROBE_KINDS[0],
+            scene,
+            Color::ALL.iter().map(|&c| picture(c, o.shape)).collect(),
+            index_of(&Color::ALL, o.color),
+        ),
+        probe(
+            shape_kind,
+            scene,
+            Shape::ALL.iter().map(|&s| picture(o.color, s)).collect(),
+            index_of(&Shape::ALL, o.shape),
+        ),
+        probe(
+            PROBE_KINDS[3],
+            scene,
+            cells,
+            o.row as usize * 3 + o.col as usize,
+        ),
+    ]
+}
+
+fn binding_probe(scene: &Scene, a: &Object, b: &Object) -> Probe {
+    let listing = |ca: Color, cb: Color| {
+        format!(
+            "a picture of {} and {}.",
+            phrase(a, ca, a.shape),
+            phrase(b, cb, b.shape)
+        )
+    };
+    probe(
+        PROBE_KINDS[4],
+        scene,
+        vec![listing(a.color, b.color), listing(b.color, a.color)],
+        0,
+    )
+}
+
+/// `a` above / below `b` when their rows differ, else left / right of it; `None` when the
+/// two read the same (`a small red star` twice).
+fn relation_probe(scene: &Scene, a: &Object, b: &Object) -> Option<Probe> {
+    let (pa, pb) = (phrase(a, a.color, a.shape), phrase(b, b.color, b.shape));
+    if pa == pb {
+        return None;
     }
+    let r = Relation::ALL.into_iter().find(|r| r.holds(a, b))?;
+    let says = |r: Relation| format!("{pa} {} {pb}.", r.phrase());
+    Some(probe(
+        PROBE_KINDS[5],
+        scene,
+        vec![says(r), says(r.inverse())],
+        0,
+    ))
+}
+
+/// How many objects have the first object's shape, among one to max(3, objects).
+fn count_probe(scene: &Scene) -> Option<Probe> {
+    let objs = &scene.objects;
+    let shape = objs.first()?.shape;
+    let k = objs.iter().filter(|o| o.shape == shape).count();
+    let most = objs.len().max(3).min(NUMBER_WORDS.len() - 1);
+    let says = |n: usize| match n {
+        1 => format!("there is one {}.", shape.word()),
+        _ => format!("there are {} {}.", NUMBER_WORDS[n], shape.plural()),
+    };
+    Some(probe(
+        PROBE_KINDS[6],
+        scene,
+        (1..=most).map(says).collect(),
+        k - 1,
+    ))
 }
 
 #[cfg(test)]
@@ -136,7 +187,12 @@ mod tests {
             let objs = sample_objects(&mut rng, 64, 1, 1);
             let o = objs[0].clone();
             let ps = probes(&scene(objs));
-            assert_eq!(ps.len(), 3);
+            assert_eq!(ps.len(), 4);
+            assert_eq!(ps[3].kind, PROBE_KINDS[6]);
+            assert_eq!(
+                ps[3].candidates[ps[3].answer],
+                format!("there is one {}.", o.shape.word())
+            );
             let truth = |p: &Probe| p.candidates[p.answer].clone();
             let np = format!("{} {} {}", o.size.word(), o.color.word(), o.shape.word());
             assert_eq!(ps[0].candidates.len(), 8);
@@ -166,7 +222,10 @@ mod tests {
         let (mut with, mut without) = (0, 0);
         for _ in 0..200 {
             let objs = sample_objects(&mut rng, 64, 2, 3);
-            let ps = probes(&scene(objs.clone()));
+            let ps: Vec<Probe> = probes(&scene(objs.clone()))
+                .into_iter()
+                .filter(|p| p.kind == PROBE_KINDS[4])
+                .collect();
             let eligible =
                 objs.len() == 2 && objs[0].color != objs[1].color && objs[0].shape != objs[1].shape;
             if !eligible {
@@ -184,5 +243,31 @@ mod tests {
             assert!(p.candidates[1].contains(&phrase(b, a.color, b.shape)));
         }
         assert!(with > 20 && without > 20, "{with} {without}");
+    }
+
+    #[test]
+    fn relation_and_count_probes_tell_the_truth_first_or_at_the_answer() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let (mut relations, mut counts) = (0, 0);
+        for _ in 0..200 {
+            let objs = sample_objects(&mut rng, 64, 1, 3);
+            for p in probes(&scene(objs.clone())) {
+                if p.kind == PROBE_KINDS[5] {
+                    relations += 1;
+                    let (a, b) = (&objs[0], &objs[1]);
+                    let r = Relation::ALL.into_iter().find(|r| r.holds(a, b)).unwrap();
+                    assert!(p.candidates[0].contains(r.phrase()), "{p:?}");
+                    assert!(p.candidates[1].contains(r.inverse().phrase()), "{p:?}");
+                    assert_eq!(p.answer, 0);
+                } else if p.kind == PROBE_KINDS[6] {
+                    counts += 1;
+                    let k = objs.iter().filter(|o| o.shape == objs[0].shape).count();
+                    assert_eq!(p.answer, k - 1);
+                    assert_eq!(p.candidates.len(), 3);
+                    assert!(p.candidates[p.answer].contains(NUMBER_WORDS[k]), "{p:?}");
+                }
+            }
+        }
+        assert!(relations > 20 && counts == 200, "{relations} {counts}");
     }
 }
