@@ -26,11 +26,12 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: clip_probe WORLD CLIP_TRAIN_JSON OUT [SPLIT]");
     };
     let (wdir, out) = (Path::new(world), Path::new(out));
+    let paths = WorldPaths::new(wdir);
     let device = Device::Cpu;
     if !out.join("model.safetensors").exists() {
         let text = std::fs::read_to_string(config).with_context(|| config.clone())?;
         let cfg: TrainConfig = serde_json::from_str(&text).with_context(|| config.clone())?;
-        let karpathy = Karpathy::load(WorldPaths::new(wdir).karpathy())?;
+        let karpathy = Karpathy::load(paths.karpathy())?;
         let r = train_clip(&karpathy, wdir, out, &cfg, None, &device, &NoProgress)?;
         println!(
             "train {:.0} s, final loss {:.3}",
@@ -40,7 +41,7 @@ fn main() -> anyhow::Result<()> {
         println!("gap {}", serde_json::to_string(&r.gap)?);
     }
     let clip = close_clip::Clip::load(out, &device)?;
-    let scenes = ScenesFile::load(WorldPaths::new(wdir).scenes())?;
+    let scenes = ScenesFile::load(paths.scenes())?;
     let held: Vec<_> = scenes
         .images
         .iter()
@@ -55,7 +56,7 @@ fn main() -> anyhow::Result<()> {
     for chunk in held.chunks(128) {
         let paths: Vec<_> = chunk
             .iter()
-            .map(|s| wdir.join("images").join(&s.split).join(&s.file_name))
+            .map(|s| paths.images_dir(&s.split).join(&s.file_name))
             .collect();
         let emb = clip.embed_image_files(&paths)?.to_vec2::<f32>()?;
         vecs.extend(chunk.iter().map(|s| s.image_id).zip(emb));

@@ -5,7 +5,7 @@
 use rand::seq::SliceRandom;
 use rand::Rng;
 
-use super::scene::{Object, Relation, Scene, Size};
+use super::scene::{Object, Relation, Scene, Shape, Size};
 
 /// Number words used in captions (index = count).
 pub const NUMBER_WORDS: [&str; 10] = [
@@ -289,7 +289,13 @@ fn complete_facts(scene: &Scene) -> Facts {
     f
 }
 
-fn be(n: usize) -> &'static str {
+/// `one star`, `two stars`.
+pub(crate) fn counted(n: usize, shape: Shape) -> String {
+    let noun = if n == 1 { shape.word() } else { shape.plural() };
+    format!("{} {noun}", NUMBER_WORDS[n])
+}
+
+pub(crate) fn be(n: usize) -> &'static str {
     if n == 1 {
         "is"
     } else {
@@ -410,14 +416,7 @@ fn shape_counts_caption(scene: &Scene, facts: &mut Facts, rng: &mut impl Rng) ->
     shapes.shuffle(rng);
     let items: Vec<String> = shapes
         .iter()
-        .map(|s| {
-            let c = objs.iter().filter(|o| o.shape == *s).count();
-            format!(
-                "{} {}",
-                NUMBER_WORDS[c],
-                if c == 1 { s.word() } else { s.plural() }
-            )
-        })
+        .map(|s| counted(objs.iter().filter(|o| o.shape == *s).count(), *s))
         .collect();
     facts.shape_counts = true;
     facts.total = true;

@@ -5,7 +5,7 @@
 //! results: a CLOSE model can only learn from the image vector what the vector holds, and it
 //! transfers from text only what image and text vectors agree on.
 
-use super::language::{indefinite, NUMBER_WORDS};
+use super::language::{be, counted, indefinite, NUMBER_WORDS};
 use super::scene::{Color, Object, Relation, Scene, Shape, Size};
 
 /// The probe kinds, in report order.
@@ -147,10 +147,8 @@ fn count_probe(scene: &Scene) -> Option<Probe> {
     let shape = objs.first()?.shape;
     let k = objs.iter().filter(|o| o.shape == shape).count();
     let most = objs.len().max(3).min(NUMBER_WORDS.len() - 1);
-    let says = |n: usize| match n {
-        1 => format!("there is one {}.", shape.word()),
-        _ => format!("there are {} {}.", NUMBER_WORDS[n], shape.plural()),
-    };
+    // The world's shape-count phrasing (`there is one star.`, `there are two stars.`).
+    let says = |n: usize| format!("there {} {}.", be(n), counted(n, shape));
     Some(probe(
         PROBE_KINDS[6],
         scene,
