@@ -411,9 +411,61 @@ impl CustomOp2 for LinearNoBias {
     }
 }
 
-/// `x wᵀ (+ b)` over the last dimension of `x [.., K]` for `w [N, K]`, `b [N]` (PyTorch's
-/// `nn.Linear`), differentiable. Leading dimensions are flattened into one matmul.
-pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+/// `relu(x wᵀ)` for `x [M, K]`, `w [N, K]`. The backward pass reads the ReLU's mask from
+/// the output, so the pre-activation `[M, N]` is never kept for it (a linear layer and a
+/// ReLU apart would hold both).
+struct LinearRelu;
+
+impl CustomOp2 for LinearRelu {
+    fn name(&self) -> &'static str {
+        "close-linear-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (storage, shape) = LinearNoBias.cpu_fwd(s1, l1, s2, l2)?;
+        let CpuStorage::F32(mut y) = storage else {
+            candle_core::bail!("linear-relu: the linear output is not f32")
+        };
+        for v in &mut y {
+            if *v < 0.0 {
+                *v = 0.0;
+            }
+        }
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let masked = with_data(res, |ys| {
+            with_data(&g, |gs| {
+                let m = gs
+                    .iter()
+                    .zip(ys)
+                    .map(|(&g, &y)| if y > 0.0 { g } else { 0.0 });
+                Ok(m.collect::<Vec<f32>>())
+            })
+        })?;
+        let masked = Tensor::from_vec(masked, g.shape(), g.device())?;
+        let (dx, dw, _) = linear_grads(x, w, &masked)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `x [.., K]` as the rows `[M, K]` of a product with `w [N, K]`, the product `f` of those
+/// rows, and its result `[M, N]` back in the leading dimensions of `x`.
+fn over_rows(x: &Tensor, w: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let k = *dims
         .last()
@@ -427,20 +479,41 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         });
     }
     let m = x.elem_count() / k.max(1);
-    let x2 = x.reshape((m, k))?;
-    let y = match b {
-        Some(b) if use_fused(&[x, w, b]) => {
-            x2.contiguous()?
-                .apply_op3(&w.contiguous()?, &b.contiguous()?, LinearBias)?
-        }
-        Some(b) => x2.matmul(&w.t()?)?.broadcast_add(b)?,
-        None if use_fused(&[x, w]) => x2.contiguous()?.apply_op2(&w.contiguous()?, LinearNoBias)?,
-        None => x2.matmul(&w.t()?)?,
-    };
+    let y = f(&x.reshape((m, k))?)?;
     let mut out = dims;
     let last = out.len() - 1; // non-empty: `k` came from it
     out[last] = n;
     Ok(y.reshape(out)?)
+}
+
+/// `x wᵀ (+ b)` over the last dimension of `x [.., K]` for `w [N, K]`, `b [N]` (PyTorch's
+/// `nn.Linear`), differentiable. Leading dimensions are flattened into one matmul.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    over_rows(x, w, |x2| {
+        Ok(match b {
+            Some(b) if use_fused(&[x, w, b]) => {
+                x2.contiguous()?
+                    .apply_op3(&w.contiguous()?, &b.contiguous()?, LinearBias)?
+            }
+            Some(b) => x2.matmul(&w.t()?)?.broadcast_add(b)?,
+            None if use_fused(&[x, w]) => {
+                x2.contiguous()?.apply_op2(&w.contiguous()?, LinearNoBias)?
+            }
+            None => x2.matmul(&w.t()?)?,
+        })
+    })
+}
+
+/// `relu(x wᵀ)` over the last dimension of `x [.., K]` for `w [N, K]`, differentiable; the
+/// fused form keeps no pre-activation for the backward pass.
+pub fn linear_relu(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    over_rows(x, w, |x2| {
+        Ok(if use_fused(&[x, w]) {
+            x2.contiguous()?.apply_op2(&w.contiguous()?, LinearRelu)?
+        } else {
+            x2.matmul(&w.t()?)?.relu()?
+        })
+    })
 }
 
 // ---------------------------------------------------------------- dropout
@@ -689,6 +762,31 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("linear"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn linear_relu_values_and_gradients_match_composed_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 1., (2, 7, 33), &dev)?;
+        let w = Var::randn(0f32, 1., (19, 33), &dev)?;
+        let t = Tensor::randn(0f32, 1., (2, 7, 19), &dev)?;
+        let a = linear_relu(x.as_tensor(), w.as_tensor())?;
+        let c = with_composed_ops(|| linear_relu(x.as_tensor(), w.as_tensor()))?;
+        assert_eq!(a.dims(), &[2, 7, 19]);
+        assert!(maxdiff(&a, &c) < 1e-4);
+        let zeros = a.flatten_all()?.to_vec1::<f32>()?;
+        let zeros = zeros.iter().filter(|&&v| v == 0.0).count();
+        assert!(zeros > 50 && zeros < 250, "{zeros} of 266 outputs clipped");
+        let ga = (a * &t)?.sum_all()?.backward()?;
+        let gc = (&c * &t)?.sum_all()?.backward()?;
+        for v in [&x, &w] {
+            let d = maxdiff(
+                ga.get(v.as_tensor()).unwrap(),
+                gc.get(v.as_tensor()).unwrap(),
+            );
+            assert!(d < 1e-4, "{d}");
+        }
         Ok(())
     }
 

@@ -24,24 +24,185 @@ pub fn write_atomic_with(
     path: impl AsRef<Path>,
     fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
 ) -> Result<()> {
-    let path = path.as_ref();
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut file = AtomicFile::create(path)?;
+    let path = file.path.clone();
+    fill(file.writer()).map_err(|e| Error::io(&path, e))?;
+    file.commit()
+}
+
+/// A file written into a temporary beside `path` and moved over it by
+/// [`AtomicFile::commit`] (after an fsync). Dropped without a commit, it removes the
+/// temporary and leaves `path` as it was.
+pub struct AtomicFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    w: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl AtomicFile {
+    /// Start writing `path` (creating its parent directories).
+    pub fn create(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let tmp = tmp_path(&path);
+        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&path, e))?;
+        Ok(Self {
+            path,
+            tmp,
+            w: Some(std::io::BufWriter::new(file)),
+        })
     }
-    let tmp = tmp_path(path);
-    let result = (|| -> std::io::Result<()> {
-        let file = std::fs::File::create(&tmp)?;
-        let mut w = std::io::BufWriter::new(file);
-        fill(&mut w)?;
-        let file = w.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
+
+    /// The file being written.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
-    Ok(())
+
+    /// The buffered writer of the temporary file.
+    pub fn writer(&mut self) -> &mut std::io::BufWriter<std::fs::File> {
+        self.w
+            .as_mut()
+            .expect("an AtomicFile is only taken by commit")
+    }
+
+    /// Flush, fsync and move the temporary over `path`.
+    pub fn commit(mut self) -> Result<()> {
+        let w = self
+            .w
+            .take()
+            .expect("an AtomicFile is only taken by commit");
+        let result = (|| -> std::io::Result<()> {
+            let file = w.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            std::fs::rename(&self.tmp, &self.path)
+        })();
+        result.map_err(|e| {
+            let _ = std::fs::remove_file(&self.tmp);
+            Error::io(&self.path, e)
+        })
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.w.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// A compact JSON document whose one array is written element by element, so that a file
+/// of millions of records never sits in memory; written atomically by [`JsonArrayFile::finish`].
+///
+/// The output is byte-identical to `serde_json::to_writer` of the whole document.
+pub struct JsonArrayFile {
+    file: AtomicFile,
+    tail: String,
+    len: usize,
+}
+
+impl JsonArrayFile {
+    /// Start `path` from `shell`, the document with the streamed array empty. `key` names
+    /// that array's field; `None` when the document is the array itself. The field must
+    /// occur once in the shell.
+    pub fn create<T: serde::Serialize>(
+        path: impl AsRef<Path>,
+        shell: &T,
+        key: Option<&str>,
+    ) -> Result<Self> {
+        let text = serde_json::to_string(shell)?;
+        let marker = match key {
+            Some(k) => format!("{}:[]", serde_json::to_string(k)?),
+            None => "[]".to_string(),
+        };
+        let at: Vec<usize> = text.match_indices(&marker).map(|(i, _)| i).collect();
+        let split = match (key, at.as_slice()) {
+            (None, _) if text == marker => 1,
+            (Some(_), [i]) => i + marker.len() - 1,
+            _ => {
+                return Err(Error::invalid(format!(
+                    "{}: the JSON shell has no single empty array {marker}",
+                    path.as_ref().display()
+                )))
+            }
+        };
+        let mut file = AtomicFile::create(path)?;
+        let path = file.path.clone();
+        file.writer()
+            .write_all(&text.as_bytes()[..split])
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(Self {
+            file,
+            tail: text[split..].to_string(),
+            len: 0,
+        })
+    }
+
+    /// Append one element of the array.
+    pub fn push<E: serde::Serialize>(&mut self, element: &E) -> Result<()> {
+        let first = self.len == 0;
+        let w = self.file.writer();
+        let result = (|| -> std::io::Result<()> {
+            if !first {
+                w.write_all(b",")?;
+            }
+            serde_json::to_writer(&mut *w, element).map_err(std::io::Error::from)
+        })();
+        result.map_err(|e| Error::io(&self.file.path, e))?;
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Elements written so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no element has been written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Close the array and the document, and move the file in place.
+    pub fn finish(mut self) -> Result<()> {
+        let path = self.file.path.clone();
+        self.file
+            .writer()
+            .write_all(self.tail.as_bytes())
+            .map_err(|e| Error::io(&path, e))?;
+        self.file.commit()
+    }
+}
+
+/// A file of one compact JSON value per line (JSON Lines), written as it is produced and
+/// moved in place by [`JsonLinesFile::finish`].
+pub struct JsonLinesFile {
+    file: AtomicFile,
+}
+
+impl JsonLinesFile {
+    /// Start writing `path`.
+    pub fn create(path: impl AsRef<Path>) -> Result<Self> {
+        Ok(Self {
+            file: AtomicFile::create(path)?,
+        })
+    }
+
+    /// Append one line.
+    pub fn push<E: serde::Serialize>(&mut self, value: &E) -> Result<()> {
+        let w = self.file.writer();
+        let result = serde_json::to_writer(&mut *w, value)
+            .map_err(std::io::Error::from)
+            .and_then(|()| w.write_all(b"\n"));
+        result.map_err(|e| Error::io(&self.file.path, e))
+    }
+
+    /// Move the file in place.
+    pub fn finish(self) -> Result<()> {
+        self.file.commit()
+    }
 }
 
 /// Atomically write `value` as pretty JSON.
@@ -214,6 +375,80 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         let names: Vec<_> = std::fs::read_dir(p.parent().unwrap()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[derive(serde::Serialize)]
+    struct Doc {
+        info: &'static str,
+        #[serde(rename = "items")]
+        xs: Vec<(u32, String)>,
+        others: Vec<u32>,
+    }
+
+    fn streamed(path: &Path, doc: &Doc, key: Option<&str>) -> Vec<u8> {
+        let shell = Doc {
+            info: doc.info,
+            xs: vec![],
+            others: doc.others.clone(),
+        };
+        let mut f = match key {
+            Some(k) => JsonArrayFile::create(path, &shell, Some(k)).unwrap(),
+            None => JsonArrayFile::create(path, &Vec::<(u32, String)>::new(), None).unwrap(),
+        };
+        for x in &doc.xs {
+            f.push(x).unwrap();
+        }
+        assert_eq!(f.len(), doc.xs.len());
+        f.finish().unwrap();
+        std::fs::read(path).unwrap()
+    }
+
+    #[test]
+    fn a_streamed_json_array_is_byte_identical_to_the_whole_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.json");
+        for n in [0, 1, 3] {
+            let doc = Doc {
+                info: "say \"items\":[] here",
+                xs: (0..n).map(|i| (i, format!("x{i}\n"))).collect(),
+                others: vec![],
+            };
+            let whole = serde_json::to_vec(&doc).unwrap();
+            assert_eq!(streamed(&p, &doc, Some("items")), whole, "{n} elements");
+            let top = serde_json::to_vec(&doc.xs).unwrap();
+            assert_eq!(streamed(&p, &doc, None), top, "{n} elements, top level");
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_json_shell_without_one_empty_array_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.json");
+        let doc = Doc {
+            info: "",
+            xs: vec![],
+            others: vec![],
+        };
+        let e = JsonArrayFile::create(&p, &doc, Some("missing"))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("\"missing\":[]"), "{e}");
+        let e = JsonArrayFile::create(&p, &doc, None).err().unwrap();
+        assert!(e.to_string().contains("d.json"), "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn an_unfinished_stream_leaves_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.json");
+        write_atomic(&p, b"old").unwrap();
+        let mut f = JsonArrayFile::create(&p, &Vec::<u32>::new(), None).unwrap();
+        f.push(&1u32).unwrap();
+        drop(f);
+        assert_eq!(std::fs::read(&p).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[cfg(unix)]

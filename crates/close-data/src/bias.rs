@@ -4,7 +4,7 @@
 //! question-only prior for VQA (the most common train answer of the exact question text,
 //! else of its question type).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Lowercased words, split at white space and `, . : ?`.
 fn tokens(s: &str) -> Vec<String> {
@@ -23,37 +23,43 @@ fn features(s: &str) -> Vec<String> {
     f
 }
 
-/// Accuracy (0–1) of a naive Bayes classifier trained on `train` `(text, class)` pairs and
-/// scored on `test`. Returns `None` when either set is empty.
-pub fn naive_bayes_accuracy(train: &[(String, String)], test: &[(String, String)]) -> Option<f64> {
-    if train.is_empty() || test.is_empty() {
-        return None;
-    }
-    let mut class_n: HashMap<&str, f64> = HashMap::new();
-    let mut counts: HashMap<&str, HashMap<String, f64>> = HashMap::new();
-    let mut totals: HashMap<&str, f64> = HashMap::new();
-    let mut vocab: std::collections::HashSet<String> = Default::default();
-    for (text, c) in train {
-        *class_n.entry(c).or_default() += 1.0;
-        let m = counts.entry(c).or_default();
+/// A multinomial naive Bayes classifier on word unigrams and bigrams with add-one
+/// smoothing, trained one example at a time.
+#[derive(Debug, Default)]
+pub struct NaiveBayes {
+    class_n: HashMap<String, f64>,
+    counts: HashMap<String, HashMap<String, f64>>,
+    totals: HashMap<String, f64>,
+    vocab: HashSet<String>,
+    n: f64,
+}
+
+impl NaiveBayes {
+    /// Learn from one `(text, class)` example.
+    pub fn add(&mut self, text: &str, class: &str) {
+        *self.class_n.entry(class.to_string()).or_default() += 1.0;
+        self.n += 1.0;
+        let m = self.counts.entry(class.to_string()).or_default();
+        let total = self.totals.entry(class.to_string()).or_default();
         for f in features(text) {
             *m.entry(f.clone()).or_default() += 1.0;
-            *totals.entry(c).or_default() += 1.0;
-            vocab.insert(f);
+            *total += 1.0;
+            self.vocab.insert(f);
         }
     }
-    let v = vocab.len() as f64;
-    let n = train.len() as f64;
-    let mut classes: Vec<&str> = class_n.keys().copied().collect();
-    classes.sort();
-    let mut correct = 0usize;
-    for (text, gold) in test {
+
+    /// The most likely class of `text` (ties go to the first class in name order); `None`
+    /// before any example.
+    pub fn predict(&self, text: &str) -> Option<&str> {
         let fs = features(text);
+        let v = self.vocab.len() as f64;
+        let mut classes: Vec<&str> = self.class_n.keys().map(String::as_str).collect();
+        classes.sort();
         let mut best: Option<(&str, f64)> = None;
-        for &c in &classes {
-            let m = &counts[c];
-            let t = totals.get(c).copied().unwrap_or(0.0);
-            let mut lp = (class_n[c] / n).ln();
+        for c in classes {
+            let m = &self.counts[c];
+            let t = self.totals.get(c).copied().unwrap_or(0.0);
+            let mut lp = (self.class_n[c] / self.n).ln();
             for f in &fs {
                 lp += ((m.get(f).copied().unwrap_or(0.0) + 1.0) / (t + v)).ln();
             }
@@ -61,10 +67,55 @@ pub fn naive_bayes_accuracy(train: &[(String, String)], test: &[(String, String)
                 best = Some((c, lp));
             }
         }
-        if best.map(|(c, _)| c) == Some(gold.as_str()) {
-            correct += 1;
-        }
+        best.map(|(c, _)| c)
     }
+}
+
+/// The question-only VQA prior: the most common train answer of the exact question text,
+/// else of its question type; trained one question at a time.
+#[derive(Debug, Default)]
+pub struct QuestionPrior {
+    by_question: HashMap<String, HashMap<String, usize>>,
+    by_type: HashMap<String, HashMap<String, usize>>,
+}
+
+impl QuestionPrior {
+    /// Learn from one question with its type and answer.
+    pub fn add(&mut self, question: &str, question_type: &str, answer: &str) {
+        let q = self.by_question.entry(question.to_string()).or_default();
+        *q.entry(answer.to_string()).or_default() += 1;
+        let t = self.by_type.entry(question_type.to_string()).or_default();
+        *t.entry(answer.to_string()).or_default() += 1;
+    }
+
+    /// The prior's answer (ties go to the first answer in name order); `None` when neither
+    /// the question nor its type was seen.
+    pub fn guess(&self, question: &str, question_type: &str) -> Option<&str> {
+        fn top(m: &HashMap<String, usize>) -> Option<&str> {
+            let best = m.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)));
+            best.map(|(a, _)| a.as_str())
+        }
+        self.by_question
+            .get(question)
+            .and_then(top)
+            .or_else(|| self.by_type.get(question_type).and_then(top))
+    }
+}
+
+/// Accuracy (0–1) of a naive Bayes classifier trained on `train` `(text, class)` pairs and
+/// scored on `test`. Returns `None` when either set is empty.
+pub fn naive_bayes_accuracy(train: &[(String, String)], test: &[(String, String)]) -> Option<f64> {
+    if train.is_empty() || test.is_empty() {
+        return None;
+    }
+    let mut nb = NaiveBayes::default();
+    for (text, c) in train {
+        nb.add(text, c);
+    }
+    let correct = test
+        .iter()
+        .filter(|(text, gold)| nb.predict(text) == Some(gold.as_str()))
+        .count();
     Some(correct as f64 / test.len() as f64)
 }
 
@@ -78,27 +129,14 @@ pub fn question_prior_accuracy(
     if train.is_empty() || test.is_empty() {
         return None;
     }
-    fn top(m: &HashMap<String, usize>) -> Option<String> {
-        let mut v: Vec<(&String, &usize)> = m.iter().collect();
-        v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-        v.first().map(|(a, _)| (*a).clone())
-    }
-    let mut by_q: HashMap<&str, HashMap<String, usize>> = HashMap::new();
-    let mut by_t: HashMap<&str, HashMap<String, usize>> = HashMap::new();
+    let mut prior = QuestionPrior::default();
     for (q, t, a) in train {
-        *by_q.entry(q).or_default().entry(a.clone()).or_default() += 1;
-        *by_t.entry(t).or_default().entry(a.clone()).or_default() += 1;
+        prior.add(q, t, a);
     }
-    let mut correct = 0usize;
-    for (q, t, a) in test {
-        let guess = by_q
-            .get(q.as_str())
-            .and_then(top)
-            .or_else(|| by_t.get(t.as_str()).and_then(top));
-        if guess.as_deref() == Some(a.as_str()) {
-            correct += 1;
-        }
-    }
+    let correct = test
+        .iter()
+        .filter(|(q, t, a)| prior.guess(q, t) == Some(a.as_str()))
+        .count();
     Some(correct as f64 / test.len() as f64)
 }
 

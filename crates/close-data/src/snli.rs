@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use close_core::{io::write_atomic_with, Result};
+use close_core::Result;
 
 use crate::load::{parse_jsonl, FlexId, LoadOptions, LoadReport};
 
@@ -157,12 +157,9 @@ pub fn load_snli_ve(
 
 /// Write records as jsonl atomically (one compact JSON object per line).
 pub fn save_snli_jsonl(path: impl AsRef<Path>, records: &[SnliRecord]) -> Result<()> {
-    write_atomic_with(path, |w| {
-        use std::io::Write;
-        for r in records {
-            serde_json::to_writer(&mut *w, r).map_err(std::io::Error::other)?;
-            w.write_all(b"\n")?;
-        }
-        Ok(())
-    })
+    let mut file = close_core::io::JsonLinesFile::create(path)?;
+    for r in records {
+        file.push(r)?;
+    }
+    file.finish()
 }

@@ -6,10 +6,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use close_core::progress::NoProgress;
+use close_data::bias::{naive_bayes_accuracy, question_prior_accuracy};
 use close_data::coco::{CocoCaptions, Karpathy};
 use close_data::snli::{load_snli_ve, Label};
 use close_data::text::load_text_corpus;
-use close_data::vqa::{captions_for_questions, load_vqa, load_vqae};
+use close_data::vqa::{
+    captions_for_questions, load_vqa, load_vqae, VqaAnnotations, VqaQuestions, VqaeEntry,
+};
 use close_data::world::{self, Object, Scene, ScenesFile, WorldConfig, WorldPaths, SPLITS};
 use close_data::LoadOptions;
 
@@ -699,6 +702,80 @@ fn same_seed_same_bytes_other_seed_other_bytes() {
             .clone()
     };
     assert_ne!(img(&fa), img(&fc));
+}
+
+/// The file's bytes are exactly the compact serialization of the document they parse to.
+fn assert_whole_document<T: serde::de::DeserializeOwned + serde::Serialize>(path: &Path) {
+    let bytes = std::fs::read(path).unwrap();
+    let doc: T = serde_json::from_slice(&bytes).unwrap();
+    assert!(serde_json::to_vec(&doc).unwrap() == bytes, "{path:?}");
+}
+
+#[test]
+fn streamed_files_are_whole_documents_and_baselines_match_the_batch_ones() {
+    // More train images than the generator holds at once, so that every file of the world
+    // and of the train split spans two chunks.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = WorldConfig {
+        images: 2600,
+        seed: 11,
+        ..WorldConfig::tiny()
+    };
+    let summary = gen(dir.path(), &cfg);
+    let p = WorldPaths::new(dir.path());
+    assert_whole_document::<Karpathy>(&p.karpathy());
+    assert_whole_document::<ScenesFile>(&p.scenes());
+    let strict = LoadOptions::strict();
+    let mut ve = BTreeMap::new();
+    let mut vqa = BTreeMap::new();
+    for split in SPLITS {
+        assert_whole_document::<CocoCaptions>(&p.captions(split));
+        assert_whole_document::<VqaQuestions>(&p.vqa_questions(split));
+        assert_whole_document::<VqaAnnotations>(&p.vqa_annotations(split));
+        assert_whole_document::<Vec<VqaeEntry>>(&p.vqae(split));
+        if split != "train" {
+            assert_whole_document::<CocoCaptions>(&p.style_refs(split));
+        }
+        let (pairs, _) = load_snli_ve(p.snli_ve(split), &strict).unwrap();
+        let pairs: Vec<(String, String)> = pairs
+            .into_iter()
+            .map(|x| (x.hypothesis, x.label.as_str().to_string()))
+            .collect();
+        ve.insert(split, pairs);
+        let (ex, _) = load_vqa(
+            p.vqa_questions(split),
+            Some(&p.vqa_annotations(split)),
+            &strict,
+        )
+        .unwrap();
+        let qs: Vec<(String, String, String)> = ex
+            .into_iter()
+            .map(|e| {
+                let a = e.annotation.unwrap();
+                (
+                    e.question.question,
+                    a.question_type,
+                    a.multiple_choice_answer,
+                )
+            })
+            .collect();
+        vqa.insert(split, qs);
+    }
+    assert!(summary.splits["train"].images > 2048);
+    let nb = naive_bayes_accuracy(&ve["train"], &ve["test"]);
+    assert!(nb.is_some());
+    assert_eq!(summary.ve_hypothesis_only_accuracy, nb);
+    let prior = question_prior_accuracy(&vqa["train"], &vqa["test"]);
+    assert_eq!(summary.vqa_question_only_accuracy, prior);
+    for (t, acc) in &summary.vqa_question_only_by_type {
+        let test: Vec<_> = vqa["test"].iter().filter(|q| &q.1 == t).cloned().collect();
+        assert_eq!(
+            Some(*acc),
+            question_prior_accuracy(&vqa["train"], &test),
+            "{t}"
+        );
+    }
+    assert_eq!(summary.vqa_question_only_by_type.len(), 7);
 }
 
 #[test]

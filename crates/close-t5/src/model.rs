@@ -276,8 +276,11 @@ impl FeedForwardLayer {
         let n = fused::rms_norm(x, &self.layer_norm, eps)?;
         let y = match &self.dense {
             DenseAct::Plain { wi, wo } => {
-                let h = dropout(&activate(&linear(&n, wi)?, self.act)?, p, training)?;
-                linear(&h, wo)?
+                let h = match self.act {
+                    Activation::Relu => close_core::fused::linear_relu(&n, wi)?,
+                    act => activate(&linear(&n, wi)?, act)?,
+                };
+                linear(&dropout(&h, p, training)?, wo)?
             }
             DenseAct::Gated { wi_0, wi_1, wo } => {
                 let h = (activate(&linear(&n, wi_0)?, self.act)? * linear(&n, wi_1)?)?;

@@ -29,6 +29,7 @@ pub mod probe;
 pub mod questions;
 pub mod render;
 pub mod scene;
+mod write;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -39,16 +40,10 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::load::write_json_compact as write_json_atomic;
-use close_core::io::write_atomic;
 use close_core::progress::Progress;
 use close_core::{Error, Result};
 
-use crate::coco::{
-    CocoCaption, CocoCaptions, CocoImage, Karpathy, KarpathyImage, KarpathySentence,
-};
-use crate::snli::{save_snli_jsonl, Label, SnliRecord};
-use crate::vqa::{VqaAnnotation, VqaAnnotations, VqaAnswer, VqaQuestion, VqaQuestions, VqaeEntry};
+use crate::snli::Label;
 pub use scene::{Color, Object, Relation, Scene, Shape, Size, CELL_NAMES};
 
 /// The three splits, in id order.
@@ -351,6 +346,10 @@ fn rng_for(seed: u64, index: u64, stream: u64) -> ChaCha8Rng {
     r
 }
 
+/// Images generated (and held) at once: enough to keep every core busy, few enough that a
+/// world's size does not show in memory.
+const CHUNK_IMAGES: usize = 2048;
+
 /// The split of image `index`.
 fn split_of(cfg: &WorldConfig, index: usize) -> &'static str {
     let (train, val, _) = cfg.split_sizes();
@@ -361,6 +360,21 @@ fn split_of(cfg: &WorldConfig, index: usize) -> &'static str {
     } else {
         "test"
     }
+}
+
+/// The image indices of a split (splits are consecutive, in the order of [`SPLITS`]).
+fn split_range(cfg: &WorldConfig, split: &str) -> std::ops::Range<usize> {
+    let (train, val, test) = cfg.split_sizes();
+    match split {
+        "train" => 0..train,
+        "val" => train..train + val,
+        _ => train + val..train + val + test,
+    }
+}
+
+/// The image file of image id `image_id`.
+fn file_name(image_id: u64) -> String {
+    format!("shapes_{image_id:07}.png")
 }
 
 /// Generate one image's scene and language (no rendering).
@@ -374,7 +388,7 @@ pub fn make_image(cfg: &WorldConfig, index: usize) -> WorldImage {
         image_id,
         imgid: index as u64,
         split: split.to_string(),
-        file_name: format!("shapes_{image_id:07}.png"),
+        file_name: file_name(image_id),
         width: cfg.size,
         height: cfg.size,
         background,
@@ -429,20 +443,27 @@ pub fn generate(
         std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
     }
     progress.start("world", cfg.images as u64);
-    let images: Vec<WorldImage> = (0..cfg.images)
-        .into_par_iter()
-        .map(|i| {
-            let im = make_image(cfg, i);
-            let png = render_png(cfg, &im.scene, i)?;
-            let p = paths.images_dir(&im.scene.split).join(&im.scene.file_name);
-            std::fs::write(&p, png).map_err(|e| Error::io(&p, e))?;
-            progress.inc(1);
-            Ok(im)
-        })
-        .collect::<Result<_>>()?;
+    let mut writer = write::WorldWriter::create(cfg, &paths)?;
+    for lo in (0..cfg.images).step_by(CHUNK_IMAGES) {
+        let hi = (lo + CHUNK_IMAGES).min(cfg.images);
+        let images: Vec<WorldImage> = (lo..hi)
+            .into_par_iter()
+            .map(|i| {
+                let im = make_image(cfg, i);
+                let png = render_png(cfg, &im.scene, i)?;
+                let p = paths.images_dir(&im.scene.split).join(&im.scene.file_name);
+                std::fs::write(&p, png).map_err(|e| Error::io(&p, e))?;
+                progress.inc(1);
+                Ok(im)
+            })
+            .collect::<Result<_>>()?;
+        for im in &images {
+            writer.push(im)?;
+        }
+    }
     progress.finish();
     progress.message("writing annotations");
-    let summary = write_world(cfg, &paths, &images, start)?;
+    let summary = writer.finish(start)?;
     tracing::info!(
         "world: {} images in {:.1}s → {}",
         cfg.images,
@@ -450,340 +471,4 @@ pub fn generate(
         paths.root.display()
     );
     Ok(summary)
-}
-
-fn coco_images(images: &[&WorldImage]) -> Vec<CocoImage> {
-    images
-        .iter()
-        .map(|im| CocoImage {
-            id: im.scene.image_id,
-            file_name: im.scene.file_name.clone(),
-            width: Some(im.scene.width),
-            height: Some(im.scene.height),
-        })
-        .collect()
-}
-
-fn coco_captions(
-    split: &str,
-    images: &[&WorldImage],
-    texts: impl Fn(&WorldImage) -> Vec<String>,
-    what: &str,
-) -> CocoCaptions {
-    let mut anns = Vec::new();
-    for im in images {
-        for (k, c) in texts(im).into_iter().enumerate() {
-            anns.push(CocoCaption {
-                id: im.scene.image_id * 100 + k as u64,
-                image_id: im.scene.image_id,
-                caption: c,
-            });
-        }
-    }
-    CocoCaptions {
-        info: Some(
-            serde_json::json!({"description": format!("close-rs shapes world, {what}, {split} split")}),
-        ),
-        images: coco_images(images),
-        annotations: anns,
-        licenses: Some(serde_json::json!([])),
-        kind: Some("captions".into()),
-    }
-}
-
-/// Write every annotation file of a world whose images are already on disk, and
-/// `world.json` with the summary (counts per split and the shortcut baselines).
-fn write_world(
-    cfg: &WorldConfig,
-    paths: &WorldPaths,
-    images: &[WorldImage],
-    start: Instant,
-) -> Result<WorldSummary> {
-    write_karpathy(paths, images)?;
-    write_scenes(cfg, paths, images)?;
-
-    let mut splits = BTreeMap::new();
-    let mut style_train: Vec<String> = Vec::new();
-    for split in SPLITS {
-        let ims: Vec<&WorldImage> = images.iter().filter(|im| im.scene.split == split).collect();
-        let s = write_split(paths, split, &ims, &mut style_train)?;
-        splits.insert(split.to_string(), s);
-    }
-    crate::text::save_text_corpus(paths.style_train(), &style_train)?;
-    write_json_atomic(paths.hard_negatives(), &language::hard_negative_groups())?;
-
-    let baselines = Baselines::measure(images, &splits);
-    let summary = WorldSummary {
-        config: cfg.clone(),
-        splits,
-        ve_hypothesis_only_accuracy: baselines.ve_hypothesis_only,
-        vqa_question_only_accuracy: baselines.vqa_question_only,
-        vqa_question_only_by_type: baselines.vqa_question_only_by_type,
-        seconds: start.elapsed().as_secs_f64(),
-    };
-    let mut for_file = summary.clone();
-    for_file.seconds = 0.0; // keep world.json byte-identical across runs
-    write_atomic(paths.summary(), &serde_json::to_vec_pretty(&for_file)?)?;
-    Ok(summary)
-}
-
-/// The Karpathy split file: every image with its captions, sentence ids numbered over the
-/// whole world in image order.
-fn write_karpathy(paths: &WorldPaths, images: &[WorldImage]) -> Result<()> {
-    let mut sentid = 0u64;
-    let kimages: Vec<KarpathyImage> = images
-        .iter()
-        .map(|im| {
-            let sentences: Vec<KarpathySentence> = im
-                .captions
-                .iter()
-                .map(|c| {
-                    sentid += 1;
-                    KarpathySentence {
-                        raw: c.clone(),
-                        tokens: language::tokens(c),
-                        imgid: Some(im.scene.imgid),
-                        sentid: Some(sentid - 1),
-                    }
-                })
-                .collect();
-            KarpathyImage {
-                split: im.scene.split.clone(),
-                filepath: format!("{IMAGES_DIR}/{}", im.scene.split),
-                filename: im.scene.file_name.clone(),
-                imgid: im.scene.imgid,
-                cocoid: Some(im.scene.image_id),
-                sentids: sentences.iter().filter_map(|s| s.sentid).collect(),
-                sentences,
-            }
-        })
-        .collect();
-    write_json_atomic(
-        paths.karpathy(),
-        &Karpathy {
-            dataset: "shapes".into(),
-            images: kimages,
-        },
-    )
-}
-
-/// `scenes.json`: the config and each image's ground truth with its caption templates.
-fn write_scenes(cfg: &WorldConfig, paths: &WorldPaths, images: &[WorldImage]) -> Result<()> {
-    let scenes = ScenesFile {
-        config: cfg.clone(),
-        images: images
-            .iter()
-            .map(|im| SceneRecord {
-                scene: im.scene.clone(),
-                caption_templates: im.caption_templates.clone(),
-            })
-            .collect(),
-    };
-    write_json_atomic(paths.scenes(), &scenes)
-}
-
-/// The files of one split (COCO captions, VQA v2, VQA-E, SNLI-VE, style references) and its
-/// counts. Style captions of `train` are appended to `style_train` (written as one text
-/// corpus by the caller) instead of a reference file.
-fn write_split(
-    paths: &WorldPaths,
-    split: &str,
-    ims: &[&WorldImage],
-    style_train: &mut Vec<String>,
-) -> Result<SplitSummary> {
-    let mut s = SplitSummary {
-        images: ims.len(),
-        ..Default::default()
-    };
-    let caps = coco_captions(split, ims, |im| im.captions.clone(), "captions");
-    s.captions = caps.annotations.len();
-    caps.save(paths.captions(split))?;
-    write_vqa(paths, split, ims, &mut s)?;
-    write_snli_ve(paths, split, ims, &mut s)?;
-    if split == "train" {
-        for im in ims {
-            style_train.extend(im.style.iter().cloned());
-        }
-        s.style_captions = style_train.len();
-    } else {
-        let refs = coco_captions(
-            split,
-            ims,
-            |im| im.style.clone(),
-            "first-person style captions",
-        );
-        s.style_captions = refs.annotations.len();
-        refs.save(paths.style_refs(split))?;
-    }
-    Ok(s)
-}
-
-/// VQA v2 questions and annotations (ten identical answers each) and the VQA-E entries of
-/// the questions that have an explanation; counts go into `s`.
-fn write_vqa(
-    paths: &WorldPaths,
-    split: &str,
-    ims: &[&WorldImage],
-    s: &mut SplitSummary,
-) -> Result<()> {
-    let mut qs = Vec::new();
-    let mut anns = Vec::new();
-    let mut vqae = Vec::new();
-    for im in ims {
-        for q in &im.questions {
-            qs.push(VqaQuestion {
-                question_id: q.question_id,
-                image_id: im.scene.image_id,
-                question: q.question.clone(),
-            });
-            anns.push(vqa_annotation(im, q));
-            *s.questions_by_type
-                .entry(q.question_type.clone())
-                .or_default() += 1;
-            match q.answer.as_str() {
-                "yes" => s.yes += 1,
-                "no" => s.no += 1,
-                _ => {}
-            }
-            if let Some(e) = &q.explanation {
-                vqae.push(VqaeEntry {
-                    img_id: im.scene.image_id,
-                    question: q.question.clone(),
-                    answers: vec![q.answer.clone(); 10],
-                    multiple_choice_answer: q.answer.clone(),
-                    question_type: q.question_type.clone(),
-                    answer_type: Some(q.answer_type.clone()),
-                    explanation: (e.clone(), 1.0),
-                    question_id: Some(q.question_id),
-                });
-            }
-        }
-    }
-    s.questions = qs.len();
-    s.vqae = vqae.len();
-    let subtype = format!("shapes_{split}");
-    VqaQuestions {
-        info: Some(serde_json::json!({"description": "close-rs shapes world VQA questions"})),
-        task_type: "Open-Ended".into(),
-        data_type: "shapes".into(),
-        data_subtype: subtype.clone(),
-        license: None,
-        questions: qs,
-    }
-    .save(paths.vqa_questions(split))?;
-    VqaAnnotations {
-        info: Some(serde_json::json!({"description": "close-rs shapes world VQA annotations"})),
-        data_type: "shapes".into(),
-        data_subtype: subtype,
-        license: None,
-        annotations: anns,
-    }
-    .save(paths.vqa_annotations(split))?;
-    write_json_atomic(paths.vqae(split), &vqae)
-}
-
-/// The VQA v2 annotation of a question: its answer given by ten annotators.
-fn vqa_annotation(im: &WorldImage, q: &WorldQuestion) -> VqaAnnotation {
-    let answers: Vec<VqaAnswer> = (1..=10)
-        .map(|k| VqaAnswer {
-            answer: q.answer.clone(),
-            answer_confidence: "yes".into(),
-            answer_id: k,
-        })
-        .collect();
-    VqaAnnotation {
-        question_id: q.question_id,
-        image_id: im.scene.image_id,
-        question_type: q.question_type.clone(),
-        answer_type: q.answer_type.clone(),
-        multiple_choice_answer: q.answer.clone(),
-        answers,
-    }
-}
-
-/// SNLI-VE pairs (the image's positional premise with each hypothesis); counts go into `s`.
-fn write_snli_ve(
-    paths: &WorldPaths,
-    split: &str,
-    ims: &[&WorldImage],
-    s: &mut SplitSummary,
-) -> Result<()> {
-    let mut recs = Vec::new();
-    for im in ims {
-        for (k, (h, label)) in im.hypotheses.iter().enumerate() {
-            recs.push(SnliRecord {
-                annotator_labels: vec![label.as_str().into()],
-                caption_id: Some(format!("{}#0", im.scene.file_name)),
-                gold_label: label.as_str().into(),
-                pair_id: format!("{}#{k}", im.scene.file_name),
-                sentence1: im.premise.clone(),
-                sentence2: h.clone(),
-                flickr30k_id: Some(crate::load::FlexId(im.scene.image_id.to_string())),
-            });
-            *s.ve_labels.entry(label.as_str().into()).or_default() += 1;
-        }
-    }
-    s.ve_pairs = recs.len();
-    save_snli_jsonl(paths.snli_ve(split), &recs)
-}
-
-/// Shortcut baselines: how far text alone goes (hypothesis-only SNLI-VE, question-only VQA),
-/// trained on `train` and measured on `test` (on `train` when there is no test image).
-struct Baselines {
-    ve_hypothesis_only: Option<f64>,
-    vqa_question_only: Option<f64>,
-    vqa_question_only_by_type: BTreeMap<String, f64>,
-}
-
-impl Baselines {
-    /// Measure the baselines on the generated images (`splits` tells whether `test` has any).
-    fn measure(images: &[WorldImage], splits: &BTreeMap<String, SplitSummary>) -> Self {
-        let ve = |split: &str| -> Vec<(String, String)> {
-            images
-                .iter()
-                .filter(|im| im.scene.split == split)
-                .flat_map(|im| {
-                    im.hypotheses
-                        .iter()
-                        .map(|(h, l)| (h.clone(), l.as_str().to_string()))
-                })
-                .collect()
-        };
-        let vq = |split: &str, t: Option<&str>| -> Vec<(String, String, String)> {
-            images
-                .iter()
-                .filter(|im| im.scene.split == split)
-                .flat_map(|im| im.questions.iter())
-                .filter(|q| t.is_none_or(|t| q.question_type == t))
-                .map(|q| {
-                    (
-                        q.question.clone(),
-                        q.question_type.clone(),
-                        q.answer.clone(),
-                    )
-                })
-                .collect()
-        };
-        let eval_split = if splits.get("test").is_some_and(|s| s.images > 0) {
-            "test"
-        } else {
-            "train"
-        };
-        let ve_hypothesis_only = bias::naive_bayes_accuracy(&ve("train"), &ve(eval_split));
-        let vqa_question_only =
-            bias::question_prior_accuracy(&vq("train", None), &vq(eval_split, None));
-        let mut vqa_question_only_by_type = BTreeMap::new();
-        for t in questions::QUESTION_TYPES {
-            if let Some(a) =
-                bias::question_prior_accuracy(&vq("train", None), &vq(eval_split, Some(t)))
-            {
-                vqa_question_only_by_type.insert(t.to_string(), a);
-            }
-        }
-        Baselines {
-            ve_hypothesis_only,
-            vqa_question_only,
-            vqa_question_only_by_type,
-        }
-    }
 }
