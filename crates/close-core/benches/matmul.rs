@@ -1,7 +1,8 @@
 //! The matrix products of the models, alone: `close_core::matmul` with a linear layer's
 //! operands (`x [M, K]` times a weight `[N, K]` read transposed) against PyTorch's
 //! `x @ w.t()` on the same shapes and threads, in the same run. The shapes are those of
-//! T5-small training and decoding, T5-base, and a ViT-B/32 image tower at batch 1 and 32.
+//! T5-small training and decoding, T5-base, a ViT-B/32 image tower at batch 1 and 32, and
+//! ViT-L/14's text tower at batch 32 (77 tokens each).
 //!
 //! Run: `cargo bench -p close-core --bench matmul` (`CLOSE_BENCH_THREADS`, default 2;
 //! `CLOSE_BENCH_SMOKE=1` runs each shape once, without PyTorch).
@@ -12,7 +13,7 @@ use std::time::Instant;
 use close_core::matmul::{matmul, Operand};
 
 /// `(what, M, N, K)`.
-const SHAPES: [(&str, usize, usize, usize); 12] = [
+const SHAPES: [(&str, usize, usize, usize); 15] = [
     ("t5-small decode greedy, FF in", 16, 2048, 512),
     ("t5-small decode greedy, attn", 16, 512, 512),
     ("t5-small decode greedy, LM head", 16, 32128, 512),
@@ -25,6 +26,9 @@ const SHAPES: [(&str, usize, usize, usize); 12] = [
     ("ViT-B/32 batch 1, MLP in", 50, 3072, 768),
     ("ViT-B/32 batch 1, MLP out", 50, 768, 3072),
     ("ViT-B/32 batch 32, MLP in", 1600, 3072, 768),
+    ("ViT-L/14 text batch 32, attn", 2464, 768, 768),
+    ("ViT-L/14 text batch 32, MLP in", 2464, 3072, 768),
+    ("ViT-L/14 text batch 32, MLP out", 2464, 768, 3072),
 ];
 
 const PY: &str = r#"

@@ -432,11 +432,7 @@ impl CustomOp2 for LinearRelu {
         let CpuStorage::F32(mut y) = storage else {
             candle_core::bail!("linear-relu: the linear output is not f32")
         };
-        for v in &mut y {
-            if *v < 0.0 {
-                *v = 0.0;
-            }
-        }
+        par_rows(&mut y, ELEMWISE_CHUNK, |_, ys| crate::simd::relu(ys));
         Ok((CpuStorage::F32(y), shape))
     }
 
@@ -450,11 +446,12 @@ impl CustomOp2 for LinearRelu {
         let g = g.contiguous()?;
         let masked = with_data(res, |ys| {
             with_data(&g, |gs| {
-                let m = gs
-                    .iter()
-                    .zip(ys)
-                    .map(|(&g, &y)| if y > 0.0 { g } else { 0.0 });
-                Ok(m.collect::<Vec<f32>>())
+                let mut dy = vec![0f32; gs.len()];
+                par_rows(&mut dy, ELEMWISE_CHUNK, |r0, ds| {
+                    let (o, n) = (r0 * ELEMWISE_CHUNK, ds.len());
+                    crate::simd::relu_bwd(&ys[o..o + n], &gs[o..o + n], ds);
+                });
+                Ok(dy)
             })
         })?;
         let masked = Tensor::from_vec(masked, g.shape(), g.device())?;

@@ -285,6 +285,24 @@ multiversion! {
 }
 
 multiversion! {
+    /// `y = max(y, 0)` in place (candle's ReLU).
+    pub fn relu(y: &mut [f32]) {
+        for v in y.iter_mut() {
+            *v = v.max(0.0);
+        }
+    }
+}
+
+multiversion! {
+    /// `dx = g` where the ReLU's output `y` is positive, else 0.
+    pub fn relu_bwd(y: &[f32], g: &[f32], dx: &mut [f32]) {
+        for ((o, &v), &gv) in dx.iter_mut().zip(y).zip(g) {
+            *o = if v > 0.0 { gv } else { 0.0 };
+        }
+    }
+}
+
+multiversion! {
     /// `out[r] = log Σ_j exp(x[r·d + j])` for each row of `d` (`-inf` for an all `-inf` row).
     pub fn logsumexp_rows(x: &[f32], d: usize, out: &mut [f32]) {
         for (xr, o) in x.chunks_exact(d).zip(out.iter_mut()) {
@@ -467,6 +485,10 @@ mod tests {
         quick_gelu(&x, &mut y);
         quick_gelu_bwd(&x, &g, &mut dx);
         out.extend([("quick_gelu", y), ("quick_gelu_bwd", dx)]);
+        let (mut y, mut dx) = (x.clone(), zeros());
+        relu(&mut y);
+        relu_bwd(&y, &g, &mut dx);
+        out.extend([("relu", y), ("relu_bwd", dx)]);
         let mut lse = vec![0f32; rows];
         logsumexp_rows(&x, d, &mut lse);
         let mut e = zeros();

@@ -462,14 +462,7 @@ impl TaskData {
     /// Load the files of `task` and build its examples (train split; val and test for
     /// evaluation, each empty when its files are absent).
     pub fn load(task: Task, train_on: TrainOn, paths: &DataPaths) -> Result<Self> {
-        let data = match task {
-            Task::SCap | Task::MCap => load_captions(task, train_on, paths)?,
-            Task::Vqa => load_vqa(train_on, paths)?,
-            Task::Evqa => load_evqa(train_on, paths)?,
-            Task::Ve => load_ve(train_on, paths)?,
-            Task::News => load_news(train_on, paths)?,
-            Task::Style => load_style(train_on, paths)?,
-        };
+        let data = load_task(task, Some(train_on), paths)?;
         if data.train.is_empty() {
             return Err(Error::invalid(format!(
                 "task {task}: no training examples found under {}",
@@ -477,6 +470,24 @@ impl TaskData {
             )));
         }
         Ok(data)
+    }
+
+    /// Val and test only (`train` stays empty): the train split's files are not read, which
+    /// at COCO size is most of the data.
+    pub fn load_eval(task: Task, paths: &DataPaths) -> Result<Self> {
+        load_task(task, None, paths)
+    }
+}
+
+/// The examples of `task`; the train split only with `train_on`.
+fn load_task(task: Task, train_on: Option<TrainOn>, paths: &DataPaths) -> Result<TaskData> {
+    match task {
+        Task::SCap | Task::MCap => load_captions(task, train_on, paths),
+        Task::Vqa => load_vqa(train_on, paths),
+        Task::Evqa => load_evqa(train_on, paths),
+        Task::Ve => load_ve(train_on, paths),
+        Task::News => load_news(train_on, paths),
+        Task::Style => load_style(train_on, paths),
     }
 }
 
@@ -515,39 +526,28 @@ fn load_karpathy(paths: &DataPaths) -> Result<close_data::coco::Karpathy> {
 }
 
 /// s-cap / m-cap: captions of the Karpathy splits.
-fn load_captions(task: Task, train_on: TrainOn, paths: &DataPaths) -> Result<TaskData> {
+fn load_captions(task: Task, train_on: Option<TrainOn>, paths: &DataPaths) -> Result<TaskData> {
     let k = load_karpathy(paths)?;
-    let train = karpathy_split(&k, "train");
+    let train = match train_on {
+        Some(on) => {
+            let images = karpathy_split(&k, "train");
+            let images = images.iter().map(|(id, c)| (id.clone(), c.as_slice()));
+            caption_train_examples(task, on, images)
+        }
+        None => Vec::new(),
+    };
     Ok(TaskData {
-        train: caption_train_examples(
-            task,
-            train_on,
-            train.iter().map(|(id, c)| (id.clone(), c.as_slice())),
-        ),
+        train,
         val: caption_eval(karpathy_split(&k, "val")),
         test: caption_eval(karpathy_split(&k, "test")),
     })
 }
 
 /// VQA v2: a question with its image's captions (text) or the image; all answers.
-fn load_vqa(train_on: TrainOn, paths: &DataPaths) -> Result<TaskData> {
-    let k = load_karpathy(paths)?;
-    let train = vqa_split(paths, "train", true)?.unwrap_or_default();
-    let caps = close_data::vqa::captions_for_questions(&train, &k)?;
+fn load_vqa(train_on: Option<TrainOn>, paths: &DataPaths) -> Result<TaskData> {
     let mut data = TaskData::default();
-    for e in &train {
-        let Some(a) = &e.annotation else { continue };
-        let clip = match train_on {
-            TrainOn::Text => {
-                ClipSource::Texts(caps.get(&e.question.image_id).cloned().unwrap_or_default())
-            }
-            TrainOn::Images => ClipSource::Image(e.question.image_id.to_string()),
-        };
-        data.train.push(TrainExample {
-            clip,
-            input_text: Some(e.question.question.clone()),
-            targets: vqa_targets(a.answers.iter().map(|x| x.answer.as_str())),
-        });
+    if let Some(on) = train_on {
+        data.train = vqa_train(on, paths)?;
     }
     data.val = vqa_split(paths, "val", false)?
         .map(|v| vqa_eval(&v))
@@ -558,23 +558,48 @@ fn load_vqa(train_on: TrainOn, paths: &DataPaths) -> Result<TaskData> {
     Ok(data)
 }
 
+/// VQA training examples: the image's captions stand in for it.
+fn vqa_train(train_on: TrainOn, paths: &DataPaths) -> Result<Vec<TrainExample>> {
+    let k = load_karpathy(paths)?;
+    let train = vqa_split(paths, "train", true)?.unwrap_or_default();
+    let caps = close_data::vqa::captions_for_questions(&train, &k)?;
+    let mut out = Vec::new();
+    for e in &train {
+        let Some(a) = &e.annotation else { continue };
+        let clip = match train_on {
+            TrainOn::Text => {
+                ClipSource::Texts(caps.get(&e.question.image_id).cloned().unwrap_or_default())
+            }
+            TrainOn::Images => ClipSource::Image(e.question.image_id.to_string()),
+        };
+        out.push(TrainExample {
+            clip,
+            input_text: Some(e.question.question.clone()),
+            targets: vqa_targets(a.answers.iter().map(|x| x.answer.as_str())),
+        });
+    }
+    Ok(out)
+}
+
 /// VQA-E: the explanation stands in for the image in training.
-fn load_evqa(train_on: TrainOn, paths: &DataPaths) -> Result<TaskData> {
+fn load_evqa(train_on: Option<TrainOn>, paths: &DataPaths) -> Result<TaskData> {
     use close_data::vqa::{load_vqae, VqaeEntry};
     let load = |split: &str, needed: bool| {
         optional_split(paths, ("vqae", split), needed, |p, o| load_vqae(p, o))
     };
     let mut data = TaskData::default();
-    for e in load("train", true)?.unwrap_or_default() {
-        let clip = match train_on {
-            TrainOn::Text => ClipSource::Texts(vec![e.explanation.0.clone()]),
-            TrainOn::Images => ClipSource::Image(e.img_id.to_string()),
-        };
-        data.train.push(TrainExample {
-            clip,
-            input_text: Some(e.question.clone()),
-            targets: vqa_targets(e.answers.iter().map(|s| s.as_str())),
-        });
+    if let Some(on) = train_on {
+        for e in load("train", true)?.unwrap_or_default() {
+            let clip = match on {
+                TrainOn::Text => ClipSource::Texts(vec![e.explanation.0.clone()]),
+                TrainOn::Images => ClipSource::Image(e.img_id.to_string()),
+            };
+            data.train.push(TrainExample {
+                clip,
+                input_text: Some(e.question.clone()),
+                targets: vqa_targets(e.answers.iter().map(|s| s.as_str())),
+            });
+        }
     }
     let eval = |v: Vec<VqaeEntry>| -> Vec<EvalExample> {
         v.into_iter()
@@ -597,22 +622,24 @@ fn load_evqa(train_on: TrainOn, paths: &DataPaths) -> Result<TaskData> {
 }
 
 /// SNLI-VE: the premise (a caption) stands in for the image in training.
-fn load_ve(train_on: TrainOn, paths: &DataPaths) -> Result<TaskData> {
+fn load_ve(train_on: Option<TrainOn>, paths: &DataPaths) -> Result<TaskData> {
     use close_data::snli::{load_snli_ve, SnliVePair};
     let load = |split: &str, needed: bool| {
         optional_split(paths, ("ve", split), needed, |p, o| load_snli_ve(p, o))
     };
     let mut data = TaskData::default();
-    for p in load("train", true)?.unwrap_or_default() {
-        let clip = match train_on {
-            TrainOn::Text => ClipSource::Texts(vec![p.premise.clone()]),
-            TrainOn::Images => ClipSource::Image(p.image_id.clone()),
-        };
-        data.train.push(TrainExample {
-            clip,
-            input_text: Some(p.hypothesis.clone()),
-            targets: vec![p.label.as_str().to_string()],
-        });
+    if let Some(on) = train_on {
+        for p in load("train", true)?.unwrap_or_default() {
+            let clip = match on {
+                TrainOn::Text => ClipSource::Texts(vec![p.premise.clone()]),
+                TrainOn::Images => ClipSource::Image(p.image_id.clone()),
+            };
+            data.train.push(TrainExample {
+                clip,
+                input_text: Some(p.hypothesis.clone()),
+                targets: vec![p.label.as_str().to_string()],
+            });
+        }
     }
     let eval = |v: Vec<SnliVePair>| -> Vec<EvalExample> {
         v.into_iter()
@@ -631,7 +658,7 @@ fn load_ve(train_on: TrainOn, paths: &DataPaths) -> Result<TaskData> {
 }
 
 /// Visual News: the caption stands in for the image; the article's first line is the input.
-fn load_news(train_on: TrainOn, paths: &DataPaths) -> Result<TaskData> {
+fn load_news(train_on: Option<TrainOn>, paths: &DataPaths) -> Result<TaskData> {
     use close_data::news::{load_visual_news_with_articles, NewsExample};
     let root = paths
         .overrides
@@ -644,16 +671,18 @@ fn load_news(train_on: TrainOn, paths: &DataPaths) -> Result<TaskData> {
         })
     };
     let mut data = TaskData::default();
-    for e in load("train", true)?.unwrap_or_default() {
-        let clip = match train_on {
-            TrainOn::Text => ClipSource::Texts(vec![e.item.caption.clone()]),
-            TrainOn::Images => ClipSource::Image(e.item.id.0.clone()),
-        };
-        data.train.push(TrainExample {
-            clip,
-            input_text: Some(e.article_first_line.clone()),
-            targets: lower([&e.item.caption]),
-        });
+    if let Some(on) = train_on {
+        for e in load("train", true)?.unwrap_or_default() {
+            let clip = match on {
+                TrainOn::Text => ClipSource::Texts(vec![e.item.caption.clone()]),
+                TrainOn::Images => ClipSource::Image(e.item.id.0.clone()),
+            };
+            data.train.push(TrainExample {
+                clip,
+                input_text: Some(e.article_first_line.clone()),
+                targets: lower([&e.item.caption]),
+            });
+        }
     }
     let eval = |v: Vec<NewsExample>| -> Vec<EvalExample> {
         v.into_iter()
@@ -672,21 +701,15 @@ fn load_news(train_on: TrainOn, paths: &DataPaths) -> Result<TaskData> {
 }
 
 /// Stylistic captioning: a text corpus to train on, COCO-format references to evaluate.
-fn load_style(train_on: TrainOn, paths: &DataPaths) -> Result<TaskData> {
-    if train_on == TrainOn::Images {
-        return Err(Error::config("train-on", "the style task has only a text corpus to train on (no styled captions of training images)"));
-    }
+fn load_style(train_on: Option<TrainOn>, paths: &DataPaths) -> Result<TaskData> {
     let opts = paths.opts();
-    let (lines, rep) = close_data::text::load_text_corpus(paths.file("style_train", ""), &opts)?;
-    log_report(&rep);
-    let train = lines
-        .iter()
-        .map(|l| TrainExample {
-            clip: ClipSource::Texts(vec![l.clone()]),
-            input_text: None,
-            targets: lower([l]),
-        })
-        .collect();
+    let train = match train_on {
+        Some(TrainOn::Images) => {
+            return Err(Error::config("train-on", "the style task has only a text corpus to train on (no styled captions of training images)"));
+        }
+        Some(TrainOn::Text) => style_train(paths, &opts)?,
+        None => Vec::new(),
+    };
     let refs = |split: &str| -> Result<Vec<EvalExample>> {
         let p = paths.file("style_refs", split);
         if !p.exists() {
@@ -706,6 +729,21 @@ fn load_style(train_on: TrainOn, paths: &DataPaths) -> Result<TaskData> {
         val: refs("val")?,
         test: refs("test")?,
     })
+}
+
+/// The style corpus as training examples (each line stands in for the image and is the
+/// target).
+fn style_train(paths: &DataPaths, opts: &LoadOptions) -> Result<Vec<TrainExample>> {
+    let (lines, rep) = close_data::text::load_text_corpus(paths.file("style_train", ""), opts)?;
+    log_report(&rep);
+    Ok(lines
+        .iter()
+        .map(|l| TrainExample {
+            clip: ClipSource::Texts(vec![l.clone()]),
+            input_text: None,
+            targets: lower([l]),
+        })
+        .collect())
 }
 
 /// Load a dataset dir's Karpathy file path for callers (e.g. `close adapter fit`).

@@ -2,7 +2,7 @@
 //! formats), with the reference's semantics.
 
 use close_core::progress::NoProgress;
-use close_data::world::{generate, WorldConfig};
+use close_data::world::{generate, WorldConfig, WorldPaths};
 use close_model::task::{ClipSource, DataPaths, Task, TaskData, TrainOn};
 
 #[test]
@@ -76,4 +76,43 @@ fn every_task_loads_from_a_generated_world() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("visual_news_train.json"), "{e}");
+}
+
+#[test]
+fn evaluation_reads_no_train_file_and_gets_the_same_val_and_test() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(&WorldConfig::tiny(), dir.path(), &NoProgress).unwrap();
+    let paths = DataPaths::new(dir.path());
+    let tasks = [
+        Task::SCap,
+        Task::MCap,
+        Task::Vqa,
+        Task::Evqa,
+        Task::Ve,
+        Task::Style,
+    ];
+    let full: Vec<TaskData> = tasks
+        .iter()
+        .map(|&t| TaskData::load(t, TrainOn::Text, &paths).unwrap())
+        .collect();
+    // Every train-only file goes; the Karpathy file stays (it holds val and test captions).
+    let w = WorldPaths::new(dir.path());
+    for f in [
+        w.vqa_questions("train"),
+        w.vqa_annotations("train"),
+        w.vqae("train"),
+        w.snli_ve("train"),
+        w.style_train(),
+    ] {
+        std::fs::remove_file(&f).unwrap();
+    }
+    for (t, d) in tasks.iter().zip(&full) {
+        let e = TaskData::load_eval(*t, &paths).unwrap();
+        assert!(e.train.is_empty(), "{t}");
+        assert!(!e.test.is_empty(), "{t}");
+        assert_eq!((&e.val, &e.test), (&d.val, &d.test), "{t}");
+    }
+    // Training still needs them, and says which is missing.
+    let e = TaskData::load(Task::Vqa, TrainOn::Text, &paths).unwrap_err();
+    assert!(e.to_string().contains("train_questions.json"), "{e}");
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use close_clip::cache::EmbeddingCache;
 use close_model::run::Run;
-use close_model::task::{TaskData, TrainOn};
+use close_model::task::TaskData;
 
 use crate::common::Ctx;
 
@@ -53,8 +53,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         run.config.eval_batch_size = b;
     }
     let paths = super::train::data_paths(&args.data, &args.files, args.skip_bad)?;
-    // Evaluation only needs the val/test items; loading builds the (cheap) train examples too.
-    let data = TaskData::load(run.config.task, TrainOn::Text, &paths)?;
+    let data = TaskData::load_eval(run.config.task, &paths)?;
     let images = EmbeddingCache::open(&args.image_cache)?;
     let gen = run.generate_config(args.beams, args.max_steps);
     let progress = ctx.progress();

@@ -72,13 +72,15 @@ impl<'a> WorldWriter<'a> {
             scene: im.scene.clone(),
             caption_templates: im.caption_templates.clone(),
         })?;
-        if k == 0 {
-            for s in &im.style {
-                self.style_train.push(s)?;
+        match SPLITS[k] {
+            "train" => {
+                for s in &im.style {
+                    self.style_train.push(s)?;
+                }
+                self.baselines.learn(im);
             }
-            self.baselines.learn(im);
-        } else if im.scene.split == "test" {
-            self.baselines.score(im);
+            "test" => self.baselines.score(im),
+            _ => {}
         }
         let split = self.split.as_mut().expect("opened above");
         split.push(im)
@@ -443,11 +445,16 @@ impl BaselineStream {
 
     /// Question-only accuracy per question type, for the types the world asks.
     fn by_type(&self) -> BTreeMap<String, f64> {
-        let hits = questions::QUESTION_TYPES
+        if !self.vqa_train {
+            return BTreeMap::new();
+        }
+        let accuracy = |t: &&str| {
+            let acc = self.vqa_type_hits.get(*t)?.accuracy()?;
+            Some((t.to_string(), acc))
+        };
+        questions::QUESTION_TYPES
             .iter()
-            .filter_map(|t| Some((t.to_string(), *self.vqa_type_hits.get(*t)?)));
-        hits.filter(|_| self.vqa_train)
-            .filter_map(|(t, h)| Some((t, h.accuracy()?)))
+            .filter_map(accuracy)
             .collect()
     }
 }
