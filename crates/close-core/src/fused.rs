@@ -241,22 +241,32 @@ impl CustomOp1 for QuickGelu {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let out = with_data(arg, |x| {
-            with_data(grad, |g| {
-                let mut dx = vec![0f32; x.len()];
-                par_rows(&mut dx, ELEMWISE_CHUNK, |r0, ds| {
-                    let (o, n) = (r0 * ELEMWISE_CHUNK, ds.len());
-                    crate::simd::quick_gelu_bwd(&x[o..o + n], &g[o..o + n], ds);
-                });
-                Ok(dx)
-            })
-        })?;
-        Ok(Some(Tensor::from_vec(out, arg.shape(), arg.device())?))
+        Ok(Some(elementwise2(arg, grad, crate::simd::quick_gelu_bwd)?))
     }
 }
 
 /// Elementwise kernels split their data into "rows" of this many elements for threading.
 const ELEMWISE_CHUNK: usize = 4096;
+
+/// `kernel(a, b, out)` over two tensors of one shape, split over the threads in chunks of
+/// [`ELEMWISE_CHUNK`]; the result has `a`'s shape.
+fn elementwise2(
+    a: &Tensor,
+    b: &Tensor,
+    kernel: impl Fn(&[f32], &[f32], &mut [f32]) + Sync,
+) -> candle_core::Result<Tensor> {
+    let out = with_data(a, |xs| {
+        with_data(b, |ys| {
+            let mut out = vec![0f32; xs.len()];
+            par_rows(&mut out, ELEMWISE_CHUNK, |r0, os| {
+                let (o, n) = (r0 * ELEMWISE_CHUNK, os.len());
+                kernel(&xs[o..o + n], &ys[o..o + n], os);
+            });
+            Ok(out)
+        })
+    })?;
+    Tensor::from_vec(out, a.shape(), a.device())
+}
 
 /// `x * sigmoid(1.702 x)` (OpenAI CLIP's `quick_gelu`), one pass forward and backward.
 pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
@@ -443,18 +453,7 @@ impl CustomOp2 for LinearRelu {
         res: &Tensor,
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = g.contiguous()?;
-        let masked = with_data(res, |ys| {
-            with_data(&g, |gs| {
-                let mut dy = vec![0f32; gs.len()];
-                par_rows(&mut dy, ELEMWISE_CHUNK, |r0, ds| {
-                    let (o, n) = (r0 * ELEMWISE_CHUNK, ds.len());
-                    crate::simd::relu_bwd(&ys[o..o + n], &gs[o..o + n], ds);
-                });
-                Ok(dy)
-            })
-        })?;
-        let masked = Tensor::from_vec(masked, g.shape(), g.device())?;
+        let masked = elementwise2(res, g, crate::simd::relu_bwd)?;
         let (dx, dw, _) = linear_grads(x, w, &masked)?;
         Ok((Some(dx), Some(dw)))
     }

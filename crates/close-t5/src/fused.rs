@@ -12,13 +12,6 @@ pub use close_core::fused::softmax_last_dim;
 use close_core::fused::{par_rows, slice, use_fused, with_data};
 use close_core::Result;
 
-// ---------------------------------------------------------------- linear
-
-/// `x [M, K] · wᵀ` for `w [N, K]` → `[M, N]` (the shared fused linear layer, no bias).
-pub fn linear2d(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    close_core::fused::linear(x, w, None)
-}
-
 // ---------------------------------------------------------------- RMS norm
 
 struct RmsNorm {
@@ -394,7 +387,7 @@ mod tests {
         let up = Tensor::randn(0f32, 1., (37, 19), &dev).unwrap();
         let run = |fused: bool| {
             let y = if fused {
-                linear2d(x.as_tensor(), w.as_tensor()).unwrap()
+                close_core::fused::linear(x.as_tensor(), w.as_tensor(), None).unwrap()
             } else {
                 x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap()
             };

@@ -23,13 +23,7 @@ use crate::fused;
 
 /// `x [.., in] · wᵀ` for a weight `w [out, in]` (no bias, as in T5).
 fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let dims = x.dims();
-    let (inp, out) = (dims[dims.len() - 1], w.dim(0)?);
-    let rows = x.elem_count() / inp.max(1);
-    let y = fused::linear2d(&x.reshape((rows, inp))?, w)?;
-    let mut shape = dims.to_vec();
-    *shape.last_mut().unwrap_or(&mut 0) = out;
-    Ok(y.reshape(shape)?)
+    close_core::fused::linear(x, w, None)
 }
 
 /// The most negative finite value of `dtype`, used as the additive attention mask (as HF).
