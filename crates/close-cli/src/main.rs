@@ -27,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Generate the built-in shapes world (images, captions, VQA, SNLI-VE, styles).
+    /// Generate the built-in shapes world (images, captions, VQA, VQA-E, SNLI-VE, news, styles).
     World(cmd::world::Args),
     /// Score predictions against references (captioning, VQA, visual entailment).
     #[command(subcommand)]

@@ -488,16 +488,25 @@ fn outputs_get_the_default_file_mode() {
     }
 }
 
-/// Run `args` to completion once (the reference), then `kills` times: start it, kill -9 it
-/// at a random moment of the reference's duration, call `after_kill`, and rerun `rerun`
-/// to completion; `check` compares each end state with the reference.
+/// What [`kill_and_rerun`] calls around each kill.
+struct Hooks<R, A, C> {
+    /// Before each start.
+    reset: R,
+    /// After each kill, before the rerun.
+    after_kill: A,
+    /// After each completed run, with the kill's index (`usize::MAX` for the reference).
+    check: C,
+}
+
+/// Run `args` to completion once (the reference), then `kills` times: reset, start it,
+/// kill -9 it at a random moment of the reference's duration, call `after_kill`, and rerun
+/// `rerun` to completion; `check` compares each end state with the reference.
 fn kill_and_rerun(
     args: &[String],
     rerun: &[String],
     kills: usize,
     slowdown_ms: u32,
-    mut after_kill: impl FnMut(),
-    mut check: impl FnMut(usize),
+    mut hooks: Hooks<impl FnMut(), impl FnMut(), impl FnMut(usize)>,
 ) {
     let cmd = |a: &[String]| {
         let mut c = close();
@@ -509,11 +518,11 @@ fn kill_and_rerun(
     let o = cmd(args).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let full = t0.elapsed();
-    check(usize::MAX);
+    (hooks.check)(usize::MAX);
     let mut rng = rand::rngs::StdRng::seed_from_u64(18);
     let mut interrupted = 0;
     for k in 0..kills {
-        after_kill();
+        (hooks.reset)();
         let mut child = cmd(args)
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -522,9 +531,10 @@ fn kill_and_rerun(
         interrupted += child.try_wait().unwrap().is_none() as usize;
         let _ = child.kill();
         let _ = child.wait();
+        (hooks.after_kill)();
         let o = cmd(rerun).output().unwrap();
         assert!(o.status.success(), "rerun after kill {k}: {}", stderr(&o));
-        check(k);
+        (hooks.check)(k);
     }
     // Kills after the end prove nothing; the runs are long enough (slowed-down steps) for
     // most to land inside, and a quarter is required even on a loaded machine.
@@ -556,21 +566,24 @@ fn train_killed_at_random_moments_resumes_to_the_same_weights() {
         &resume,
         20,
         30,
-        || (),
-        |k| {
-            let now: Vec<Vec<u8>> = files
-                .iter()
-                .map(|p| std::fs::read(out.join(p)).unwrap())
-                .collect();
-            if k == usize::MAX {
-                reference = now;
-            } else {
-                assert!(
-                    now == reference,
-                    "kill {k}: weights differ from the uninterrupted run"
-                );
-                assert!(!out.join("last.new").exists() && !out.join("last.old").exists());
-            }
+        Hooks {
+            reset: || (),
+            after_kill: || (),
+            check: |k| {
+                let now: Vec<Vec<u8>> = files
+                    .iter()
+                    .map(|p| std::fs::read(out.join(p)).unwrap())
+                    .collect();
+                if k == usize::MAX {
+                    reference = now;
+                } else {
+                    assert!(
+                        now == reference,
+                        "kill {k}: weights differ from the uninterrupted run"
+                    );
+                    assert!(!out.join("last.new").exists() && !out.join("last.old").exists());
+                }
+            },
         },
     );
 }
@@ -604,15 +617,18 @@ fn embed_killed_at_random_moments_reruns_to_the_same_cache() {
         &args,
         20,
         15,
-        || {
-            let _ = std::fs::remove_dir_all(&out);
-        },
-        |k| {
-            let now = vectors();
-            match &reference {
-                None => reference = Some(now),
-                Some(r) => assert!(&now == r, "kill {k}: the cache differs"),
-            }
+        Hooks {
+            reset: || {
+                let _ = std::fs::remove_dir_all(&out);
+            },
+            after_kill: || (),
+            check: |k| {
+                let now = vectors();
+                match &reference {
+                    None => reference = Some(now),
+                    Some(r) => assert!(&now == r, "kill {k}: the cache differs"),
+                }
+            },
         },
     );
 }
@@ -635,25 +651,31 @@ fn clip_train_killed_at_random_moments_leaves_no_half_model() {
         &args,
         20,
         30,
-        || {
-            // A kill leaves either no model or the complete one; a rerun then needs the dir gone.
-            if out.exists() {
-                assert_eq!(
-                    std::fs::read(&weights).ok(),
-                    *reference.borrow(),
-                    "a partial model"
-                );
-                std::fs::remove_dir_all(&out).unwrap();
-            }
-        },
-        |k| {
-            let now = std::fs::read(&weights).unwrap();
-            let mut r = reference.borrow_mut();
-            match &*r {
-                None => *r = Some(now),
-                Some(r) => assert!(&now == r, "kill {k}: the model differs"),
-            }
-            assert!(!tmp.path().join("clip.new").exists());
+        Hooks {
+            reset: || {
+                let _ = std::fs::remove_dir_all(&out);
+            },
+            // A kill leaves either no model or the complete one (a kill after the save); a
+            // rerun then needs the dir gone.
+            after_kill: || {
+                if out.exists() {
+                    assert_eq!(
+                        std::fs::read(&weights).ok(),
+                        *reference.borrow(),
+                        "a partial model"
+                    );
+                    std::fs::remove_dir_all(&out).unwrap();
+                }
+            },
+            check: |k| {
+                let now = std::fs::read(&weights).unwrap();
+                let mut r = reference.borrow_mut();
+                match &*r {
+                    None => *r = Some(now),
+                    Some(r) => assert!(&now == r, "kill {k}: the model differs"),
+                }
+                assert!(!tmp.path().join("clip.new").exists());
+            },
         },
     );
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 use close_core::progress::NoProgress;
 use close_data::bias::{naive_bayes_accuracy, question_prior_accuracy};
 use close_data::coco::{CocoCaptions, Karpathy};
+use close_data::news::{load_visual_news_with_articles, NewsItem};
 use close_data::snli::{load_snli_ve, Label};
 use close_data::text::load_text_corpus;
 use close_data::vqa::{
@@ -466,6 +467,35 @@ fn label_of(h: &str, sc: &Scene) -> Label {
     }
 }
 
+/// Visual News: one item per image of the split, its own id (not an image id), the image's
+/// file, an article whose lead paragraph names the caption's person, and a caption whose
+/// shapes are the image's and appear nowhere in the article.
+fn check_news(root: &Path, file: &Path, by_id: &BTreeMap<u64, &Scene>, k: &Karpathy) -> usize {
+    let (items, rep) = load_visual_news_with_articles(file, root, &LoadOptions::strict()).unwrap();
+    assert!(rep.filtered.is_empty() && rep.skipped.is_empty(), "{rep:?}");
+    let image_of: BTreeMap<std::path::PathBuf, u64> = k
+        .images
+        .iter()
+        .map(|im| (root.join(im.rel_path()), im.image_id()))
+        .collect();
+    for e in &items {
+        let image_id = image_of[&e.item.image_file(root)];
+        assert_ne!(e.item.id.0, image_id.to_string());
+        let sc = by_id[&image_id];
+        let article = std::fs::read_to_string(e.item.article_file(root)).unwrap();
+        assert!(article.lines().count() > 1, "{article}");
+        let person: Vec<&str> = e.article_first_line.split(", ").take(1).collect();
+        assert!(e.item.caption.contains(person[0]), "{e:?}");
+        let (caption, text) = (words(&e.item.caption), words(&article));
+        for o in &sc.objects {
+            let colour = COLORS[o.color as usize].to_string();
+            assert!(caption.contains(&colour), "{e:?} {sc:?}");
+            assert!(!text.contains(&colour), "{article}");
+        }
+    }
+    items.len()
+}
+
 fn gen(dir: &Path, cfg: &WorldConfig) -> close_data::world::WorldSummary {
     world::generate(cfg, dir, &NoProgress).unwrap()
 }
@@ -582,6 +612,9 @@ fn world_validates_against_loaders_and_scenes() {
                 e.multiple_choice_answer
             );
         }
+        let news = check_news(dir.path(), &p.visual_news(split), &by_id, &k);
+        assert_eq!(news, summary.splits[split].images);
+        assert_eq!(news, summary.splits[split].news);
         // SNLI-VE: every label re-derived
         let (pairs, rep) = load_snli_ve(p.snli_ve(split), &strict).unwrap();
         assert!(rep.filtered.is_empty());
@@ -733,6 +766,7 @@ fn streamed_files_are_whole_documents_and_baselines_match_the_batch_ones() {
         assert_whole_document::<VqaQuestions>(&p.vqa_questions(split));
         assert_whole_document::<VqaAnnotations>(&p.vqa_annotations(split));
         assert_whole_document::<Vec<VqaeEntry>>(&p.vqae(split));
+        assert_whole_document::<Vec<NewsItem>>(&p.visual_news(split));
         if split != "train" {
             assert_whole_document::<CocoCaptions>(&p.style_refs(split));
         }

@@ -69,7 +69,7 @@ pub struct ExperimentConfig {
 fn default_sweep(task: Task, quick: bool) -> Vec<f64> {
     match (quick, task) {
         (true, _) => vec![0.0, 0.08],
-        (false, Task::Vqa | Task::Evqa | Task::Ve) => {
+        (false, Task::Vqa | Task::Evqa | Task::EvqaExplain | Task::Ve) => {
             vec![0.0, 0.02, 0.04, 0.08, 0.12, 0.16, 0.24]
         }
         (false, _) => vec![0.0, 0.02, 0.04, 0.08, 0.12, 0.16],

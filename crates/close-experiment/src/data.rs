@@ -29,7 +29,7 @@ pub fn required_files(task: Task, paths: &DataPaths) -> Vec<PathBuf> {
     match task {
         Task::SCap | Task::MCap => {}
         Task::Vqa => v.extend(split_files(&["vqa_questions", "vqa_annotations"])),
-        Task::Evqa => v.extend(split_files(&["vqae"])),
+        Task::Evqa | Task::EvqaExplain => v.extend(split_files(&["vqae"])),
         Task::Ve => v.extend(split_files(&["ve"])),
         Task::News => v.extend(split_files(&["news"])),
         Task::Style => {
@@ -169,7 +169,7 @@ pub fn retain_embedded(
         }
         if input.text.train.is_empty() || input.text.test.is_empty() {
             return Err(Error::invalid(format!(
-                "task {}: no {} item has a CLIP vector (are its images in the Karpathy file and under --images?)",
+                "task {}: no {} item has a CLIP vector (are its images in the Karpathy file (or its own files, for news) and under --images?)",
                 input.task,
                 if input.text.train.is_empty() { "training" } else { "test" }
             )));
@@ -221,6 +221,7 @@ mod tests {
             references: vec!["a cat".into()],
             answer_type: None,
             question_type: None,
+            explanations: Vec::new(),
         }
     }
 
@@ -241,6 +242,7 @@ mod tests {
             ],
             val: vec![eval("1"), eval("2")],
             test: vec![eval("1")],
+            ..Default::default()
         };
         let images_data = TaskData {
             train: vec![train(ClipSource::Image("2".into()))],

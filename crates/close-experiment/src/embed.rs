@@ -1,5 +1,5 @@
-//! Stage: embed every image of the Karpathy file and every text any task needs into the
-//! caches under `OUT/cache`. Incremental: a rerun computes only what is missing.
+//! Stage: embed every image of the Karpathy file, the images tasks bring of their own (Visual
+//! News), and every text any task needs into the caches under `OUT/cache`. Incremental: a rerun computes only what is missing.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,18 @@ pub struct Caches {
     pub bad: Vec<BadItem>,
 }
 
+/// The images of the tasks that are not Karpathy's (key, file), each once.
+fn own_images(inputs: &[TaskInputs]) -> Vec<(String, PathBuf)> {
+    let mut all = std::collections::BTreeMap::new();
+    for input in inputs {
+        all.extend(input.text.image_files.clone());
+        if let Some(im) = &input.images {
+            all.extend(im.image_files.clone());
+        }
+    }
+    all.into_iter().collect()
+}
+
 /// Embed into `dir/images` and `dir/texts` (batch sizes: images, texts).
 pub fn embed_all(
     clip: &Clip,
@@ -39,11 +51,12 @@ pub fn embed_all(
     for im in &karpathy.images {
         texts.extend(im.captions().map(str::to_string));
     }
-    let image_items: Vec<(String, PathBuf)> = karpathy
+    let mut image_items: Vec<(String, PathBuf)> = karpathy
         .images
         .iter()
         .map(|im| (im.image_id().to_string(), image_root.join(im.rel_path())))
         .collect();
+    image_items.extend(own_images(inputs));
     let text_items: Vec<(String, String)> = texts.into_iter().map(|t| (t.clone(), t)).collect();
     let irep = embed_images(clip, &image_items, &dir.join("images"), batch.0, progress)?;
     let trep = embed_texts(clip, &text_items, &dir.join("texts"), batch.1, progress)?;

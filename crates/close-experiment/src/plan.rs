@@ -226,8 +226,7 @@ mod tests {
                     targets: (0..k).map(|j| format!("caption {j}")).collect(),
                 })
                 .collect(),
-            val: Vec::new(),
-            test: Vec::new(),
+            ..Default::default()
         }
     }
 

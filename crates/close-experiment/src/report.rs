@@ -265,9 +265,35 @@ fn task_table(s: &mut String, task: Task, runs: &[&RunResult], priors: &TextPrio
         let _ = writeln!(s, "Greedy decoding instead of beam search: upper bound {}, tuned noise {} (ratio {:.2}).\n",
             fmt_metric(task, Some(u)), fmt_metric(task, Some(tu)), tu / u);
     }
-    if task == Task::Vqa {
-        vqa_types_table(s, runs, priors);
+    explanation_line(s, runs);
+    if task.metric() == MetricKind::Vqa {
+        vqa_types_table(s, task, runs, priors);
     }
+}
+
+/// `evqa-explain`: the explanations' CIDEr of every run, with its ratio to the upper bound's.
+fn explanation_line(s: &mut String, runs: &[&RunResult]) {
+    let cider = |r: &RunResult| r.metrics.get("explanation_CIDEr").and_then(|v| v.as_f64());
+    let Some(upper) = runs
+        .iter()
+        .find(|r| r.train_on == TrainOn::Images)
+        .and_then(|r| cider(r))
+    else {
+        return;
+    };
+    let cells: Vec<String> = runs
+        .iter()
+        .filter_map(|r| {
+            let c = cider(r)?;
+            let label = r.label.as_deref().unwrap_or(r.adapter.name());
+            Some(format!("{label}: {:.1} ({:.2})", 100.0 * c, c / upper))
+        })
+        .collect();
+    let _ = writeln!(
+        s,
+        "Explanation CIDEr ×100 (ratio to the upper bound's): {}.\n",
+        cells.join("; ")
+    );
 }
 
 /// The val metric of each sweep point (with its standard error where known): what the
@@ -294,9 +320,9 @@ fn val_picks(s: &mut String, task: Task, records: &[RunRecord]) {
     }
 }
 
-/// VQA accuracy per question type: the prior, the upper bound, and the text-only runs
+/// VQA (or VQA-E) accuracy per question type: the prior, the upper bound, and the text-only runs
 /// without noise, at w = 0.08 and with tuned noise.
-fn vqa_types_table(s: &mut String, runs: &[&RunResult], priors: &TextPriors) {
+fn vqa_types_table(s: &mut String, task: Task, runs: &[&RunResult], priors: &TextPriors) {
     let per_type = |r: &RunResult| -> BTreeMap<String, f64> {
         r.metrics
             .get("perQuestionType")
@@ -314,7 +340,7 @@ fn vqa_types_table(s: &mut String, runs: &[&RunResult], priors: &TextPriors) {
     if types.is_empty() {
         return;
     }
-    let _ = writeln!(s, "VQA accuracy per question type:\n");
+    let _ = writeln!(s, "Accuracy per question type ({task}):\n");
     let _ = writeln!(s, "| run | {} |", types.join(" | "));
     let _ = writeln!(s, "|---|{}", "---|".repeat(types.len()));
     let cell = |m: &BTreeMap<String, f64>, t: &str| {
@@ -326,12 +352,8 @@ fn vqa_types_table(s: &mut String, runs: &[&RunResult], priors: &TextPriors) {
         let cells: Vec<String> = types.iter().map(|t| cell(m, t)).collect();
         let _ = writeln!(s, "| {label} | {} |", cells.join(" | "));
     };
-    if !priors.vqa_question_only_by_type.is_empty() {
-        row(
-            s,
-            "question only (no image)",
-            &priors.vqa_question_only_by_type,
-        );
+    if let Some(q) = priors.question_only.get(&task) {
+        row(s, "question only (no image)", &q.by_type);
     }
     let wanted = |r: &RunResult| {
         r.train_on == TrainOn::Images
@@ -477,10 +499,17 @@ mod tests {
         );
         let priors = TextPriors {
             ve_hypothesis_only: Some(61.0),
-            vqa_question_only: Some(40.0),
-            vqa_question_only_by_type: [("color".to_string(), 10.0), ("exists".to_string(), 50.8)]
-                .into_iter()
-                .collect(),
+            question_only: [(
+                Task::Vqa,
+                crate::priors::QuestionOnly {
+                    overall: 40.0,
+                    by_type: [("color".to_string(), 10.0), ("exists".to_string(), 50.8)]
+                        .into_iter()
+                        .collect(),
+                },
+            )]
+            .into_iter()
+            .collect(),
         };
         let out = output(
             vec![

@@ -387,6 +387,9 @@ fn result_metrics(
     match task.metric() {
         MetricKind::Vqa => {
             out.insert("accuracy".into(), serde_json::json!(m.primary));
+            if let Some(c) = m.scores.get("explanation").and_then(|e| e.get("CIDEr")) {
+                out.insert("explanation_CIDEr".into(), c.clone());
+            }
             for k in ["perQuestionType", "perAnswerType"] {
                 if let Some(q) = m.scores.get(k) {
                     out.insert(k.into(), q.clone());

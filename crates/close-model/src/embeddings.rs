@@ -103,8 +103,13 @@ pub fn normalized(v: &[f32]) -> Result<Vec<f32>> {
 /// the others, so this hot-path lookup need not check again.
 pub fn lookup<'a>(emb: &'a dyn Embeddings, what: &str, key: &str) -> Result<&'a [f32]> {
     emb.vector(key).ok_or_else(|| {
+        let how = if key.starts_with(crate::task::NEWS_KEY_PREFIX) {
+            "run `close embed --news FILE` with the Visual News files"
+        } else {
+            "run `close embed` over this data"
+        };
         Error::invalid(format!(
-            "{what} embedding cache has no vector for `{key}` (run `close embed` over this data)"
+            "{what} embedding cache has no vector for `{key}` ({how})"
         ))
     })
 }

@@ -131,17 +131,8 @@ pub fn score(task: Task, examples: &[EvalExample], preds: &[Prediction]) -> Resu
     // Items are keyed by position: ids need not be numeric or unique across sources.
     let (primary, name, scores) = match task.metric() {
         MetricKind::Caption => {
-            let refs: BTreeMap<u64, Vec<String>> = examples
-                .iter()
-                .enumerate()
-                .map(|(i, e)| (i as u64, e.references.clone()))
-                .collect();
-            let hyps: BTreeMap<u64, String> = preds
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (i as u64, p.text.clone()))
-                .collect();
-            let s = close_metrics::caption::score(&refs, &hyps)?;
+            let refs = examples.iter().map(|e| e.references.clone());
+            let s = score_captions(refs, preds.iter().map(|p| p.text.as_str()))?;
             (s.cider, "CIDEr", s.to_json())
         }
         MetricKind::Vqa => {
@@ -163,10 +154,15 @@ pub fn score(task: Task, examples: &[EvalExample], preds: &[Prediction]) -> Resu
             let p: HashMap<u64, String> = preds
                 .iter()
                 .enumerate()
-                .map(|(i, p)| (i as u64, p.text.clone()))
+                .map(|(i, p)| (i as u64, answer_of(task, &p.text).to_string()))
                 .collect();
             let s = close_metrics::vqa::evaluate(&qs, &p)?;
-            (s.overall, "vqa_accuracy", s.to_json())
+            let mut j = s.to_json();
+            if task == Task::EvqaExplain {
+                let e = score_explanations(examples, preds)?;
+                j["explanation"] = e.to_json();
+            }
+            (s.overall, "vqa_accuracy", j)
         }
         MetricKind::Entailment => {
             let pairs = examples.iter().zip(preds).map(|(e, p)| {
@@ -190,6 +186,36 @@ pub fn score(task: Task, examples: &[EvalExample], preds: &[Prediction]) -> Resu
         scores,
         count: examples.len(),
     })
+}
+
+/// The answer part of a prediction (all of it, but for `evqa-explain`).
+fn answer_of(task: Task, text: &str) -> &str {
+    match task {
+        Task::EvqaExplain => crate::task::split_explained(text).0,
+        _ => text,
+    }
+}
+
+/// Caption metrics of the explanation parts of `evqa-explain` predictions.
+fn score_explanations(
+    examples: &[EvalExample],
+    preds: &[Prediction],
+) -> Result<close_metrics::caption::CaptionScores> {
+    let refs = examples.iter().map(|e| e.explanations.clone());
+    let hyps = preds
+        .iter()
+        .map(|p| crate::task::split_explained(&p.text).1);
+    score_captions(refs, hyps)
+}
+
+/// Caption metrics of hypotheses against references, items keyed by their position.
+fn score_captions<'a>(
+    refs: impl Iterator<Item = Vec<String>>,
+    hyps: impl Iterator<Item = &'a str>,
+) -> Result<close_metrics::caption::CaptionScores> {
+    let refs: BTreeMap<u64, Vec<String>> = (0u64..).zip(refs).collect();
+    let hyps: BTreeMap<u64, String> = (0u64..).zip(hyps.map(str::to_string)).collect();
+    close_metrics::caption::score(&refs, &hyps)
 }
 
 fn id_value(id: &str) -> serde_json::Value {
@@ -219,7 +245,13 @@ pub fn write_results(
         MetricKind::Vqa => {
             let v: Vec<serde_json::Value> = preds
                 .iter()
-                .map(|p| serde_json::json!({"question_id": id_value(&p.id), "answer": p.text}))
+                .map(|p| {
+                    let mut j = serde_json::json!({"question_id": id_value(&p.id), "answer": answer_of(task, &p.text)});
+                    if task == Task::EvqaExplain {
+                        j["explanation"] = crate::task::split_explained(&p.text).1.into();
+                    }
+                    j
+                })
                 .collect();
             let path = dir.join("vqa_results.json");
             io::write_json_atomic(&path, &v)?;
@@ -268,4 +300,69 @@ pub fn evaluate_examples(
 /// Convenience for serving: the beams of one prediction as JSON-friendly values.
 pub fn beams_json(beams: &[Beam]) -> serde_json::Value {
     serde_json::to_value(beams).unwrap_or(serde_json::Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(answer: &str, why: &str) -> EvalExample {
+        EvalExample {
+            id: "1".into(),
+            image: "1".into(),
+            input_text: Some("is there a circle?".into()),
+            references: vec![answer.to_string(); 10],
+            answer_type: Some("yes/no".into()),
+            question_type: Some("exists".into()),
+            explanations: vec![why.to_string()],
+        }
+    }
+
+    fn pred(text: &str) -> Prediction {
+        Prediction {
+            id: "1".into(),
+            image: "1".into(),
+            text: text.into(),
+            logprob: 0.0,
+        }
+    }
+
+    #[test]
+    fn an_explained_answer_is_scored_by_its_answer_and_its_explanation_apart() {
+        let ex = vec![
+            item("yes", "a red circle above a blue star."),
+            item("no", "a green square in the center."),
+        ];
+        let right = [
+            pred("yes because a red circle above a blue star."),
+            pred("no because a green square in the center."),
+        ];
+        let m = score(Task::EvqaExplain, &ex, &right).unwrap();
+        assert_eq!(m.primary, 100.0);
+        let cider = |m: &Metrics| m.scores["explanation"]["CIDEr"].as_f64().unwrap();
+        assert!(cider(&m) > 0.0);
+        // Right answers, explanations swapped: the answer score stays, the explanation's
+        // falls; a bare answer has no explanation at all.
+        let swapped = [
+            pred("yes because a green square in the center."),
+            pred("no"),
+        ];
+        let s = score(Task::EvqaExplain, &ex, &swapped).unwrap();
+        assert_eq!(s.primary, 100.0);
+        assert!(
+            cider(&s) < cider(&m) / 2.0,
+            "{} vs {}",
+            cider(&s),
+            cider(&m)
+        );
+        // As plain VQA the whole text is the answer, so none is right.
+        assert_eq!(score(Task::Evqa, &ex, &right).unwrap().primary, 0.0);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_results(Task::EvqaExplain, dir.path(), &ex, &right).unwrap();
+        let rows: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        assert_eq!(rows[0]["answer"], "yes");
+        assert_eq!(rows[0]["explanation"], "a red circle above a blue star.");
+    }
 }

@@ -7,6 +7,7 @@
 //! | `m-cap` | caption i | – | the image's other captions |
 //! | `vqa` | all captions of the image, vectors averaged | question | answers: most common, then count == top or ≥ 3 |
 //! | `evqa` | the VQA-E explanation | question | same answer rule |
+//! | `evqa-explain` | the VQA-E explanation | question | `{answer} because {explanation}` |
 //! | `ve` | premise (`sentence1`) | hypothesis | gold label word |
 //! | `news` | caption | first line of the article | caption |
 //! | `style` | each line of a text corpus | – | that line |
@@ -36,6 +37,9 @@ pub enum Task {
     Vqa,
     /// VQA with VQA-E explanations as the stand-in.
     Evqa,
+    /// VQA-E that also explains: the target is `{answer} because {explanation}`; scored by
+    /// the answer's VQA accuracy and the explanation's CIDEr.
+    EvqaExplain,
     /// Visual entailment (SNLI-VE).
     Ve,
     /// Visual News captioning with the article's first line.
@@ -45,11 +49,12 @@ pub enum Task {
 }
 
 impl Task {
-    pub const ALL: [Task; 7] = [
+    pub const ALL: [Task; 8] = [
         Task::SCap,
         Task::MCap,
         Task::Vqa,
         Task::Evqa,
+        Task::EvqaExplain,
         Task::Ve,
         Task::News,
         Task::Style,
@@ -61,6 +66,7 @@ impl Task {
             Task::MCap => "m-cap",
             Task::Vqa => "vqa",
             Task::Evqa => "evqa",
+            Task::EvqaExplain => "evqa-explain",
             Task::Ve => "ve",
             Task::News => "news",
             Task::Style => "style",
@@ -71,7 +77,7 @@ impl Task {
     pub fn metric(&self) -> MetricKind {
         match self {
             Task::SCap | Task::MCap | Task::News | Task::Style => MetricKind::Caption,
-            Task::Vqa | Task::Evqa => MetricKind::Vqa,
+            Task::Vqa | Task::Evqa | Task::EvqaExplain => MetricKind::Vqa,
             Task::Ve => MetricKind::Entailment,
         }
     }
@@ -80,7 +86,7 @@ impl Task {
     pub fn default_noise(&self) -> f64 {
         match self {
             Task::SCap | Task::Style => 0.12,
-            Task::MCap | Task::Vqa | Task::Evqa => 0.04,
+            Task::MCap | Task::Vqa | Task::Evqa | Task::EvqaExplain => 0.04,
             Task::Ve => 0.08,
             Task::News => 0.0,
         }
@@ -95,8 +101,12 @@ impl Task {
         }
     }
 
-    /// The reference's generation length limit.
+    /// The generation length limit: the reference's, and 48 for an answer with its
+    /// explanation (a caption's length more).
     pub fn default_max_steps(&self) -> usize {
+        if *self == Task::EvqaExplain {
+            return 48;
+        }
         match self.metric() {
             MetricKind::Caption => 32,
             MetricKind::Vqa => 16,
@@ -106,7 +116,10 @@ impl Task {
 
     /// Whether the task feeds extra text (question / hypothesis / article) to T5.
     pub fn has_input_text(&self) -> bool {
-        matches!(self, Task::Vqa | Task::Evqa | Task::Ve | Task::News)
+        matches!(
+            self,
+            Task::Vqa | Task::Evqa | Task::EvqaExplain | Task::Ve | Task::News
+        )
     }
 }
 
@@ -120,7 +133,7 @@ impl std::str::FromStr for Task {
             .ok_or_else(|| {
                 Error::config(
                     "task",
-                    format!("unknown task `{s}` (s-cap, m-cap, vqa, evqa, ve, news, style)"),
+                    format!("unknown task `{s}` (s-cap, m-cap, vqa, evqa, evqa-explain, ve, news, style)"),
                 )
             })
     }
@@ -214,6 +227,9 @@ pub struct EvalExample {
     /// VQA `question_type`, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub question_type: Option<String>,
+    /// Reference explanations (`evqa-explain`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub explanations: Vec<String>,
 }
 
 /// Training and evaluation examples of a task.
@@ -222,6 +238,10 @@ pub struct TaskData {
     pub train: Vec<TrainExample>,
     pub val: Vec<EvalExample>,
     pub test: Vec<EvalExample>,
+    /// Images of this task that the Karpathy file does not list (Visual News): image-cache
+    /// key → file. Embed them beside the Karpathy images.
+    #[serde(default)]
+    pub image_files: BTreeMap<String, PathBuf>,
 }
 
 impl TaskData {
@@ -422,6 +442,7 @@ fn caption_eval(images: Vec<(String, Vec<String>)>) -> Vec<EvalExample> {
             references: refs,
             answer_type: None,
             question_type: None,
+            explanations: Vec::new(),
         })
         .collect()
 }
@@ -453,6 +474,7 @@ fn vqa_eval(examples: &[close_data::vqa::VqaExample]) -> Vec<EvalExample> {
                 references: a.answers.iter().map(|x| x.answer.clone()).collect(),
                 answer_type: Some(a.answer_type.clone()),
                 question_type: Some(a.question_type.clone()),
+                explanations: Vec::new(),
             })
         })
         .collect()
@@ -484,7 +506,8 @@ fn load_task(task: Task, train_on: Option<TrainOn>, paths: &DataPaths) -> Result
     match task {
         Task::SCap | Task::MCap => load_captions(task, train_on, paths),
         Task::Vqa => load_vqa(train_on, paths),
-        Task::Evqa => load_evqa(train_on, paths),
+        Task::Evqa => load_evqa(train_on, paths, false),
+        Task::EvqaExplain => load_evqa(train_on, paths, true),
         Task::Ve => load_ve(train_on, paths),
         Task::News => load_news(train_on, paths),
         Task::Style => load_style(train_on, paths),
@@ -540,6 +563,7 @@ fn load_captions(task: Task, train_on: Option<TrainOn>, paths: &DataPaths) -> Re
         train,
         val: caption_eval(karpathy_split(&k, "val")),
         test: caption_eval(karpathy_split(&k, "test")),
+        ..Default::default()
     })
 }
 
@@ -581,8 +605,18 @@ fn vqa_train(train_on: TrainOn, paths: &DataPaths) -> Result<Vec<TrainExample>> 
     Ok(out)
 }
 
-/// VQA-E: the explanation stands in for the image in training.
-fn load_evqa(train_on: Option<TrainOn>, paths: &DataPaths) -> Result<TaskData> {
+/// The separator of answer and explanation in `evqa-explain` targets and predictions.
+pub const BECAUSE: &str = " because ";
+
+/// An `evqa-explain` prediction split into (answer, explanation); a prediction without
+/// [`BECAUSE`] is all answer.
+pub fn split_explained(text: &str) -> (&str, &str) {
+    text.split_once(BECAUSE).unwrap_or((text, ""))
+}
+
+/// VQA-E: the explanation stands in for the image in training; with `explain` it is also
+/// generated after the answer.
+fn load_evqa(train_on: Option<TrainOn>, paths: &DataPaths, explain: bool) -> Result<TaskData> {
     use close_data::vqa::{load_vqae, VqaeEntry};
     let load = |split: &str, needed: bool| {
         optional_split(paths, ("vqae", split), needed, |p, o| load_vqae(p, o))
@@ -594,10 +628,18 @@ fn load_evqa(train_on: Option<TrainOn>, paths: &DataPaths) -> Result<TaskData> {
                 TrainOn::Text => ClipSource::Texts(vec![e.explanation.0.clone()]),
                 TrainOn::Images => ClipSource::Image(e.img_id.to_string()),
             };
+            let mut targets = vqa_targets(e.answers.iter().map(|s| s.as_str()));
+            if explain {
+                let why = e.explanation.0.trim().to_lowercase();
+                targets = targets
+                    .into_iter()
+                    .map(|a| format!("{a}{BECAUSE}{why}"))
+                    .collect();
+            }
             data.train.push(TrainExample {
                 clip,
                 input_text: Some(e.question.clone()),
-                targets: vqa_targets(e.answers.iter().map(|s| s.as_str())),
+                targets,
             });
         }
     }
@@ -614,6 +656,11 @@ fn load_evqa(train_on: Option<TrainOn>, paths: &DataPaths) -> Result<TaskData> {
                 references: e.answers,
                 answer_type: e.answer_type,
                 question_type: Some(e.question_type).filter(|s| !s.is_empty()),
+                explanations: if explain {
+                    vec![e.explanation.0]
+                } else {
+                    Vec::new()
+                },
             })
             .collect()
     };
@@ -650,6 +697,7 @@ fn load_ve(train_on: Option<TrainOn>, paths: &DataPaths) -> Result<TaskData> {
                 references: vec![p.label.as_str().to_string()],
                 answer_type: None,
                 question_type: None,
+                explanations: Vec::new(),
             })
             .collect()
     };
@@ -657,25 +705,37 @@ fn load_ve(train_on: Option<TrainOn>, paths: &DataPaths) -> Result<TaskData> {
     Ok(data)
 }
 
+/// The prefix of Visual News image-cache keys: their own namespace, since the images are not
+/// COCO's and the ids may equal COCO image ids.
+pub const NEWS_KEY_PREFIX: &str = "news:";
+
+/// The image-cache key of a Visual News item.
+pub fn news_image_key(id: &str) -> String {
+    format!("{NEWS_KEY_PREFIX}{id}")
+}
+
 /// Visual News: the caption stands in for the image; the article's first line is the input.
+/// The images are the items' own (`image_path`), listed in [`TaskData::image_files`].
 fn load_news(train_on: Option<TrainOn>, paths: &DataPaths) -> Result<TaskData> {
     use close_data::news::{load_visual_news_with_articles, NewsExample};
-    let root = paths
-        .overrides
-        .get("news_root")
-        .cloned()
-        .unwrap_or_else(|| paths.dir.clone());
+    let root = news_root(paths);
     let load = |split: &str, needed: bool| {
         optional_split(paths, ("news", split), needed, |p, o| {
             load_visual_news_with_articles(p, &root, o)
         })
     };
     let mut data = TaskData::default();
+    let mut files = BTreeMap::new();
+    let mut note_image = |e: &NewsExample| {
+        let key = news_image_key(&e.item.id.0);
+        files.insert(key.clone(), e.item.image_file(&root));
+        key
+    };
     if let Some(on) = train_on {
         for e in load("train", true)?.unwrap_or_default() {
             let clip = match on {
                 TrainOn::Text => ClipSource::Texts(vec![e.item.caption.clone()]),
-                TrainOn::Images => ClipSource::Image(e.item.id.0.clone()),
+                TrainOn::Images => ClipSource::Image(note_image(&e)),
             };
             data.train.push(TrainExample {
                 clip,
@@ -684,20 +744,32 @@ fn load_news(train_on: Option<TrainOn>, paths: &DataPaths) -> Result<TaskData> {
             });
         }
     }
-    let eval = |v: Vec<NewsExample>| -> Vec<EvalExample> {
+    let mut eval = |v: Vec<NewsExample>| -> Vec<EvalExample> {
         v.into_iter()
             .map(|e| EvalExample {
                 id: e.item.id.0.clone(),
-                image: e.item.id.0.clone(),
+                image: note_image(&e),
                 input_text: Some(e.article_first_line),
                 references: vec![e.item.caption],
                 answer_type: None,
                 question_type: None,
+                explanations: Vec::new(),
             })
             .collect()
     };
-    (data.val, data.test) = eval_splits(|s| load(s, false), eval)?;
+    data.val = load("val", false)?.map(&mut eval).unwrap_or_default();
+    data.test = load("test", false)?.map(&mut eval).unwrap_or_default();
+    data.image_files = files;
     Ok(data)
+}
+
+/// The directory Visual News paths are relative to (`news_root`, else the data dir).
+pub fn news_root(paths: &DataPaths) -> PathBuf {
+    paths
+        .overrides
+        .get("news_root")
+        .cloned()
+        .unwrap_or_else(|| paths.dir.clone())
 }
 
 /// Stylistic captioning: a text corpus to train on, COCO-format references to evaluate.
@@ -728,6 +800,7 @@ fn load_style(train_on: Option<TrainOn>, paths: &DataPaths) -> Result<TaskData> 
         train,
         val: refs("val")?,
         test: refs("test")?,
+        ..Default::default()
     })
 }
 

@@ -118,6 +118,7 @@ fn world() -> World {
                     references: caps.clone(),
                     answer_type: None,
                     question_type: None,
+                    explanations: Vec::new(),
                 };
                 match k {
                     0 | 1 => train_imgs.push((id.to_string(), caps.clone())),
@@ -133,7 +134,12 @@ fn world() -> World {
         train_imgs.iter().map(|(i, c)| (i.clone(), c.as_slice())),
     );
     World {
-        data: TaskData { train, val, test },
+        data: TaskData {
+            train,
+            val,
+            test,
+            ..Default::default()
+        },
         texts,
         images,
         train_imgs,
@@ -355,7 +361,7 @@ fn targets_per_step_samples_targets_reproducibly() {
             w.train_imgs.iter().map(|(i, c)| (i.clone(), c.as_slice())),
         ),
         val: w.data.val.clone(),
-        test: Vec::new(),
+        ..Default::default()
     };
     assert!(data.train.iter().all(|e| e.targets.len() == 2));
     let dev = Device::Cpu;

@@ -60,6 +60,28 @@ fn every_task_loads_from_a_generated_world() {
         .iter()
         .all(|e| matches!(&e.clip, ClipSource::Texts(t) if t.len() == 1)));
 
+    // evqa-explain: the same items; the target explains the answer, and the explanation is
+    // the stand-in (so text-only training learns to read it back from its vector).
+    let x = TaskData::load(Task::EvqaExplain, TrainOn::Text, &paths).unwrap();
+    assert_eq!(x.train.len(), q.train.len());
+    for (ex, plain) in x.train.iter().zip(&q.train) {
+        let ClipSource::Texts(why) = &ex.clip else {
+            panic!("evqa-explain text stand-in")
+        };
+        for (t, answer) in ex.targets.iter().zip(&plain.targets) {
+            assert_eq!(*t, format!("{answer} because {}", why[0].to_lowercase()));
+            assert_eq!(close_model::task::split_explained(t).0, answer);
+        }
+    }
+    assert!(x.test.iter().all(|e| e.explanations.len() == 1));
+    assert!(q.test.iter().all(|e| e.explanations.is_empty()));
+
+    // News: the article's lead paragraph is the input, the image its own file.
+    let n = TaskData::load(Task::News, TrainOn::Images, &paths).unwrap();
+    assert!(n.test.iter().all(|e| e.image.starts_with("news:")
+        && n.image_files[&e.image].is_file()
+        && e.input_text.as_deref().is_some_and(|a| a.len() > 40)));
+
     let ve = TaskData::load(Task::Ve, TrainOn::Text, &paths).unwrap();
     assert!(ve
         .train
@@ -72,6 +94,7 @@ fn every_task_loads_from_a_generated_world() {
     assert!(TaskData::load(Task::Style, TrainOn::Images, &paths).is_err());
 
     // Missing files are named.
+    std::fs::remove_file(WorldPaths::new(dir.path()).visual_news("train")).unwrap();
     let e = TaskData::load(Task::News, TrainOn::Text, &paths)
         .unwrap_err()
         .to_string();
@@ -88,7 +111,9 @@ fn evaluation_reads_no_train_file_and_gets_the_same_val_and_test() {
         Task::MCap,
         Task::Vqa,
         Task::Evqa,
+        Task::EvqaExplain,
         Task::Ve,
+        Task::News,
         Task::Style,
     ];
     let full: Vec<TaskData> = tasks
@@ -102,6 +127,7 @@ fn evaluation_reads_no_train_file_and_gets_the_same_val_and_test() {
         w.vqa_annotations("train"),
         w.vqae("train"),
         w.snli_ve("train"),
+        w.visual_news("train"),
         w.style_train(),
     ] {
         std::fs::remove_file(&f).unwrap();

@@ -1,6 +1,7 @@
 //! `close embed`: encode a dataset's images and/or captions once into embedding caches
 //! (`OUT/images`, keyed by image id; `OUT/texts`, keyed by caption text). A second run with
-//! the same model reuses everything and computes only what is missing.
+//! the same model reuses everything and computes only what is missing. Visual News images,
+//! which are not COCO's, are added with `--news` (keyed `news:{id}`).
 //!
 //! Large jobs split over processes or machines: `close embed --shard I/N` embeds every
 //! N-th batch starting at batch I into its own `--out`, and `close embed merge` joins the
@@ -12,6 +13,8 @@ use std::path::{Path, PathBuf};
 use close_clip::cache::{embed_images_part, embed_texts_part, merge_shards, Shard};
 use close_clip::Clip;
 use close_data::coco::Karpathy;
+use close_data::news::load_visual_news;
+use close_model::task::news_image_key;
 
 use crate::common::Ctx;
 
@@ -55,6 +58,8 @@ pub struct Args {
     /// Cache root: images go to OUT/images, captions to OUT/texts.
     #[arg(long, required = true)]
     pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub news: NewsArgs,
     #[arg(long, default_value_t = 64, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub batch_size: usize,
     /// Embed only part I of N of the job (0 ≤ I < N): every N-th batch from batch I. Give
@@ -63,6 +68,38 @@ pub struct Args {
     pub shard: Option<Shard>,
     #[command(flatten)]
     pub device: crate::common::DeviceArg,
+}
+
+/// Visual News files whose images are embedded beside the Karpathy file's.
+#[derive(clap::Args, Debug, Default)]
+pub struct NewsArgs {
+    /// A Visual News data file (`visual_news_{split}.json`) whose images are embedded too,
+    /// keyed `news:{id}` (the key `close train --task news` looks up). Repeatable.
+    #[arg(long = "news", value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// The directory the items' `image_path`s are relative to (default: each file's own).
+    #[arg(long)]
+    pub news_root: Option<PathBuf>,
+}
+
+impl NewsArgs {
+    /// (key, image file) of every item, in file order.
+    fn images(&self) -> anyhow::Result<Vec<(String, PathBuf)>> {
+        let mut out = Vec::new();
+        for f in &self.files {
+            let (items, _) = load_visual_news(f, &Default::default())?;
+            let root = match &self.news_root {
+                Some(r) => r.clone(),
+                None => f.parent().map(Path::to_path_buf).unwrap_or_default(),
+            };
+            out.extend(
+                items
+                    .iter()
+                    .map(|it| (news_image_key(&it.id.0), it.image_file(&root))),
+            );
+        }
+        Ok(out)
+    }
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -80,6 +117,8 @@ pub struct MergeArgs {
     /// The shards' --splits.
     #[arg(long, default_value = "train,val,test")]
     pub splits: String,
+    #[command(flatten)]
+    pub news: NewsArgs,
     /// Which caches to merge.
     #[arg(long, value_enum, default_value_t = What::Both)]
     pub what: What,
@@ -98,7 +137,12 @@ pub struct MergeArgs {
 /// captions `(text, text)`, each without duplicates.
 type Items = (Vec<(String, PathBuf)>, Vec<(String, String)>);
 
-fn job_items(data: &Path, splits: &str, image_root: &Path) -> anyhow::Result<Items> {
+fn job_items(
+    data: &Path,
+    splits: &str,
+    image_root: &Path,
+    news: &NewsArgs,
+) -> anyhow::Result<Items> {
     let karpathy = Karpathy::load(data)?;
     let splits: Vec<&str> = splits
         .split(',')
@@ -124,6 +168,12 @@ fn job_items(data: &Path, splits: &str, image_root: &Path) -> anyhow::Result<Ite
             }
         }
     }
+    let mut seen_news = HashSet::new();
+    for (key, file) in news.images()? {
+        if seen_news.insert(key.clone()) {
+            images.push((key, file));
+        }
+    }
     if images.is_empty() {
         anyhow::bail!("{}: no images in splits {:?}", data.display(), splits);
     }
@@ -141,7 +191,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
     };
     let dev = args.device.open()?;
     let clip = Clip::load(clip, &dev)?;
-    let (image_items, text_items) = job_items(data, &args.splits, image_root)?;
+    let (image_items, text_items) = job_items(data, &args.splits, image_root, &args.news)?;
     let shard = args.shard.unwrap_or(Shard::WHOLE);
     let progress = ctx.progress();
     let mut report = serde_json::Map::new();
@@ -168,7 +218,7 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
 /// `close embed merge`: each kind is merged into a staging dir first, so that --force
 /// replaces an existing cache only once the merge has succeeded.
 fn merge(m: MergeArgs) -> anyhow::Result<()> {
-    let (image_items, text_items) = job_items(&m.data, &m.splits, Path::new(""))?;
+    let (image_items, text_items) = job_items(&m.data, &m.splits, Path::new(""), &m.news)?;
     let mut report = serde_json::Map::new();
     let kinds = [
         ("images", m.what.images(), keys_of(&image_items)),

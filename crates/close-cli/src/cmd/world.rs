@@ -81,13 +81,13 @@ pub fn run(args: Args, ctx: &Ctx) -> anyhow::Result<()> {
         cfg.seed
     );
     println!(
-        "{:<6} {:>7} {:>9} {:>10} {:>7} {:>9}",
-        "split", "images", "captions", "questions", "vqa-e", "ve pairs"
+        "{:<6} {:>7} {:>9} {:>10} {:>7} {:>9} {:>5}",
+        "split", "images", "captions", "questions", "vqa-e", "ve pairs", "news"
     );
     for (name, sp) in &s.splits {
         println!(
-            "{name:<6} {:>7} {:>9} {:>10} {:>7} {:>9}",
-            sp.images, sp.captions, sp.questions, sp.vqae, sp.ve_pairs
+            "{name:<6} {:>7} {:>9} {:>10} {:>7} {:>9} {:>5}",
+            sp.images, sp.captions, sp.questions, sp.vqae, sp.ve_pairs, sp.news
         );
     }
     let pct = |x: Option<f64>| {

@@ -223,7 +223,7 @@ fn reading_order(scene: &Scene) -> Vec<usize> {
 
 /// A listing of every object with size, colour and shape; identical objects are grouped
 /// (`two large red circles`). Order: reading order, large first, or random.
-fn listing(scene: &Scene, rng: &mut impl Rng) -> String {
+pub(crate) fn listing(scene: &Scene, rng: &mut impl Rng) -> String {
     let mut order = reading_order(scene);
     match rng.random_range(0..3) {
         0 => {}

@@ -1,7 +1,8 @@
 //! The shapes world: a seeded generator of images, captions, VQA questions, VQA-E
-//! explanations, SNLI-VE hypotheses and a first-person caption style, written in the formats
+//! explanations, SNLI-VE hypotheses, news stories and a first-person caption style, written
+//! in the formats
 //! of the real datasets so that every loader and command is the one users run on COCO,
-//! VQA v2 and SNLI-VE.
+//! VQA v2, VQA-E, SNLI-VE and Visual News.
 //!
 //! # Layout of a world directory
 //! ```text
@@ -17,6 +18,8 @@
 //!   snli_ve_{split}.jsonl                        SNLI-VE pairs (Flickr30K_ID = image id)
 //!   style_train.txt                              first-person captions of train images, text only
 //!   style_captions_{val,test}.json               first-person references (COCO format)
+//!   visual_news_{split}.json                     Visual News items (image, article, caption)
+//!   articles/{split}/news_NNNNNNN.txt            their articles (lead paragraph first)
 //!   hard_negatives.json                          exclusive word groups (`close clip train --hard-negatives`)
 //! ```
 //! Use [`WorldPaths`] (and the `*_FILE` constants / `*_file` functions) rather than
@@ -25,6 +28,7 @@
 pub use crate::bias;
 pub mod entail;
 pub mod language;
+pub mod news;
 pub mod probe;
 pub mod questions;
 pub mod render;
@@ -60,6 +64,11 @@ pub const STYLE_TRAIN_FILE: &str = "style_train.txt";
 pub const HARD_NEGATIVES_FILE: &str = "hard_negatives.json";
 /// Image folder (holds one folder per split).
 pub const IMAGES_DIR: &str = "images";
+/// News article folder (holds one folder per split).
+pub const ARTICLES_DIR: &str = "articles";
+/// Visual News item ids are this plus the image id: a news item is not a COCO image, and its
+/// id must not be taken for one.
+pub const NEWS_ID_OFFSET: u64 = 1_000_000_000;
 
 /// `captions_{split}.json` (COCO caption annotations).
 pub fn captions_file(split: &str) -> String {
@@ -84,6 +93,11 @@ pub fn snli_ve_file(split: &str) -> String {
 /// `style_captions_{split}.json` (COCO caption annotations in the first-person style).
 pub fn style_refs_file(split: &str) -> String {
     format!("style_captions_{split}.json")
+}
+
+/// `visual_news_{split}.json` (Visual News items).
+pub fn visual_news_file(split: &str) -> String {
+    format!("visual_news_{split}.json")
 }
 
 /// Paths of the files of a world directory.
@@ -135,6 +149,12 @@ impl WorldPaths {
     }
     pub fn hard_negatives(&self) -> PathBuf {
         self.root.join(HARD_NEGATIVES_FILE)
+    }
+    pub fn visual_news(&self, split: &str) -> PathBuf {
+        self.root.join(visual_news_file(split))
+    }
+    pub fn articles_dir(&self, split: &str) -> PathBuf {
+        self.root.join(ARTICLES_DIR).join(split)
     }
 }
 
@@ -282,6 +302,7 @@ pub struct WorldImage {
     pub style: Vec<String>,
     pub questions: Vec<WorldQuestion>,
     pub hypotheses: Vec<(String, Label)>,
+    pub news: news::Story,
 }
 
 /// `scenes.json`: the ground truth kept for checking (scene, caption templates).
@@ -318,6 +339,8 @@ pub struct SplitSummary {
     pub ve_pairs: usize,
     pub ve_labels: BTreeMap<String, usize>,
     pub style_captions: usize,
+    #[serde(default)]
+    pub news: usize,
 }
 
 /// What [`generate`] made (also written to `world.json` with the config).
@@ -377,6 +400,11 @@ fn file_name(image_id: u64) -> String {
     format!("shapes_{image_id:07}.png")
 }
 
+/// The article file of the news item of image id `image_id`.
+fn article_name(image_id: u64) -> String {
+    format!("news_{image_id:07}.txt")
+}
+
 /// Generate one image's scene and language (no rendering).
 pub fn make_image(cfg: &WorldConfig, index: usize) -> WorldImage {
     let split = split_of(cfg, index);
@@ -400,6 +428,8 @@ pub fn make_image(cfg: &WorldConfig, index: usize) -> WorldImage {
     let style = language::style_captions(&scene, cfg.style_captions_per_image, &mut lrng);
     let qs = questions::questions(&scene, &caps, cfg.extra_questions_per_image, &mut lrng);
     let hyps = entail::hypotheses(&scene, cfg.hypotheses_per_label, &mut lrng);
+    // Its own stream: the stories shift no other file's draws.
+    let story = news::story(&scene, &mut rng_for(cfg.seed, index as u64, 4));
     WorldImage {
         captions: caps.iter().map(|c| c.text.clone()).collect(),
         caption_templates: caps.iter().map(|c| c.template.to_string()).collect(),
@@ -418,6 +448,7 @@ pub fn make_image(cfg: &WorldConfig, index: usize) -> WorldImage {
             })
             .collect(),
         hypotheses: hyps,
+        news: story,
         scene,
     }
 }
@@ -439,8 +470,9 @@ pub fn generate(
     let start = Instant::now();
     let paths = WorldPaths::new(out_dir.as_ref());
     for split in SPLITS {
-        let d = paths.images_dir(split);
-        std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+        for d in [paths.images_dir(split), paths.articles_dir(split)] {
+            std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+        }
     }
     progress.start("world", cfg.images as u64);
     let mut writer = write::WorldWriter::create(cfg, &paths)?;
@@ -453,6 +485,10 @@ pub fn generate(
                 let png = render_png(cfg, &im.scene, i)?;
                 let p = paths.images_dir(&im.scene.split).join(&im.scene.file_name);
                 std::fs::write(&p, png).map_err(|e| Error::io(&p, e))?;
+                let a = paths
+                    .articles_dir(&im.scene.split)
+                    .join(article_name(im.scene.image_id));
+                std::fs::write(&a, &im.news.article).map_err(|e| Error::io(&a, e))?;
                 progress.inc(1);
                 Ok(im)
             })

@@ -11,14 +11,16 @@ use close_core::io::{write_atomic, JsonArrayFile, JsonLinesFile};
 use close_core::Result;
 
 use super::{
-    language, make_image, questions, split_range, SceneRecord, ScenesFile, SplitSummary,
-    WorldConfig, WorldImage, WorldPaths, WorldQuestion, WorldSummary, IMAGES_DIR, SPLITS,
+    article_name, language, make_image, questions, split_range, SceneRecord, ScenesFile,
+    SplitSummary, WorldConfig, WorldImage, WorldPaths, WorldQuestion, WorldSummary, ARTICLES_DIR,
+    IMAGES_DIR, NEWS_ID_OFFSET, SPLITS,
 };
 use crate::bias::{NaiveBayes, QuestionPrior};
 use crate::coco::{
     CocoCaption, CocoCaptions, CocoImage, Karpathy, KarpathyImage, KarpathySentence,
 };
-use crate::load::write_json_compact;
+use crate::load::{write_json_compact, FlexId};
+use crate::news::NewsItem;
 use crate::snli::SnliRecord;
 use crate::text::TextCorpusFile;
 use crate::vqa::{VqaAnnotation, VqaAnnotations, VqaAnswer, VqaQuestion, VqaQuestions, VqaeEntry};
@@ -185,6 +187,7 @@ struct SplitWriter {
     vqae: JsonArrayFile,
     snli: JsonLinesFile,
     style_refs: Option<JsonArrayFile>,
+    news: JsonArrayFile,
 }
 
 impl SplitWriter {
@@ -234,6 +237,7 @@ impl SplitWriter {
             vqae: JsonArrayFile::create(paths.vqae(name), &Vec::<VqaeEntry>::new(), None)?,
             snli: JsonLinesFile::create(paths.snli_ve(name))?,
             style_refs: style,
+            news: JsonArrayFile::create(paths.visual_news(name), &Vec::<NewsItem>::new(), None)?,
         })
     }
 
@@ -262,7 +266,7 @@ impl SplitWriter {
                 .or_default() += 1;
             self.summary.ve_pairs += 1;
         }
-        Ok(())
+        self.news.push(&news_item(im))
     }
 
     /// The VQA v2 question and annotation (ten identical answers), and the VQA-E entry when
@@ -303,6 +307,7 @@ impl SplitWriter {
         s.captions = self.captions.len();
         s.questions = self.questions.len();
         s.vqae = self.vqae.len();
+        s.news = self.news.len();
         if let Some(refs) = &self.style_refs {
             s.style_captions = refs.len();
         }
@@ -311,6 +316,7 @@ impl SplitWriter {
         self.annotations.finish()?;
         self.vqae.finish()?;
         self.snli.finish()?;
+        self.news.finish()?;
         if let Some(refs) = self.style_refs {
             refs.finish()?;
         }
@@ -354,6 +360,19 @@ fn push_captions(file: &mut JsonArrayFile, im: &WorldImage, texts: &[String]) ->
 }
 
 /// The VQA v2 annotation of a question: its answer given by ten annotators.
+/// The Visual News item of an image (paths relative to the world, as `./...`).
+fn news_item(im: &WorldImage) -> NewsItem {
+    let s = &im.scene;
+    NewsItem {
+        id: FlexId((NEWS_ID_OFFSET + s.image_id).to_string()),
+        caption: im.news.caption.clone(),
+        image_path: format!("./{IMAGES_DIR}/{}/{}", s.split, s.file_name),
+        article_path: format!("./{ARTICLES_DIR}/{}/{}", s.split, article_name(s.image_id)),
+        topic: "local".into(),
+        source: "shapes".into(),
+    }
+}
+
 fn vqa_annotation(im: &WorldImage, q: &WorldQuestion) -> VqaAnnotation {
     let answers: Vec<VqaAnswer> = (1..=10)
         .map(|k| VqaAnswer {

@@ -26,7 +26,7 @@ pub const DEFAULT_NEIGHBORS: usize = 5;
 pub fn serve_task(t: CloseTask) -> Result<Task> {
     match t {
         CloseTask::SCap | CloseTask::MCap | CloseTask::Style => Ok(Task::Caption),
-        CloseTask::Vqa | CloseTask::Evqa => Ok(Task::Vqa),
+        CloseTask::Vqa | CloseTask::Evqa | CloseTask::EvqaExplain => Ok(Task::Vqa),
         CloseTask::Ve => Ok(Task::Entail),
         CloseTask::News => Err(Error::invalid("task `news` needs the article's text for every image; serving and `close caption` do not support it (use `close predict`)")),
     }
