@@ -306,7 +306,7 @@ fn val_picks(s: &mut String, task: Task, records: &[RunRecord]) {
             let v = fmt_metric(task, Some(r.val?));
             let se = r
                 .val_stderr
-                .map(|e| format!(" ± {e:.1}"))
+                .map(|e| format!(" ± {}", fmt_metric(task, Some(e))))
                 .unwrap_or_default();
             Some(format!("w = {}: {v}{se}", r.result.noise))
         })

@@ -95,7 +95,7 @@ pub struct RunRecord {
     pub result: RunResult,
     /// Val value of the task metric at the evaluation beam width (selects the tuned noise).
     pub val: Option<f64>,
-    /// Standard error of `val` over the val items (VQA / VE accuracy), when known.
+    /// Standard error of `val` over the val items, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_stderr: Option<f64>,
     pub losses: Vec<(f64, f64)>,

@@ -325,7 +325,7 @@ fn run_one(
             label: Some(job.plan.label.clone()),
         },
         val: val.as_ref().map(|m| m.primary),
-        val_stderr: val.as_ref().and_then(accuracy_stderr),
+        val_stderr: val.as_ref().and_then(val_stderr),
         losses: state
             .map(|s| s.losses.iter().map(|&(a, b)| (a as f64, b)).collect())
             .unwrap_or_default(),
@@ -369,9 +369,13 @@ fn scored(
     Ok(m)
 }
 
-/// Binomial standard error of an accuracy in 0–100 (VQA's soft accuracy is bounded by it).
-fn accuracy_stderr(m: &Metrics) -> Option<f64> {
-    if m.task.metric() == MetricKind::Caption || m.count == 0 {
+/// Standard error of a val metric: CIDEr's from its per-image scores; an accuracy's (0–100)
+/// binomial one (VQA's soft accuracy is bounded by it).
+fn val_stderr(m: &Metrics) -> Option<f64> {
+    if m.task.metric() == MetricKind::Caption {
+        return m.scores.get("CIDEr_stderr").and_then(|v| v.as_f64());
+    }
+    if m.count == 0 {
         return None;
     }
     let p = (m.primary / 100.0).clamp(0.0, 1.0);

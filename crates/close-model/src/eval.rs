@@ -133,7 +133,11 @@ pub fn score(task: Task, examples: &[EvalExample], preds: &[Prediction]) -> Resu
         MetricKind::Caption => {
             let refs = examples.iter().map(|e| e.references.clone());
             let s = score_captions(refs, preds.iter().map(|p| p.text.as_str()))?;
-            (s.cider, "CIDEr", s.to_json())
+            let mut j = s.to_json();
+            if let Some(se) = cider_stderr(&s) {
+                j["CIDEr_stderr"] = se.into();
+            }
+            (s.cider, "CIDEr", j)
         }
         MetricKind::Vqa => {
             let qs: Vec<close_metrics::vqa::VqaQuestion> = examples
@@ -206,6 +210,18 @@ fn score_explanations(
         .iter()
         .map(|p| crate::task::split_explained(&p.text).1);
     score_captions(refs, hyps)
+}
+
+/// Standard error of the corpus CIDEr, which is the mean of the images' CIDEr: their
+/// sample standard deviation over √n. None for fewer than two images.
+fn cider_stderr(s: &close_metrics::caption::CaptionScores) -> Option<f64> {
+    let n = s.per_image.len();
+    if n < 2 {
+        return None;
+    }
+    let mean = s.per_image.values().map(|i| i.cider).sum::<f64>() / n as f64;
+    let ss: f64 = s.per_image.values().map(|i| (i.cider - mean).powi(2)).sum();
+    Some((ss / (n - 1) as f64).sqrt() / (n as f64).sqrt())
 }
 
 /// Caption metrics of hypotheses against references, items keyed by their position.
@@ -325,6 +341,42 @@ mod tests {
             text: text.into(),
             logprob: 0.0,
         }
+    }
+
+    #[test]
+    fn caption_scores_carry_the_standard_error_of_their_mean_cider() {
+        let refs = [
+            "a red circle.",
+            "a blue star above a green square.",
+            "two gray crosses.",
+        ];
+        let hyps = ["a red circle.", "a blue star.", "a brown diamond."];
+        let ex: Vec<EvalExample> = refs
+            .iter()
+            .map(|r| EvalExample {
+                references: vec![r.to_string()],
+                question_type: None,
+                answer_type: None,
+                input_text: None,
+                ..item("", "")
+            })
+            .collect();
+        let preds: Vec<Prediction> = hyps.iter().map(|h| pred(h)).collect();
+        let m = score(Task::SCap, &ex, &preds).unwrap();
+        let per = close_metrics::caption::score(
+            &(0u64..).zip(refs.map(|r| vec![r.to_string()])).collect(),
+            &(0u64..).zip(hyps.map(str::to_string)).collect(),
+        )
+        .unwrap();
+        let c: Vec<f64> = per.per_image.values().map(|i| i.cider).collect();
+        let mean = c.iter().sum::<f64>() / 3.0;
+        assert!(
+            (mean - m.primary).abs() < 1e-12,
+            "CIDEr is the images' mean"
+        );
+        let var = c.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / 2.0;
+        let se = m.scores["CIDEr_stderr"].as_f64().unwrap();
+        assert!((se - (var / 3.0).sqrt()).abs() < 1e-12 && se > 0.0, "{se}");
     }
 
     #[test]
