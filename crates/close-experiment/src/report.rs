@@ -582,4 +582,70 @@ mod tests {
             "{table}"
         );
     }
+
+    #[test]
+    fn explained_answers_report_their_explanations_cider_and_its_prior_and_types() {
+        let cfg = ExperimentConfig::new(
+            TrainConfig::small(Task::EvqaExplain).t5,
+            &[Task::EvqaExplain],
+            false,
+            1,
+        );
+        let explained = |on, w: f64, acc, cider: f64, label: &str| {
+            let mut r = vqa(on, AdapterKind::None, w, acc, 60.0, label);
+            r.result.task = Task::EvqaExplain;
+            let m = &mut r.result.metrics;
+            m.insert("explanation_CIDEr".into(), serde_json::json!(cider));
+            r
+        };
+        let priors = TextPriors {
+            question_only: [(
+                Task::EvqaExplain,
+                crate::priors::QuestionOnly {
+                    overall: 41.0,
+                    by_type: [("color".to_string(), 12.0)].into_iter().collect(),
+                },
+            )]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        };
+        let mut out = output(
+            vec![
+                explained(TrainOn::Images, 0.0, 50.0, 2.0, "image-trained upper bound"),
+                explained(TrainOn::Text, 0.0, 40.0, 0.5, "text only, no noise"),
+            ],
+            priors,
+        );
+        out.tasks = vec![Task::EvqaExplain];
+        let md = report_markdown(&cfg, &out, &ReportHeader::default());
+        for want in [
+            "| question only (answer prior, no image) | – | – | – | 41.0 | 0.82 |",
+            "Explanation CIDEr ×100 (ratio to the upper bound's): image-trained upper bound: 200.0 (1.00); text only, no noise: 50.0 (0.25).",
+            "Accuracy per question type (evqa-explain):",
+            "| question only (no image) | 12.0 |",
+        ] {
+            assert!(md.contains(want), "{want}\n{md}");
+        }
+    }
+
+    #[test]
+    fn a_captioning_val_pick_shows_its_standard_error_in_cider_x100() {
+        let cfg = ExperimentConfig::new(TrainConfig::small(Task::SCap).t5, &[Task::SCap], false, 1);
+        let mut r = vqa(
+            TrainOn::Text,
+            AdapterKind::None,
+            0.0,
+            1.0,
+            0.0,
+            "text only, no noise",
+        );
+        r.result.task = Task::SCap;
+        r.result.metrics = [("CIDEr".to_string(), serde_json::json!(1.2))].into();
+        (r.val, r.val_stderr) = (Some(1.5), Some(0.061));
+        let mut out = output(vec![r], TextPriors::default());
+        out.tasks = vec![Task::SCap];
+        let md = report_markdown(&cfg, &out, &ReportHeader::default());
+        assert!(md.contains("w = 0: 150.0 ± 6.1"), "{md}");
+    }
 }
