@@ -764,7 +764,7 @@ fn load_news(train_on: Option<TrainOn>, paths: &DataPaths) -> Result<TaskData> {
 }
 
 /// The directory Visual News paths are relative to (`news_root`, else the data dir).
-pub fn news_root(paths: &DataPaths) -> PathBuf {
+fn news_root(paths: &DataPaths) -> PathBuf {
     paths
         .overrides
         .get("news_root")
