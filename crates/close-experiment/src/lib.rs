@@ -135,10 +135,7 @@ pub fn run_experiment(
     for s in &skipped {
         tracing::warn!("skipping task {}: no {}", s.task, s.missing.display());
     }
-    let opts = close_data::load::LoadOptions {
-        skip_bad: inputs.data.skip_bad,
-    };
-    let (karpathy, _) = Karpathy::load_with(inputs.data.file("karpathy", ""), &opts)?;
+    let (karpathy, _) = Karpathy::load_with(inputs.data.file("karpathy", ""), &inputs.data.opts())?;
     let mut tasks = data::load_tasks(&found, &inputs.data)?;
     let priors = priors::text_priors(&tasks, &inputs.data)?;
     sw.lap("data");

@@ -51,7 +51,7 @@ type Questions = Vec<(String, String, String)>;
 fn vqa_items(paths: &DataPaths, split: &str) -> Result<Questions> {
     let q = paths.file("vqa_questions", split);
     let a = paths.file("vqa_annotations", split);
-    let (examples, _) = close_data::vqa::load_vqa(&q, Some(&a), &load_options(paths))?;
+    let (examples, _) = close_data::vqa::load_vqa(&q, Some(&a), &paths.opts())?;
     Ok(examples
         .into_iter()
         .filter_map(|e| {
@@ -67,17 +67,11 @@ fn vqa_items(paths: &DataPaths, split: &str) -> Result<Questions> {
 
 /// The questions of a VQA-E split.
 fn vqae_items(paths: &DataPaths, split: &str) -> Result<Questions> {
-    let (entries, _) = close_data::vqa::load_vqae(paths.file("vqae", split), &load_options(paths))?;
+    let (entries, _) = close_data::vqa::load_vqae(paths.file("vqae", split), &paths.opts())?;
     Ok(entries
         .into_iter()
         .map(|e| (e.question, e.question_type, e.multiple_choice_answer))
         .collect())
-}
-
-fn load_options(paths: &DataPaths) -> close_data::load::LoadOptions {
-    close_data::load::LoadOptions {
-        skip_bad: paths.skip_bad,
-    }
 }
 
 /// The prior learned on `train`, scored on `test` overall and per question type.

@@ -265,20 +265,16 @@ fn task_table(s: &mut String, task: Task, runs: &[&RunResult], priors: &TextPrio
         let _ = writeln!(s, "Greedy decoding instead of beam search: upper bound {}, tuned noise {} (ratio {:.2}).\n",
             fmt_metric(task, Some(u)), fmt_metric(task, Some(tu)), tu / u);
     }
-    explanation_line(s, runs);
+    explanation_line(s, upper, runs);
     if task.metric() == MetricKind::Vqa {
         vqa_types_table(s, task, runs, priors);
     }
 }
 
 /// `evqa-explain`: the explanations' CIDEr of every run, with its ratio to the upper bound's.
-fn explanation_line(s: &mut String, runs: &[&RunResult]) {
+fn explanation_line(s: &mut String, upper: Option<&RunResult>, runs: &[&RunResult]) {
     let cider = |r: &RunResult| r.metrics.get("explanation_CIDEr").and_then(|v| v.as_f64());
-    let Some(upper) = runs
-        .iter()
-        .find(|r| r.train_on == TrainOn::Images)
-        .and_then(|r| cider(r))
-    else {
+    let Some(upper) = upper.and_then(cider) else {
         return;
     };
     let cells: Vec<String> = runs

@@ -348,7 +348,8 @@ impl DataPaths {
         self.dir.join(name)
     }
 
-    fn opts(&self) -> LoadOptions {
+    /// The loaders' options (`skip_bad`).
+    pub fn opts(&self) -> LoadOptions {
         LoadOptions {
             skip_bad: self.skip_bad,
         }
