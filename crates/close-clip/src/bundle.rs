@@ -134,6 +134,10 @@ pub fn save_model(
     close_core::io::write_json_atomic(dir.join(CONFIG_FILE), &cfg.to_hf_json())
 }
 
+/// The fixed cost of one more text forward pass, in tokens: texts run in groups of similar
+/// length ([`crate::ragged`]) instead of all padded to the longest.
+pub const TEXT_GROUP_OVERHEAD: usize = 32;
+
 /// Model + image processor + tokenizer of one model dir.
 pub struct Clip {
     pub model: ClipModel,
@@ -210,10 +214,11 @@ impl Clip {
         self.embed_images(&imgs)
     }
 
-    /// Unit text embeddings `[n, projection_dim]`.
+    /// Unit text embeddings `[n, projection_dim]`, run in groups of similar length.
     pub fn embed_texts<S: AsRef<str>>(&self, texts: &[S]) -> Result<Tensor> {
-        let ids = self.tokenizer.encode_batch(texts, self.device())?;
-        self.model.text_features(&ids)
+        let rows = self.tokenizer.encode_rows(texts)?;
+        self.model
+            .text_features_rows(&rows, self.tokenizer.pad_id(), TEXT_GROUP_OVERHEAD)
     }
 
     /// Cosine similarity of one image file with each text.

@@ -10,6 +10,7 @@
 //! - [`tokenizer::ClipTokenizer`]: HF `tokenizer.json`, truncation, EOS pooling inputs.
 //! - [`bundle::Clip`]: model + processor + tokenizer of one model dir.
 //! - [`train`]: contrastive training from scratch on a Karpathy json, retrieval metrics.
+//! - [`ragged`]: text batches of uneven length in groups, without paying for padding.
 //! - [`negatives`]: NegCLIP-style hard negative captions (word swaps) for training.
 //! - [`cache`]: the on-disk embedding cache of images / captions.
 //! - [`gap`]: modality-gap statistics and the 2-D PCA of image and caption vectors.
@@ -22,6 +23,7 @@ pub mod gap;
 pub mod model;
 pub mod negatives;
 pub mod preprocess;
+pub mod ragged;
 pub mod retrieval;
 pub mod tokenizer;
 pub mod train;

@@ -16,6 +16,7 @@ use close_core::{Error, Result};
 
 use crate::config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
 use crate::fused::softmax_last_dim;
+use crate::ragged;
 
 fn randn(std: f64) -> Init {
     Init::Randn {
@@ -553,6 +554,62 @@ impl ClipModel {
         l2_normalize(&self.get_text_features(ids)?)
     }
 
+    /// [`Self::text_features`] of unpadded token rows, run in [`ragged::length_groups`]
+    /// (each padded with `pad_id` to its own longest row); rows come out in input order.
+    /// The values equal the padded batch's up to rounding (the matmuls' shapes differ).
+    pub fn text_features_rows(
+        &self,
+        rows: &[Vec<u32>],
+        pad_id: u32,
+        overhead_tokens: usize,
+    ) -> Result<Tensor> {
+        let lens: Vec<usize> = rows.iter().map(Vec::len).collect();
+        let groups = ragged::length_groups(&lens, overhead_tokens);
+        let dev = self.device();
+        let parts = groups
+            .iter()
+            .map(|g| {
+                let len = g.iter().map(|&i| lens[i]).max().unwrap_or(0).max(1);
+                let mut data = Vec::with_capacity(g.len() * len);
+                for &i in g {
+                    data.extend_from_slice(&rows[i]);
+                    data.extend(std::iter::repeat_n(pad_id, len - rows[i].len()));
+                }
+                let ids = Tensor::from_vec(data, (g.len(), len), dev)?;
+                self.text_features(&ids)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if parts.is_empty() {
+            return Ok(Tensor::zeros(
+                (0, self.cfg.projection_dim),
+                self.logit_scale.dtype(),
+                dev,
+            )?);
+        }
+        let all = Tensor::cat(&parts, 0)?;
+        let at = ragged::restore_order(&groups);
+        if at.iter().enumerate().all(|(i, &p)| p as usize == i) {
+            return Ok(all);
+        }
+        Ok(all.index_select(&Tensor::new(at.as_slice(), dev)?, 0)?)
+    }
+
+    /// [`Self::forward`] with the text as unpadded rows ([`Self::text_features_rows`]).
+    pub fn forward_rows(
+        &self,
+        pixels: &Tensor,
+        rows: &[Vec<u32>],
+        pad_id: u32,
+        overhead_tokens: usize,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let img = self.image_features(pixels)?;
+        let txt = self.text_features_rows(rows, pad_id, overhead_tokens)?;
+        let logits = img
+            .matmul(&txt.t()?)?
+            .broadcast_mul(&self.logit_scale.exp()?)?;
+        Ok((logits, img, txt))
+    }
+
     /// The temperature parameter (log scale) as a tensor (differentiable when trained).
     pub fn logit_scale_tensor(&self) -> &Tensor {
         &self.logit_scale
@@ -669,6 +726,54 @@ pub fn expected_tensors(cfg: &ClipConfig) -> Vec<(String, Vec<usize>)> {
 mod tests {
     use super::*;
     use candle_nn::VarMap;
+
+    /// Rows `<bos> … <eos>` of lengths 3..=14 with varied ids.
+    fn token_rows() -> Vec<Vec<u32>> {
+        [7usize, 3, 12, 7, 5, 14, 3, 9, 12, 4]
+            .iter()
+            .enumerate()
+            .map(|(r, &len)| {
+                let mid = (0..len - 2).map(|i| 4 + ((r * 7 + i * 5) % 60) as u32);
+                std::iter::once(2).chain(mid).chain([3]).collect()
+            })
+            .collect()
+    }
+
+    fn padded(rows: &[Vec<u32>]) -> Result<Tensor> {
+        let len = rows.iter().map(Vec::len).max().unwrap();
+        let data: Vec<u32> = rows
+            .iter()
+            .flat_map(|r| {
+                r.iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(0, len - r.len()))
+            })
+            .collect();
+        Ok(Tensor::from_vec(data, (rows.len(), len), &Device::Cpu)?)
+    }
+
+    #[test]
+    fn grouped_text_rows_match_the_padded_batch_and_keep_gradients() -> Result<()> {
+        let cfg = ClipConfig::tiny();
+        let vm = VarMap::new();
+        let m = ClipModel::new(VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu), &cfg)?;
+        let rows = token_rows();
+        let want = m.text_features(&padded(&rows)?)?.to_vec2::<f32>()?;
+        for overhead in [0, 6, 1000] {
+            let got = m.text_features_rows(&rows, 0, overhead)?;
+            for (g, w) in got.to_vec2::<f32>()?.iter().zip(&want) {
+                for (a, b) in g.iter().zip(w) {
+                    assert!((a - b).abs() < 1e-5, "overhead {overhead}: {a} vs {b}");
+                }
+            }
+            let grads = got.sum_all()?.backward()?;
+            let data = vm.data().lock().unwrap();
+            let emb = &data["text_model.embeddings.token_embedding.weight"];
+            assert!(grads.get(emb).is_some(), "overhead {overhead}");
+        }
+        assert_eq!(m.text_features_rows(&[], 0, 0)?.dims(), &[0, 16]);
+        Ok(())
+    }
 
     #[test]
     fn expected_tensors_match_the_built_model() -> Result<()> {

@@ -108,15 +108,19 @@ impl ClipTokenizer {
     /// Encode and right-pad a batch to its longest row: `[batch, seq]` u32 on `device`.
     /// The error names the index of an empty text.
     pub fn encode_batch<S: AsRef<str>>(&self, texts: &[S], device: &Device) -> Result<Tensor> {
-        let rows = texts
+        self.pad(&self.encode_rows(texts)?, device)
+    }
+
+    /// Ids of each text, unpadded. The error names the index of an empty text.
+    pub fn encode_rows<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<u32>>> {
+        texts
             .iter()
             .enumerate()
             .map(|(i, t)| {
                 self.encode(t.as_ref())
                     .map_err(|e| Error::invalid(format!("text {i}: {e}")))
             })
-            .collect::<Result<Vec<_>>>()?;
-        self.pad(&rows, device)
+            .collect()
     }
 
     /// Right-pad encoded rows into `[batch, seq]`.

@@ -28,7 +28,7 @@ use close_core::step_losses::{LossBook, StepLoss};
 use close_core::{Error, Result};
 use close_data::coco::Karpathy;
 
-use crate::bundle::{save_model, PREPROCESSOR_FILE, TOKENIZER_FILE};
+use crate::bundle::{save_model, PREPROCESSOR_FILE, TEXT_GROUP_OVERHEAD, TOKENIZER_FILE};
 use crate::config::ClipConfig;
 use crate::gap::{gap_stats, GapStats};
 use crate::model::ClipModel;
@@ -727,8 +727,9 @@ impl Epochs<'_> {
         let device = self.job.device;
         let (c, s) = self.image_shape;
         let px = Tensor::from_vec(batch.px, (batch.images, c, s, s), device)?;
-        let tid = self.ctok.pad(&batch.rows, device)?;
-        let (logits, _, _) = self.model.forward(&px, &tid)?;
+        let (logits, _, _) =
+            self.model
+                .forward_rows(&px, &batch.rows, self.ctok.pad_id(), TEXT_GROUP_OVERHEAD)?;
         let loss = clip_loss(&logits)?;
         opt.step(&loss, lr)?;
         Ok(loss)
@@ -772,7 +773,11 @@ pub fn evaluate_retrieval(
     }
     let mut txt = Vec::new();
     for chunk in texts.chunks(256) {
-        txt.push(model.text_features(&tok.encode_batch(chunk, device)?)?);
+        txt.push(model.text_features_rows(
+            &tok.encode_rows(chunk)?,
+            tok.pad_id(),
+            TEXT_GROUP_OVERHEAD,
+        )?);
     }
     if img.is_empty() || txt.is_empty() {
         return Err(Error::invalid(

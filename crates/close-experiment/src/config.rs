@@ -34,6 +34,16 @@ pub struct TaskSettings {
     /// Architecture of this task's from-scratch T5 (None: the experiment's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub t5_config: Option<T5Config>,
+    /// Adapter rows of this task, from the experiment's `adapters` (None: all of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapters: Option<Vec<AdapterKind>>,
+}
+
+impl TaskSettings {
+    /// The adapter rows this task runs.
+    pub fn adapter_rows<'a>(&'a self, all: &'a [AdapterKind]) -> &'a [AdapterKind] {
+        self.adapters.as_deref().unwrap_or(all)
+    }
 }
 
 /// Everything an experiment does, resolved.
@@ -104,6 +114,7 @@ impl ExperimentConfig {
                         base.max_val_examples
                     },
                     t5_config: None,
+                    adapters: None,
                 };
                 (task, s)
             })
@@ -157,6 +168,16 @@ impl ExperimentConfig {
             let key = |k: &str| format!("tasks.{task}.{k}");
             if s.sweep.iter().any(|w| !(w.is_finite() && *w >= 0.0)) {
                 return Err(Error::config(key("sweep"), "noise values must be ≥ 0"));
+            }
+            if let Some(bad) = s
+                .adapter_rows(&self.adapters)
+                .iter()
+                .find(|k| !self.adapters.contains(k))
+            {
+                return Err(Error::config(
+                    key("adapters"),
+                    format!("{bad} is not among the experiment's adapters (add it there)"),
+                ));
             }
             self.train_config(*task, s)
                 .validate()
@@ -232,9 +253,17 @@ mod tests {
         bad.tasks.get_mut(&Task::Vqa).unwrap().epochs = 0;
         let e = bad.validate().unwrap_err().to_string();
         assert!(e.contains("tasks.vqa.epochs"), "{e}");
-        let mut bad = cfg;
+        let mut bad = cfg.clone();
         bad.adapters.push(AdapterKind::Noise);
         assert!(bad.validate().unwrap_err().to_string().contains("adapters"));
+        let mut some = cfg;
+        some.adapters = vec![AdapterKind::MeanShift];
+        some.tasks.get_mut(&Task::Ve).unwrap().adapters = Some(vec![AdapterKind::Linear]);
+        let e = some.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("tasks.ve.adapters") && e.contains("linear"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -89,7 +89,11 @@ pub fn plans(cfg: &ExperimentConfig, task: Task, with_upper: bool) -> Vec<Plan> 
             "text only, w = 0.08",
         ));
     }
-    for &kind in &cfg.adapters {
+    let adapters = match cfg.tasks.get(&task) {
+        Some(s) => s.adapter_rows(&cfg.adapters),
+        None => &cfg.adapters,
+    };
+    for &kind in adapters {
         let label = match kind {
             AdapterKind::MeanShift => "mean-shift + noise",
             AdapterKind::Cov => "cov (1% pairs) + noise",
@@ -210,6 +214,19 @@ mod tests {
                 (AdapterKind::Linear, 0.04)
             ]
         );
+        let mut only = c.clone();
+        only.tasks.get_mut(&Task::Vqa).unwrap().adapters = Some(vec![AdapterKind::Linear]);
+        only.tasks.get_mut(&Task::Ve).unwrap().adapters = Some(Vec::new());
+        let kinds = |t| -> Vec<AdapterKind> {
+            plans(&only, t, true)
+                .iter()
+                .filter(|p| p.adapter.needs_stats())
+                .map(|p| p.adapter)
+                .collect()
+        };
+        assert_eq!(kinds(Task::Vqa), vec![AdapterKind::Linear]);
+        assert!(kinds(Task::Ve).is_empty());
+        assert_eq!(kinds(Task::SCap).len(), 3);
         assert!(plans(&cfg(true), Task::SCap, true)
             .iter()
             .all(|p| !p.adapter.needs_stats()));

@@ -9,7 +9,7 @@ use super::language::{be, counted, indefinite, NUMBER_WORDS};
 use super::scene::{Color, Object, Relation, Scene, Shape, Size};
 
 /// The probe kinds, in report order.
-pub const PROBE_KINDS: [&str; 7] = [
+pub const PROBE_KINDS: [&str; 8] = [
     "colour of a lone object",
     "shape of a lone large object",
     "shape of a lone small object",
@@ -17,6 +17,7 @@ pub const PROBE_KINDS: [&str; 7] = [
     "colour binding of two objects",
     "relation of two objects",
     "count of a shape",
+    "existence of a colour and shape",
 ];
 
 /// One probe: candidate captions for an image; `answer` indexes the true one.
@@ -72,6 +73,7 @@ pub fn probes(scene: &Scene) -> Vec<Probe> {
         _ => Vec::new(),
     };
     out.extend(count_probe(scene));
+    out.extend(existence_probe(scene));
     out
 }
 
@@ -154,6 +156,42 @@ fn count_probe(scene: &Scene) -> Option<Probe> {
         scene,
         (1..=most).map(says).collect(),
         k - 1,
+    ))
+}
+
+/// For two or more objects, VQA's near-miss existence question as captions: the first
+/// object's colour and shape (`there is a red star.`) against the same colour with a shape
+/// that no object of that colour has, preferring another object's shape (so that the
+/// words of both are in the scene and only their binding tells them apart).
+fn existence_probe(scene: &Scene) -> Option<Probe> {
+    let [o, rest @ ..] = scene.objects.as_slice() else {
+        return None;
+    };
+    if rest.is_empty() {
+        return None;
+    }
+    let absent = |s: &Shape| {
+        !scene
+            .objects
+            .iter()
+            .any(|x| x.color == o.color && x.shape == *s)
+    };
+    let shape = rest
+        .iter()
+        .map(|x| x.shape)
+        .find(absent)
+        .or_else(|| Shape::ALL.into_iter().find(absent))?;
+    let says = |s: Shape| {
+        format!(
+            "there is {}.",
+            indefinite(&format!("{} {}", o.color.word(), s.word()))
+        )
+    };
+    Some(probe(
+        PROBE_KINDS[7],
+        scene,
+        vec![says(o.shape), says(shape)],
+        0,
     ))
 }
 
@@ -267,5 +305,39 @@ mod tests {
             }
         }
         assert!(relations > 20 && counts == 200, "{relations} {counts}");
+    }
+
+    #[test]
+    fn existence_probes_pit_a_present_pair_against_an_absent_one_of_the_same_colour() {
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        let (mut probed, mut binding) = (0, 0);
+        for _ in 0..200 {
+            let objs = sample_objects(&mut rng, 64, 1, 3);
+            let ps: Vec<Probe> = probes(&scene(objs.clone()))
+                .into_iter()
+                .filter(|p| p.kind == PROBE_KINDS[7])
+                .collect();
+            assert_eq!(ps.len(), usize::from(objs.len() > 1));
+            let Some(p) = ps.first() else { continue };
+            probed += 1;
+            let o = &objs[0];
+            let has = |text: &str| {
+                objs.iter().any(|x| {
+                    text == format!(
+                        "there is {}.",
+                        indefinite(&format!("{} {}", x.color.word(), x.shape.word()))
+                    )
+                })
+            };
+            assert_eq!(p.answer, 0);
+            assert!(has(&p.candidates[0]) && p.candidates[0].contains(o.color.word()));
+            assert!(!has(&p.candidates[1]) && p.candidates[1].contains(o.color.word()));
+            binding += usize::from(
+                objs[1..]
+                    .iter()
+                    .any(|x| p.candidates[1].ends_with(&format!(" {}.", x.shape.word()))),
+            );
+        }
+        assert!(probed > 50 && binding > probed / 2, "{probed} {binding}");
     }
 }

@@ -1,0 +1,110 @@
+//! Text batches of uneven length without paying for the padding.
+//!
+//! The text tower is causal and pooled at the end token, so a caption's vector depends only
+//! on its own tokens: rows can go through the tower in any grouping. Padding a batch to its
+//! longest row wastes the compute of every pad token (on the shapes world's captions about
+//! half the text tower's work). [`length_groups`] splits a batch into groups of similar
+//! length, each padded to its own longest row, trading padding against the fixed cost of
+//! another forward pass; [`crate::ClipModel::text_features_rows`] runs them and restores
+//! the input order.
+
+/// Groups of row indices (each sorted by length, ties by index) that minimise
+/// `Σ (rows in group × its longest row) + overhead_tokens × groups`.
+///
+/// `overhead_tokens` is the fixed cost of one more forward pass, in tokens. With `0`, rows
+/// of one length form one group and no group mixes lengths.
+pub fn length_groups(lens: &[usize], overhead_tokens: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| (lens[i], i));
+    let n = order.len();
+    // best[j]: least cost of the first j sorted rows; start[j]: where their last group starts.
+    let mut best = vec![0usize; n + 1];
+    let mut start = vec![0usize; n + 1];
+    for j in 1..=n {
+        let longest = lens[order[j - 1]];
+        best[j] = usize::MAX;
+        for i in 0..j {
+            // Groups never split a run of equal lengths: that could only add overhead.
+            if i > 0 && lens[order[i - 1]] == lens[order[i]] {
+                continue;
+            }
+            let cost = best[i] + (j - i) * longest + overhead_tokens;
+            if cost < best[j] {
+                best[j] = cost;
+                start[j] = i;
+            }
+        }
+    }
+    let mut groups = Vec::new();
+    let mut j = n;
+    while j > 0 {
+        groups.push(order[start[j]..j].to_vec());
+        j = start[j];
+    }
+    groups.reverse();
+    groups
+}
+
+/// The permutation that puts rows computed in `groups` order back in input order: entry `i`
+/// is the position of input row `i` among the concatenated groups.
+pub fn restore_order(groups: &[Vec<usize>]) -> Vec<u32> {
+    let n: usize = groups.iter().map(Vec::len).sum();
+    let mut at = vec![0u32; n];
+    for (pos, &i) in groups.iter().flatten().enumerate() {
+        at[i] = pos as u32;
+    }
+    at
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn padded_tokens(lens: &[usize], groups: &[Vec<usize>]) -> usize {
+        groups
+            .iter()
+            .map(|g| g.len() * g.iter().map(|&i| lens[i]).max().unwrap())
+            .sum()
+    }
+
+    #[test]
+    fn without_overhead_each_length_is_one_group() {
+        let lens = [5, 3, 5, 7, 3, 3];
+        let g = length_groups(&lens, 0);
+        assert_eq!(g, vec![vec![1, 4, 5], vec![0, 2], vec![3]]);
+        assert_eq!(padded_tokens(&lens, &g), lens.iter().sum::<usize>());
+    }
+
+    #[test]
+    fn overhead_merges_groups_and_every_row_appears_once() {
+        let lens = [12, 4, 30, 5, 11, 29, 6, 13, 4, 31];
+        let one = length_groups(&lens, 10_000);
+        assert_eq!(one.len(), 1);
+        let some = length_groups(&lens, 20);
+        assert!(some.len() > 1 && some.len() < lens.len(), "{some:?}");
+        assert!(padded_tokens(&lens, &some) < padded_tokens(&lens, &one));
+        let mut all: Vec<usize> = some.iter().flatten().copied().collect();
+        all.sort();
+        assert_eq!(all, (0..lens.len()).collect::<Vec<_>>());
+        // The grouping is optimal: no single split or merge of adjacent groups costs less.
+        let cost = |g: &[Vec<usize>]| padded_tokens(&lens, g) + 20 * g.len();
+        for k in 0..some.len() - 1 {
+            let mut merged = some.clone();
+            let next = merged.remove(k + 1);
+            merged[k].extend(next);
+            assert!(cost(&merged) >= cost(&some));
+        }
+    }
+
+    #[test]
+    fn restore_order_inverts_the_grouping() {
+        let lens = [9, 2, 7, 2, 9];
+        let g = length_groups(&lens, 0);
+        let flat: Vec<usize> = g.iter().flatten().copied().collect();
+        let at = restore_order(&g);
+        for (i, &p) in at.iter().enumerate() {
+            assert_eq!(flat[p as usize], i);
+        }
+        assert!(length_groups(&[], 5).is_empty());
+    }
+}
