@@ -317,6 +317,26 @@ fn linear_grads(
     ))
 }
 
+/// Sum over the rows of `g [M, N]` (a bias's gradient): one pass over the rows in memory
+/// order, where candle's `sum(0)` reduces along the strided dimension (a tenth of a CLIP
+/// training step, docs/performance.md).
+fn column_sums(g: &Tensor) -> candle_core::Result<Tensor> {
+    if !use_fused(&[g]) {
+        return g.sum(0);
+    }
+    let n = g.dim(1)?;
+    let sums = with_data(g, |gs| {
+        let mut acc = vec![0f32; n];
+        for row in gs.chunks_exact(n) {
+            for (a, v) in acc.iter_mut().zip(row) {
+                *a += v;
+            }
+        }
+        Ok(acc)
+    })?;
+    Tensor::from_vec(sums, n, g.device())
+}
+
 /// `y = x wᵀ + b` for `x [M, K]`, `w [N, K]`, `b [N]`: the bias is written into the output
 /// first and the matmul accumulates onto it (one pass less than matmul + broadcast add).
 struct LinearBias;
@@ -371,7 +391,7 @@ impl CustomOp3 for LinearBias {
         g: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dw, g) = linear_grads(x, w, g)?;
-        Ok((Some(dx), Some(dw), Some(g.sum(0)?)))
+        Ok((Some(dx), Some(dw), Some(column_sums(&g)?)))
     }
 }
 
