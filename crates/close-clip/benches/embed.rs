@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -17,26 +16,6 @@ use close_clip::model::ClipVisionTransformer;
 use close_clip::ClipConfig;
 
 const THREADS: usize = 2;
-
-/// Images per second over `seconds` (at least 3 calls) after 2 warm-up calls; one call
-/// and no warm-up in a smoke run.
-fn measure(seconds: f64, batch: usize, mut f: impl FnMut()) -> f64 {
-    if close_core::bench::smoke() {
-        let start = Instant::now();
-        f();
-        return batch as f64 / start.elapsed().as_secs_f64();
-    }
-    for _ in 0..2 {
-        f();
-    }
-    let start = Instant::now();
-    let mut n = 0;
-    while start.elapsed() < Duration::from_secs_f64(seconds) || n < 3 {
-        f();
-        n += 1;
-    }
-    (n * batch) as f64 / start.elapsed().as_secs_f64()
-}
 
 const PY: &str = r#"
 import json, sys, time, torch
@@ -100,10 +79,7 @@ fn main() -> close_core::Result<()> {
     // Must be set before candle / rayon start their pools.
     std::env::set_var("RAYON_NUM_THREADS", THREADS.to_string());
     std::env::set_var("CANDLE_NUM_THREADS", THREADS.to_string());
-    let seconds: f64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4.0);
+    let seconds = close_core::bench::seconds();
     println!("{}", close_core::bench::CpuInfo::detect());
     let dev = Device::Cpu;
     let cfg = ClipConfig::vit_b32();
@@ -141,7 +117,7 @@ fn main() -> close_core::Result<()> {
     println!("|---|---|---|---|");
     for batch in [1usize, 32] {
         let px = Tensor::randn(0f32, 1., (batch, 3, 224, 224), &dev)?;
-        let rate = measure(seconds, batch, || {
+        let rate = close_core::bench::rate(seconds, batch, || {
             let e = vision
                 .forward(&px)
                 .and_then(|h| Ok(proj.forward(&h)?))

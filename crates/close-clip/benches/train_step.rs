@@ -10,7 +10,6 @@
 //! default 4; `CLOSE_BENCH_SMOKE=1` runs each case once, without PyTorch).
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -23,26 +22,6 @@ const IMAGES: usize = 32;
 /// Token lengths (with start and end tokens) cycled over the 64 text rows: the world's
 /// captions run from 6 to 35 tokens (cut at the model's 32 positions), 14.4 on average.
 const LENGTHS: [usize; 16] = [8, 10, 12, 14, 16, 9, 11, 13, 22, 32, 7, 18, 12, 10, 27, 15];
-
-/// Steps per second over `seconds` (at least 3 steps) after 2 warm-up steps; one step and
-/// no warm-up in a smoke run.
-fn measure(seconds: f64, mut f: impl FnMut()) -> f64 {
-    if close_core::bench::smoke() {
-        let start = Instant::now();
-        f();
-        return 1.0 / start.elapsed().as_secs_f64();
-    }
-    for _ in 0..2 {
-        f();
-    }
-    let start = Instant::now();
-    let mut n = 0;
-    while start.elapsed() < Duration::from_secs_f64(seconds) || n < 3 {
-        f();
-        n += 1;
-    }
-    n as f64 / start.elapsed().as_secs_f64()
-}
 
 const PY: &str = r#"
 import json, sys, time, torch
@@ -131,10 +110,7 @@ fn main() -> close_core::Result<()> {
     // Must be set before candle / rayon start their pools.
     std::env::set_var("RAYON_NUM_THREADS", THREADS.to_string());
     std::env::set_var("CANDLE_NUM_THREADS", THREADS.to_string());
-    let seconds: f64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4.0);
+    let seconds = close_core::bench::seconds();
     println!("{}", close_core::bench::CpuInfo::detect());
     let dev = Device::Cpu;
     let mut cfg = ClipConfig::shapes();
@@ -143,16 +119,8 @@ fn main() -> close_core::Result<()> {
     let model = ClipModel::new(VarBuilder::from_varmap(&vm, DType::F32, &dev), &cfg)?;
     let px = Tensor::randn(0f32, 1., (IMAGES, 3, 63, 63), &dev)?;
     let rows = text_rows();
-    let longest = rows.iter().map(Vec::len).max().unwrap_or(1);
-    let padded: Vec<u32> = rows
-        .iter()
-        .flat_map(|r| {
-            r.iter()
-                .copied()
-                .chain(std::iter::repeat_n(0, longest - r.len()))
-        })
-        .collect();
-    let ids = Tensor::from_vec(padded, (rows.len(), longest), &dev)?;
+    let slices: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
+    let ids = close_clip::ragged::pad_rows(&slices, 0, &dev)?;
     let step = |grouped: bool| -> close_core::Result<()> {
         let (logits, _, _) = if grouped {
             model.forward_rows(&px, &rows, 0, TEXT_GROUP_OVERHEAD)?
@@ -170,7 +138,7 @@ fn main() -> close_core::Result<()> {
     println!("|---|---|---|---|");
     for (name, grouped) in [("padded to the longest", false), ("length groups", true)] {
         step(grouped)?;
-        let rate = measure(seconds, || step(grouped).expect("a training step"));
+        let rate = close_core::bench::rate(seconds, 1, || step(grouped).expect("a training step"));
         match torch {
             Some(t) => println!("| {name} | {rate:.2} | {t:.2} | {:.2}× |", rate / t),
             None => println!("| {name} | {rate:.2} | – | – |"),

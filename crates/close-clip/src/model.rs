@@ -569,14 +569,8 @@ impl ClipModel {
         let parts = groups
             .iter()
             .map(|g| {
-                let len = g.iter().map(|&i| lens[i]).max().unwrap_or(0).max(1);
-                let mut data = Vec::with_capacity(g.len() * len);
-                for &i in g {
-                    data.extend_from_slice(&rows[i]);
-                    data.extend(std::iter::repeat_n(pad_id, len - rows[i].len()));
-                }
-                let ids = Tensor::from_vec(data, (g.len(), len), dev)?;
-                self.text_features(&ids)
+                let group: Vec<&[u32]> = g.iter().map(|&i| rows[i].as_slice()).collect();
+                self.text_features(&ragged::pad_rows(&group, pad_id, dev)?)
             })
             .collect::<Result<Vec<_>>>()?;
         if parts.is_empty() {
@@ -740,16 +734,8 @@ mod tests {
     }
 
     fn padded(rows: &[Vec<u32>]) -> Result<Tensor> {
-        let len = rows.iter().map(Vec::len).max().unwrap();
-        let data: Vec<u32> = rows
-            .iter()
-            .flat_map(|r| {
-                r.iter()
-                    .copied()
-                    .chain(std::iter::repeat_n(0, len - r.len()))
-            })
-            .collect();
-        Ok(Tensor::from_vec(data, (rows.len(), len), &Device::Cpu)?)
+        let rows: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
+        ragged::pad_rows(&rows, 0, &Device::Cpu)
     }
 
     #[test]

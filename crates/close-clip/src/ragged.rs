@@ -8,6 +8,20 @@
 //! another forward pass; [`crate::ClipModel::text_features_rows`] runs them and restores
 //! the input order.
 
+use candle_core::{Device, Tensor};
+
+/// Right-pad rows of token ids with `pad_id` into one `[rows, longest]` u32 tensor (at
+/// least one column).
+pub fn pad_rows(rows: &[&[u32]], pad_id: u32, device: &Device) -> close_core::Result<Tensor> {
+    let len = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
+    let mut data = Vec::with_capacity(rows.len() * len);
+    for r in rows {
+        data.extend_from_slice(r);
+        data.extend(std::iter::repeat_n(pad_id, len - r.len()));
+    }
+    Ok(Tensor::from_vec(data, (rows.len(), len), device)?)
+}
+
 /// Groups of row indices (each sorted by length, ties by index) that minimise
 /// `Σ (rows in group × its longest row) + overhead_tokens × groups`.
 ///

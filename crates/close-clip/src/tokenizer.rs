@@ -125,13 +125,8 @@ impl ClipTokenizer {
 
     /// Right-pad encoded rows into `[batch, seq]`.
     pub fn pad(&self, rows: &[Vec<u32>], device: &Device) -> Result<Tensor> {
-        let len = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
-        let mut data = Vec::with_capacity(rows.len() * len);
-        for r in rows {
-            data.extend_from_slice(r);
-            data.extend(std::iter::repeat_n(self.pad_id, len - r.len()));
-        }
-        Ok(Tensor::from_vec(data, (rows.len(), len), device)?)
+        let rows: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
+        crate::ragged::pad_rows(&rows, self.pad_id, device)
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! - `CLOSE_BENCH_SMOKE=1`: one short run of every case, without PyTorch (CI uses it so
 //!   that the benches keep compiling and running);
+//! - `BENCH_SECONDS`: how long each timed case runs ([`seconds`], [`rate`]);
 //! - `CLOSE_PYTHON`: the Python that runs the PyTorch side (default
 //!   `/work/venv/bin/python`).
 
@@ -21,6 +22,35 @@ pub fn python() -> Option<String> {
         return None;
     }
     Some(std::env::var("CLOSE_PYTHON").unwrap_or_else(|_| "/work/venv/bin/python".into()))
+}
+
+/// Seconds each case runs for: `BENCH_SECONDS`, default 4.
+pub fn seconds() -> f64 {
+    std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4.0)
+}
+
+/// Items per second of `f`, which handles `items` per call: over `seconds` (at least 3
+/// calls) after 2 warm-up calls; one call and no warm-up in a smoke run.
+pub fn rate(seconds: f64, items: usize, mut f: impl FnMut()) -> f64 {
+    use std::time::{Duration, Instant};
+    if smoke() {
+        let start = Instant::now();
+        f();
+        return items as f64 / start.elapsed().as_secs_f64();
+    }
+    for _ in 0..2 {
+        f();
+    }
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed() < Duration::from_secs_f64(seconds) || n < 3 {
+        f();
+        n += 1;
+    }
+    (n * items) as f64 / start.elapsed().as_secs_f64()
 }
 
 /// The CPU a bench ran on and the kernels it chose.
