@@ -196,7 +196,7 @@ impl Default for WorldConfig {
             test_fraction: 0.1,
             captions_per_image: 5,
             style_captions_per_image: 5,
-            extra_questions_per_image: 3,
+            extra_questions_per_image: 5,
             hypotheses_per_label: 1,
         }
     }

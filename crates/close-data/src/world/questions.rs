@@ -88,9 +88,10 @@ fn ask(question: String, answer: String, qt: &'static str, at: &'static str) -> 
     }
 }
 
-/// Questions of one image: an existence pair (one yes, one no), a relation pair (one yes, one
-/// no) when two objects can be named, then up to `extra` of colour / shape / size / count /
-/// position questions of distinct types. Only questions the captions decide are kept.
+/// Questions of one image: one existence question (`yes` or `no` at even odds), one relation
+/// question (likewise) when two objects can be named, then up to `extra` of colour / shape /
+/// size / count / position questions of distinct types. Only questions the captions decide
+/// are kept.
 pub fn questions(
     scene: &Scene,
     caps: &[Caption],
@@ -98,36 +99,50 @@ pub fn questions(
     rng: &mut impl Rng,
 ) -> Vec<Question> {
     let all = Facts::union(scene.objects.len(), caps.iter().map(|c| &c.facts));
-    let mut cands = existence_pair(scene, rng);
-    cands.extend(relation_pair(scene, &all, rng));
+    let mut cands = existence_question(scene, rng);
+    cands.extend(relation_question(scene, &all, rng));
     let mut others = other_candidates(scene, &all, rng);
     others.shuffle(rng);
     cands.extend(others.into_iter().take(extra));
     keep_decided(scene, caps, &all, cands)
 }
 
-/// Existence questions at one granularity: `is there a red circle?` about a present object
-/// (yes), and, when one is found within 30 tries, a near miss with one attribute changed
-/// so that nothing matches (no).
-fn existence_pair(scene: &Scene, rng: &mut impl Rng) -> Vec<Candidate> {
+/// An existence question at one granularity: `is there a red circle?` about a present object
+/// (yes) or, at even odds, a near miss with one attribute changed so that nothing matches
+/// (no; yes when no near miss is found within 30 tries).
+fn existence_question(scene: &Scene, rng: &mut impl Rng) -> Vec<Candidate> {
     let objs = &scene.objects;
     let n = objs.len();
-    let mut cands = Vec::new();
     let gran = [Ref::SHAPE, Ref::COLOR_SHAPE, Ref::COLOR_SHAPE, Ref::FULL][rng.random_range(0..4)];
+    let want_no = rng.random_bool(0.5);
     let o = objs[rng.random_range(0..n)].clone();
-    let w = gran.words(&o, false, false, rng);
-    cands.push((
+    let x = if want_no {
+        near_miss(scene, gran, rng)
+    } else {
+        None
+    };
+    let (x, present) = match x {
+        Some(x) => (x, false),
+        None => (o, true),
+    };
+    let w = gran.words(&x, false, false, rng);
+    vec![(
         ask(
             format!("is there {}?", indefinite(&w)),
-            yes_no(true),
+            yes_no(present),
             "exists",
             "yes/no",
         ),
-        Need::Exists(o, gran, true),
-    ));
-    // a near miss: change one attribute of a present object so that nothing matches
+        Need::Exists(x, gran, present),
+    )]
+}
+
+/// A present object with one attribute changed so that nothing in the scene matches at
+/// granularity `gran` (`None` when 30 tries find none).
+fn near_miss(scene: &Scene, gran: Ref, rng: &mut impl Rng) -> Option<Object> {
+    let objs = &scene.objects;
     for _ in 0..30 {
-        let mut x = objs[rng.random_range(0..n)].clone();
+        let mut x = objs[rng.random_range(0..objs.len())].clone();
         match rng.random_range(0..3) {
             0 if gran.color => x.color = Color::ALL[rng.random_range(0..8)],
             1 if gran.size => {
@@ -140,25 +155,15 @@ fn existence_pair(scene: &Scene, rng: &mut impl Rng) -> Vec<Candidate> {
             _ => x.shape = Shape::ALL[rng.random_range(0..6)],
         }
         if count_matching(scene, &x, gran) == 0 {
-            let w = gran.words(&x, false, false, rng);
-            cands.push((
-                ask(
-                    format!("is there {}?", indefinite(&w)),
-                    yes_no(false),
-                    "exists",
-                    "yes/no",
-                ),
-                Need::Exists(x, gran, false),
-            ));
-            break;
+            return Some(x);
         }
     }
-    cands
+    None
 }
 
-/// A relation pair about two nameable objects whose relative position the captions decide:
-/// one true and one false relation (empty when no such pair exists).
-fn relation_pair(scene: &Scene, all: &Facts, rng: &mut impl Rng) -> Vec<Candidate> {
+/// A relation question about two nameable objects whose relative position the captions
+/// decide: a true or, at even odds, a false relation (empty when no such pair exists).
+fn relation_question(scene: &Scene, all: &Facts, rng: &mut impl Rng) -> Vec<Candidate> {
     let objs = &scene.objects;
     let n = objs.len();
     let names: Vec<Option<Ref>> = (0..n)
@@ -200,18 +205,21 @@ fn relation_pair(scene: &Scene, all: &Facts, rng: &mut impl Rng) -> Vec<Candidat
         .copied()
         .filter(|r| !r.holds(&objs[a], &objs[b]))
         .collect();
-    if let (Some(&t), Some(&f)) = (truths.choose(rng), falses.choose(rng)) {
-        for r in [t, f] {
-            cands.push((
-                ask(
-                    format!("is the {wa} {} the {wb}?", r.phrase()),
-                    yes_no(r.holds(&objs[a], &objs[b])),
-                    "relation",
-                    "yes/no",
-                ),
-                Need::Relation(a, r, b),
-            ));
-        }
+    let pick = if rng.random_bool(0.5) {
+        &falses
+    } else {
+        &truths
+    };
+    if let Some(&r) = pick.choose(rng) {
+        cands.push((
+            ask(
+                format!("is the {wa} {} the {wb}?", r.phrase()),
+                yes_no(r.holds(&objs[a], &objs[b])),
+                "relation",
+                "yes/no",
+            ),
+            Need::Relation(a, r, b),
+        ));
     }
     cands
 }
