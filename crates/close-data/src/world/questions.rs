@@ -99,7 +99,7 @@ pub fn questions(
     rng: &mut impl Rng,
 ) -> Vec<Question> {
     let all = Facts::union(scene.objects.len(), caps.iter().map(|c| &c.facts));
-    let mut cands = existence_question(scene, rng);
+    let mut cands = vec![existence_question(scene, rng)];
     cands.extend(relation_question(scene, &all, rng));
     let mut others = other_candidates(scene, &all, rng);
     others.shuffle(rng);
@@ -110,7 +110,7 @@ pub fn questions(
 /// An existence question at one granularity: `is there a red circle?` about a present object
 /// (yes) or, at even odds, a near miss with one attribute changed so that nothing matches
 /// (no; yes when no near miss is found within 30 tries).
-fn existence_question(scene: &Scene, rng: &mut impl Rng) -> Vec<Candidate> {
+fn existence_question(scene: &Scene, rng: &mut impl Rng) -> Candidate {
     let objs = &scene.objects;
     let n = objs.len();
     let gran = [Ref::SHAPE, Ref::COLOR_SHAPE, Ref::COLOR_SHAPE, Ref::FULL][rng.random_range(0..4)];
@@ -126,7 +126,7 @@ fn existence_question(scene: &Scene, rng: &mut impl Rng) -> Vec<Candidate> {
         None => (o, true),
     };
     let w = gran.words(&x, false, false, rng);
-    vec![(
+    (
         ask(
             format!("is there {}?", indefinite(&w)),
             yes_no(present),
@@ -134,7 +134,7 @@ fn existence_question(scene: &Scene, rng: &mut impl Rng) -> Vec<Candidate> {
             "yes/no",
         ),
         Need::Exists(x, gran, present),
-    )]
+    )
 }
 
 /// A present object with one attribute changed so that nothing in the scene matches at
@@ -161,67 +161,50 @@ fn near_miss(scene: &Scene, gran: Ref, rng: &mut impl Rng) -> Option<Object> {
     None
 }
 
-/// A relation question about two nameable objects whose relative position the captions
-/// decide: a true or, at even odds, a false relation (empty when no such pair exists).
-fn relation_question(scene: &Scene, all: &Facts, rng: &mut impl Rng) -> Vec<Candidate> {
-    let objs = &scene.objects;
-    let n = objs.len();
-    let names: Vec<Option<Ref>> = (0..n)
-        .map(|i| {
-            unique_ref(
-                scene,
-                i,
-                &[Ref::SHAPE, Ref::COLOR_SHAPE, Ref::SIZE_SHAPE, Ref::FULL],
-            )
-        })
-        .collect();
-    let mut pairs: Vec<(usize, usize)> = Vec::new();
+/// Ordered pairs of distinct objects that can both be named and whose relative position the
+/// captions decide, with the names.
+fn relation_pairs(scene: &Scene, all: &Facts) -> Vec<(usize, usize, Ref, Ref)> {
+    let n = scene.objects.len();
+    let refs = [Ref::SHAPE, Ref::COLOR_SHAPE, Ref::SIZE_SHAPE, Ref::FULL];
+    let names: Vec<Option<Ref>> = (0..n).map(|i| unique_ref(scene, i, &refs)).collect();
+    let mut pairs = Vec::new();
     for a in 0..n {
         for b in 0..n {
-            if a != b
-                && names[a].is_some()
-                && names[b].is_some()
-                && all.decides_relation(a, Relation::Above, b)
-                && all.decides_relation(a, Relation::LeftOf, b)
-            {
-                pairs.push((a, b));
+            if let (true, Some(ra), Some(rb)) = (a != b, names[a], names[b]) {
+                if all.decides_relation(a, Relation::Above, b)
+                    && all.decides_relation(a, Relation::LeftOf, b)
+                {
+                    pairs.push((a, b, ra, rb));
+                }
             }
         }
     }
-    let mut cands = Vec::new();
-    let Some(&(a, b)) = pairs.choose(rng) else {
-        return cands;
-    };
-    let (ra, rb) = (names[a].unwrap_or(Ref::FULL), names[b].unwrap_or(Ref::FULL));
+    pairs
+}
+
+/// A relation question about two nameable objects whose relative position the captions
+/// decide: a true or, at even odds, a false relation (`None` when no such pair exists).
+fn relation_question(scene: &Scene, all: &Facts, rng: &mut impl Rng) -> Option<Candidate> {
+    let objs = &scene.objects;
+    let &(a, b, ra, rb) = relation_pairs(scene, all).choose(rng)?;
     let wa = ra.words(&objs[a], false, false, rng);
     let wb = rb.words(&objs[b], false, false, rng);
-    let truths: Vec<Relation> = Relation::ALL
+    let want = !rng.random_bool(0.5);
+    let fits: Vec<Relation> = Relation::ALL
         .iter()
         .copied()
-        .filter(|r| r.holds(&objs[a], &objs[b]))
+        .filter(|r| r.holds(&objs[a], &objs[b]) == want)
         .collect();
-    let falses: Vec<Relation> = Relation::ALL
-        .iter()
-        .copied()
-        .filter(|r| !r.holds(&objs[a], &objs[b]))
-        .collect();
-    let pick = if rng.random_bool(0.5) {
-        &falses
-    } else {
-        &truths
-    };
-    if let Some(&r) = pick.choose(rng) {
-        cands.push((
-            ask(
-                format!("is the {wa} {} the {wb}?", r.phrase()),
-                yes_no(r.holds(&objs[a], &objs[b])),
-                "relation",
-                "yes/no",
-            ),
-            Need::Relation(a, r, b),
-        ));
-    }
-    cands
+    let &r = fits.choose(rng)?;
+    Some((
+        ask(
+            format!("is the {wa} {} the {wb}?", r.phrase()),
+            yes_no(want),
+            "relation",
+            "yes/no",
+        ),
+        Need::Relation(a, r, b),
+    ))
 }
 
 /// One candidate each of colour, shape, size, count and position (those the scene allows),
