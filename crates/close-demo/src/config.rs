@@ -56,8 +56,8 @@ fn vqa_t5(base: &T5Init) -> Option<T5Config> {
 /// from-scratch T5 (which give the batch, warmup, adapter rows and two jobs).
 /// Measured on the shapes world (docs/demo.md): every run's val metric still rose in its
 /// last epoch at fewer epochs, and VQA learns to read the image slowest; explaining VQA-E
-/// answers is near its best after 6 epochs. News needs more examples than captioning (its
-/// upper bound's val CIDEr rose until 16,000) and is flat after 6 epochs of 4,000.
+/// answers is near its best after 6 epochs. News learns to copy names from the article
+/// slowly: it needs more examples an epoch than captioning (docs/demo/NOTES.md).
 fn tune_for_the_world(task: Task, s: &mut TaskSettings, quick: bool) {
     let (epochs, max_examples, max_val) = match (quick, task) {
         (true, Task::Vqa | Task::EvqaExplain | Task::Ve) => (1, 1200, 300),
