@@ -177,8 +177,8 @@ pub struct WorldConfig {
     pub test_fraction: f64,
     pub captions_per_image: usize,
     pub style_captions_per_image: usize,
-    /// Colour / shape / size / count / position questions per image, on top of the
-    /// existence pair and the relation pair.
+    /// Colour / shape / size / count / position questions per image (at most one of each),
+    /// on top of one existence and one relation question.
     pub extra_questions_per_image: usize,
     /// SNLI-VE hypotheses per label per image.
     pub hypotheses_per_label: usize,

@@ -208,7 +208,7 @@ fn relation_question(scene: &Scene, all: &Facts, rng: &mut impl Rng) -> Option<C
 }
 
 /// One candidate each of colour, shape, size, count and position (those the scene allows),
-/// in that order; the caller shuffles them and keeps a few.
+/// in that order; the caller shuffles them and keeps up to its `extra`.
 fn other_candidates(scene: &Scene, all: &Facts, rng: &mut impl Rng) -> Vec<Candidate> {
     let mut idx: Vec<usize> = (0..scene.objects.len()).collect();
     let mut others = Vec::new();
