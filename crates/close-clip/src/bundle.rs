@@ -138,6 +138,16 @@ pub fn save_model(
 /// length ([`crate::ragged`]) instead of all padded to the longest.
 pub const TEXT_GROUP_OVERHEAD: usize = 32;
 
+/// Rows per call of the text tower when embedding for a cache
+/// ([`Clip::embed_texts_exact`]). Part of what a cached vector is a function of: changing it
+/// changes the vectors' last bits.
+pub const TEXT_CALL_ROWS: usize = 32;
+
+/// Images per call of the vision tower when embedding for a cache
+/// ([`Clip::embed_images_exact`]); like [`TEXT_CALL_ROWS`], part of what a cached vector is
+/// a function of.
+pub const IMAGE_CALL_ROWS: usize = 32;
+
 /// Model + image processor + tokenizer of one model dir.
 pub struct Clip {
     pub model: ClipModel,
@@ -208,6 +218,13 @@ impl Clip {
         self.model.image_features(&px)
     }
 
+    /// [`Self::embed_images`] such that each image's vector depends on that image only, bit
+    /// for bit, not on the batch it came in ([`ClipModel::image_features_exact`]).
+    pub fn embed_images_exact(&self, imgs: &[image::RgbImage]) -> Result<Tensor> {
+        let px = self.processor.batch(imgs, self.device())?;
+        self.model.image_features_exact(&px, IMAGE_CALL_ROWS)
+    }
+
     /// Unit image embeddings for image files (errors name the file).
     pub fn embed_image_files<P: AsRef<Path>>(&self, paths: &[P]) -> Result<Tensor> {
         let imgs = paths.iter().map(load_image).collect::<Result<Vec<_>>>()?;
@@ -219,6 +236,19 @@ impl Clip {
         let rows = self.tokenizer.encode_rows(texts)?;
         self.model
             .text_features_rows(&rows, self.tokenizer.pad_id(), TEXT_GROUP_OVERHEAD)
+    }
+
+    /// Unit text embeddings `[n, projection_dim]` in which each text's vector depends on
+    /// that text only, bit for bit, whatever else is embedded with it
+    /// ([`ClipModel::text_features_exact`]). Embedding caches use this, so a cache built in
+    /// several passes, or a run that embeds only some tasks' texts, holds the same vectors.
+    pub fn embed_texts_exact<S: AsRef<str>>(&self, texts: &[S]) -> Result<Tensor> {
+        self.embed_token_rows_exact(&self.tokenizer.encode_rows(texts)?)
+    }
+
+    /// [`Self::embed_texts_exact`] of texts this bundle's tokenizer has already encoded.
+    pub fn embed_token_rows_exact(&self, rows: &[Vec<u32>]) -> Result<Tensor> {
+        self.model.text_features_exact(rows, TEXT_CALL_ROWS)
     }
 
     /// Cosine similarity of one image file with each text.

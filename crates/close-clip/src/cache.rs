@@ -491,6 +491,8 @@ fn dedup<T: Clone>(items: &[(String, T)]) -> Vec<(String, T)> {
 }
 
 /// Embed images `(key, path)` into the cache at `dir` with `clip`, `batch` images at a time.
+/// An image's vector depends on the image alone ([`Clip::embed_images_exact`]), not on the
+/// batch.
 pub fn embed_images(
     clip: &Clip,
     items: &[(String, PathBuf)],
@@ -547,7 +549,7 @@ pub fn embed_images_part(
             }
         }
         if !imgs.is_empty() {
-            let emb = clip.embed_images(&imgs)?.to_vec2::<f32>()?;
+            let emb = clip.embed_images_exact(&imgs)?.to_vec2::<f32>()?;
             let named = ok.iter().map(|(k, _)| (k.as_str(), format!("image {k}")));
             check_rows(clip, named, &emb)?;
             for ((k, fp), row) in ok.into_iter().zip(emb) {
@@ -576,7 +578,9 @@ pub fn embed_images_part(
     })
 }
 
-/// Embed texts `(key, text)` into the cache at `dir` with `clip`, `batch` texts at a time.
+/// Embed texts `(key, text)` into the cache at `dir` with `clip`, `batch` texts at a time
+/// (shortest first). A text's vector depends on the text alone ([`Clip::embed_texts_exact`]),
+/// not on the batch or on what else is embedded.
 /// Empty texts are skipped and reported.
 pub fn embed_texts(
     clip: &Clip,
@@ -586,6 +590,30 @@ pub fn embed_texts(
     progress: &dyn Progress,
 ) -> Result<EmbedReport> {
     embed_texts_part(clip, items, dir, batch, Shard::WHOLE, progress)
+}
+
+/// A text still to embed, tokenized.
+#[derive(Clone)]
+struct TextTodo {
+    key: String,
+    text: String,
+    fp: String,
+    ids: Vec<u32>,
+}
+
+impl TextTodo {
+    fn new(clip: &Clip, key: &str, text: &str, fp: String) -> Result<Self> {
+        let ids = clip
+            .tokenizer
+            .encode(text)
+            .map_err(|e| Error::invalid(format!("text {key:?}: {e}")))?;
+        Ok(Self {
+            key: key.to_string(),
+            text: text.to_string(),
+            fp,
+            ids,
+        })
+    }
 }
 
 /// [`embed_texts`] of one [`Shard`] of the batches.
@@ -618,21 +646,24 @@ pub fn embed_texts_part(
         let fp = text_fingerprint(t);
         match cache.pos.get(k) {
             Some(&i) if cache.fingerprints[i] == fp => reused += 1,
-            _ => todo.push((k.clone(), t.clone(), fp)),
+            _ => todo.push(TextTodo::new(clip, k, t, fp)?),
         }
     }
+    // Shortest first: consecutive texts then share a token count, so the text tower's calls
+    // of one length need few filler rows.
+    todo.sort_by_key(|x| x.ids.len());
     let todo = shard.select(&todo, batch);
     let mut new = Vec::new();
     progress.start("embed texts", todo.len() as u64);
     for chunk in todo.chunks(batch) {
-        let texts: Vec<&str> = chunk.iter().map(|(_, t, _)| t.as_str()).collect();
-        let emb = clip.embed_texts(&texts)?.to_vec2::<f32>()?;
+        let rows: Vec<Vec<u32>> = chunk.iter().map(|x| x.ids.clone()).collect();
+        let emb = clip.embed_token_rows_exact(&rows)?.to_vec2::<f32>()?;
         let named = chunk
             .iter()
-            .map(|(k, t, _)| (k.as_str(), format!("text {t:?}")));
+            .map(|x| (x.key.as_str(), format!("text {:?}", x.text)));
         check_rows(clip, named, &emb)?;
-        for ((k, _, fp), row) in chunk.iter().zip(emb) {
-            new.push((k.clone(), fp.clone(), row));
+        for (x, row) in chunk.iter().zip(emb) {
+            new.push((x.key.clone(), x.fp.clone(), row));
         }
         close_core::pace::step();
         progress.inc(chunk.len() as u64);

@@ -549,6 +549,31 @@ impl ClipModel {
         l2_normalize(&self.get_image_features(pixels)?)
     }
 
+    /// [`Self::image_features`] in calls of exactly `per_call` images (the last one filled
+    /// with copies of its first image), so every call has one shape and an image's vector
+    /// does not depend, down to the last bit, on how many images came with it.
+    pub fn image_features_exact(&self, pixels: &Tensor, per_call: usize) -> Result<Tensor> {
+        let per_call = per_call.max(1);
+        let n = pixels.dim(0)?;
+        let mut parts = Vec::new();
+        for start in (0..n).step_by(per_call) {
+            let len = per_call.min(n - start);
+            let idx: Vec<u32> = (0..per_call)
+                .map(|i| (start + if i < len { i } else { 0 }) as u32)
+                .collect();
+            let call = pixels.index_select(&Tensor::new(idx.as_slice(), pixels.device())?, 0)?;
+            parts.push(self.image_features(&call)?.narrow(0, 0, len)?);
+        }
+        if parts.is_empty() {
+            return Ok(Tensor::zeros(
+                (0, self.cfg.projection_dim),
+                self.logit_scale.dtype(),
+                pixels.device(),
+            )?);
+        }
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
     /// Unit-normalised text embeddings `[b, projection_dim]`.
     pub fn text_features(&self, ids: &Tensor) -> Result<Tensor> {
         l2_normalize(&self.get_text_features(ids)?)
@@ -573,6 +598,36 @@ impl ClipModel {
                 self.text_features(&ragged::pad_rows(&group, pad_id, dev)?)
             })
             .collect::<Result<Vec<_>>>()?;
+        self.in_input_order(parts, &groups)
+    }
+
+    /// [`Self::text_features`] of token rows, each row's vector a function of its own tokens
+    /// only: rows of one length go through in calls of exactly `per_call` rows
+    /// ([`ragged::exact_length_calls`]; a short call is filled with copies of its first
+    /// row), so every call for a length has one shape and no row is padded. Which other
+    /// rows share the call, and where the row sits in it, change nothing, down to the last
+    /// bit; a cache built in several passes holds the same vectors as one built at once.
+    pub fn text_features_exact(&self, rows: &[Vec<u32>], per_call: usize) -> Result<Tensor> {
+        let per_call = per_call.max(1);
+        let lens: Vec<usize> = rows.iter().map(Vec::len).collect();
+        let calls = ragged::exact_length_calls(&lens, per_call);
+        let dev = self.device();
+        let parts = calls
+            .iter()
+            .map(|c| {
+                let mut call: Vec<&[u32]> = c.iter().map(|&i| rows[i].as_slice()).collect();
+                call.resize(per_call, call[0]);
+                let out = self.text_features(&ragged::pad_rows(&call, 0, dev)?)?;
+                Ok(out.narrow(0, 0, c.len())?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.in_input_order(parts, &calls)
+    }
+
+    /// Concatenate the outputs of `groups` (row indices) and put the rows back in input
+    /// order.
+    fn in_input_order(&self, parts: Vec<Tensor>, groups: &[Vec<usize>]) -> Result<Tensor> {
+        let dev = self.device();
         if parts.is_empty() {
             return Ok(Tensor::zeros(
                 (0, self.cfg.projection_dim),
@@ -581,7 +636,7 @@ impl ClipModel {
             )?);
         }
         let all = Tensor::cat(&parts, 0)?;
-        let at = ragged::restore_order(&groups);
+        let at = ragged::restore_order(groups);
         if at.iter().enumerate().all(|(i, &p)| p as usize == i) {
             return Ok(all);
         }
@@ -758,6 +813,31 @@ mod tests {
             assert!(grads.get(emb).is_some(), "overhead {overhead}");
         }
         assert_eq!(m.text_features_rows(&[], 0, 0)?.dims(), &[0, 16]);
+        Ok(())
+    }
+
+    #[test]
+    fn exact_text_rows_do_not_depend_on_their_companions() -> Result<()> {
+        let cfg = ClipConfig::tiny();
+        let vm = VarMap::new();
+        let m = ClipModel::new(VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu), &cfg)?;
+        let rows = token_rows();
+        let want = m.text_features(&padded(&rows)?)?.to_vec2::<f32>()?;
+        let all = m.text_features_exact(&rows, 3)?.to_vec2::<f32>()?;
+        for (g, w) in all.iter().zip(&want) {
+            for (a, b) in g.iter().zip(w) {
+                assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+            }
+        }
+        // Each row alone, and the rows in reverse order, give the same bits.
+        let mut rev = rows.clone();
+        rev.reverse();
+        let rev_out = m.text_features_exact(&rev, 3)?.to_vec2::<f32>()?;
+        for (i, row) in rows.iter().enumerate() {
+            let alone = m.text_features_exact(std::slice::from_ref(row), 3)?;
+            assert_eq!(alone.to_vec2::<f32>()?[0], all[i], "row {i} alone");
+            assert_eq!(rev_out[rows.len() - 1 - i], all[i], "row {i} reversed");
+        }
         Ok(())
     }
 

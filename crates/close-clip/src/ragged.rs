@@ -61,6 +61,26 @@ pub fn length_groups(lens: &[usize], overhead_tokens: usize) -> Vec<Vec<usize>> 
     groups
 }
 
+/// Calls in which every row has the same length: the rows of each length, in input order,
+/// cut into calls of at most `per_call` rows (lengths ascending).
+///
+/// Filled up to `per_call` rows, every call for one length has the same shape, so a row's
+/// result does not depend on which other rows it was computed with.
+pub fn exact_length_calls(lens: &[usize], per_call: usize) -> Vec<Vec<usize>> {
+    let mut by_len: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for (i, &l) in lens.iter().enumerate() {
+        by_len.entry(l).or_default().push(i);
+    }
+    by_len
+        .into_values()
+        .flat_map(|rows| {
+            rows.chunks(per_call.max(1))
+                .map(<[usize]>::to_vec)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// The permutation that puts rows computed in `groups` order back in input order: entry `i`
 /// is the position of input row `i` among the concatenated groups.
 pub fn restore_order(groups: &[Vec<usize>]) -> Vec<u32> {
@@ -120,6 +140,17 @@ mod tests {
         assert_eq!(g.iter().map(Vec::len).sum::<usize>(), lens.len());
         assert!(g.len() <= 30);
         assert_eq!(length_groups(&lens, 0).len(), 30);
+    }
+
+    #[test]
+    fn exact_length_calls_never_mix_lengths_or_exceed_the_call_size() {
+        let lens = [5, 3, 5, 7, 3, 3, 5, 5];
+        let calls = exact_length_calls(&lens, 2);
+        assert_eq!(
+            calls,
+            vec![vec![1, 4], vec![5], vec![0, 2], vec![6, 7], vec![3]]
+        );
+        assert!(exact_length_calls(&[], 4).is_empty());
     }
 
     #[test]

@@ -119,3 +119,70 @@ fn text_cache_keys_by_text_and_skips_empty() {
     let e = EmbeddingCache::open(&dir).unwrap_err().to_string();
     assert!(e.contains("index.json"), "{e}");
 }
+
+/// The vectors of `keys` in the cache at `dir`.
+fn vectors(dir: &std::path::Path, keys: &[String]) -> Vec<Vec<f32>> {
+    let c = EmbeddingCache::open(dir).unwrap();
+    keys.iter().map(|k| c.get(k).unwrap().to_vec()).collect()
+}
+
+#[test]
+fn a_texts_vector_does_not_depend_on_what_else_was_embedded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clip = Clip::load(common::fixtures().join("gelu"), &Device::Cpu).unwrap();
+    let texts: Vec<String> = (0..40)
+        .map(|i| {
+            let words = [
+                "a", "red", "cat", "on", "the", "big", "mat", "near", "blue", "dog",
+            ];
+            (0..1 + i % 7)
+                .map(|j| words[(i * 3 + j * 5) % words.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+                + &format!(" {i}")
+        })
+        .collect();
+    let items: Vec<(String, String)> = texts.iter().map(|t| (t.clone(), t.clone())).collect();
+    // At once, in batches of 64.
+    let once = tmp.path().join("once");
+    embed_texts(&clip, &items, &once, 64, &NoProgress).unwrap();
+    // In three passes of different sets and batch sizes, the last in reverse order.
+    let passes = tmp.path().join("passes");
+    embed_texts(&clip, &items[10..25], &passes, 4, &NoProgress).unwrap();
+    embed_texts(&clip, &items[..12], &passes, 7, &NoProgress).unwrap();
+    let rev: Vec<(String, String)> = items.iter().rev().cloned().collect();
+    let r = embed_texts(&clip, &rev, &passes, 3, &NoProgress).unwrap();
+    assert_eq!((r.computed, r.reused), (15, 25));
+    assert_eq!(vectors(&once, &texts), vectors(&passes, &texts));
+    // One text alone, outside any cache, gives the same bits.
+    let alone = clip.embed_texts_exact(&texts[17..18]).unwrap();
+    assert_eq!(
+        alone.to_vec2::<f32>().unwrap()[0],
+        vectors(&once, &texts)[17]
+    );
+}
+
+#[test]
+fn an_images_vector_does_not_depend_on_its_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clip = Clip::load(common::fixtures().join("quick"), &Device::Cpu).unwrap();
+    let dir = common::fixtures().join("images");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .collect();
+    files.sort();
+    let items: Vec<(String, PathBuf)> = files
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i.to_string(), p.clone()))
+        .collect();
+    let keys: Vec<String> = items.iter().map(|(k, _)| k.clone()).collect();
+    let once = tmp.path().join("once");
+    embed_images(&clip, &items, &once, 64, &NoProgress).unwrap();
+    let passes = tmp.path().join("passes");
+    embed_images(&clip, &items[1..3], &passes, 1, &NoProgress).unwrap();
+    embed_images(&clip, &items, &passes, 3, &NoProgress).unwrap();
+    assert_eq!(vectors(&once, &keys), vectors(&passes, &keys));
+}
