@@ -592,9 +592,10 @@ pub fn embed_texts(
     embed_texts_part(clip, items, dir, batch, Shard::WHOLE, progress)
 }
 
-/// A text still to embed, tokenized.
+/// A text still to embed, tokenized; `order` is its place among the texts to embed.
 #[derive(Clone)]
 struct TextTodo {
+    order: usize,
     key: String,
     text: String,
     fp: String,
@@ -602,18 +603,47 @@ struct TextTodo {
 }
 
 impl TextTodo {
-    fn new(clip: &Clip, key: &str, text: &str, fp: String) -> Result<Self> {
+    fn new(clip: &Clip, order: usize, key: &str, text: &str, fp: String) -> Result<Self> {
         let ids = clip
             .tokenizer
             .encode(text)
             .map_err(|e| Error::invalid(format!("text {key:?}: {e}")))?;
         Ok(Self {
+            order,
             key: key.to_string(),
             text: text.to_string(),
             fp,
             ids,
         })
     }
+}
+
+/// Embed `todo` `batch` texts at a time; the rows (key, fingerprint, vector) come back in
+/// the texts' `order`.
+fn embed_todo(
+    clip: &Clip,
+    todo: &[TextTodo],
+    batch: usize,
+    progress: &dyn Progress,
+) -> Result<Vec<(String, String, Vec<f32>)>> {
+    let mut new = Vec::new();
+    progress.start("embed texts", todo.len() as u64);
+    for chunk in todo.chunks(batch) {
+        let rows: Vec<Vec<u32>> = chunk.iter().map(|x| x.ids.clone()).collect();
+        let emb = clip.embed_token_rows_exact(&rows)?.to_vec2::<f32>()?;
+        let named = chunk
+            .iter()
+            .map(|x| (x.key.as_str(), format!("text {:?}", x.text)));
+        check_rows(clip, named, &emb)?;
+        for (x, row) in chunk.iter().zip(emb) {
+            new.push((x.order, (x.key.clone(), x.fp.clone(), row)));
+        }
+        close_core::pace::step();
+        progress.inc(chunk.len() as u64);
+    }
+    progress.finish();
+    new.sort_by_key(|(order, _)| *order);
+    Ok(new.into_iter().map(|(_, row)| row).collect())
 }
 
 /// [`embed_texts`] of one [`Shard`] of the batches.
@@ -646,29 +676,13 @@ pub fn embed_texts_part(
         let fp = text_fingerprint(t);
         match cache.pos.get(k) {
             Some(&i) if cache.fingerprints[i] == fp => reused += 1,
-            _ => todo.push(TextTodo::new(clip, k, t, fp)?),
+            _ => todo.push(TextTodo::new(clip, todo.len(), k, t, fp)?),
         }
     }
-    // Shortest first: consecutive texts then share a token count, so the text tower's calls
-    // of one length need few filler rows.
+    // Computed shortest first: consecutive texts then share a token count, so the text
+    // tower's calls of one length need few filler rows. Written in the input order.
     todo.sort_by_key(|x| x.ids.len());
-    let todo = shard.select(&todo, batch);
-    let mut new = Vec::new();
-    progress.start("embed texts", todo.len() as u64);
-    for chunk in todo.chunks(batch) {
-        let rows: Vec<Vec<u32>> = chunk.iter().map(|x| x.ids.clone()).collect();
-        let emb = clip.embed_token_rows_exact(&rows)?.to_vec2::<f32>()?;
-        let named = chunk
-            .iter()
-            .map(|x| (x.key.as_str(), format!("text {:?}", x.text)));
-        check_rows(clip, named, &emb)?;
-        for (x, row) in chunk.iter().zip(emb) {
-            new.push((x.key.clone(), x.fp.clone(), row));
-        }
-        close_core::pace::step();
-        progress.inc(chunk.len() as u64);
-    }
-    progress.finish();
+    let new = embed_todo(clip, &shard.select(&todo, batch), batch, progress)?;
     let computed = new.len();
     if computed > 0 || !reused_ok {
         commit(dir, CacheKind::Text, &hash, dim, shards, new)?;
