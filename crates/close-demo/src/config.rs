@@ -55,11 +55,10 @@ fn vqa_t5(base: &T5Init) -> Option<T5Config> {
 /// The demo's amounts of work per task, on top of the experiment's defaults for a small
 /// from-scratch T5 (which give the batch, warmup, adapter rows and two jobs).
 /// Measured on the shapes world (docs/demo.md): every run's val metric still rose in its
-/// last epoch at fewer epochs, and VQA learns to read the image slowest; explaining VQA-E
+/// last epoch at fewer epochs, and VQA and VE learn to read the image slowest; explaining VQA-E
 /// answers is near its best after 6 epochs. News learns to copy names from the article
 /// slowly: it needs more examples an epoch than captioning. VE's T5 learns to check a clause
-/// against the image vector only at a lower learning rate and after a long plateau
-/// (docs/demo/NOTES.md).
+/// against the image vector only at a lower learning rate, and slowly (docs/demo/NOTES.md).
 fn tune_for_the_world(task: Task, s: &mut TaskSettings, quick: bool) {
     let (epochs, max_examples, max_val) = match (quick, task) {
         (true, Task::Vqa | Task::EvqaExplain | Task::Ve) => (1, 1200, 300),
