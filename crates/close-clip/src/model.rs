@@ -554,24 +554,19 @@ impl ClipModel {
     /// does not depend, down to the last bit, on how many images came with it.
     pub fn image_features_exact(&self, pixels: &Tensor, per_call: usize) -> Result<Tensor> {
         let per_call = per_call.max(1);
-        let n = pixels.dim(0)?;
-        let mut parts = Vec::new();
-        for start in (0..n).step_by(per_call) {
-            let len = per_call.min(n - start);
-            let idx: Vec<u32> = (0..per_call)
-                .map(|i| (start + if i < len { i } else { 0 }) as u32)
-                .collect();
-            let call = pixels.index_select(&Tensor::new(idx.as_slice(), pixels.device())?, 0)?;
-            parts.push(self.image_features(&call)?.narrow(0, 0, len)?);
-        }
-        if parts.is_empty() {
-            return Ok(Tensor::zeros(
-                (0, self.cfg.projection_dim),
-                self.logit_scale.dtype(),
-                pixels.device(),
-            )?);
-        }
-        Ok(Tensor::cat(&parts, 0)?)
+        let all: Vec<usize> = (0..pixels.dim(0)?).collect();
+        let calls: Vec<Vec<usize>> = all.chunks(per_call).map(<[usize]>::to_vec).collect();
+        let parts = calls
+            .iter()
+            .map(|c| {
+                let mut idx: Vec<u32> = c.iter().map(|&i| i as u32).collect();
+                idx.resize(per_call, idx[0]);
+                let idx = Tensor::new(idx.as_slice(), pixels.device())?;
+                let out = self.image_features(&pixels.index_select(&idx, 0)?)?;
+                Ok(out.narrow(0, 0, c.len())?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.in_input_order(parts, &calls)
     }
 
     /// Unit-normalised text embeddings `[b, projection_dim]`.
@@ -793,20 +788,32 @@ mod tests {
         ragged::pad_rows(&rows, 0, &Device::Cpu)
     }
 
+    /// A tiny random model and its variables.
+    fn tiny_model() -> Result<(VarMap, ClipModel)> {
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let m = ClipModel::new(vb, &ClipConfig::tiny())?;
+        Ok((vm, m))
+    }
+
+    /// `got` equals `want` to 1e-5 in every element.
+    fn assert_close(got: &Tensor, want: &[Vec<f32>], what: &str) -> Result<()> {
+        for (g, w) in got.to_vec2::<f32>()?.iter().zip(want) {
+            for (a, b) in g.iter().zip(w) {
+                assert!((a - b).abs() < 1e-5, "{what}: {a} vs {b}");
+            }
+        }
+        Ok(())
+    }
+
     #[test]
     fn grouped_text_rows_match_the_padded_batch_and_keep_gradients() -> Result<()> {
-        let cfg = ClipConfig::tiny();
-        let vm = VarMap::new();
-        let m = ClipModel::new(VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu), &cfg)?;
+        let (vm, m) = tiny_model()?;
         let rows = token_rows();
         let want = m.text_features(&padded(&rows)?)?.to_vec2::<f32>()?;
         for overhead in [0, 6, 1000] {
             let got = m.text_features_rows(&rows, 0, overhead)?;
-            for (g, w) in got.to_vec2::<f32>()?.iter().zip(&want) {
-                for (a, b) in g.iter().zip(w) {
-                    assert!((a - b).abs() < 1e-5, "overhead {overhead}: {a} vs {b}");
-                }
-            }
+            assert_close(&got, &want, &format!("overhead {overhead}"))?;
             let grads = got.sum_all()?.backward()?;
             let data = vm.data().lock().unwrap();
             let emb = &data["text_model.embeddings.token_embedding.weight"];
@@ -818,17 +825,12 @@ mod tests {
 
     #[test]
     fn exact_text_rows_do_not_depend_on_their_companions() -> Result<()> {
-        let cfg = ClipConfig::tiny();
-        let vm = VarMap::new();
-        let m = ClipModel::new(VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu), &cfg)?;
+        let (_, m) = tiny_model()?;
         let rows = token_rows();
         let want = m.text_features(&padded(&rows)?)?.to_vec2::<f32>()?;
-        let all = m.text_features_exact(&rows, 3)?.to_vec2::<f32>()?;
-        for (g, w) in all.iter().zip(&want) {
-            for (a, b) in g.iter().zip(w) {
-                assert!((a - b).abs() < 1e-5, "{a} vs {b}");
-            }
-        }
+        let exact = m.text_features_exact(&rows, 3)?;
+        assert_close(&exact, &want, "exact calls")?;
+        let all = exact.to_vec2::<f32>()?;
         // Each row alone, and the rows in reverse order, give the same bits.
         let mut rev = rows.clone();
         rev.reverse();
