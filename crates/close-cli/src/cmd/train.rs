@@ -48,13 +48,14 @@ pub struct Args {
     /// Delete the run already in --out and start a new one.
     #[arg(long, conflicts_with = "resume")]
     pub force: bool,
-    /// What the model sees in training.
-    #[arg(long, value_enum, default_value_t = TrainOn::Text)]
-    pub train_on: TrainOn,
-    /// What is done to the text vector in training.
-    #[arg(long, value_enum, default_value_t = AdapterKind::Noise)]
-    pub adapter: AdapterKind,
-    /// Noise level w (default: the reference's value for the task).
+    /// What the model sees in training (default: --config's, else text).
+    #[arg(long, value_enum)]
+    pub train_on: Option<TrainOn>,
+    /// What is done to the text vector in training (default: --config's, else noise).
+    #[arg(long, value_enum)]
+    pub adapter: Option<AdapterKind>,
+    /// Noise level w (default: --config's unless --adapter is given, else the reference's
+    /// value for the task and adapter).
     #[arg(long, value_parser = crate::common::non_negative, allow_negative_numbers = true)]
     pub noise: Option<f64>,
     /// Fitted adapter statistics (`close adapter fit --out DIR`).
@@ -286,14 +287,7 @@ fn train_config(args: &Args, ctx: &Ctx) -> anyhow::Result<TrainConfig> {
         None => TrainConfig::small(task),
     };
     cfg.task = task;
-    cfg.train_on = args.train_on;
-    cfg.adapter.kind = args.adapter;
-    let default_noise = match cfg.adapter.kind {
-        AdapterKind::None => 0.0,
-        _ => task.default_noise(),
-    };
-    cfg.adapter.noise = args.noise.unwrap_or(default_noise);
-    cfg.adapter_stats = args.adapter_stats.clone();
+    apply_method_flags(args, &mut cfg);
     if args.config.is_none() || args.t5 != "small" {
         cfg.t5 = t5_init(&args.t5, args.vocab, &cfg, ctx)?;
     }
@@ -313,6 +307,31 @@ fn train_config(args: &Args, ctx: &Ctx) -> anyhow::Result<TrainConfig> {
     cfg.text_cache = Some(args.text_cache.clone());
     cfg.image_cache = Some(args.image_cache.clone());
     Ok(cfg)
+}
+
+/// --train-on, --adapter, --noise and --adapter-stats: each replaces the config's value only
+/// when given, so a --config of an image-trained or noise-free run stays one. The noise
+/// falls back to the task's reference value for the adapter when there is no --config or
+/// --adapter is given.
+fn apply_method_flags(args: &Args, cfg: &mut TrainConfig) {
+    if let Some(on) = args.train_on {
+        cfg.train_on = on;
+    }
+    if let Some(kind) = args.adapter {
+        cfg.adapter.kind = kind;
+    }
+    let default_noise = match cfg.adapter.kind {
+        AdapterKind::None => 0.0,
+        _ => args.task.default_noise(),
+    };
+    cfg.adapter.noise = match args.noise {
+        Some(w) => w,
+        None if args.config.is_none() || args.adapter.is_some() => default_noise,
+        None => cfg.adapter.noise,
+    };
+    if let Some(dir) = &args.adapter_stats {
+        cfg.adapter_stats = Some(dir.clone());
+    }
 }
 
 /// Embed the stand-in texts that --text-cache lacks with the CLIP in `dir`.
@@ -342,4 +361,57 @@ fn embed_missing_texts(
     let p = ctx.progress();
     close_clip::cache::embed_texts(&clip, &missing, cache, 64, p.as_ref())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    /// The config of an image-trained upper bound, with the given flags applied.
+    fn applied(config: bool, flags: &[&str]) -> TrainConfig {
+        let mut argv = vec!["t", "--task", "ve", "--data", "d", "--out", "o"];
+        argv.extend(["--text-cache", "t", "--image-cache", "i"]);
+        if config {
+            argv.extend(["--config", "c.json"]);
+        }
+        argv.extend(flags);
+        let args = Cli::try_parse_from(argv).expect("flags parse").args;
+        let mut cfg = TrainConfig::small(Task::Ve);
+        if config {
+            cfg.train_on = TrainOn::Images;
+            cfg.adapter.kind = AdapterKind::None;
+            cfg.adapter.noise = 0.0;
+        }
+        apply_method_flags(&args, &mut cfg);
+        cfg
+    }
+
+    #[test]
+    fn a_config_keeps_its_method_unless_a_flag_names_another() {
+        let kept = applied(true, &[]);
+        assert_eq!(kept.train_on, TrainOn::Images);
+        assert_eq!(kept.adapter.kind, AdapterKind::None);
+        assert_eq!(kept.adapter.noise, 0.0);
+
+        let text = applied(true, &["--train-on", "text", "--adapter", "noise"]);
+        assert_eq!(text.train_on, TrainOn::Text);
+        assert_eq!(text.adapter.kind, AdapterKind::Noise);
+        assert_eq!(text.adapter.noise, Task::Ve.default_noise());
+
+        let w = applied(true, &["--train-on", "text", "--noise", "0.3"]);
+        assert_eq!((w.adapter.kind, w.adapter.noise), (AdapterKind::None, 0.3));
+
+        let plain = applied(false, &[]);
+        assert_eq!(plain.train_on, TrainOn::Text);
+        assert_eq!(plain.adapter.kind, AdapterKind::Noise);
+        assert_eq!(plain.adapter.noise, Task::Ve.default_noise());
+    }
 }
