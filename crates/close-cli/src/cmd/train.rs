@@ -375,7 +375,8 @@ mod tests {
         args: Args,
     }
 
-    /// The config of an image-trained upper bound, with the given flags applied.
+    /// With `config`, an image-trained upper bound's config (else the small default), with
+    /// the given flags applied.
     fn applied(config: bool, flags: &[&str]) -> TrainConfig {
         let mut argv = vec!["t", "--task", "ve", "--data", "d", "--out", "o"];
         argv.extend(["--text-cache", "t", "--image-cache", "i"]);
