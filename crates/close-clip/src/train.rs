@@ -74,6 +74,13 @@ pub struct TrainConfig {
     /// sharpens attribute binding and, with `vision_position_init_std`, lets the model
     /// match cells to position words (measurements: `docs/demo/NOTES.md`).
     pub hard_negative_groups: Vec<Vec<String>>,
+    /// Weight of a pairwise term added to the loss when hard negatives are on: each image
+    /// ranks its caption above that caption's own negative, `softplus(s·(v·t' − v·t))`
+    /// ([`hard_negative_pair_loss`]). In the batch softmax a negative is one of `2n − 1`
+    /// competitors; this term makes the distinction it tests count on its own. 0: off (the
+    /// demo's choice: on the shapes world it lifts colour binding but costs text-to-image
+    /// transfer, `docs/demo/NOTES.md` part 7).
+    pub hard_negative_weight: f64,
     /// Standard deviation of the vision tower's initial position embeddings (HF: the
     /// `initializer_range`, 0.02). `None`: HF's. At HF's the position signal starts far
     /// below a patch's content and the image vectors never held a lone object's cell; the
@@ -99,6 +106,7 @@ impl Default for TrainConfig {
             max_eval_images: 1000,
             max_train_seconds: None,
             hard_negative_groups: Vec::new(),
+            hard_negative_weight: 0.0,
             vision_position_init_std: None,
         }
     }
@@ -122,6 +130,19 @@ impl TrainConfig {
             return Err(Error::config("warmup_frac", "must be in [0, 1)"));
         }
         NegativeMaker::new(&self.hard_negative_groups)?;
+        if !(self.hard_negative_weight >= 0.0 && self.hard_negative_weight.is_finite()) {
+            return Err(Error::config(
+                "hard_negative_weight",
+                "must be ≥ 0 and finite",
+            ));
+        }
+        if self.hard_negative_weight > 0.0 && self.hard_negative_groups.is_empty() {
+            return Err(Error::config(
+                "hard_negative_weight",
+                "ranks each caption against its hard negative; give hard_negative_groups \
+                 (`--hard-negatives`) too, or set it to 0",
+            ));
+        }
         self.model.validate()
     }
 }
@@ -190,6 +211,27 @@ pub fn clip_loss(logits: &Tensor) -> Result<Tensor> {
     let a = (close_core::ops::log_softmax_last_dim(logits)? * &eye_wide)?.sum_all()?;
     let b = (close_core::ops::log_softmax_last_dim(&paired.t()?)? * &eye)?.sum_all()?;
     Ok(((a + b)? / (-2.0 * n as f64))?)
+}
+
+/// Mean over the `n` images of `softplus(logits[i, n + i] − logits[i, i])`: each image's
+/// caption ranked against its own hard negative. `logits` is `[n, 2n]` (the paired texts,
+/// then one negative per caption in the same order).
+pub fn hard_negative_pair_loss(logits: &Tensor) -> Result<Tensor> {
+    let (n, m) = logits.dims2()?;
+    if m != 2 * n {
+        return Err(Error::Shape {
+            what: "logits with one hard negative per caption".into(),
+            expected: vec![n, 2 * n],
+            got: vec![n, m],
+        });
+    }
+    let eye = Tensor::eye(n, logits.dtype(), logits.device())?;
+    let pos = (logits.narrow(1, 0, n)? * &eye)?.sum(1)?;
+    let neg = (logits.narrow(1, n, n)? * &eye)?.sum(1)?;
+    let d = (neg - pos)?;
+    // softplus(d) = max(d, 0) + ln(1 + e^−|d|), stable for any d
+    let soft = (d.relu()? + ((d.abs()?.neg()?.exp()? + 1.0)?.log()?))?;
+    Ok(soft.mean_all()?)
 }
 
 /// Decoded, preprocessed images of a split with their captions.
@@ -730,7 +772,11 @@ impl Epochs<'_> {
         let (logits, _, _) =
             self.model
                 .forward_rows(&px, &batch.rows, self.ctok.pad_id(), TEXT_GROUP_OVERHEAD)?;
-        let loss = clip_loss(&logits)?;
+        let mut loss = clip_loss(&logits)?;
+        let w = self.job.cfg.hard_negative_weight;
+        if w > 0.0 && !self.negatives.is_empty() {
+            loss = (loss + (hard_negative_pair_loss(&logits)? * w)?)?;
+        }
         opt.step(&loss, lr)?;
         Ok(loss)
     }
@@ -871,6 +917,28 @@ mod tests {
         assert!((got - want).abs() < 1e-5, "{got} {want}");
         let narrow = Tensor::new(&[[2f32], [1.0]], &Device::Cpu)?;
         assert!(clip_loss(&narrow).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn the_pair_term_ranks_each_caption_against_its_own_negative_only() -> Result<()> {
+        // 2 images; columns: caption 0, caption 1, negative of 0, negative of 1
+        let l = Tensor::new(
+            &[[2f32, 5.0, 1.0, -7.0], [0.5, 3.0, 9.0, 4.0]],
+            &Device::Cpu,
+        )?;
+        let got = hard_negative_pair_loss(&l)?.to_scalar::<f32>()? as f64;
+        let softplus = |x: f64| (1.0 + x.exp()).ln();
+        // image 0: its negative (1.0) against its caption (2.0); image 1: 4.0 against 3.0.
+        // The other columns (5.0, 9.0, ...) do not enter.
+        let want = (softplus(1.0 - 2.0) + softplus(4.0 - 3.0)) / 2.0;
+        assert!((got - want).abs() < 1e-5, "{got} {want}");
+        // finite far from 0, where ln(1 + e^x) would overflow
+        let big = Tensor::new(&[[-200f32, 200.0]], &Device::Cpu)?;
+        let v = hard_negative_pair_loss(&big)?.to_scalar::<f32>()?;
+        assert!((v - 400.0).abs() < 1e-3, "{v}");
+        let wide = Tensor::new(&[[2f32, 0.0, 1.5], [1.0, 3.0, -1.0]], &Device::Cpu)?;
+        assert!(hard_negative_pair_loss(&wide).is_err());
         Ok(())
     }
 }

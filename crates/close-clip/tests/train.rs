@@ -197,6 +197,41 @@ fn training_with_hard_negatives_learns_the_side_and_saves_its_groups() {
 }
 
 #[test]
+fn the_hard_negative_pair_weight_enters_the_trained_loss_and_the_saved_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_path = common::synthetic_world(tmp.path(), 96, 3);
+    let data = Karpathy::load(&data_path).unwrap();
+    let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let run = |weight: f64| {
+        let cfg = TrainConfig {
+            model: tiny_short_text(),
+            epochs: 2,
+            batch_size: 16,
+            hard_negative_groups: vec![words(&["left", "right"])],
+            hard_negative_weight: weight,
+            ..Default::default()
+        };
+        let out = tmp.path().join(format!("clip-{weight}"));
+        let r = train_clip(
+            &data,
+            tmp.path(),
+            &out,
+            &cfg,
+            None,
+            &Device::Cpu,
+            &NoProgress,
+        );
+        let saved: TrainConfig = close_core::io::read_json(out.join("clip_train.json")).unwrap();
+        assert_eq!(saved.hard_negative_weight, weight);
+        r.unwrap().final_loss
+    };
+    // The weighted run's loss includes the added term, about ln 2 a row while the model
+    // cannot yet tell a caption from its negative, so it is the larger.
+    let (plain, weighted) = (run(0.0), run(1.0));
+    assert!(weighted > plain + 0.05, "{plain} {weighted}");
+}
+
+#[test]
 fn vision_position_init_std_sets_the_initial_position_embeddings() {
     let tmp = tempfile::tempdir().unwrap();
     let data = Karpathy::load(common::synthetic_world(tmp.path(), 48, 3)).unwrap();

@@ -77,6 +77,12 @@ pub struct TrainArgs {
     /// with two words of a group swapped or one replaced, as an extra negative.
     #[arg(long, value_name = "JSON")]
     pub hard_negatives: Option<PathBuf>,
+    /// With --hard-negatives: weight of a pairwise term in which each image also ranks its
+    /// caption above that caption's own negative (0: the negatives only join the batch
+    /// softmax). Lifts attribute binding; see docs/demo/NOTES.md (part 7) for what it
+    /// costs.
+    #[arg(long, default_value_t = 0.0, value_parser = crate::common::non_negative, allow_negative_numbers = true)]
+    pub hard_negative_weight: f64,
     #[arg(long, default_value = "train")]
     pub train_split: String,
     /// Held-out split for retrieval.
@@ -129,6 +135,7 @@ impl TrainArgs {
         Ok(TrainConfig {
             model,
             hard_negative_groups,
+            hard_negative_weight: self.hard_negative_weight,
             epochs: self.epochs,
             batch_size: self.batch_size,
             lr: self.lr,
@@ -206,7 +213,7 @@ mod tests {
     use super::*;
     use clap::Parser;
 
-    #[derive(clap::Parser)]
+    #[derive(clap::Parser, Debug)]
     struct Cli {
         #[command(flatten)]
         args: TrainArgs,
@@ -228,6 +235,7 @@ mod tests {
         let cfg = args(&good).config().unwrap();
         assert_eq!(cfg.hard_negative_groups[1], vec!["left", "right"]);
         assert!(cfg.validate().is_ok());
+        assert_eq!(cfg.hard_negative_weight, 0.0);
 
         let malformed = dir.path().join("bad.json");
         std::fs::write(&malformed, r#"{"red": 1}"#).unwrap();
@@ -246,5 +254,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("hard_negative_groups"), "{e}");
+    }
+
+    #[test]
+    fn the_pair_weight_needs_hard_negatives_and_a_number_at_least_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let groups = dir.path().join("groups.json");
+        std::fs::write(&groups, r#"[["red","blue"]]"#).unwrap();
+        let parse = |extra: &[&str]| {
+            let argv = ["close", "--data", "d.json", "--images", "i", "--out", "o"];
+            Cli::try_parse_from(argv.iter().chain(extra))
+        };
+        let g = groups.to_str().unwrap();
+        let weighted = parse(&["--hard-negatives", g, "--hard-negative-weight", "1.5"]);
+        let cfg = weighted.unwrap().args.config().unwrap();
+        assert_eq!(cfg.hard_negative_weight, 1.5);
+        assert!(cfg.validate().is_ok());
+
+        let alone = parse(&["--hard-negative-weight", "1.5"]).unwrap().args;
+        let e = alone.config().unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("hard_negative_groups"), "{e}");
+
+        let e = parse(&["--hard-negative-weight", "-1"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--hard-negative-weight"), "{e}");
     }
 }
