@@ -232,6 +232,44 @@ fn the_hard_negative_pair_weight_enters_the_trained_loss_and_the_saved_config() 
 }
 
 #[test]
+fn the_align_weight_enters_the_trained_loss_and_the_saved_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_path = common::synthetic_world(tmp.path(), 96, 3);
+    let data = Karpathy::load(&data_path).unwrap();
+    let run = |weight: f64| {
+        let cfg = TrainConfig {
+            model: tiny_short_text(),
+            epochs: 2,
+            batch_size: 16,
+            align_weight: weight,
+            ..Default::default()
+        };
+        let out = tmp.path().join(format!("clip-{weight}"));
+        let r = train_clip(
+            &data,
+            tmp.path(),
+            &out,
+            &cfg,
+            None,
+            &Device::Cpu,
+            &NoProgress,
+        );
+        let saved: TrainConfig = close_core::io::read_json(out.join("clip_train.json")).unwrap();
+        assert_eq!(saved.align_weight, weight);
+        r.unwrap()
+    };
+    // 1 − cos(image, caption) is near 1 for an untrained pair, so a weight of 2 adds well
+    // over 0.5 to the reported loss.
+    let (plain, weighted) = (run(0.0), run(2.0));
+    assert!(
+        weighted.final_loss > plain.final_loss + 0.5,
+        "{} {}",
+        plain.final_loss,
+        weighted.final_loss
+    );
+}
+
+#[test]
 fn vision_position_init_std_sets_the_initial_position_embeddings() {
     let tmp = tempfile::tempdir().unwrap();
     let data = Karpathy::load(common::synthetic_world(tmp.path(), 48, 3)).unwrap();
