@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use close_clip::train::{clip_loss, train_clip, TrainConfig};
@@ -196,34 +198,34 @@ fn training_with_hard_negatives_learns_the_side_and_saves_its_groups() {
     );
 }
 
+/// Train a 2-epoch CLIP of `cfg` (a tiny model, batch 16) on `data` into `tmp/name`;
+/// its final loss and the config it saved.
+fn short_run(tmp: &Path, data: &Karpathy, name: &str, cfg: TrainConfig) -> (f64, TrainConfig) {
+    let cfg = TrainConfig {
+        model: tiny_short_text(),
+        epochs: 2,
+        batch_size: 16,
+        ..cfg
+    };
+    let out = tmp.join(name);
+    let r = train_clip(data, tmp, &out, &cfg, None, &Device::Cpu, &NoProgress).unwrap();
+    let saved = close_core::io::read_json(out.join("clip_train.json")).unwrap();
+    (r.final_loss, saved)
+}
+
 #[test]
 fn the_hard_negative_pair_weight_enters_the_trained_loss_and_the_saved_config() {
     let tmp = tempfile::tempdir().unwrap();
-    let data_path = common::synthetic_world(tmp.path(), 96, 3);
-    let data = Karpathy::load(&data_path).unwrap();
-    let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let data = Karpathy::load(common::synthetic_world(tmp.path(), 96, 3)).unwrap();
     let run = |weight: f64| {
         let cfg = TrainConfig {
-            model: tiny_short_text(),
-            epochs: 2,
-            batch_size: 16,
-            hard_negative_groups: vec![words(&["left", "right"])],
+            hard_negative_groups: vec![vec!["left".into(), "right".into()]],
             hard_negative_weight: weight,
             ..Default::default()
         };
-        let out = tmp.path().join(format!("clip-{weight}"));
-        let r = train_clip(
-            &data,
-            tmp.path(),
-            &out,
-            &cfg,
-            None,
-            &Device::Cpu,
-            &NoProgress,
-        );
-        let saved: TrainConfig = close_core::io::read_json(out.join("clip_train.json")).unwrap();
+        let (loss, saved) = short_run(tmp.path(), &data, &format!("clip-{weight}"), cfg);
         assert_eq!(saved.hard_negative_weight, weight);
-        r.unwrap().final_loss
+        loss
     };
     // The weighted run's loss includes the added term, about ln 2 a row while the model
     // cannot yet tell a caption from its negative, so it is the larger.
@@ -234,39 +236,20 @@ fn the_hard_negative_pair_weight_enters_the_trained_loss_and_the_saved_config() 
 #[test]
 fn the_align_weight_enters_the_trained_loss_and_the_saved_config() {
     let tmp = tempfile::tempdir().unwrap();
-    let data_path = common::synthetic_world(tmp.path(), 96, 3);
-    let data = Karpathy::load(&data_path).unwrap();
+    let data = Karpathy::load(common::synthetic_world(tmp.path(), 96, 3)).unwrap();
     let run = |weight: f64| {
         let cfg = TrainConfig {
-            model: tiny_short_text(),
-            epochs: 2,
-            batch_size: 16,
             align_weight: weight,
             ..Default::default()
         };
-        let out = tmp.path().join(format!("clip-{weight}"));
-        let r = train_clip(
-            &data,
-            tmp.path(),
-            &out,
-            &cfg,
-            None,
-            &Device::Cpu,
-            &NoProgress,
-        );
-        let saved: TrainConfig = close_core::io::read_json(out.join("clip_train.json")).unwrap();
+        let (loss, saved) = short_run(tmp.path(), &data, &format!("clip-{weight}"), cfg);
         assert_eq!(saved.align_weight, weight);
-        r.unwrap()
+        loss
     };
     // 1 − cos(image, caption) is near 1 for an untrained pair, so a weight of 2 adds well
     // over 0.5 to the reported loss.
     let (plain, weighted) = (run(0.0), run(2.0));
-    assert!(
-        weighted.final_loss > plain.final_loss + 0.5,
-        "{} {}",
-        plain.final_loss,
-        weighted.final_loss
-    );
+    assert!(weighted > plain + 0.5, "{plain} {weighted}");
 }
 
 #[test]
