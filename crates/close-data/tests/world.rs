@@ -836,4 +836,13 @@ fn bad_config_names_the_key() {
     .validate()
     .unwrap_err();
     assert!(e.to_string().contains("size"), "{e}");
+    for jitter in [1.5, -0.1, f64::NAN] {
+        let e = WorldConfig {
+            position_jitter: jitter,
+            ..WorldConfig::tiny()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("position_jitter"), "{e}");
+    }
 }

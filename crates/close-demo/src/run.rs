@@ -5,11 +5,11 @@ use std::path::Path;
 
 use candle_core::Device;
 
-use close_clip::train::{train_clip, TrainConfig as ClipTrainConfig, TrainReport};
+use close_clip::train::{train_clip, TrainReport};
 use close_core::progress::Progress;
 use close_core::{io, Error, Result};
 use close_data::coco::Karpathy;
-use close_data::world::{self, WorldConfig, WorldPaths};
+use close_data::world::{self, WorldPaths};
 use close_experiment::{ExperimentInputs, ExperimentOutput, Stopwatch};
 use close_model::task::DataPaths;
 
@@ -30,10 +30,14 @@ pub struct DemoOutput {
 
 /// The report of a CLIP already trained into `clip_dir` by this demo with the same world and
 /// CLIP config, if any.
+/// The stage file is compared as JSON, so that a file written before a config field existed
+/// (which would read back with the field's default) never matches.
 fn reusable_clip(clip_dir: &Path, cfg: &DemoConfig) -> Option<TrainReport> {
-    let (world, clip): (WorldConfig, ClipTrainConfig) =
-        io::read_json(clip_dir.join(CLIP_STAGE_FILE)).ok()?;
-    if world != cfg.world || clip != cfg.clip || !clip_dir.join("model.safetensors").exists() {
+    let saved: serde_json::Value = io::read_json(clip_dir.join(CLIP_STAGE_FILE)).ok()?;
+    // Through text, as the file was written, so that f32 fields compare as they read back.
+    let text = serde_json::to_string(&(&cfg.world, &cfg.clip)).ok()?;
+    let wanted: serde_json::Value = serde_json::from_str(&text).ok()?;
+    if saved != wanted || !clip_dir.join("model.safetensors").exists() {
         return None;
     }
     io::read_json(clip_dir.join(close_clip::train::REPORT_FILE)).ok()
@@ -159,6 +163,12 @@ mod tests {
         let mut other = cfg.clone();
         other.world.images += 1;
         assert!(reusable_clip(dir, &other).is_none());
+        // A record from before a field existed reads back with the field's default; it
+        // must not match either.
+        let mut old = serde_json::to_value((&cfg.world, &cfg.clip)).unwrap();
+        old[0].as_object_mut().unwrap().remove("position_jitter");
+        io::write_json_atomic(dir.join(CLIP_STAGE_FILE), &old)?;
+        assert!(reusable_clip(dir, &cfg).is_none());
         Ok(())
     }
 }

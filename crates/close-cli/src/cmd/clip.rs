@@ -83,6 +83,11 @@ pub struct TrainArgs {
     /// costs.
     #[arg(long, default_value_t = 0.0, value_parser = crate::common::non_negative, allow_negative_numbers = true)]
     pub hard_negative_weight: f64,
+    /// Weight of a term that holds each image near its own caption (1 − cos, mean over the
+    /// batch). Small weights (0.05) narrow the modality gap the pair term widens; large ones
+    /// close it altogether (docs/demo/NOTES.md, part 7). 0: off.
+    #[arg(long, default_value_t = 0.0, value_parser = crate::common::non_negative, allow_negative_numbers = true)]
+    pub align_weight: f64,
     #[arg(long, default_value = "train")]
     pub train_split: String,
     /// Held-out split for retrieval.
@@ -136,6 +141,7 @@ impl TrainArgs {
             model,
             hard_negative_groups,
             hard_negative_weight: self.hard_negative_weight,
+            align_weight: self.align_weight,
             epochs: self.epochs,
             batch_size: self.batch_size,
             lr: self.lr,
@@ -219,10 +225,14 @@ mod tests {
         args: TrainArgs,
     }
 
-    fn args(groups: &std::path::Path) -> TrainArgs {
-        let g = groups.to_str().unwrap();
+    /// `close clip train` with the required flags and `extra`.
+    fn parse(extra: &[&str]) -> Result<Cli, clap::Error> {
         let argv = ["close", "--data", "d.json", "--images", "i", "--out", "o"];
-        Cli::try_parse_from(argv.into_iter().chain(["--hard-negatives", g]))
+        Cli::try_parse_from(argv.iter().chain(extra))
+    }
+
+    fn args(groups: &std::path::Path) -> TrainArgs {
+        parse(&["--hard-negatives", groups.to_str().unwrap()])
             .unwrap()
             .args
     }
@@ -261,14 +271,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let groups = dir.path().join("groups.json");
         std::fs::write(&groups, r#"[["red","blue"]]"#).unwrap();
-        let parse = |extra: &[&str]| {
-            let argv = ["close", "--data", "d.json", "--images", "i", "--out", "o"];
-            Cli::try_parse_from(argv.iter().chain(extra))
-        };
         let g = groups.to_str().unwrap();
         let weighted = parse(&["--hard-negatives", g, "--hard-negative-weight", "1.5"]);
         let cfg = weighted.unwrap().args.config().unwrap();
         assert_eq!(cfg.hard_negative_weight, 1.5);
+        assert_eq!(cfg.align_weight, 0.0);
         assert!(cfg.validate().is_ok());
 
         let alone = parse(&["--hard-negative-weight", "1.5"]).unwrap().args;
@@ -279,5 +286,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--hard-negative-weight"), "{e}");
+    }
+
+    #[test]
+    fn the_align_weight_is_passed_through_and_negative_values_name_the_flag() {
+        let cfg = parse(&["--align-weight", "0.05"]).unwrap().args.config();
+        assert_eq!(cfg.unwrap().align_weight, 0.05);
+        let e = parse(&["--align-weight", "-0.1"]).unwrap_err().to_string();
+        assert!(e.contains("--align-weight"), "{e}");
     }
 }

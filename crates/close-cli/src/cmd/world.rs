@@ -39,6 +39,10 @@ pub struct Args {
     /// SNLI-VE hypotheses per label per image.
     #[arg(long, default_value_t = 1, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub hypotheses_per_label: usize,
+    /// How far an object may move from its cell's centre, as a fraction of the free space
+    /// around it (0..=1).
+    #[arg(long, default_value_t = 0.3, value_parser = crate::common::non_negative, allow_negative_numbers = true)]
+    pub position_jitter: f64,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -55,6 +59,7 @@ impl Args {
             val_fraction: self.val_fraction,
             test_fraction: self.test_fraction,
             hypotheses_per_label: self.hypotheses_per_label,
+            position_jitter: self.position_jitter,
             ..WorldConfig::default()
         }
     }

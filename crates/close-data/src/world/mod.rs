@@ -182,6 +182,10 @@ pub struct WorldConfig {
     pub extra_questions_per_image: usize,
     /// SNLI-VE hypotheses per label per image.
     pub hypotheses_per_label: usize,
+    /// How far an object's centre may move from its cell's centre, as a fraction of the
+    /// free space around it (0: every object centred; 1: it may touch the cell's edge).
+    /// Less jitter keeps small shapes apart for a small CLIP (docs/world.md).
+    pub position_jitter: f64,
 }
 
 impl Default for WorldConfig {
@@ -198,6 +202,7 @@ impl Default for WorldConfig {
             style_captions_per_image: 5,
             extra_questions_per_image: 5,
             hypotheses_per_label: 1,
+            position_jitter: 0.3,
         }
     }
 }
@@ -273,6 +278,12 @@ impl WorldConfig {
                      VE pairs, generate more images)",
                     self.hypotheses_per_label
                 ),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.position_jitter) {
+            return Err(Error::config(
+                "position_jitter",
+                format!("{}: must be in [0, 1]", self.position_jitter),
             ));
         }
         Ok(())
@@ -411,7 +422,12 @@ pub fn make_image(cfg: &WorldConfig, index: usize) -> WorldImage {
     let image_id = index as u64 + 1;
     let mut rng = rng_for(cfg.seed, index as u64, 1);
     let background = render::sample_background(&mut rng);
-    let objects = scene::sample_objects(&mut rng, cfg.size, cfg.min_objects, cfg.max_objects);
+    let objects = scene::sample_objects(
+        &mut rng,
+        cfg.size,
+        (cfg.min_objects, cfg.max_objects),
+        cfg.position_jitter as f32,
+    );
     let scene = Scene {
         image_id,
         imgid: index as u64,

@@ -220,7 +220,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let mut seen_small_and_large = [false; 2];
         for _ in 0..50 {
-            let objs = sample_objects(&mut rng, 64, 1, 1);
+            let objs = sample_objects(&mut rng, 64, (1, 1), 0.3);
             let o = objs[0].clone();
             let ps = probes(&scene(objs));
             assert_eq!(ps.len(), 4);
@@ -257,7 +257,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(4);
         let (mut with, mut without) = (0, 0);
         for _ in 0..200 {
-            let objs = sample_objects(&mut rng, 64, 2, 3);
+            let objs = sample_objects(&mut rng, 64, (2, 3), 0.3);
             let ps: Vec<Probe> = probes(&scene(objs.clone()))
                 .into_iter()
                 .filter(|p| p.kind == PROBE_KINDS[4])
@@ -286,7 +286,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         let (mut relations, mut counts) = (0, 0);
         for _ in 0..200 {
-            let objs = sample_objects(&mut rng, 64, 1, 3);
+            let objs = sample_objects(&mut rng, 64, (1, 3), 0.3);
             for p in probes(&scene(objs.clone())) {
                 if p.kind == PROBE_KINDS[5] {
                     relations += 1;
@@ -312,7 +312,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(6);
         let (mut probed, mut binding) = (0, 0);
         for _ in 0..200 {
-            let objs = sample_objects(&mut rng, 64, 1, 3);
+            let objs = sample_objects(&mut rng, 64, (1, 3), 0.3);
             let ps: Vec<Probe> = probes(&scene(objs.clone()))
                 .into_iter()
                 .filter(|p| p.kind == PROBE_KINDS[7])

@@ -216,12 +216,13 @@ impl Scene {
 }
 
 /// Sample the objects of a scene (cells, attributes, geometry). Shapes and colours of earlier
-/// objects are re-used with some probability so that counts above one are common.
+/// objects are re-used with some probability so that counts above one are common. `jitter`
+/// is [`super::WorldConfig::position_jitter`].
 pub fn sample_objects(
     rng: &mut impl Rng,
     size_px: u32,
-    min_objects: usize,
-    max_objects: usize,
+    (min_objects, max_objects): (usize, usize),
+    jitter: f32,
 ) -> Vec<Object> {
     let n = rng.random_range(min_objects..=max_objects);
     let mut cells: Vec<u8> = (0..9).collect();
@@ -249,7 +250,7 @@ pub fn sample_objects(
             Size::Small => 0.24 * cell,
             Size::Large => 0.42 * cell,
         } * rng.random_range(0.93..1.07f32);
-        let slack = (cell / 2.0 - radius - 1.0).max(0.0) * 0.8;
+        let slack = (cell / 2.0 - radius - 1.0).max(0.0) * jitter;
         let cx = (col as f32 + 0.5) * cell + rng.random_range(-1.0..=1.0f32) * slack;
         let cy = (row as f32 + 0.5) * cell + rng.random_range(-1.0..=1.0f32) * slack;
         let angle = rng.random_range(-12.0..=12.0f32);
@@ -272,4 +273,37 @@ pub fn sample_objects(
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    /// Largest distance of an object's centre from its cell's centre, over both axes and
+    /// many scenes, as a fraction of the free space around it.
+    fn widest_offset(jitter: f32) -> f32 {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let cell = 64.0 / 3.0;
+        let mut widest = 0.0f32;
+        for _ in 0..200 {
+            for o in sample_objects(&mut rng, 64, (1, 3), jitter) {
+                let free = cell / 2.0 - o.radius - 1.0;
+                let dx = (o.cx - (o.col as f32 + 0.5) * cell).abs();
+                let dy = (o.cy - (o.row as f32 + 0.5) * cell).abs();
+                widest = widest.max(dx.max(dy) / free);
+            }
+        }
+        widest
+    }
+
+    #[test]
+    fn objects_move_from_their_cells_centre_by_at_most_the_jitter() {
+        assert_eq!(widest_offset(0.0), 0.0);
+        let w = widest_offset(0.3);
+        assert!(w > 0.25 && w <= 0.3 + 1e-4, "{w}");
+        let w = widest_offset(1.0);
+        assert!(w > 0.9 && w <= 1.0 + 1e-4, "{w}");
+    }
 }
