@@ -94,6 +94,15 @@ pub fn positive_f64(s: &str) -> Result<f64, String> {
     }
 }
 
+/// clap value parser: a number in [0, 1] (fractions).
+pub fn unit_interval(s: &str) -> Result<f64, String> {
+    match non_negative(s) {
+        Ok(x) if x <= 1.0 => Ok(x),
+        Ok(_) => Err(format!("must be between 0 and 1, got {s}")),
+        Err(e) => Err(e.replace("a finite number ≥ 0", "a number in [0, 1]")),
+    }
+}
+
 /// indicatif implementation of the library's progress callback.
 #[derive(Default)]
 pub struct Bars {

@@ -220,6 +220,12 @@ fn bad_flags_and_inputs_are_refused_with_what_to_do() {
             "val_fraction`: 1.5: must be in [0, 1)",
         ),
         (
+            ["world", "--out", &fresh("w4"), "--position-jitter", "1.5"]
+                .map(String::from)
+                .to_vec(),
+            "'--position-jitter <POSITION_JITTER>': must be between 0 and 1, got 1.5",
+        ),
+        (
             ["serve", "--header-timeout", "0", "--run", &run_dir]
                 .map(String::from)
                 .to_vec(),

@@ -123,8 +123,9 @@ impl DemoConfig {
             vision_position_init_std: Some(1.0),
             // The pair term binds colours to shapes; alone it widens the modality gap so far
             // that noise no longer bridges it, and the align term holds each image nearer its
-            // caption (docs/demo/NOTES.md, part 7).
-            hard_negative_weight: HARD_NEGATIVE_WEIGHT,
+            // caption (docs/demo/NOTES.md, part 7). In `--quick`'s 250 steps the pair term
+            // only cost retrieval (part 8), so it is off there.
+            hard_negative_weight: if quick { 0.0 } else { HARD_NEGATIVE_WEIGHT },
             align_weight: ALIGN_WEIGHT,
             ..Default::default()
         };
@@ -172,6 +173,10 @@ mod tests {
                 serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
             assert_eq!(back, cfg);
             assert_eq!(cfg.experiment.adapters.is_empty(), quick);
+            cfg.clip.validate().unwrap();
+            assert_eq!(cfg.clip.hard_negative_weight > 0.0, !quick);
+            assert_eq!(cfg.clip.align_weight, ALIGN_WEIGHT);
+            assert_eq!(cfg.world.position_jitter, 0.3);
         }
         let full = DemoConfig::new(false, 0);
         assert_eq!(full.world.split_sizes(), (5400, 900, 300));

@@ -30,6 +30,7 @@ pub struct DemoOutput {
 
 /// The report of a CLIP already trained into `clip_dir` by this demo with the same world and
 /// CLIP config, if any.
+///
 /// The stage file is compared as JSON, so that a file written before a config field existed
 /// (which would read back with the field's default) never matches.
 fn reusable_clip(clip_dir: &Path, cfg: &DemoConfig) -> Option<TrainReport> {

@@ -41,7 +41,7 @@ pub struct Args {
     pub hypotheses_per_label: usize,
     /// How far an object may move from its cell's centre, as a fraction of the free space
     /// around it (0..=1).
-    #[arg(long, default_value_t = 0.3, value_parser = crate::common::non_negative, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.3, value_parser = crate::common::unit_interval, allow_negative_numbers = true)]
     pub position_jitter: f64,
     /// Print the summary as JSON.
     #[arg(long)]
