@@ -183,7 +183,7 @@ pub struct WorldConfig {
     /// SNLI-VE hypotheses per label per image.
     pub hypotheses_per_label: usize,
     /// How far an object's centre may move from its cell's centre, as a fraction of the
-    /// free space around it (0: every object centred; 1: it may touch the cell's edge).
+    /// free space around it (0: every object centred; 1: up to 1 px from the cell's edge).
     /// Less jitter keeps small shapes apart for a small CLIP (docs/world.md).
     pub position_jitter: f64,
 }
