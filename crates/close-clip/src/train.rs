@@ -137,14 +137,13 @@ impl TrainConfig {
             return Err(Error::config("warmup_frac", "must be in [0, 1)"));
         }
         NegativeMaker::new(&self.hard_negative_groups)?;
-        if !(self.hard_negative_weight >= 0.0 && self.hard_negative_weight.is_finite()) {
-            return Err(Error::config(
-                "hard_negative_weight",
-                "must be ≥ 0 and finite",
-            ));
-        }
-        if !(self.align_weight >= 0.0 && self.align_weight.is_finite()) {
-            return Err(Error::config("align_weight", "must be ≥ 0 and finite"));
+        for (key, weight) in [
+            ("hard_negative_weight", self.hard_negative_weight),
+            ("align_weight", self.align_weight),
+        ] {
+            if !(weight >= 0.0 && weight.is_finite()) {
+                return Err(Error::config(key, "must be ≥ 0 and finite"));
+            }
         }
         if self.hard_negative_weight > 0.0 && self.hard_negative_groups.is_empty() {
             return Err(Error::config(

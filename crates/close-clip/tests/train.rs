@@ -213,42 +213,51 @@ fn short_run(tmp: &Path, data: &Karpathy, name: &str, cfg: TrainConfig) -> (f64,
     (r.final_loss, saved)
 }
 
-#[test]
-fn the_hard_negative_pair_weight_enters_the_trained_loss_and_the_saved_config() {
+/// Final losses of two short runs whose configs (`make`) differ only in one loss term's
+/// weight: 0, then `weight`. Each run must have saved the weight it trained with (`saved`).
+fn losses_without_and_with(
+    weight: f64,
+    make: impl Fn(f64) -> TrainConfig,
+    saved: impl Fn(&TrainConfig) -> f64,
+) -> (f64, f64) {
     let tmp = tempfile::tempdir().unwrap();
     let data = Karpathy::load(common::synthetic_world(tmp.path(), 96, 3)).unwrap();
-    let run = |weight: f64| {
-        let cfg = TrainConfig {
-            hard_negative_groups: vec![vec!["left".into(), "right".into()]],
-            hard_negative_weight: weight,
-            ..Default::default()
-        };
-        let (loss, saved) = short_run(tmp.path(), &data, &format!("clip-{weight}"), cfg);
-        assert_eq!(saved.hard_negative_weight, weight);
+    let run = |w: f64| {
+        let (loss, cfg) = short_run(tmp.path(), &data, &format!("clip-{w}"), make(w));
+        assert_eq!(saved(&cfg), w);
         loss
     };
+    (run(0.0), run(weight))
+}
+
+#[test]
+fn the_hard_negative_pair_weight_enters_the_trained_loss_and_the_saved_config() {
+    let (plain, weighted) = losses_without_and_with(
+        1.0,
+        |w| TrainConfig {
+            hard_negative_groups: vec![vec!["left".into(), "right".into()]],
+            hard_negative_weight: w,
+            ..Default::default()
+        },
+        |c| c.hard_negative_weight,
+    );
     // The weighted run's loss includes the added term, about ln 2 a row while the model
     // cannot yet tell a caption from its negative, so it is the larger.
-    let (plain, weighted) = (run(0.0), run(1.0));
     assert!(weighted > plain + 0.05, "{plain} {weighted}");
 }
 
 #[test]
 fn the_align_weight_enters_the_trained_loss_and_the_saved_config() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = Karpathy::load(common::synthetic_world(tmp.path(), 96, 3)).unwrap();
-    let run = |weight: f64| {
-        let cfg = TrainConfig {
-            align_weight: weight,
+    let (plain, weighted) = losses_without_and_with(
+        2.0,
+        |w| TrainConfig {
+            align_weight: w,
             ..Default::default()
-        };
-        let (loss, saved) = short_run(tmp.path(), &data, &format!("clip-{weight}"), cfg);
-        assert_eq!(saved.align_weight, weight);
-        loss
-    };
+        },
+        |c| c.align_weight,
+    );
     // 1 − cos(image, caption) is near 1 for an untrained pair, so a weight of 2 adds well
     // over 0.5 to the reported loss.
-    let (plain, weighted) = (run(0.0), run(2.0));
     assert!(weighted > plain + 0.5, "{plain} {weighted}");
 }
 
