@@ -85,6 +85,7 @@ fn tune_for_the_world(task: Task, s: &mut TaskSettings, quick: bool) {
     };
     s.max_examples_per_epoch = Some(max_examples);
     if task == Task::Ve && !quick {
+        // Per example, batches of 64 train this small T5 faster than batches of 32.
         s.batch_size = 64;
     }
     s.max_val_examples = Some(max_val);
