@@ -31,6 +31,9 @@ pub struct TaskSettings {
     pub targets_per_step: Option<usize>,
     /// Val items decoded after each epoch to keep the best epoch (None: all).
     pub max_val_examples: Option<usize>,
+    /// Check val only every this many epochs, and after the last (None: every epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_interval: Option<usize>,
     /// Architecture of this task's from-scratch T5 (None: the experiment's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub t5_config: Option<T5Config>,
@@ -113,6 +116,7 @@ impl ExperimentConfig {
                     } else {
                         base.max_val_examples
                     },
+                    val_interval: None,
                     t5_config: None,
                     adapters: None,
                 };
@@ -201,6 +205,7 @@ impl ExperimentConfig {
         tc.max_examples_per_epoch = s.max_examples_per_epoch;
         tc.targets_per_step = s.targets_per_step;
         tc.max_val_examples = s.max_val_examples;
+        tc.val_interval = s.val_interval.unwrap_or(1);
         tc.beams = self.val_beams;
         if let (T5Init::Scratch { config, .. }, Some(c)) = (&mut tc.t5, &s.t5_config) {
             *config = c.clone();

@@ -65,6 +65,10 @@ pub struct TrainConfig {
     pub max_target_tokens: usize,
     /// Evaluate on the val split after every epoch (best checkpoint by the task metric).
     pub eval_each_epoch: bool,
+    /// With `eval_each_epoch`, evaluate after every `val_interval`-th epoch and after the
+    /// last one only (1: every epoch). For long runs whose best epoch comes late.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub val_interval: usize,
     /// Evaluate on at most this many val items per epoch (None: all).
     pub max_val_examples: Option<usize>,
     /// Beams for evaluation / prediction (reference: 5).
@@ -90,6 +94,14 @@ pub struct TrainConfig {
     /// The dtype the model trains in (see [`Precision`]).
     #[serde(default)]
     pub dtype: Precision,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 /// The dtype the model's weights and activations use in training. Half precision is for
@@ -155,6 +167,7 @@ impl TrainConfig {
             max_input_tokens: 128,
             max_target_tokens: 64,
             eval_each_epoch: true,
+            val_interval: 1,
             max_val_examples: None,
             beams: 5,
             max_steps: None,
@@ -223,6 +236,7 @@ impl TrainConfig {
             ("n_prefix", self.n_prefix),
             ("beams", self.beams),
             ("eval_batch_size", self.eval_batch_size),
+            ("val_interval", self.val_interval),
             ("max_input_tokens", self.max_input_tokens),
             ("max_target_tokens", self.max_target_tokens),
         ];

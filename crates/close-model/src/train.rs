@@ -378,7 +378,7 @@ impl<'a> Trainer<'a> {
         for epoch in self.state.epoch..end {
             let te = Instant::now();
             let (train_loss, lr) = self.train_epoch(epoch, progress)?;
-            let val = self.validate(progress)?;
+            let val = self.validate(epoch, progress)?;
             self.finish_epoch(epoch, (train_loss, lr), val, te)?;
         }
         self.summary()
@@ -568,20 +568,26 @@ impl<'a> Trainer<'a> {
         (targets, mapping)
     }
 
-    /// The task metric on the (capped) val images, when the config asks for it.
-    fn validate(&mut self, progress: &dyn Progress) -> Result<Option<Metrics>> {
-        if !self.dist.is_main() {
+    /// Val items checked after each epoch: 0 when the config asks for no check, and on the
+    /// ranks other than the main one (it alone evaluates).
+    fn val_count(&self) -> usize {
+        if !self.dist.is_main() || !self.cfg.eval_each_epoch {
+            return 0;
+        }
+        let n = self.cfg.max_val_examples.unwrap_or(usize::MAX);
+        n.min(self.inputs.data.val.len())
+    }
+
+    /// The task metric on the (capped) val images after `epoch` (0-based), when the config
+    /// asks for it then: every `val_interval`-th epoch and the last.
+    fn validate(&mut self, epoch: usize, progress: &dyn Progress) -> Result<Option<Metrics>> {
+        let n = self.val_count();
+        let done = epoch + 1;
+        let due = done.is_multiple_of(self.cfg.val_interval.max(1)) || done == self.cfg.epochs;
+        if n == 0 || !due {
             return Ok(None);
         }
         let data = self.inputs.data;
-        let n = self
-            .cfg
-            .max_val_examples
-            .unwrap_or(usize::MAX)
-            .min(data.val.len());
-        if !self.cfg.eval_each_epoch || n == 0 {
-            return Ok(None);
-        }
         let gen = close_t5::GenerateConfig::beam(self.cfg.beams, self.cfg.max_steps());
         self.model.set_training(false);
         progress.start(&format!("{} val", self.cfg.task), n as u64);
@@ -610,7 +616,9 @@ impl<'a> Trainer<'a> {
         let improved = match (&val, self.state.best_metric) {
             (Some(m), Some(b)) => m.primary > b,
             (Some(_), None) => true,
-            (None, _) => true, // no validation: the last epoch is the best
+            // No validation at all: the last epoch is the best. An epoch between val checks
+            // keeps the best so far.
+            (None, _) => self.val_count() == 0,
         };
         if improved {
             self.state.best_epoch = Some(epoch + 1);

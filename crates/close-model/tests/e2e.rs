@@ -402,6 +402,57 @@ fn targets_per_step_samples_targets_reproducibly() {
     assert!(bad.validate().is_err());
 }
 
+/// `val_interval` checks val every n-th epoch and after the last, keeps the best of those
+/// checks, and leaves training itself unchanged.
+#[test]
+fn val_interval_checks_every_nth_epoch_and_the_last() {
+    let w = world();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |interval: usize, name: &str| {
+        let mut cfg = config(0.1, 5);
+        cfg.val_interval = interval;
+        close_model::train::train(
+            &cfg,
+            TrainInputs {
+                data: &w.data,
+                texts: &w.texts,
+                images: &w.images,
+            },
+            &dir.path().join(name),
+            false,
+            &Device::Cpu,
+            &NoProgress,
+        )
+        .unwrap()
+    };
+    let every = run(1, "every");
+    let second = run(2, "second");
+    let checked = |s: &close_model::train::RunSummary| -> Vec<usize> {
+        s.history
+            .iter()
+            .filter(|r| r.val.is_some())
+            .map(|r| r.epoch)
+            .collect()
+    };
+    assert_eq!(checked(&every), [1, 2, 3, 4, 5]);
+    assert_eq!(checked(&second), [2, 4, 5]);
+    assert_eq!(second.final_train_loss, every.final_train_loss);
+    let best = second.best_epoch.unwrap();
+    assert!(
+        [2, 4, 5].contains(&best),
+        "best epoch {best} was not checked"
+    );
+    let best_of_checks = second
+        .history
+        .iter()
+        .filter_map(|r| r.val.as_ref().map(|m| m.primary))
+        .fold(f64::MIN, f64::max);
+    assert_eq!(second.best_metric, Some(best_of_checks));
+    let mut bad = config(0.1, 1);
+    bad.val_interval = 0;
+    assert!(bad.validate().is_err());
+}
+
 /// bf16 and f16 training (f32 master weights; a dynamic loss scale for f16) follows the
 /// f32 run: every logged loss within the stated tolerance of f32's, the same final
 /// tokenizer and steps. Half precision rounds every activation (bf16 keeps 8 bits of
