@@ -67,7 +67,7 @@ fn vqa_t5(base: &T5Init) -> Option<T5Config> {
 /// slowly: it needs more examples an epoch than captioning. VE's T5 learns to check a clause
 /// against the image vector only at a lower learning rate, and slowly: with 150,000 examples
 /// in batches of 64 its upper bound reads the image some 20 points above the
-/// hypothesis-only floor, and its noise runs learn slower still, so it trains 250,000
+/// hypothesis-only floor, and its noise runs learn slower still, so it trains 300,000
 /// (docs/demo/NOTES.md). VQA and VE peak in their last epochs, so they check val every
 /// other epoch.
 fn tune_for_the_world(task: Task, s: &mut TaskSettings, quick: bool) {
@@ -76,7 +76,7 @@ fn tune_for_the_world(task: Task, s: &mut TaskSettings, quick: bool) {
         (true, _) => (1, 1200, 100),
         (false, Task::Vqa) => (14, 5000, 2000),
         (false, Task::EvqaExplain) => (6, 3000, 1000),
-        (false, Task::Ve) => (50, 5000, 2000),
+        (false, Task::Ve) => (60, 5000, 2000),
         (false, Task::SCap | Task::MCap) => (7, 1600, 300),
         (false, Task::News) => (6, 4000, 300),
         (false, _) => (6, 2500, 300),
@@ -196,7 +196,7 @@ mod tests {
         assert_eq!(vqa.t5_config.as_ref().map(|c| c.d_model), Some(128));
         let ve = full.experiment.settings(Task::Ve).unwrap();
         assert!(ve.t5_config.is_none());
-        assert_eq!((ve.epochs, ve.batch_size, ve.lr), (50, 64, 1e-3));
+        assert_eq!((ve.epochs, ve.batch_size, ve.lr), (60, 64, 1e-3));
         assert_eq!(ve.sweep, [0.08, 0.12]);
         assert_eq!(vqa.sweep, ve.sweep);
         assert_eq!((vqa.val_interval, ve.val_interval), (Some(2), Some(2)));
