@@ -30,9 +30,8 @@ const ALIGN_WEIGHT: f64 = 0.05;
 
 /// The full demo's sweep of a task. No noise was never the val pick in three seeds, so the
 /// costliest tasks skip it (captioning keeps it: its collapse without noise is one of the
-/// paper's findings). News picks larger noise than the others on val (0.16 or 0.24); VQA
-/// and VE fall off above 0.12, and so does s-cap, whose w = 0.16 was 0.4–0.8 below the val
-/// pick in three seeds (docs/demo/NOTES.md).
+/// paper's findings). News picks larger noise than the others on val (0.16 or 0.24); VQA,
+/// VE and s-cap fall off above 0.12 (docs/demo/NOTES.md).
 fn demo_sweep(task: Task) -> Vec<f64> {
     match task {
         Task::Vqa | Task::Ve => vec![0.08, 0.12],

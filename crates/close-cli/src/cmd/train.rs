@@ -96,6 +96,10 @@ pub struct Args {
     /// Evaluate on at most N val items per epoch.
     #[arg(long, value_parser = crate::common::positive, allow_negative_numbers = true)]
     pub max_val: Option<usize>,
+    /// Validate only every N epochs and after the last (long runs whose best epoch comes
+    /// late).
+    #[arg(long, value_parser = crate::common::positive, allow_negative_numbers = true)]
+    pub val_interval: Option<usize>,
     /// Skip the per-epoch validation (the last epoch becomes the best checkpoint).
     #[arg(long)]
     pub no_eval: bool,
@@ -301,6 +305,7 @@ fn train_config(args: &Args, ctx: &Ctx) -> anyhow::Result<TrainConfig> {
     cfg.targets_per_step = args.targets_per_step.or(cfg.targets_per_step);
     cfg.max_steps = args.max_steps.or(cfg.max_steps);
     cfg.max_val_examples = args.max_val.or(cfg.max_val_examples);
+    cfg.val_interval = args.val_interval.unwrap_or(cfg.val_interval);
     cfg.eval_each_epoch &= !args.no_eval;
     cfg.dtype = args.dtype.unwrap_or(cfg.dtype);
     cfg.log_every = args.log_every.map_or(cfg.log_every, |n| n as u64);
