@@ -2,9 +2,15 @@
 //! (d_model 64, 2+2 layers) — the shapes-world / demo setting — and optionally a
 //! t5-small-shaped model (`CLOSE_BENCH_T5_SMALL=1`).
 //!
+//! The full train step is compared with the same model in PyTorch (HF
+//! `T5ForConditionalGeneration` of the same config, the same linear prefix, encoder once per
+//! image, AdamW) in the same run, with as many threads, when `/work/venv/bin/python` (or
+//! `$CLOSE_PYTHON`) can import torch and transformers.
+//!
 //! Run: `cargo bench -p close-model --bench train_step`. Prints the CPU and milliseconds per
-//! phase; `CLOSE_BENCH_SMOKE=1` runs each phase once without warm-up.
+//! phase; `CLOSE_BENCH_SMOKE=1` runs each phase once without warm-up (and without PyTorch).
 
+use std::process::Command;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -25,6 +31,66 @@ fn time<T>(label: &str, reps: usize, mut f: impl FnMut() -> T) -> f64 {
     }
     let ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
     println!("{label:<48} {ms:>9.2} ms");
+    ms
+}
+
+/// The CLOSE train step in PyTorch: `argv` = threads, reps, T5 config json, clip dim, batch,
+/// target length, targets per image. Prints torch's version line, then `torch <ms>`.
+const PY: &str = r#"
+import json, sys, time, torch
+from transformers import T5Config, T5ForConditionalGeneration
+print(json.dumps({"torch": torch.__version__, "capability": torch.backends.cpu.get_cpu_capability()}), flush=True)
+threads, reps = int(sys.argv[1]), int(sys.argv[2])
+cfg = T5Config(**json.loads(sys.argv[3]))
+clip_dim, batch, tgt_len, per = (int(x) for x in sys.argv[4:8])
+torch.set_num_threads(threads); torch.manual_seed(0)
+m = T5ForConditionalGeneration(cfg).train()
+proj = torch.nn.Linear(clip_dim, 4 * cfg.d_model)
+opt = torch.optim.AdamW(list(m.parameters()) + list(proj.parameters()), lr=1e-3)
+clip = torch.randn(batch, clip_dim)
+labels = torch.tensor([[(i * 7 + j * 3) % (cfg.vocab_size - 3) + 3 for j in range(tgt_len)]
+                       for i in range(batch * per)])
+def step():
+    prefix = proj(clip).view(batch, 4, cfg.d_model)
+    enc = m.encoder(inputs_embeds=prefix).last_hidden_state.repeat_interleave(per, 0)
+    loss = m(encoder_outputs=(enc,), labels=labels).loss
+    opt.zero_grad(); loss.backward(); opt.step()
+step()
+t0 = time.perf_counter()
+for _ in range(reps): step()
+print(f"torch {(time.perf_counter() - t0) * 1e3 / reps}", flush=True)
+"#;
+
+/// PyTorch's full train step in ms for the same shapes, or `None` (smoke run, no torch).
+fn torch_step_ms(t5: &close_t5::T5Config, shape: [usize; 4], reps: usize) -> Option<f64> {
+    let py = close_core::bench::python()?;
+    let threads = rayon::current_num_threads().to_string();
+    let mut args = vec![threads.clone(), reps.to_string()];
+    args.push(serde_json::to_string(t5).ok()?);
+    args.extend(shape.iter().map(usize::to_string));
+    let out = Command::new(&py)
+        .arg("-c")
+        .arg(PY)
+        .args(&args)
+        .env("OMP_NUM_THREADS", threads)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        println!(
+            "PyTorch comparison skipped: {}",
+            err.lines().last().unwrap_or("")
+        );
+        return None;
+    }
+    let mut ms = None;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Ok(meta) = serde_json::from_str::<serde_json::Value>(line) {
+            println!("{}", close_core::bench::torch_line(&meta));
+        } else if let Some(v) = line.strip_prefix("torch ") {
+            ms = v.parse().ok();
+        }
+    }
     ms
 }
 
@@ -72,10 +138,19 @@ fn bench(
         .backward()
         .unwrap();
     time("AdamW step", 5, || opt.step(&grads).unwrap());
-    time("full train step", 5, || {
+    // Steps of a few ms: enough of them that the comparison is not noise.
+    let reps = 30;
+    let ours = time("full train step", reps, || {
         let l = model.loss(&clip, None, &targets, &mapping).unwrap();
         opt.backward_step(&l).unwrap();
     });
+    if let Some(torch) = torch_step_ms(&t5, [clip_dim, batch, tgt_len, targets_per], reps) {
+        println!(
+            "{:<48} {torch:>9.2} ms (PyTorch time / ours: {:.2}x)",
+            "PyTorch (HF T5) full train step",
+            torch / ours
+        );
+    }
     model.set_training(false);
     let eval_clip = Tensor::randn(0f32, 1., (128, clip_dim), &dev).unwrap();
     time("greedy decode 128 images x 20 steps", 2, || {
