@@ -9,8 +9,6 @@
 //! Run: `cargo bench -p close-clip --bench train_step` (env `BENCH_SECONDS` per case,
 //! default 4; `CLOSE_BENCH_SMOKE=1` runs each case once, without PyTorch).
 
-use std::process::Command;
-
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use close_clip::bundle::TEXT_GROUP_OVERHEAD;
@@ -59,36 +57,8 @@ print(f"torch {k / (time.perf_counter() - t0)}", flush=True)
 fn torch_rate(seconds: f64, lens: &[usize]) -> Option<f64> {
     let py = close_core::bench::python()?;
     let lens: Vec<String> = lens.iter().map(usize::to_string).collect();
-    let out = Command::new(&py)
-        .args([
-            "-c",
-            PY,
-            &THREADS.to_string(),
-            &seconds.to_string(),
-            &lens.join(","),
-        ])
-        .env("OMP_NUM_THREADS", THREADS.to_string())
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        println!(
-            "PyTorch comparison skipped: {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        );
-        return None;
-    }
-    let mut rate = None;
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Ok(meta) = serde_json::from_str::<serde_json::Value>(line) {
-            println!("{}", close_core::bench::torch_line(&meta));
-        } else if let Some(r) = line.strip_prefix("torch ") {
-            rate = r.parse().ok();
-        }
-    }
-    rate
+    let args = [THREADS.to_string(), seconds.to_string(), lens.join(",")];
+    close_core::bench::torch_value(&py, PY, &args, THREADS)
 }
 
 /// The 64 text rows: `<bos> ids… <eos>` of the [`LENGTHS`] cycled.

@@ -161,6 +161,36 @@ pub fn torch_line(v: &serde_json::Value) -> String {
     )
 }
 
+/// Runs a bench's PyTorch snippet (`py -c script args…`, `threads` OpenMP threads), prints
+/// its version line ([`torch_line`]) and returns the number of its `torch <value>` line.
+/// `None` when it cannot run, with the reason printed.
+pub fn torch_value(py: &str, script: &str, args: &[String], threads: usize) -> Option<f64> {
+    let out = std::process::Command::new(py)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .env("OMP_NUM_THREADS", threads.to_string())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        println!(
+            "PyTorch comparison skipped: {}",
+            err.lines().last().unwrap_or("")
+        );
+        return None;
+    }
+    let mut value = None;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Ok(meta) = serde_json::from_str::<serde_json::Value>(line) {
+            println!("{}", torch_line(&meta));
+        } else if let Some(v) = line.strip_prefix("torch ") {
+            value = v.parse().ok();
+        }
+    }
+    value
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,6 @@
 //! Run: `cargo bench -p close-model --bench train_step`. Prints the CPU and milliseconds per
 //! phase; `CLOSE_BENCH_SMOKE=1` runs each phase once without warm-up (and without PyTorch).
 
-use std::process::Command;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -64,34 +63,11 @@ print(f"torch {(time.perf_counter() - t0) * 1e3 / reps}", flush=True)
 /// PyTorch's full train step in ms for the same shapes, or `None` (smoke run, no torch).
 fn torch_step_ms(t5: &close_t5::T5Config, shape: [usize; 4], reps: usize) -> Option<f64> {
     let py = close_core::bench::python()?;
-    let threads = rayon::current_num_threads().to_string();
-    let mut args = vec![threads.clone(), reps.to_string()];
+    let threads = rayon::current_num_threads();
+    let mut args = vec![threads.to_string(), reps.to_string()];
     args.push(serde_json::to_string(t5).ok()?);
     args.extend(shape.iter().map(usize::to_string));
-    let out = Command::new(&py)
-        .arg("-c")
-        .arg(PY)
-        .args(&args)
-        .env("OMP_NUM_THREADS", threads)
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        println!(
-            "PyTorch comparison skipped: {}",
-            err.lines().last().unwrap_or("")
-        );
-        return None;
-    }
-    let mut ms = None;
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Ok(meta) = serde_json::from_str::<serde_json::Value>(line) {
-            println!("{}", close_core::bench::torch_line(&meta));
-        } else if let Some(v) = line.strip_prefix("torch ") {
-            ms = v.parse().ok();
-        }
-    }
-    ms
+    close_core::bench::torch_value(&py, PY, &args, threads)
 }
 
 fn bench(
