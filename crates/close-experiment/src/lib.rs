@@ -169,7 +169,7 @@ pub fn run_experiment(
             images: split_counts(&karpathy),
         },
         clip: clip_info,
-        runs: tuning::table_rows(cfg, &found, &records),
+        runs: tuning::table_rows(cfg, &found, &records, &test_items(&records)),
     };
     Ok(ExperimentOutput {
         results,
@@ -182,6 +182,14 @@ pub fn run_experiment(
         text_run_scales,
         tasks: found,
     })
+}
+
+/// The per-item test scores of every run that has them.
+fn test_items(records: &[RunRecord]) -> tuning::TestItems {
+    records
+        .iter()
+        .filter_map(|r| Some((r.run_dir.clone(), runs::test_items(&r.run_dir)?)))
+        .collect()
 }
 
 /// A from-scratch T5's tokenizer for `input`'s task, trained on its text and written to

@@ -210,7 +210,7 @@ pub fn report_markdown(
     clip_table(&mut s, &res.clip);
     s.push_str(&header.clip_sections);
     let _ = writeln!(s, "## Results on the test images\n");
-    let _ = writeln!(s, "Captioning: CIDEr ×100 (pycocoevalcap scale ×100); VQA: official accuracy; VE: accuracy. Ratio = run / image-trained upper bound. Decoding: beam search at the configured width (the reference's 5).\n");
+    let _ = writeln!(s, "Captioning: CIDEr ×100 (pycocoevalcap scale ×100); VQA: official accuracy; VE: accuracy. Ratio = run / image-trained upper bound, ± its standard error over the test items (both runs scored on the same items). Decoding: beam search at the configured width (the reference's 5).\n");
     for &task in cfg.tasks.keys() {
         let runs: Vec<&RunResult> = res.runs.iter().filter(|r| r.task == task).collect();
         if !runs.is_empty() {
@@ -235,29 +235,7 @@ pub fn report_markdown(
 fn task_table(s: &mut String, task: Task, runs: &[&RunResult], priors: &TextPriors) {
     let upper = runs.iter().find(|r| r.train_on == TrainOn::Images).copied();
     let _ = writeln!(s, "### {task}\n");
-    let _ = writeln!(s, "| run | train on | adapter | noise | metric | ratio |");
-    let _ = writeln!(s, "|---|---|---|---|---|---|");
-    let fmt_ratio = |x: Option<f64>| x.map(|x| format!("{x:.2}")).unwrap_or_else(|| "–".into());
-    if let Some((label, v)) = priors.row(task) {
-        let r = upper
-            .and_then(|u| u.headline())
-            .filter(|&u| u > 0.0)
-            .map(|u| v / u);
-        let _ = writeln!(s, "| {label} | – | – | – | {v:.1} | {} |", fmt_ratio(r));
-    }
-    for r in runs {
-        let x = upper.and_then(|u| ratio(r, u));
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {} |",
-            r.label.as_deref().unwrap_or(""),
-            r.train_on.name(),
-            r.adapter.name(),
-            r.noise,
-            fmt_metric(task, r.headline()),
-            fmt_ratio(x)
-        );
-    }
+    ratio_table(s, task, runs, upper, priors.row(task));
     let _ = writeln!(s);
     let greedy = |r: &RunResult| r.metrics.get("CIDEr_greedy").and_then(|v| v.as_f64());
     let tuned = runs.iter().find(|r| r.is_tuned());
@@ -268,6 +246,69 @@ fn task_table(s: &mut String, task: Task, runs: &[&RunResult], priors: &TextPrio
     explanation_line(s, upper, runs);
     if task.metric() == MetricKind::Vqa {
         vqa_types_table(s, task, runs, priors);
+    }
+}
+
+/// The runs' metrics and ratios to `upper`. With a text-only prior: its row, and the share of
+/// the image's gain over the prior that each run keeps, `(run − prior) / (upper − prior)`.
+fn ratio_table(
+    s: &mut String,
+    task: Task,
+    runs: &[&RunResult],
+    upper: Option<&RunResult>,
+    prior: Option<(&str, f64)>,
+) {
+    let upper_value = upper.and_then(|u| u.headline()).filter(|&u| u > 0.0);
+    let gain = match (prior, upper_value) {
+        (Some((_, p)), Some(u)) if u > p => Some((p, u)),
+        _ => None,
+    };
+    let gain_cell = |v: Option<f64>| match (gain, v) {
+        (Some((p, u)), Some(v)) => format!(" {:.2} |", (v - p) / (u - p)),
+        (Some(_), None) => " – |".into(),
+        (None, _) => String::new(),
+    };
+    let (head, rule) = match gain {
+        Some(_) => (" image gain kept |", "---|"),
+        None => ("", ""),
+    };
+    let _ = writeln!(
+        s,
+        "| run | train on | adapter | noise | metric | ratio |{head}"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|{rule}");
+    if let Some((label, v)) = prior {
+        let r = ratio_cell(upper_value.map(|u| v / u), None);
+        let _ = writeln!(
+            s,
+            "| {label} | – | – | – | {v:.1} | {r} |{}",
+            gain_cell(Some(v))
+        );
+    }
+    for r in runs {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |{}",
+            r.label.as_deref().unwrap_or(""),
+            r.train_on.name(),
+            r.adapter.name(),
+            r.noise,
+            fmt_metric(task, r.headline()),
+            ratio_cell(upper.and_then(|u| ratio(r, u)), r.ratio_stderr),
+            gain_cell(r.headline())
+        );
+    }
+    if gain.is_some() {
+        let _ = writeln!(s, "\nImage gain kept: (run − prior) / (upper bound − prior), the share of what the image adds over the text alone that a run keeps.");
+    }
+}
+
+/// A ratio to the upper bound, with its paired standard error over the test items when known.
+fn ratio_cell(x: Option<f64>, se: Option<f64>) -> String {
+    match (x, se) {
+        (Some(x), Some(se)) => format!("{x:.3} ± {se:.3}"),
+        (Some(x), None) => format!("{x:.2}"),
+        (None, _) => "–".into(),
     }
 }
 
@@ -441,6 +482,7 @@ mod tests {
                 .into_iter()
                 .collect(),
                 label: Some(label.into()),
+                ratio_stderr: None,
             },
             val: Some(acc + 1.0),
             val_stderr: Some(1.25),
@@ -536,6 +578,8 @@ mod tests {
             ],
             priors,
         );
+        let mut out = out;
+        out.results.runs[1].ratio_stderr = Some(0.0123);
         let md = report_markdown(
             &cfg,
             &out,
@@ -545,11 +589,21 @@ mod tests {
             },
         );
         assert!(
-            md.contains("| question only (answer prior, no image) | – | – | – | 40.0 | 0.80 |"),
+            md.contains(
+                "| question only (answer prior, no image) | – | – | – | 40.0 | 0.80 | 0.00 |"
+            ),
             "{md}"
         );
         assert!(
-            md.contains("| text only, no noise | text | none | 0 | 45.0 | 0.90 |"),
+            md.contains("| image-trained upper bound | images | none | 0 | 50.0 | 1.00 | 1.00 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| text only, no noise | text | none | 0 | 45.0 | 0.900 ± 0.012 | 0.50 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| mean-shift + noise | text | mean-shift | 0.04 | 49.0 | 0.98 | 0.90 |"),
             "{md}"
         );
         assert!(

@@ -48,6 +48,10 @@ pub struct RunResult {
     /// The ablation row (e.g. `tuned noise (val): w = 0.08`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// Standard error of this text-only run's ratio to the upper bound, from the two runs'
+    /// scores on the same test items ([`paired_ratio_stderr`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio_stderr: Option<f64>,
 }
 
 /// Everything `results.json` holds.
@@ -89,6 +93,30 @@ pub fn ratio(run: &RunResult, upper: &RunResult) -> Option<f64> {
     (b > 0.0).then(|| a / b)
 }
 
+/// Standard error of `mean(x) / mean(y)` where `x[i]` and `y[i]` score the same item (the
+/// delta method: the standard deviation of `x − r·y` over `√n · mean(y)`). Pairing removes
+/// what the items' difficulty shares between the two runs. None for fewer than two items,
+/// lengths that differ or `mean(y) ≤ 0`.
+pub fn paired_ratio_stderr(x: &[f64], y: &[f64]) -> Option<f64> {
+    let n = x.len();
+    if n < 2 || y.len() != n {
+        return None;
+    }
+    let (mx, my) = (mean(x), mean(y));
+    if my <= 0.0 {
+        return None;
+    }
+    let r = mx / my;
+    let d: Vec<f64> = x.iter().zip(y).map(|(a, b)| a - r * b).collect();
+    let md = mean(&d);
+    let var = d.iter().map(|v| (v - md).powi(2)).sum::<f64>() / (n - 1) as f64;
+    Some((var / n as f64).sqrt() / my)
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
 /// A run's full record (`runs.json`): its test row, its val metric and training curve.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunRecord {
@@ -102,4 +130,25 @@ pub struct RunRecord {
     /// Training seconds (this machine's; not in `results.json`).
     pub seconds: f64,
     pub run_dir: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_paired_ratio_error_is_zero_for_proportional_runs_and_grows_with_disagreement() {
+        let y = [100.0, 0.0, 100.0, 100.0, 0.0, 100.0];
+        let half: Vec<f64> = y.iter().map(|v| v / 2.0).collect();
+        assert!(paired_ratio_stderr(&half, &y).unwrap().abs() < 1e-12);
+        // One item of six flipped: x/y = 3/4; d = x − 0.75·y is (0.25, 0, 0.25, 0.25, 0, −0.75)·100,
+        // sample variance 0.15·100², so SE = √(0.15/6)·100 / (400/6).
+        let x = [100.0, 0.0, 100.0, 100.0, 0.0, 0.0];
+        let se = paired_ratio_stderr(&x, &y).unwrap();
+        let want = (0.15f64 / 6.0).sqrt() * 100.0 / (400.0 / 6.0);
+        assert!((se - want).abs() < 1e-12, "{se} vs {want}");
+        assert_eq!(paired_ratio_stderr(&x[..5], &y), None);
+        assert_eq!(paired_ratio_stderr(&[1.0], &[1.0]), None);
+        assert_eq!(paired_ratio_stderr(&[1.0, 2.0], &[0.0, 0.0]), None);
+    }
 }

@@ -323,6 +323,7 @@ fn run_one(
             noise: job.plan.noise,
             metrics,
             label: Some(job.plan.label.clone()),
+            ratio_stderr: None,
         },
         val: val.as_ref().map(|m| m.primary),
         val_stderr: val.as_ref().and_then(val_stderr),
@@ -367,6 +368,13 @@ fn scored(
     )?;
     io::write_json_atomic(dir.join(SCORE_FILE), &m)?;
     Ok(m)
+}
+
+/// The per-item test scores of the run in `run_dir` (`eval/test/score.json`); None when it
+/// was not scored or was scored before per-item scores were kept.
+pub fn test_items(run_dir: &Path) -> Option<Vec<f64>> {
+    let m: Metrics = io::read_json(run_dir.join("eval").join("test").join(SCORE_FILE)).ok()?;
+    (!m.items.is_empty()).then_some(m.items)
 }
 
 /// Standard error of a val metric: CIDEr's from its per-image scores; an accuracy's (0–100)

@@ -1,12 +1,19 @@
 //! Stage: the table rows. Per task: the image-trained upper bound (m-cap's is the s-cap run
 //! when they share the recipe), every run, and the "tuned noise" row, the sweep point with
-//! the best **val** metric, reported on test.
+//! the best **val** metric, reported on test. Each text-only row carries the standard error
+//! of its ratio to the upper bound, from the two runs' scores on the same test items.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use close_model::task::{Task, TrainOn};
 
 use crate::config::ExperimentConfig;
 use crate::plan::{mcap_shares_scap_upper, SHARED_UPPER_LABEL};
-use crate::results::{RunRecord, RunResult};
+use crate::results::{paired_ratio_stderr, RunRecord, RunResult};
+
+/// Per-item test scores of runs, by run directory.
+pub type TestItems = BTreeMap<PathBuf, Vec<f64>>;
 
 /// The sweep point of `records` with the best val metric.
 pub fn tuned<'a>(records: &[&'a RunRecord]) -> Option<&'a RunRecord> {
@@ -21,25 +28,53 @@ pub fn tuned<'a>(records: &[&'a RunRecord]) -> Option<&'a RunRecord> {
         })
 }
 
-/// Every task's rows, in the order of `tasks`.
-pub fn table_rows(cfg: &ExperimentConfig, tasks: &[Task], records: &[RunRecord]) -> Vec<RunResult> {
+/// The image-trained run of `task`: its own, or s-cap's when m-cap shares it.
+fn upper_bound<'a>(
+    cfg: &ExperimentConfig,
+    task: Task,
+    records: &'a [RunRecord],
+) -> Option<&'a RunRecord> {
+    let of = if task == Task::MCap && mcap_shares_scap_upper(cfg) {
+        Task::SCap
+    } else {
+        task
+    };
+    records
+        .iter()
+        .find(|r| r.result.task == of && r.result.train_on == TrainOn::Images)
+}
+
+/// Every task's rows, in the order of `tasks`; `items` holds the runs' per-item test scores
+/// that the ratios' standard errors come from.
+pub fn table_rows(
+    cfg: &ExperimentConfig,
+    tasks: &[Task],
+    records: &[RunRecord],
+    items: &TestItems,
+) -> Vec<RunResult> {
     let mut rows = Vec::new();
     for &task in tasks {
         let of_task: Vec<&RunRecord> = records.iter().filter(|r| r.result.task == task).collect();
-        if task == Task::MCap && mcap_shares_scap_upper(cfg) {
-            let upper = records
-                .iter()
-                .find(|r| r.result.task == Task::SCap && r.result.train_on == TrainOn::Images);
-            if let Some(u) = upper {
-                let mut r = u.result.clone();
-                r.task = task;
-                r.label = Some(SHARED_UPPER_LABEL.to_string());
-                rows.push(r);
-            }
+        let upper = upper_bound(cfg, task, records);
+        if let Some(u) = upper.filter(|u| u.result.task != task) {
+            let mut r = u.result.clone();
+            r.task = task;
+            r.label = Some(SHARED_UPPER_LABEL.to_string());
+            rows.push(r);
         }
-        rows.extend(of_task.iter().map(|r| r.result.clone()));
+        let upper_items = upper.and_then(|u| items.get(&u.run_dir));
+        let row = |rec: &RunRecord| {
+            let mut r = rec.result.clone();
+            if r.train_on == TrainOn::Text {
+                r.ratio_stderr = upper_items
+                    .zip(items.get(&rec.run_dir))
+                    .and_then(|(u, x)| paired_ratio_stderr(x, u));
+            }
+            r
+        };
+        rows.extend(of_task.iter().map(|r| row(r)));
         if let Some(b) = tuned(&of_task) {
-            let mut r = b.result.clone();
+            let mut r = row(b);
             r.label = Some(format!("tuned noise (val): w = {}", r.noise));
             rows.push(r);
         }
@@ -71,12 +106,13 @@ mod tests {
                     .into_iter()
                     .collect(),
                 label: Some(format!("{adapter:?} {w}")),
+                ratio_stderr: None,
             },
             val,
             val_stderr: None,
             losses: Vec::new(),
             seconds: 1.0,
-            run_dir: "r".into(),
+            run_dir: format!("{task}-{on:?}-{adapter:?}-{w}").into(),
         }
     }
 
@@ -131,7 +167,28 @@ mod tests {
                 0.3,
             ),
         ];
-        let rows = table_rows(&cfg, &[Task::SCap, Task::MCap], &records);
+        // Per-item scores of the s-cap upper bound, its w = 0.08 run and the m-cap run.
+        let items: TestItems = [
+            (&records[0], vec![1.0, 2.0, 3.0]),
+            (&records[2], vec![1.0, 1.0, 3.0]),
+            (&records[4], vec![0.5, 1.0, 1.5]),
+        ]
+        .into_iter()
+        .map(|(r, v)| (r.run_dir.clone(), v))
+        .collect();
+        let rows = table_rows(&cfg, &[Task::SCap, Task::MCap], &records, &items);
+        let se = |r: &RunResult| r.ratio_stderr;
+        assert_eq!(se(&rows[0]), None, "the upper bound has no ratio");
+        assert_eq!(se(&rows[1]), None, "no per-item scores of the no-noise run");
+        let w08 = paired_ratio_stderr(&[1.0, 1.0, 3.0], &[1.0, 2.0, 3.0]);
+        assert!(w08.unwrap() > 0.0);
+        assert_eq!(se(&rows[2]), w08);
+        assert_eq!(rows[4].is_tuned().then(|| se(&rows[4])), Some(w08));
+        // m-cap's runs are paired with the s-cap upper bound they share; proportional scores.
+        let mcap = rows
+            .iter()
+            .find(|r| r.task == Task::MCap && r.train_on == TrainOn::Text);
+        assert!(mcap.and_then(se).unwrap().abs() < 1e-12);
         let tuned: Vec<&RunResult> = rows.iter().filter(|r| r.is_tuned()).collect();
         assert_eq!(tuned.len(), 1, "m-cap has no val metric, so no tuned row");
         assert_eq!((tuned[0].task, tuned[0].noise), (Task::SCap, 0.08));

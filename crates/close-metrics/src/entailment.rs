@@ -45,6 +45,10 @@ pub struct EntailmentScores {
     pub confusion: Vec<Vec<usize>>,
     /// Gold lines skipped because their label is not one of the three classes.
     pub skipped_gold: usize,
+    /// Whether each scored pair (in input order, skipped gold lines left out) was right:
+    /// the items behind `accuracy`, for paired comparisons of two runs.
+    #[serde(skip)]
+    pub per_item: Vec<bool>,
 }
 
 impl EntailmentScores {
@@ -73,7 +77,7 @@ pub fn evaluate_pairs<'a>(
     let mut confusion = vec![vec![0usize; 4]; 3];
     let mut skipped = 0;
     let mut n = 0;
-    let mut correct = 0;
+    let mut per_item = Vec::new();
     for (g, p) in pairs {
         let Some(gi) = class_of(g) else {
             skipped += 1;
@@ -82,10 +86,9 @@ pub fn evaluate_pairs<'a>(
         let pi = class_of(p).unwrap_or(3);
         confusion[gi][pi] += 1;
         n += 1;
-        if gi == pi {
-            correct += 1;
-        }
+        per_item.push(gi == pi);
     }
+    let correct = per_item.iter().filter(|&&c| c).count();
     if n == 0 {
         return Err(Error::invalid(
             "visual entailment: no gold examples with a valid label",
@@ -130,6 +133,7 @@ pub fn evaluate_pairs<'a>(
         per_class,
         confusion,
         skipped_gold: skipped,
+        per_item,
     })
 }
 
@@ -292,6 +296,7 @@ mod tests {
         assert_eq!(s.count, 5);
         assert_eq!(s.skipped_gold, 1);
         assert!((s.accuracy - 0.6).abs() < 1e-12);
+        assert_eq!(s.per_item, [true, false, true, true, false]);
         assert_eq!(s.confusion[0], vec![1, 1, 0, 0]);
         assert_eq!(s.confusion[2], vec![0, 0, 1, 1]);
         let n = &s.per_class["neutral"];

@@ -41,6 +41,21 @@ pub struct Metrics {
     /// `{"overall":…,"perAnswerType":…,"perQuestionType":…}`, `{"accuracy":…,…}`).
     pub scores: serde_json::Value,
     pub count: usize,
+    /// Each item's score on `primary`'s scale, in item order: an image's CIDEr, a question's
+    /// VQA accuracy, 100 or 0 for an entailment pair. `primary` is their mean (VQA's up to
+    /// its rounding); two runs on the same items are compared item by item with them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub items: Vec<f64>,
+}
+
+impl Metrics {
+    /// The same metrics without the per-item scores (for per-epoch records).
+    pub fn summary(&self) -> Self {
+        Self {
+            items: Vec::new(),
+            ..self.clone()
+        }
+    }
 }
 
 /// A model ready to be evaluated: what [`predict_examples`] and [`evaluate_examples`] need
@@ -129,7 +144,7 @@ pub fn score(task: Task, examples: &[EvalExample], preds: &[Prediction]) -> Resu
         return Err(Error::invalid("nothing to evaluate"));
     }
     // Items are keyed by position: ids need not be numeric or unique across sources.
-    let (primary, name, scores) = match task.metric() {
+    let (primary, name, scores, items) = match task.metric() {
         MetricKind::Caption => {
             let refs = examples.iter().map(|e| e.references.clone());
             let s = score_captions(refs, preds.iter().map(|p| p.text.as_str()))?;
@@ -137,7 +152,8 @@ pub fn score(task: Task, examples: &[EvalExample], preds: &[Prediction]) -> Resu
             if let Some(se) = cider_stderr(&s) {
                 j["CIDEr_stderr"] = se.into();
             }
-            (s.cider, "CIDEr", j)
+            let items = s.per_image.values().map(|i| i.cider).collect();
+            (s.cider, "CIDEr", j, items)
         }
         MetricKind::Vqa => {
             let qs: Vec<close_metrics::vqa::VqaQuestion> = examples
@@ -166,7 +182,8 @@ pub fn score(task: Task, examples: &[EvalExample], preds: &[Prediction]) -> Resu
                 let e = score_explanations(examples, preds)?;
                 j["explanation"] = e.to_json();
             }
-            (s.overall, "vqa_accuracy", j)
+            let items = s.per_question.values().copied().collect();
+            (s.overall, "vqa_accuracy", j, items)
         }
         MetricKind::Entailment => {
             let pairs = examples.iter().zip(preds).map(|(e, p)| {
@@ -180,7 +197,8 @@ pub fn score(task: Task, examples: &[EvalExample], preds: &[Prediction]) -> Resu
             if let serde_json::Value::Object(o) = &mut j {
                 o.insert("accuracy".into(), (100.0 * s.accuracy).into());
             }
-            (100.0 * s.accuracy, "accuracy", j)
+            let items = s.per_item.iter().map(|&c| if c { 100.0 } else { 0.0 });
+            (100.0 * s.accuracy, "accuracy", j, items.collect())
         }
     };
     Ok(Metrics {
@@ -189,6 +207,7 @@ pub fn score(task: Task, examples: &[EvalExample], preds: &[Prediction]) -> Resu
         primary_name: name.into(),
         scores,
         count: examples.len(),
+        items,
     })
 }
 
@@ -374,6 +393,10 @@ mod tests {
             (mean - m.primary).abs() < 1e-12,
             "CIDEr is the images' mean"
         );
+        assert_eq!(
+            m.items, c,
+            "the per-item scores are the images' CIDEr, in item order"
+        );
         let var = c.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / 2.0;
         let se = m.scores["CIDEr_stderr"].as_f64().unwrap();
         assert!((se - (var / 3.0).sqrt()).abs() < 1e-12 && se > 0.0, "{se}");
@@ -401,6 +424,7 @@ mod tests {
         ];
         let s = score(Task::EvqaExplain, &ex, &swapped).unwrap();
         assert_eq!(s.primary, 100.0);
+        assert_eq!(s.items, [100.0, 100.0]);
         assert!(
             cider(&s) < cider(&m) / 2.0,
             "{} vs {}",
@@ -409,6 +433,11 @@ mod tests {
         );
         // As plain VQA the whole text is the answer, so none is right.
         assert_eq!(score(Task::Evqa, &ex, &right).unwrap().primary, 0.0);
+        let one_right = [pred("yes"), pred("yes")];
+        assert_eq!(
+            score(Task::Evqa, &ex, &one_right).unwrap().items,
+            [100.0, 0.0]
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let path = write_results(Task::EvqaExplain, dir.path(), &ex, &right).unwrap();
@@ -416,5 +445,28 @@ mod tests {
             serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
         assert_eq!(rows[0]["answer"], "yes");
         assert_eq!(rows[0]["explanation"], "a red circle above a blue star.");
+    }
+
+    #[test]
+    fn entailment_items_are_100_when_right_and_stay_out_of_epoch_records() {
+        let ex: Vec<EvalExample> = ["entailment", "neutral", "contradiction"]
+            .iter()
+            .map(|l| EvalExample {
+                references: vec![l.to_string()],
+                ..item("", "")
+            })
+            .collect();
+        let preds = [
+            pred("entailment"),
+            pred("contradiction"),
+            pred("contradiction"),
+        ];
+        let m = score(Task::Ve, &ex, &preds).unwrap();
+        assert_eq!(m.items, [100.0, 0.0, 100.0]);
+        assert!((m.primary - 200.0 / 3.0).abs() < 1e-9);
+        let json = serde_json::to_value(m.summary()).unwrap();
+        assert!(json.get("items").is_none(), "{json}");
+        let back: Metrics = serde_json::from_value(json).unwrap();
+        assert!(back.items.is_empty());
     }
 }

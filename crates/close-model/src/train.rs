@@ -646,7 +646,7 @@ impl<'a> Trainer<'a> {
             steps: self.state.step,
             train_loss,
             lr,
-            val,
+            val: val.as_ref().map(Metrics::summary),
             seconds: started.elapsed().as_secs_f64(),
         });
         self.checkpoint()
