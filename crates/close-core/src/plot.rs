@@ -8,6 +8,8 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
+use plotters::coord::types::RangedCoordf64;
+use plotters::element::ErrorBar;
 use plotters::prelude::*;
 
 use crate::{Error, Result};
@@ -45,6 +47,10 @@ pub fn have_font() -> bool {
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
+    /// Half-heights of vertical error bars, one a point (empty: none).
+    pub errors: Vec<f64>,
+    /// An RGB colour of its own (None: the next of the palette's).
+    pub color: Option<(u8, u8, u8)>,
 }
 
 impl Series {
@@ -52,7 +58,31 @@ impl Series {
         Self {
             name: name.into(),
             points,
+            errors: Vec::new(),
+            color: None,
         }
+    }
+
+    /// The same series drawn in `rgb` (a reference line, say).
+    pub fn with_color(mut self, rgb: (u8, u8, u8)) -> Self {
+        self.color = Some(rgb);
+        self
+    }
+
+    /// The same series with a ± `errors[i]` bar at point `i`.
+    pub fn with_errors(mut self, errors: Vec<f64>) -> Self {
+        self.errors = errors;
+        self
+    }
+
+    /// The points, with their error bars' ends where there are bars, that are finite.
+    fn finite_points(&self) -> Vec<(f64, f64, f64)> {
+        self.points
+            .iter()
+            .enumerate()
+            .map(|(i, &(x, y))| (x, y, self.errors.get(i).copied().unwrap_or(0.0)))
+            .filter(|(x, y, e)| x.is_finite() && y.is_finite() && e.is_finite())
+            .collect()
     }
 }
 
@@ -99,6 +129,34 @@ fn bounds(points: impl Iterator<Item = (f64, f64)>) -> ((f64, f64), (f64, f64)) 
     (pad(x0, x1), pad(y0, y1))
 }
 
+type Chart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+type DrawResult = std::result::Result<
+    (),
+    DrawingAreaErrorKind<<BitMapBackend<'static> as DrawingBackend>::ErrorType>,
+>;
+
+/// One series of a line chart: its error bars, its line (with a legend entry when there is
+/// text) and, for up to 40 points, a marker at each point.
+fn draw_line(chart: &mut Chart, s: &Series, c: RGBColor, text: bool) -> DrawResult {
+    let with_err = s.finite_points();
+    let pts: Vec<(f64, f64)> = with_err.iter().map(|&(x, y, _)| (x, y)).collect();
+    let bars = with_err.iter().filter(|p| p.2 > 0.0);
+    chart.draw_series(
+        bars.map(|&(x, y, e)| ErrorBar::new_vertical(x, y - e, y, y + e, c.stroke_width(1), 8)),
+    )?;
+    let drawn = chart.draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?;
+    if text {
+        drawn
+            .label(s.name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
+    }
+    if pts.len() <= 40 {
+        chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, c.filled())))?;
+    }
+    Ok(())
+}
+
 /// Draw a line chart (one line with markers per series) to a PNG at `path`.
 pub fn line_chart(
     path: &Path,
@@ -112,7 +170,11 @@ pub fn line_chart(
     {
         let root = BitMapBackend::new(&tmp, (800, 500)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
-        let ((x0, x1), (y0, y1)) = bounds(series.iter().flat_map(|s| s.points.iter().copied()));
+        let ends = series
+            .iter()
+            .flat_map(|s| s.finite_points())
+            .flat_map(|(x, y, e)| [(x, y - e), (x, y + e)]);
+        let ((x0, x1), (y0, y1)) = bounds(ends);
         let mut b = ChartBuilder::on(&root);
         b.margin(15);
         if text {
@@ -131,26 +193,8 @@ pub fn line_chart(
         }
         mesh.draw().map_err(|e| plot_err(path, e))?;
         for (i, s) in series.iter().enumerate() {
-            let c = palette(i);
-            let pts: Vec<(f64, f64)> = s
-                .points
-                .iter()
-                .copied()
-                .filter(|(x, y)| x.is_finite() && y.is_finite())
-                .collect();
-            let drawn = chart
-                .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
-                .map_err(|e| plot_err(path, e))?;
-            if text {
-                drawn.label(s.name.clone()).legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
-                });
-            }
-            if pts.len() <= 40 {
-                chart
-                    .draw_series(pts.iter().map(|p| Circle::new(*p, 3, c.filled())))
-                    .map_err(|e| plot_err(path, e))?;
-            }
+            let c = s.color.map_or(palette(i), |(r, g, b)| RGBColor(r, g, b));
+            draw_line(&mut chart, s, c, text).map_err(|e| plot_err(path, e))?;
         }
         if text && !series.is_empty() {
             chart
@@ -250,5 +294,27 @@ mod tests {
         assert!(q.exists());
         // Empty input still gives a valid (blank) chart rather than an error.
         line_chart(&dir.path().join("empty.png"), "e", "x", "y", &[]).unwrap();
+    }
+
+    #[test]
+    fn error_bars_are_drawn_in_the_series_colour_and_non_finite_points_dropped() {
+        let pts = vec![(0.0, 1.0), (1.0, 1.2), (2.0, f64::NAN), (3.0, 0.9)];
+        let bare = Series::new("run", pts.clone()).with_color((200, 0, 0));
+        let barred = bare.clone().with_errors(vec![0.0, 0.3, 0.1, 0.05]);
+        assert_eq!(
+            barred.finite_points(),
+            [(0.0, 1.0, 0.0), (1.0, 1.2, 0.3), (3.0, 0.9, 0.05)]
+        );
+        // A reference line fixes the y range, so that only the bars differ between the two.
+        let line = Series::new("ref", vec![(0.0, 0.5), (3.0, 1.6)]);
+        let dir = tempfile::tempdir().unwrap();
+        let red = |s: &Series| {
+            let p = dir.path().join(format!("{}.png", s.errors.len()));
+            line_chart(&p, "t", "x", "y", &[s.clone(), line.clone()]).unwrap();
+            let img = image::open(&p).unwrap().to_rgb8();
+            img.pixels().filter(|p| p.0 == [200, 0, 0]).count()
+        };
+        let (without, with) = (red(&bare), red(&barred));
+        assert!(with > without + 50, "{with} vs {without} red pixels");
     }
 }

@@ -43,44 +43,50 @@ pub fn write_outputs(
     io::write_json_atomic(out.join("results.json"), &output.results)?;
     io::write_json_atomic(out.join("runs.json"), &output.records)?;
     io::write_json_atomic(out.join("stages.json"), &output.stages)?;
-    sweep_plot(cfg, &output.records, &out.join("noise_sweep.png"))?;
+    sweep_plot(
+        &output.tasks,
+        &output.results.runs,
+        &out.join("noise_sweep.png"),
+    )?;
     loss_plot(&output.records, &out.join("loss_curves.png"))?;
     let md = report_markdown(cfg, output, header);
     io::write_atomic(out.join("REPORT.md"), md.as_bytes())?;
     Ok(md)
 }
 
-/// Val and test metric against w, per task (the text-only sweep points).
-fn sweep_plot(cfg: &ExperimentConfig, records: &[RunRecord], png: &Path) -> Result<()> {
+/// Each task's text-only runs on test against w, as ratios to the task's upper bound, each
+/// ± its standard error over the test items, beside the upper bound's line at 1.
+fn sweep_plot(tasks: &[Task], runs: &[RunResult], png: &Path) -> Result<()> {
     let mut series = Vec::new();
-    for task in cfg.tasks.keys() {
-        let (mut val, mut test) = (Vec::new(), Vec::new());
-        for r in records
+    let mut ws = Vec::new();
+    for &task in tasks {
+        let of_task: Vec<&RunResult> = runs.iter().filter(|r| r.task == task).collect();
+        let Some(upper) = of_task.iter().find(|r| r.train_on == TrainOn::Images) else {
+            continue;
+        };
+        let mut pts: Vec<(f64, f64, f64)> = of_task
             .iter()
-            .filter(|r| r.result.task == *task && r.result.is_sweep_point())
-        {
-            let scale = if task.metric() == MetricKind::Caption {
-                100.0
-            } else {
-                1.0
-            };
-            if let Some(v) = r.val {
-                val.push((r.result.noise, v * scale));
-            }
-            if let Some(t) = r.result.headline() {
-                test.push((r.result.noise, t * scale));
-            }
-        }
-        val.sort_by(|a, b| a.0.total_cmp(&b.0));
-        test.sort_by(|a, b| a.0.total_cmp(&b.0));
-        series.push(Series::new(format!("{task} test"), test));
-        series.push(Series::new(format!("{task} val"), val));
+            .filter(|r| r.is_sweep_point() && !r.is_tuned())
+            .filter_map(|r| Some((r.noise, ratio(r, upper)?, r.ratio_stderr.unwrap_or(0.0))))
+            .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        ws.extend(pts.iter().map(|p| p.0));
+        let errors = pts.iter().map(|p| p.2).collect();
+        let points = pts.iter().map(|p| (p.0, p.1)).collect();
+        series.push(Series::new(task.to_string(), points).with_errors(errors));
+    }
+    let (lo, hi) = ws
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &w| (a.min(w), b.max(w)));
+    if lo <= hi {
+        let line = Series::new("upper bound", vec![(lo, 1.0), (hi, 1.0)]);
+        series.push(line.with_color((0, 0, 0)));
     }
     line_chart(
         png,
-        "noise sweep (text-only training, image test)",
+        "text-only training, image test: ratio to the upper bound (± 1 s.e.)",
         "noise w",
-        "CIDEr×100 / accuracy",
+        "test metric / image-trained upper bound",
         &series,
     )
 }
