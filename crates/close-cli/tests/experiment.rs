@@ -1,6 +1,7 @@
 //! `close experiment` killed with SIGKILL at two moments (mid-training, mid-way through the
 //! runs) and rerun ends with the `results.json` of an uninterrupted run; a rerun of a
-//! finished experiment computes nothing and writes the same file.
+//! finished experiment computes nothing and writes the same file, also after the OUT dir
+//! moved and lost its per-item test scores.
 
 #[path = "../../close-serve/tests/common/mod.rs"]
 mod common;
@@ -108,6 +109,26 @@ fn count(dir: &Path, name: &str, unless: Option<&str>) -> usize {
     n
 }
 
+/// Remove the per-item scores from every test `score.json` under `dir` (as an OUT scored
+/// before they were kept); returns how many files had them.
+fn strip_items(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            n += strip_items(&p);
+        } else if p.ends_with("eval/test/score.json") {
+            let mut m: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+            if m.as_object_mut().unwrap().remove("items").is_some() {
+                std::fs::write(&p, serde_json::to_vec(&m).unwrap()).unwrap();
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
 /// SIGKILL the experiment once `ready` holds (checked every 20 ms).
 fn kill_when(mut child: Child, ready: impl Fn() -> bool) {
     let start = Instant::now();
@@ -159,4 +180,18 @@ fn killed_twice_then_rerun_gives_the_uninterrupted_results() {
         "a finished run ran again:\n{text}"
     );
     assert_eq!(std::fs::read(out.join("results.json")).unwrap(), expected);
+
+    // Moved, and without per-item test scores: the rerun scores the saved predictions again,
+    // in the new place (they give the ratios' standard errors), and writes the same file.
+    let moved = tmp.path().join("moved");
+    std::fs::rename(&out, &moved).unwrap();
+    let stripped = strip_items(&moved.join("runs"));
+    assert!(stripped >= 4, "{stripped} test scores had per-item scores");
+    finish(experiment(&world, &clip, &cfg, &moved, 0, &log(5)), &log(5));
+    assert_eq!(std::fs::read(moved.join("results.json")).unwrap(), expected);
+    assert_eq!(
+        strip_items(&moved.join("runs")),
+        stripped,
+        "not scored again"
+    );
 }

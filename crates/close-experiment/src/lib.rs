@@ -169,7 +169,7 @@ pub fn run_experiment(
             images: split_counts(&karpathy),
         },
         clip: clip_info,
-        runs: tuning::table_rows(cfg, &found, &records, &test_items(&records)),
+        runs: tuning::table_rows(cfg, &found, &records, &test_items(&records, &tasks)),
     };
     Ok(ExperimentOutput {
         results,
@@ -185,10 +185,15 @@ pub fn run_experiment(
 }
 
 /// The per-item test scores of every run that has them.
-fn test_items(records: &[RunRecord]) -> tuning::TestItems {
+fn test_items(records: &[RunRecord], tasks: &[TaskInputs]) -> tuning::TestItems {
     records
         .iter()
-        .filter_map(|r| Some((r.run_dir.clone(), runs::test_items(&r.run_dir)?)))
+        .filter_map(|r| {
+            let task = r.result.task;
+            let input = tasks.iter().find(|t| t.task == task)?;
+            let items = runs::test_items(&r.run_dir, task, &input.text.test)?;
+            Some((r.run_dir.clone(), items))
+        })
         .collect()
 }
 

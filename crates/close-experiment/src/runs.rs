@@ -19,9 +19,9 @@ use close_core::progress::{NoProgress, Progress};
 use close_core::{io, Error, Result};
 use close_model::adapter::FitSpec;
 use close_model::config::{T5Init, TrainConfig};
-use close_model::eval::Metrics;
+use close_model::eval::{Metrics, Prediction};
 use close_model::run::{self, Run};
-use close_model::task::{MetricKind, Task, TaskData};
+use close_model::task::{EvalExample, MetricKind, Task, TaskData};
 use close_model::train::TrainInputs;
 
 use crate::config::ExperimentConfig;
@@ -274,7 +274,12 @@ fn run_one(
 ) -> Result<RunRecord> {
     if let Ok(saved) = io::read_json::<SavedResult>(job.dir.join(RESULT_FILE)) {
         if saved.key == job.key {
-            return Ok(saved.record);
+            // The run is where the job is now, wherever OUT was when it ran.
+            let run_dir = job.dir.clone();
+            return Ok(RunRecord {
+                run_dir,
+                ..saved.record
+            });
         }
     }
     let resume = run::has_checkpoint(&job.dir)?;
@@ -370,11 +375,29 @@ fn scored(
     Ok(m)
 }
 
-/// The per-item test scores of the run in `run_dir` (`eval/test/score.json`); None when it
-/// was not scored or was scored before per-item scores were kept.
-pub fn test_items(run_dir: &Path) -> Option<Vec<f64>> {
-    let m: Metrics = io::read_json(run_dir.join("eval").join("test").join(SCORE_FILE)).ok()?;
-    (!m.items.is_empty()).then_some(m.items)
+/// The per-item test scores of the run in `run_dir` (`eval/test/score.json`). A run scored
+/// before per-item scores were kept has its saved predictions scored again against
+/// `examples` (its test items), and its `score.json` rewritten with them. None when it was
+/// not scored, or when the predictions no longer give the score it had.
+pub fn test_items(run_dir: &Path, task: Task, examples: &[EvalExample]) -> Option<Vec<f64>> {
+    let dir = run_dir.join("eval").join("test");
+    let m: Metrics = io::read_json(dir.join(SCORE_FILE)).ok()?;
+    if !m.items.is_empty() {
+        return Some(m.items);
+    }
+    let preds: Vec<Prediction> = io::read_json(dir.join("predictions.json")).ok()?;
+    let again = close_model::eval::score(task, examples, &preds).ok()?;
+    if again.primary != m.primary {
+        tracing::warn!(
+            "{}: its saved predictions no longer give its score; no per-item scores",
+            dir.display()
+        );
+        return None;
+    }
+    if let Err(e) = io::write_json_atomic(dir.join(SCORE_FILE), &again) {
+        tracing::warn!("{e}");
+    }
+    Some(again.items)
 }
 
 /// Standard error of a val metric: CIDEr's from its per-image scores; an accuracy's (0–100)
