@@ -76,7 +76,6 @@ pub fn evaluate_pairs<'a>(
 ) -> Result<EntailmentScores> {
     let mut confusion = vec![vec![0usize; 4]; 3];
     let mut skipped = 0;
-    let mut n = 0;
     let mut per_item = Vec::new();
     for (g, p) in pairs {
         let Some(gi) = class_of(g) else {
@@ -85,10 +84,9 @@ pub fn evaluate_pairs<'a>(
         };
         let pi = class_of(p).unwrap_or(3);
         confusion[gi][pi] += 1;
-        n += 1;
         per_item.push(gi == pi);
     }
-    let correct = per_item.iter().filter(|&&c| c).count();
+    let (n, correct) = (per_item.len(), per_item.iter().filter(|&&c| c).count());
     if n == 0 {
         return Err(Error::invalid(
             "visual entailment: no gold examples with a valid label",

@@ -149,10 +149,10 @@ pub fn score(task: Task, examples: &[EvalExample], preds: &[Prediction]) -> Resu
             let refs = examples.iter().map(|e| e.references.clone());
             let s = score_captions(refs, preds.iter().map(|p| p.text.as_str()))?;
             let mut j = s.to_json();
-            if let Some(se) = cider_stderr(&s) {
+            let items: Vec<f64> = s.per_image.values().map(|i| i.cider).collect();
+            if let Some(se) = cider_stderr(&items) {
                 j["CIDEr_stderr"] = se.into();
             }
-            let items = s.per_image.values().map(|i| i.cider).collect();
             (s.cider, "CIDEr", j, items)
         }
         MetricKind::Vqa => {
@@ -231,15 +231,15 @@ fn score_explanations(
     score_captions(refs, hyps)
 }
 
-/// Standard error of the corpus CIDEr, which is the mean of the images' CIDEr: their
-/// sample standard deviation over √n. None for fewer than two images.
-fn cider_stderr(s: &close_metrics::caption::CaptionScores) -> Option<f64> {
-    let n = s.per_image.len();
+/// Standard error of the corpus CIDEr, which is the mean of the images' CIDEr (`per_image`):
+/// their sample standard deviation over √n. None for fewer than two images.
+fn cider_stderr(per_image: &[f64]) -> Option<f64> {
+    let n = per_image.len();
     if n < 2 {
         return None;
     }
-    let mean = s.per_image.values().map(|i| i.cider).sum::<f64>() / n as f64;
-    let ss: f64 = s.per_image.values().map(|i| (i.cider - mean).powi(2)).sum();
+    let mean = per_image.iter().sum::<f64>() / n as f64;
+    let ss: f64 = per_image.iter().map(|c| (c - mean).powi(2)).sum();
     Some((ss / (n - 1) as f64).sqrt() / (n as f64).sqrt())
 }
 
