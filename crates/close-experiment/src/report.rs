@@ -555,7 +555,7 @@ mod tests {
             .into_iter()
             .collect(),
         };
-        let out = output(
+        let mut out = output(
             vec![
                 vqa(
                     TrainOn::Images,
@@ -584,7 +584,6 @@ mod tests {
             ],
             priors,
         );
-        let mut out = out;
         out.results.runs[1].ratio_stderr = Some(0.0123);
         let md = report_markdown(
             &cfg,

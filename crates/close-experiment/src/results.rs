@@ -108,9 +108,7 @@ pub fn paired_ratio_stderr(x: &[f64], y: &[f64]) -> Option<f64> {
     }
     let r = mx / my;
     let d: Vec<f64> = x.iter().zip(y).map(|(a, b)| a - r * b).collect();
-    let md = mean(&d);
-    let var = d.iter().map(|v| (v - md).powi(2)).sum::<f64>() / (n - 1) as f64;
-    Some((var / n as f64).sqrt() / my)
+    Some(close_model::eval::mean_stderr(&d)? / my)
 }
 
 fn mean(v: &[f64]) -> f64 {

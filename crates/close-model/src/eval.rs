@@ -150,7 +150,7 @@ pub fn score(task: Task, examples: &[EvalExample], preds: &[Prediction]) -> Resu
             let s = score_captions(refs, preds.iter().map(|p| p.text.as_str()))?;
             let mut j = s.to_json();
             let items: Vec<f64> = s.per_image.values().map(|i| i.cider).collect();
-            if let Some(se) = cider_stderr(&items) {
+            if let Some(se) = mean_stderr(&items) {
                 j["CIDEr_stderr"] = se.into();
             }
             (s.cider, "CIDEr", j, items)
@@ -231,15 +231,16 @@ fn score_explanations(
     score_captions(refs, hyps)
 }
 
-/// Standard error of the corpus CIDEr, which is the mean of the images' CIDEr (`per_image`):
-/// their sample standard deviation over √n. None for fewer than two images.
-fn cider_stderr(per_image: &[f64]) -> Option<f64> {
-    let n = per_image.len();
+/// Standard error of the mean of `values` (per-item scores): their sample standard deviation
+/// over √n. The corpus CIDEr is the mean of the images' CIDEr, so this is its error. None
+/// for fewer than two values.
+pub fn mean_stderr(values: &[f64]) -> Option<f64> {
+    let n = values.len();
     if n < 2 {
         return None;
     }
-    let mean = per_image.iter().sum::<f64>() / n as f64;
-    let ss: f64 = per_image.iter().map(|c| (c - mean).powi(2)).sum();
+    let mean = values.iter().sum::<f64>() / n as f64;
+    let ss: f64 = values.iter().map(|c| (c - mean).powi(2)).sum();
     Some((ss / (n - 1) as f64).sqrt() / (n as f64).sqrt())
 }
 
